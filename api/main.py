@@ -1,0 +1,45 @@
+"""The API's composition root: settings, the Redis store in the lifespan, routers, error mapping."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
+
+from downloader import __version__
+from downloader.api import errors
+from downloader.api.routes import callbacks, downloads, health, jobs, stats
+from downloader.settings import Settings
+from downloader.store import AsyncStore
+
+
+def create_app(settings: Settings, *, serve_files: bool = False) -> FastAPI:
+    """The ASGI app. `serve_files` exposes the storage root at /files/ (used by `downloader up`)."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.settings = settings
+        app.state.store = AsyncStore.from_url(settings.redis_url)
+        try:
+            yield
+        finally:
+            await app.state.store.close()
+
+    app = FastAPI(
+        title="Downloader",
+        version=__version__,
+        summary="Asynchronous, rate-limited downloads with callbacks",
+        lifespan=lifespan,
+        redirect_slashes=False,
+    )
+    errors.install(app)
+    for module in (downloads, jobs, callbacks, stats, health):
+        app.include_router(module.router)
+    if serve_files:
+        root = Path(settings.storage_root)
+        root.mkdir(parents=True, exist_ok=True)
+        app.mount("/files", StaticFiles(directory=root), name="files")
+    return app

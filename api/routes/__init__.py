@@ -1,0 +1,1 @@
+"""One router per resource: downloads, jobs, callbacks (retry), stats, health."""

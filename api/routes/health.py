@@ -1,0 +1,44 @@
+"""GET /hb (the original's heartbeat file), /healthz (alive) and /readyz (Redis reachable)."""
+
+from __future__ import annotations
+
+import os
+
+from fastapi import APIRouter, Response
+from fastapi.responses import JSONResponse, PlainTextResponse
+
+from downloader.api.deps import SettingsDep, StoreDep
+from downloader.errors import StoreError
+
+router = APIRouter(tags=["health"])
+
+ALL_METHODS = ["GET", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "HEAD"]
+
+
+@router.api_route("/hb", methods=ALL_METHODS, summary="Heartbeat: 503 while the heartbeat file exists")
+async def heartbeat(settings: SettingsDep) -> Response:
+    path = settings.heartbeat_path
+    if path:
+        try:
+            os.stat(path)
+        except FileNotFoundError:
+            pass
+        except OSError:
+            return PlainTextResponse(f"Service disabled, '{path}' exists!", status_code=503)
+        else:
+            return PlainTextResponse(f"Service disabled, '{path}' exists!", status_code=503)
+    return PlainTextResponse("OK")
+
+
+@router.get("/healthz", summary="Liveness: the process serves HTTP")
+async def healthz() -> JSONResponse:
+    return JSONResponse({"status": "ok"})
+
+
+@router.get("/readyz", summary="Readiness: Redis answers", responses={503: {"description": "Redis down"}})
+async def readyz(db: StoreDep) -> JSONResponse:
+    try:
+        await db.ping()
+    except StoreError as exc:
+        return JSONResponse({"status": "unavailable", "redis": str(exc)}, status_code=503)
+    return JSONResponse({"status": "ok", "redis": "ok"})

@@ -1,0 +1,78 @@
+"""GET /jobs/{id}: where a job is, what happened to it, and when."""
+
+from __future__ import annotations
+
+import datetime
+import time
+
+from fastapi import APIRouter
+
+from downloader.api.deps import StoreDep
+from downloader.api.errors import HTTPProblem
+from downloader.api.schemas import CallbackState, DownloadState, JobView
+from downloader.models import State
+from downloader.store import JobStatus
+
+router = APIRouter(tags=["jobs"])
+
+
+@router.get("/jobs/{job_id}", response_model=JobView, summary="A job's state, attempts, errors and times",
+            responses={404: {"description": "No such job (unknown, or delivered and deleted)"}})
+async def get_job(job_id: str, db: StoreDep) -> JobView:
+    status = await db.job_status(job_id)
+    if status is None:
+        raise HTTPProblem(404, f"Job {job_id} not found")
+    return view(status, now=time.time())
+
+
+def view(status: JobStatus, now: float) -> JobView:
+    job, meta = status.job, status.meta
+    return JobView(
+        id=job.id,
+        aggr_id=job.aggr_id,
+        url=job.url,
+        state=summary_state(status, now),
+        download=DownloadState(state=str(job.download_state), attempts=job.download_count,
+                               max_retries=job.max_retries, response_code=job.response_code,
+                               error=job.download_meta, image_size=job.image_size,
+                               download_url=job.public_download_url()),
+        callback=CallbackState(state=str(job.callback_state), attempts=job.callback_count,
+                               error=job.callback_meta,
+                               backend="http" if job.callback_url else job.callback_type,
+                               destination=job.callback_url or job.callback_dst),
+        errors=status.errors,
+        crashes=int(meta.get("Crashes") or 0),
+        created_at=_iso(meta.get("CreatedAt")),
+        updated_at=_iso(meta.get("UpdatedAt")),
+        started_at=_iso(meta.get("StartedAt")),
+        finished_at=_iso(meta.get("FinishedAt")),
+        next_attempt_at=_iso(status.queued_at),
+        lease_expires_at=_iso(status.lease_expires_at),
+    )
+
+
+def summary_state(status: JobStatus, now: float) -> str:
+    job = status.job
+    if job.callback_state == State.FAILED:
+        return "callback_failed"
+    if job.callback_state in (State.PENDING, State.IN_PROGRESS):
+        return "callback_pending"
+    if job.download_state == State.SUCCESS:
+        return "succeeded"
+    if job.download_state == State.FAILED:
+        return "failed"
+    if job.download_state == State.IN_PROGRESS or status.lease_expires_at is not None:
+        return "in_progress"
+    if status.queued_at is not None and status.queued_at > now:
+        return "waiting_retry"
+    return "queued"
+
+
+def _iso(value: str | float | None) -> str | None:
+    if value in (None, ""):
+        return None
+    try:
+        stamp = float(value)  # type: ignore[arg-type]
+    except ValueError:
+        return None
+    return datetime.datetime.fromtimestamp(stamp, tz=datetime.UTC).isoformat(timespec="milliseconds")

@@ -1,0 +1,37 @@
+"""GET /stats/<component> and GET /dashboard/aggregations (reference 1.3, 1.5)."""
+
+from __future__ import annotations
+
+import json
+
+from fastapi import APIRouter, Response
+
+from downloader.api.deps import StoreDep
+from downloader.api.errors import HTTPProblem
+from downloader.api.schemas import AggregationQueue
+
+router = APIRouter(tags=["stats"])
+
+ALL_METHODS = ["GET", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "HEAD"]
+CORS = {"Access-Control-Allow-Origin": "*"}
+
+
+@router.api_route("/stats/{component}", methods=ALL_METHODS, summary="Counters of processor or notifier",
+                  responses={200: {"description": "Flat JSON object of integer counters"},
+                             404: {"description": "The component is not reporting"}})
+async def component_stats(component: str, db: StoreDep) -> Response:
+    raw = await db.stats(component)
+    if raw is None:
+        raise HTTPProblem(404, f"Could not find stats for entity {component}")
+    return Response(content=raw, media_type="application/json", headers=CORS)
+
+
+@router.api_route("/dashboard/aggregations", methods=ALL_METHODS, response_model=list[AggregationQueue],
+                  summary="Queued jobs per aggregation")
+async def aggregations(db: StoreDep) -> Response:
+    try:
+        sizes = await db.queue_sizes()
+    except Exception as exc:
+        raise HTTPProblem(500, f"Error scanning for aggregation keys: {exc}") from exc
+    body = json.dumps([{"name": name, "size": size} for name, size in sizes], separators=(",", ":"))
+    return Response(content=body, media_type="application/json", headers=CORS)

@@ -1,0 +1,88 @@
+"""Response models and the documented request body of the API (for /openapi.json).
+
+POST /download parses its body by hand (the original's reason texts and validation order
+cannot be had from a pydantic model), so its schema here documents, it does not validate.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+
+class Created(BaseModel):
+    id: str = Field(description="The job id: 14 url-safe characters", examples=["NSb4FOAs9fVaQw"])
+
+
+class DownloadState(BaseModel):
+    state: str = Field(description="Pending, InProgress, Success or Failed")
+    attempts: int = Field(description="Attempts counted so far")
+    max_retries: int | None = Field(description="Retries after the first attempt (null: the default)")
+    response_code: int = Field(description="HTTP status of the last attempt, 0 when there was no response")
+    error: str = Field(description="Error text of a failed download")
+    image_size: str
+    download_url: str
+
+
+class CallbackState(BaseModel):
+    state: str = Field(description='"", Pending, InProgress or Failed (a delivered job is deleted)')
+    attempts: int
+    error: str
+    backend: str
+    destination: str
+
+
+class JobView(BaseModel):
+    id: str
+    aggr_id: str
+    url: str
+    state: str = Field(description="queued, waiting_retry, in_progress, succeeded, failed, "
+                                   "callback_pending, callback_failed")
+    download: DownloadState
+    callback: CallbackState
+    errors: list[str] = Field(description="Errors of past attempts, oldest first")
+    crashes: int = Field(description="Times a worker holding the job was lost")
+    created_at: str | None
+    updated_at: str | None
+    started_at: str | None
+    finished_at: str | None
+    next_attempt_at: str | None = Field(description="When a queued job becomes eligible")
+    lease_expires_at: str | None = Field(description="While a worker holds the job")
+
+
+class AggregationQueue(BaseModel):
+    name: str = Field(description="jobs:<aggregation id>")
+    size: int
+
+
+_STRING = {"type": "string"}
+DOWNLOAD_REQUEST_BODY: dict[str, Any] = {
+    "required": True,
+    "content": {
+        "application/json": {
+            "schema": {
+                "type": "object",
+                "required": ["url", "aggr_id", "aggr_limit"],
+                "properties": {
+                    "url": {"type": "string", "description": "Absolute URL to download"},
+                    "aggr_id": {"type": "string", "minLength": 1},
+                    "aggr_limit": {"type": "number", "description": "Concurrent downloads of the "
+                                   "aggregation across the fleet (> 0)"},
+                    "aggr_proxy": _STRING,
+                    "callback_url": {"type": "string", "description": "Deprecated: HTTP callback URL"},
+                    "callback_type": {"type": "string", "description": "Backend: http or kafka"},
+                    "callback_dst": {"type": "string", "description": "URL or Kafka topic"},
+                    "extra": {"type": "string", "description": "Opaque, echoed in the callback"},
+                    "mime_type": {"type": "string", "description": "Comma-separated globs, ! negates"},
+                    "max_retries": {"type": "number", "minimum": 0},
+                    "extract_image_size": {"type": "boolean"},
+                    "download_timeout": {"type": "number", "exclusiveMinimum": 0},
+                    "request_headers": {"type": "object", "additionalProperties": {"type": "string"}},
+                    "s3_bucket": _STRING,
+                    "s3_region": _STRING,
+                },
+            }
+        }
+    },
+}

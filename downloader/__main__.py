@@ -1,0 +1,7 @@
+"""`python -m downloader` runs the CLI."""
+
+import sys
+
+from downloader.cli import main
+
+sys.exit(main())

@@ -1,0 +1,89 @@
+"""Every Redis key name and TTL of the service, and nothing else.
+
+The first group is the original Go service's schema (reference section 2.4), kept byte for
+byte so that its clients, tools and data keep working. The second group is ours: leases and
+per-job bookkeeping live under keys of their own, because the original's reader rejects a
+`job:<id>` hash that holds any field it does not know. No other module writes a key literal.
+"""
+
+from __future__ import annotations
+
+# --- the original's keys -------------------------------------------------------------
+
+JOB_PREFIX = "job:"
+AGGREGATION_PREFIX = "aggr:"
+QUEUE_PREFIX = "jobs:"
+STATS_PREFIX = "stats:"
+CALLBACK_QUEUE = "CallbackQueue"
+DELETION_QUEUE = "JobDeletionQueue"
+
+# --- ours ----------------------------------------------------------------------------
+
+INFLIGHT_PREFIX = "inflight:"
+LEASES_PREFIX = "leases:"
+JOB_META_PREFIX = "jobmeta:"
+JOB_ERRORS_PREFIX = "joberrors:"
+CALLBACK_INFLIGHT = "CallbackInflight"
+CALLBACK_LEASES = "CallbackLeases"
+
+#: Stats keys expire after this many stats intervals, so a stopped component disappears
+#: from /stats (the original used 2 intervals; 3 tolerates one late flush on a busy host).
+STATS_TTL_INTERVALS = 3
+
+#: How many error texts `GET /jobs/<id>` keeps per job: enough to see a retry history,
+#: bounded so a job retried a thousand times cannot grow without limit.
+JOB_ERRORS_KEPT = 20
+
+#: Bookkeeping of a job that nobody deletes explicitly (a job without callback keeps its
+#: original hash forever, as the original did; our side keys should not outlive a week).
+JOB_META_TTL_SECONDS = 7 * 24 * 3600
+
+
+def job(job_id: str) -> str:
+    return JOB_PREFIX + job_id
+
+
+def aggregation(aggr_id: str) -> str:
+    return AGGREGATION_PREFIX + aggr_id
+
+
+def queue(aggr_id: str) -> str:
+    """Sorted set of the aggregation's waiting job ids, scored by ready time."""
+    return QUEUE_PREFIX + aggr_id
+
+
+def inflight(aggr_id: str) -> str:
+    """Sorted set of the aggregation's claimed job ids, scored by lease expiry."""
+    return INFLIGHT_PREFIX + aggr_id
+
+
+def leases(aggr_id: str) -> str:
+    """Hash job id -> token of the process holding its lease (fences late writers)."""
+    return LEASES_PREFIX + aggr_id
+
+
+def job_meta(job_id: str) -> str:
+    """Hash of what we track per job beyond the original's fields (timestamps, crashes)."""
+    return JOB_META_PREFIX + job_id
+
+
+def job_errors(job_id: str) -> str:
+    """List of the job's attempt errors, newest last."""
+    return JOB_ERRORS_PREFIX + job_id
+
+
+def stats(component: str) -> str:
+    return STATS_PREFIX + component
+
+
+def aggregation_from_queue(key: str) -> str:
+    return key[len(QUEUE_PREFIX):]
+
+
+def aggregation_from_inflight(key: str) -> str:
+    return key[len(INFLIGHT_PREFIX):]
+
+
+QUEUE_PATTERN = QUEUE_PREFIX + "*"
+INFLIGHT_PATTERN = INFLIGHT_PREFIX + "*"
+JOB_PATTERN = JOB_PREFIX + "*"

@@ -1,0 +1,75 @@
+"""Callbacks: the payload the original sends (reference 4.3) and its HTTP delivery.
+
+The payload keeps the original's ten keys in their order, so existing clients parse it
+unchanged. Kafka joins with the production backends.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Protocol
+
+import requests
+import requests.adapters
+
+from downloader.errors import NotificationError
+from downloader.models import Job, State
+from downloader.version import __version__
+
+
+def payload(job: Job) -> dict[str, Any]:
+    return {
+        "success": job.download_state == State.SUCCESS,
+        "error": job.download_meta,
+        "extra": job.extra,
+        "image_size": job.image_size,
+        "resource_url": job.url,
+        "download_url": job.public_download_url(),
+        "job_id": job.id,
+        "response_code": job.response_code,
+        "delivered": True,
+        "delivery_error": "",
+    }
+
+
+def encode(body: dict[str, Any]) -> bytes:
+    return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+def destination(job: Job) -> tuple[str, str]:
+    """(backend name, destination): the legacy callback_url wins, as in the original."""
+    if job.callback_url:
+        return "http", job.callback_url
+    return job.callback_type, job.callback_dst
+
+
+class Backend(Protocol):
+    def deliver(self, destination: str, body: bytes) -> None:
+        """Return once delivered; raise NotificationError otherwise."""
+
+    def close(self) -> None: ...
+
+
+class HttpBackend:
+    """POST the payload as JSON; any 2xx delivers. Responses are always closed (the
+    original leaked one socket per callback, bug 10.2.10)."""
+
+    def __init__(self, timeout: float, pool_size: int) -> None:
+        self.timeout = timeout
+        self.session = requests.Session()
+        self.session.headers.clear()
+        adapter = requests.adapters.HTTPAdapter(pool_connections=32, pool_maxsize=pool_size)
+        self.session.mount("http://", adapter)
+        self.session.mount("https://", adapter)
+
+    def deliver(self, destination: str, body: bytes) -> None:
+        headers = {"Content-Type": "application/json", "User-Agent": f"Downloader/{__version__}"}
+        try:
+            with self.session.post(destination, data=body, headers=headers, timeout=self.timeout) as resp:
+                if not 200 <= resp.status_code < 300:
+                    raise NotificationError(f"Received Status: {resp.status_code} {resp.reason}".rstrip())
+        except requests.RequestException as exc:
+            raise NotificationError(f'Post "{destination}": {exc}') from exc
+
+    def close(self) -> None:
+        self.session.close()

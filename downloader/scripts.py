@@ -1,0 +1,207 @@
+"""The Lua scripts that make every state change of a job atomic.
+
+Each script takes its keys as KEYS (built by `keys`), never builds one itself, and is safe
+to run twice: a claim is fenced by a lease token, so a late or duplicated writer changes
+nothing. Field names are the original's (`job:<id>` hashes stay readable by it).
+"""
+
+from __future__ import annotations
+
+#: KEYS: job, aggr, queue, jobmeta. ARGV: score, limit, proxy, meta ttl, aggr id, job id,
+#: then job field/value pairs. Returns 0 when the id is taken (the caller draws another).
+#: Creating the aggregation and queueing the job in one step closes the original's race
+#: with an idle aggregation's deletion (bug 10.2.5).
+ENQUEUE = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+if redis.call('EXISTS', KEYS[2]) == 0 then
+  redis.call('HSET', KEYS[2], 'ID', ARGV[5], 'Limit', ARGV[2], 'Proxy', ARGV[3], 'ExpiresAt', '')
+end
+redis.call('HSET', KEYS[1], unpack(ARGV, 7))
+redis.call('ZADD', KEYS[3], ARGV[1], ARGV[6])
+redis.call('HSET', KEYS[4], 'CreatedAt', ARGV[1], 'UpdatedAt', ARGV[1])
+redis.call('EXPIRE', KEYS[4], ARGV[4])
+return 1
+"""
+
+#: KEYS: queue, inflight, leases, aggr. ARGV: now, lease expiry, wanted, token, default limit.
+#: Moves up to `wanted` ready ids into inflight, never past the aggregation's limit counted
+#: over every lease of every process. Returns {status, ids...}; status is "ok", "full",
+#: "empty" or the score of the next job that will become ready.
+CLAIM = """
+local limit = tonumber(redis.call('HGET', KEYS[4], 'Limit'))
+if not limit or limit <= 0 then limit = tonumber(ARGV[5]) end
+local room = limit - redis.call('ZCARD', KEYS[2])
+if room <= 0 then return {'full'} end
+local n = math.min(room, tonumber(ARGV[3]))
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, n)
+if #ids == 0 then
+  local head = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+  if #head == 0 then return {'empty'} end
+  return {head[2]}
+end
+for _, id in ipairs(ids) do
+  redis.call('ZREM', KEYS[1], id)
+  redis.call('ZADD', KEYS[2], ARGV[2], id)
+  redis.call('HSET', KEYS[3], id, ARGV[4])
+end
+table.insert(ids, 1, 'ok')
+return ids
+"""
+
+#: KEYS: inflight, leases. ARGV: expiry, token, ids... Extends the leases still held by
+#: `token`; returns the ids whose lease was lost (recovered by someone else).
+RENEW = """
+local lost = {}
+for i = 3, #ARGV do
+  local id = ARGV[i]
+  if redis.call('HGET', KEYS[2], id) == ARGV[2] then
+    redis.call('ZADD', KEYS[1], 'XX', ARGV[1], id)
+  else
+    table.insert(lost, id)
+  end
+end
+return lost
+"""
+
+#: KEYS: inflight, leases, job, target queue, jobmeta, joberrors.
+#: ARGV: id, token, target score ("" = none), now, error text ("" = none), errors kept,
+#: meta ttl, finished ("1"/"0"), then job field/value pairs.
+#: Ends an attempt: writes the outcome and moves the id on (back to its queue, or to the
+#: callback queue), only if the caller still holds the lease. 1 done, 0 lease lost,
+#: -1 the job hash vanished meanwhile.
+FINISH = """
+if redis.call('HGET', KEYS[2], ARGV[1]) ~= ARGV[2] then return 0 end
+redis.call('ZREM', KEYS[1], ARGV[1])
+redis.call('HDEL', KEYS[2], ARGV[1])
+if redis.call('EXISTS', KEYS[3]) == 0 then return -1 end
+if #ARGV >= 10 then redis.call('HSET', KEYS[3], unpack(ARGV, 9)) end
+if ARGV[3] ~= '' then redis.call('ZADD', KEYS[4], ARGV[3], ARGV[1]) end
+redis.call('HSET', KEYS[5], 'UpdatedAt', ARGV[4])
+if ARGV[8] == '1' then redis.call('HSET', KEYS[5], 'FinishedAt', ARGV[4]) end
+redis.call('EXPIRE', KEYS[5], ARGV[7])
+if ARGV[5] ~= '' then
+  redis.call('RPUSH', KEYS[6], ARGV[5])
+  redis.call('LTRIM', KEYS[6], -tonumber(ARGV[6]), -1)
+  redis.call('EXPIRE', KEYS[6], ARGV[7])
+end
+return 1
+"""
+
+#: KEYS: inflight, leases, queue, job, jobmeta, callback queue, joberrors.
+#: ARGV: id, now, crash tolerance, default max retries, error text, meta ttl, errors kept.
+#: Gives back the job of a lease that expired (its process died or hung). After
+#: `tolerance` such crashes each further one uses up an attempt, and a job out of attempts
+#: fails, so a job that kills its worker cannot loop forever. 1 requeued, 2 failed,
+#: 0 lease not expired (or already recovered), -1 job hash gone.
+RECOVER = """
+local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if not score or tonumber(score) > tonumber(ARGV[2]) then return 0 end
+redis.call('ZREM', KEYS[1], ARGV[1])
+redis.call('HDEL', KEYS[2], ARGV[1])
+if redis.call('EXISTS', KEYS[4]) == 0 then return -1 end
+local crashes = redis.call('HINCRBY', KEYS[5], 'Crashes', 1)
+redis.call('HSET', KEYS[5], 'UpdatedAt', ARGV[2])
+redis.call('EXPIRE', KEYS[5], ARGV[6])
+if crashes > tonumber(ARGV[3]) then
+  local count = redis.call('HINCRBY', KEYS[4], 'DownloadCount', 1)
+  local maxr = tonumber(redis.call('HGET', KEYS[4], 'MaxRetries')) or tonumber(ARGV[4])
+  redis.call('RPUSH', KEYS[7], ARGV[5])
+  redis.call('LTRIM', KEYS[7], -tonumber(ARGV[7]), -1)
+  redis.call('EXPIRE', KEYS[7], ARGV[6])
+  if count > maxr then
+    redis.call('HSET', KEYS[4], 'DownloadState', 'Failed', 'DownloadMeta', ARGV[5])
+    redis.call('HSET', KEYS[5], 'FinishedAt', ARGV[2])
+    local url = redis.call('HGET', KEYS[4], 'CallbackURL')
+    local dst = redis.call('HGET', KEYS[4], 'CallbackDst')
+    if (url and url ~= '') or (dst and dst ~= '') then
+      redis.call('HSET', KEYS[4], 'CallbackState', 'Pending')
+      redis.call('ZADD', KEYS[6], ARGV[2], ARGV[1])
+    end
+    return 2
+  end
+end
+redis.call('HSET', KEYS[4], 'DownloadState', 'Pending')
+redis.call('ZADD', KEYS[3], ARGV[2], ARGV[1])
+return 1
+"""
+
+#: KEYS: callback queue, callback inflight, callback leases.
+#: ARGV: now, lease expiry, wanted, token. Returns the claimed ids.
+CLAIM_CALLBACKS = """
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[3]))
+for _, id in ipairs(ids) do
+  redis.call('ZREM', KEYS[1], id)
+  redis.call('ZADD', KEYS[2], ARGV[2], id)
+  redis.call('HSET', KEYS[3], id, ARGV[4])
+end
+return ids
+"""
+
+#: KEYS: callback inflight, callback leases, job, jobmeta, joberrors, deletion queue.
+#: ARGV: id, token, deletion score. The callback was delivered: the job's hash and ours go,
+#: its file is scheduled for deletion. 1 done, 0 lease lost.
+CALLBACK_DELIVERED = """
+if redis.call('HGET', KEYS[2], ARGV[1]) ~= ARGV[2] then return 0 end
+redis.call('ZREM', KEYS[1], ARGV[1])
+redis.call('HDEL', KEYS[2], ARGV[1])
+redis.call('DEL', KEYS[3], KEYS[4], KEYS[5])
+redis.call('ZADD', KEYS[6], ARGV[3], ARGV[1])
+return 1
+"""
+
+#: KEYS: callback inflight, callback leases, job, callback queue, jobmeta.
+#: ARGV: id, token, retry score ("" = no retry), now, meta ttl, then job field/value pairs.
+#: A failed delivery: record it and either schedule the retry or leave the job Failed.
+CALLBACK_UNDELIVERED = """
+if redis.call('HGET', KEYS[2], ARGV[1]) ~= ARGV[2] then return 0 end
+redis.call('ZREM', KEYS[1], ARGV[1])
+redis.call('HDEL', KEYS[2], ARGV[1])
+if redis.call('EXISTS', KEYS[3]) == 0 then return -1 end
+redis.call('HSET', KEYS[3], unpack(ARGV, 6))
+if ARGV[3] ~= '' then redis.call('ZADD', KEYS[4], ARGV[3], ARGV[1]) end
+redis.call('HSET', KEYS[5], 'UpdatedAt', ARGV[4])
+redis.call('EXPIRE', KEYS[5], ARGV[5])
+return 1
+"""
+
+#: KEYS: callback inflight, callback leases, job, callback queue. ARGV: id, now.
+#: An expired callback lease (notifier died mid-delivery) goes back to the queue:
+#: delivery is at least once.
+RECOVER_CALLBACK = """
+local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if not score or tonumber(score) > tonumber(ARGV[2]) then return 0 end
+redis.call('ZREM', KEYS[1], ARGV[1])
+redis.call('HDEL', KEYS[2], ARGV[1])
+if redis.call('EXISTS', KEYS[3]) == 0 then return -1 end
+redis.call('HSET', KEYS[3], 'CallbackState', 'Pending')
+redis.call('ZADD', KEYS[4], ARGV[2], ARGV[1])
+return 1
+"""
+
+#: KEYS: job, callback queue. ARGV: id, now. POST /retry/<id>: Failed -> Pending.
+#: Returns "OK", or the current callback state when it is not Failed, or false if no job.
+RETRY_CALLBACK = """
+local state = redis.call('HGET', KEYS[1], 'CallbackState')
+local id = redis.call('HGET', KEYS[1], 'ID')
+if not id or id == '' then return false end
+if state ~= 'Failed' then return state or '' end
+redis.call('HSET', KEYS[1], 'CallbackMeta', '', 'CallbackCount', '0', 'CallbackState', 'Pending')
+redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
+return 'OK'
+"""
+
+#: KEYS: deletion queue. ARGV: now, wanted, retry score. Takes due file deletions and
+#: pushes them back to `retry score` at once, so a reaper that dies mid-way or fails to
+#: delete a file retries later instead of dropping the entry (bug 10.2.8).
+CLAIM_DELETIONS = """
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
+for _, id in ipairs(ids) do redis.call('ZADD', KEYS[1], ARGV[3], id) end
+return ids
+"""
+
+#: KEYS: queue, inflight, aggr. Deletes the aggregation hash of an aggregation with no
+#: queued and no claimed job, so a later request may set a new limit (as the original).
+DELETE_IDLE_AGGREGATION = """
+if redis.call('ZCARD', KEYS[1]) > 0 or redis.call('ZCARD', KEYS[2]) > 0 then return 0 end
+return redis.call('DEL', KEYS[3])
+"""

@@ -1,0 +1,241 @@
+"""Settings of every process: `DOWNLOADER_*` environment variables over the original's config.json.
+
+One pydantic-settings class; each field says its unit and why its default is what it is.
+`load()` reads an optional config.json in the original's layout (reference 5.2), maps it
+onto the same fields, and lets the environment win. Invalid values raise ConfigurationError
+with one line naming the variable.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import pydantic
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from downloader.errors import ConfigurationError
+
+ENV_PREFIX = "DOWNLOADER_"
+
+
+def _test_time() -> bool:
+    """The original's switch: any value of DOWNLOADER_TEST_TIME shrinks backoff units to 200 ms."""
+    return "DOWNLOADER_TEST_TIME" in os.environ
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
+
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    """Redis connection URL (`redis://host:port/db`, `rediss://` for TLS, `unix:///path`)."""
+
+    storage_backend: Literal["filesystem", "s3"] = "filesystem"
+    """Where finished files go. S3 arrives with the production backends."""
+
+    storage_root: Path = Path("data/files")
+    """Root of the filesystem backend; files live at `<root>/<id[0:3]>/<id>`."""
+
+    tmp_dir: Path = Path("data/tmp")
+    """Where downloads stream to (`<tmp>/<id>.tmp`) before the atomic move. Same filesystem
+    as the root makes the move a rename; the disk check watches this directory."""
+
+    s3_bucket: str = ""
+    s3_region: str = ""
+    s3_endpoint_url: str = ""
+
+    download_url: str = "http://localhost/"
+    """Base of the callback's `download_url`: the relative path `<id[0:3]>/<id>` is joined to
+    its path. Must point at whatever serves the storage root."""
+
+    default_request_headers: dict[str, str] = pydantic.Field(default_factory=dict)
+    """Headers sent with every download (JSON object); a job's own headers override per key."""
+
+    heartbeat_path: str = ""
+    """While this file exists, GET /hb answers 503 (take an instance out of a balancer)."""
+
+    retry_backoff_seconds: float = pydantic.Field(default_factory=lambda: 0.2 if _test_time() else 120.0)
+    """Unit of the linear download backoff: attempt N waits N units (the original: 2 min)."""
+
+    max_retries: int = pydantic.Field(default=2, ge=0)
+    """Retries after the first attempt for jobs that do not set max_retries."""
+
+    callback_backoff_seconds: float = pydantic.Field(default_factory=lambda: 0.2 if _test_time() else 600.0)
+    """Unit of the linear callback backoff (the original: 10 min)."""
+
+    callback_max_attempts: int = pydantic.Field(default=2, ge=1)
+    """Callback attempts before the callback is marked Failed (then POST /retry/<id>)."""
+
+    callback_timeout_seconds: float = pydantic.Field(default=30.0, gt=0)
+    """Whole-request timeout of one HTTP callback (the original's backends.http.timeout)."""
+
+    deletion_delay_seconds: float = pydantic.Field(default=10800.0, gt=0)
+    """Files are deleted this long after their callback was delivered (the original: 180 min)."""
+
+    stats_interval_seconds: float = pydantic.Field(default=5.0, gt=0)
+    """How often workers and notifiers write `stats:<component>`."""
+
+    kafka_bootstrap_servers: str = ""
+
+    worker_concurrency: int = pydantic.Field(default=16, ge=1, le=1024)
+    """Downloads one worker process runs at once, over all its aggregations. 16 threads is
+    where `requests` stops getting faster on two cores (measured, DESIGN.md)."""
+
+    notifier_concurrency: int = pydantic.Field(default=8, ge=1, le=1024)
+    """Callbacks one notifier process delivers at once."""
+
+    lease_seconds: float = pydantic.Field(default=60.0, gt=0)
+    """A claimed job's lease. The holder renews it every third of this; a process that dies
+    gives its jobs back after at most this long."""
+
+    crash_tolerance: int = pydantic.Field(default=2, ge=0)
+    """Lost leases (killed processes) forgiven per job before each further one uses up an
+    attempt, so a job that kills its worker cannot loop forever."""
+
+    download_timeout_seconds: float = pydantic.Field(default=300.0, gt=0)
+    """Total time of a download whose job has no download_timeout (the original had none,
+    so a stalled server held a slot of the aggregation forever)."""
+
+    connect_timeout_seconds: float = pydantic.Field(default=10.0, gt=0)
+
+    max_redirects: int = pydantic.Field(default=10, ge=0)
+
+    max_download_bytes: int = pydantic.Field(default=1 << 30, gt=0)
+    """Larger responses fail terminally (1 GiB)."""
+
+    max_request_bytes: int = pydantic.Field(default=1 << 20, gt=0)
+    """Largest POST /download body; larger ones get 413."""
+
+    disk_check_interval_seconds: float = pydantic.Field(default=60.0, gt=0)
+    disk_high_watermark_percent: float = pydantic.Field(default=95.0, ge=0, le=100)
+    """Above this much of the tmp filesystem used, downloads pause."""
+    disk_low_watermark_percent: float = pydantic.Field(default=90.0, ge=0, le=100)
+    """...and resume at or below this much."""
+
+    scan_interval_seconds: float = pydantic.Field(default=1.0, gt=0)
+    """How often a worker looks for new aggregations (`jobs:*`) and the notifier for expired leases."""
+
+    poll_interval_seconds: float = pydantic.Field(default=0.05, gt=0)
+    """Idle sleep between empty claims: the latency floor of a job that arrives on an idle queue."""
+
+    shutdown_grace_seconds: float = pydantic.Field(default=25.0, ge=0)
+    """On SIGTERM, in-flight downloads get this long to finish before their leases are given
+    back; below Kubernetes' default terminationGracePeriodSeconds (30 s)."""
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The environment wins over values from -c/--config, which arrive as init kwargs.
+        return env_settings, init_settings
+
+    @pydantic.model_validator(mode="after")
+    def _check_watermarks(self) -> Settings:
+        if self.disk_low_watermark_percent > self.disk_high_watermark_percent:
+            raise ValueError("disk_low_watermark_percent must not exceed disk_high_watermark_percent")
+        return self
+
+
+def load(config_file: str | os.PathLike[str] | None = None, **overrides: Any) -> Settings:
+    """Settings from the environment over `config_file` (original format) over `overrides`."""
+    values: dict[str, Any] = dict(overrides)
+    if config_file is not None:
+        values.update(config_values(read_config_file(Path(config_file))))
+    try:
+        return Settings(**values)
+    except pydantic.ValidationError as exc:
+        raise ConfigurationError(_one_line(exc)) from exc
+
+
+def config_values(doc: dict[str, Any]) -> dict[str, Any]:
+    """Map the original's config.json (reference 5.2) onto setting names."""
+    out: dict[str, Any] = {}
+    redis = _section(doc, "redis")
+    if redis.get("addr"):
+        out["redis_url"] = f"redis://{redis['addr']}/0"
+    api = _section(doc, "api")
+    if "heartbeat_path" in api:
+        out["heartbeat_path"] = api["heartbeat_path"]
+    out.update(_processor_values(_section(doc, "processor")))
+    notifier = _section(doc, "notifier")
+    if "concurrency" in notifier:
+        out["notifier_concurrency"] = notifier["concurrency"]
+    if "deletion_interval" in notifier:
+        out["deletion_delay_seconds"] = _number(notifier["deletion_interval"], "notifier.deletion_interval") * 60
+    if notifier.get("download_url") and "download_url" not in out:
+        # config.json.sample put it here (bug 10.1.9); accept it rather than refuse to start.
+        out["download_url"] = notifier["download_url"]
+    backends = _section(doc, "backends")
+    http = backends.get("http")
+    if isinstance(http, dict) and "timeout" in http:
+        out["callback_timeout_seconds"] = http["timeout"]
+    kafka = backends.get("kafka")
+    if isinstance(kafka, dict) and kafka.get("bootstrap.servers"):
+        out["kafka_bootstrap_servers"] = kafka["bootstrap.servers"]
+    return out
+
+
+def _processor_values(processor: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if processor.get("storage_dir"):
+        out["tmp_dir"] = processor["storage_dir"]
+        out["storage_root"] = processor["storage_dir"]
+    storage = processor.get("filestorage")
+    if isinstance(storage, dict):
+        kind = storage.get("type", "filesystem")
+        if kind not in ("filesystem", "s3"):
+            raise ConfigurationError(f"Unknown filestorage type {kind}")
+        out["storage_backend"] = kind
+        if kind == "filesystem" and storage.get("rootdir"):
+            out["storage_root"] = storage["rootdir"]
+        if kind == "s3":
+            out["s3_bucket"] = storage.get("bucket", "")
+            out["s3_region"] = storage.get("region", "")
+    if isinstance(processor.get("request_headers"), dict):
+        out["default_request_headers"] = processor["request_headers"]
+    interval = processor.get("stats_interval")
+    if isinstance(interval, int | float) and interval > 0:
+        out["stats_interval_seconds"] = interval / 1000
+    if processor.get("download_url"):
+        out["download_url"] = processor["download_url"]
+    return out
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigurationError(f"cannot read config file {path}: {exc.strerror}") from exc
+    except ValueError as exc:
+        raise ConfigurationError(f"config file {path} is not valid JSON: {exc}") from exc
+    if not isinstance(doc, dict):
+        raise ConfigurationError(f"config file {path} must hold a JSON object")
+    return doc
+
+
+def _section(doc: dict[str, Any], name: str) -> dict[str, Any]:
+    value = doc.get(name) or {}
+    if not isinstance(value, dict):
+        raise ConfigurationError(f"config key {name!r} must be an object")
+    return value
+
+
+def _number(value: Any, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigurationError(f"config key {name} must be a number")
+    return float(value)
+
+
+def _one_line(exc: pydantic.ValidationError) -> str:
+    first = exc.errors()[0]
+    field = ".".join(str(p) for p in first["loc"]) or "settings"
+    name = ENV_PREFIX + field.upper() if field != "settings" else "settings"
+    more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+    return f"invalid setting {name}: {first['msg']} (got {first.get('input')!r}){more}"

@@ -1,0 +1,412 @@
+"""The Redis layer: every read and write of jobs, queues, leases and stats goes through here.
+
+`Store` (blocking, thread-safe) serves workers and notifiers; `AsyncStore` serves the API.
+State changes run as the Lua scripts of `scripts`, with key names from `keys`. Redis
+errors leave this module as `StoreError`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import secrets
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any, cast
+
+import redis
+import redis.asyncio
+
+from downloader import keys, scripts
+from downloader.errors import JobNotFound, StoreError
+from downloader.models import DEFAULT_AGGREGATION_LIMIT, DEFAULT_MAX_RETRIES, Aggregation, Job
+
+ID_ATTEMPTS = 3
+
+
+def new_job_id() -> str:
+    """14 url-safe characters from 10 random bytes of a cryptographic source."""
+    return secrets.token_urlsafe(10)
+
+
+def new_token() -> str:
+    """A lease holder's identity; fences writes of a process whose lease was taken back."""
+    return secrets.token_hex(8)
+
+
+@contextlib.contextmanager
+def translated() -> Iterator[None]:
+    try:
+        yield
+    except redis.RedisError as exc:
+        raise StoreError(f"{type(exc).__name__}: {exc}") from exc
+
+
+def _flatten(mapping: Mapping[str, str]) -> list[str]:
+    out: list[str] = []
+    for k, v in mapping.items():
+        out += [k, v]
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
+class Claim:
+    """What one claim attempt on an aggregation gave: ids, or why none."""
+
+    ids: list[str]
+    full: bool = False
+    next_ready: float | None = None
+    empty: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class Outcome:
+    """The end of one download attempt, to be written atomically by `Store.finish`."""
+
+    fields: dict[str, str]
+    target: str | None = None
+    score: float = 0.0
+    error: str = ""
+    finished: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class JobStatus:
+    """Everything GET /jobs/<id> shows."""
+
+    job: Job
+    meta: dict[str, str]
+    errors: list[str]
+    queued_at: float | None
+    lease_expires_at: float | None
+
+
+def connect(url: str) -> redis.Redis:
+    return redis.Redis.from_url(url, decode_responses=True, health_check_interval=30,
+                                socket_keepalive=True, retry_on_timeout=True)
+
+
+class Store:
+    """Blocking access for workers and notifiers (one instance shared by all threads)."""
+
+    def __init__(self, client: redis.Redis, *, meta_ttl: int = keys.JOB_META_TTL_SECONDS) -> None:
+        self.redis = client
+        self.meta_ttl = meta_ttl
+        register = client.register_script
+        self._claim = register(scripts.CLAIM)
+        self._renew = register(scripts.RENEW)
+        self._finish = register(scripts.FINISH)
+        self._recover = register(scripts.RECOVER)
+        self._claim_callbacks = register(scripts.CLAIM_CALLBACKS)
+        self._delivered = register(scripts.CALLBACK_DELIVERED)
+        self._undelivered = register(scripts.CALLBACK_UNDELIVERED)
+        self._recover_callback = register(scripts.RECOVER_CALLBACK)
+        self._claim_deletions = register(scripts.CLAIM_DELETIONS)
+        self._delete_idle = register(scripts.DELETE_IDLE_AGGREGATION)
+        self._enqueue = register(scripts.ENQUEUE)
+
+    @classmethod
+    def from_url(cls, url: str) -> Store:
+        return cls(connect(url))
+
+    def close(self) -> None:
+        self.redis.close()
+
+    def ping(self) -> None:
+        with translated():
+            self.redis.ping()
+
+    # --- discovery --------------------------------------------------------------
+
+    def active_aggregations(self) -> set[str]:
+        """Aggregations with queued jobs: those whose `jobs:<id>` set exists."""
+        with translated():
+            return {keys.aggregation_from_queue(k)
+                    for k in self.redis.scan_iter(match=keys.QUEUE_PATTERN, count=1000)}
+
+    def aggregations_in_flight(self) -> set[str]:
+        with translated():
+            return {keys.aggregation_from_inflight(k)
+                    for k in self.redis.scan_iter(match=keys.INFLIGHT_PATTERN, count=1000)}
+
+    def aggregation(self, aggr_id: str) -> Aggregation:
+        with translated():
+            raw = cast(dict[str, str], self.redis.hgetall(keys.aggregation(aggr_id)))
+        return Aggregation.from_hash(aggr_id, raw)
+
+    def delete_idle_aggregation(self, aggr_id: str) -> bool:
+        with translated():
+            return bool(self._delete_idle(keys=[keys.queue(aggr_id), keys.inflight(aggr_id),
+                                                keys.aggregation(aggr_id)]))
+
+    # --- enqueueing (also used by tests and `up`; the API has its async twin) ----
+
+    def enqueue(self, job: Job, aggregation: Aggregation, now: float | None = None) -> str:
+        now = time.time() if now is None else now
+        with translated():
+            for _ in range(ID_ATTEMPTS):
+                job_id = new_job_id()
+                k, a = enqueue_arguments(job, aggregation, job_id, now, self.meta_ttl)
+                if self._enqueue(keys=k, args=a):
+                    return job_id
+        raise StoreError(f"Could not find unique ID after {ID_ATTEMPTS} tries for {job.job_string()}")
+
+    # --- download leases --------------------------------------------------------
+
+    def claim(self, aggr_id: str, wanted: int, token: str, lease_seconds: float,
+              now: float | None = None) -> Claim:
+        now = time.time() if now is None else now
+        with translated():
+            reply = cast(list[str], self._claim(
+                keys=[keys.queue(aggr_id), keys.inflight(aggr_id), keys.leases(aggr_id),
+                      keys.aggregation(aggr_id)],
+                args=[repr(now), repr(now + lease_seconds), wanted, token, DEFAULT_AGGREGATION_LIMIT],
+            ))
+        status = reply[0]
+        if status == "ok":
+            return Claim(ids=list(reply[1:]))
+        if status == "full":
+            return Claim(ids=[], full=True)
+        if status == "empty":
+            return Claim(ids=[], empty=True)
+        return Claim(ids=[], next_ready=float(status))
+
+    def load_claimed(self, aggr_id: str, ids: Sequence[str], now: float | None = None,
+                     ) -> tuple[Aggregation, dict[str, dict[str, str]]]:
+        """Mark claimed jobs InProgress and read them with their aggregation, in one round trip."""
+        now = time.time() if now is None else now
+        with translated():
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.hgetall(keys.aggregation(aggr_id))
+            for job_id in ids:
+                pipe.hgetall(keys.job(job_id))
+            replies = pipe.execute()
+            raw_aggregation = cast(dict[str, str], replies[0])
+            jobs = {job_id: cast(dict[str, str], raw) for job_id, raw in zip(ids, replies[1:], strict=True)}
+            pipe = self.redis.pipeline(transaction=False)
+            for job_id, raw in jobs.items():
+                if raw.get("ID"):
+                    pipe.hset(keys.job(job_id), mapping={"DownloadState": "InProgress"})
+                    pipe.hset(keys.job_meta(job_id), mapping={"StartedAt": repr(now), "UpdatedAt": repr(now)})
+                    pipe.expire(keys.job_meta(job_id), self.meta_ttl)
+            pipe.execute()
+        return Aggregation.from_hash(aggr_id, raw_aggregation), jobs
+
+    def renew(self, aggr_id: str, ids: Sequence[str], token: str, lease_seconds: float,
+              now: float | None = None) -> list[str]:
+        """Extend our leases; returns the ids whose lease we no longer hold."""
+        if not ids:
+            return []
+        now = time.time() if now is None else now
+        with translated():
+            return cast(list[str], self._renew(
+                keys=[keys.inflight(aggr_id), keys.leases(aggr_id)],
+                args=[repr(now + lease_seconds), token, *ids],
+            ))
+
+    def finish(self, job: Job, token: str, outcome: Outcome, now: float | None = None) -> int:
+        now = time.time() if now is None else now
+        target = outcome.target or keys.queue(job.aggr_id)
+        with translated():
+            return int(self._finish(
+                keys=[keys.inflight(job.aggr_id), keys.leases(job.aggr_id), keys.job(job.id), target,
+                      keys.job_meta(job.id), keys.job_errors(job.id)],
+                args=[job.id, token, repr(outcome.score) if outcome.target else "", repr(now),
+                      outcome.error, keys.JOB_ERRORS_KEPT, self.meta_ttl,
+                      "1" if outcome.finished else "0", *_flatten(outcome.fields)],
+            ))
+
+    def drop_claim(self, aggr_id: str, job_id: str, token: str) -> None:
+        """Forget a claimed id whose job hash is gone or unreadable (nothing to run)."""
+        with translated():
+            self._finish(keys=[keys.inflight(aggr_id), keys.leases(aggr_id), keys.job(job_id),
+                               keys.queue(aggr_id), keys.job_meta(job_id), keys.job_errors(job_id)],
+                         args=[job_id, token, "", "0", "", 1, 1, "0"])
+
+    def expired_leases(self, aggr_id: str, now: float | None = None) -> list[str]:
+        now = time.time() if now is None else now
+        with translated():
+            return cast(list[str], self.redis.zrangebyscore(keys.inflight(aggr_id), "-inf", repr(now),
+                                                            start=0, num=500))
+
+    def recover(self, aggr_id: str, job_id: str, *, crash_tolerance: int, error: str,
+                now: float | None = None) -> int:
+        now = time.time() if now is None else now
+        with translated():
+            return int(self._recover(
+                keys=[keys.inflight(aggr_id), keys.leases(aggr_id), keys.queue(aggr_id), keys.job(job_id),
+                      keys.job_meta(job_id), keys.CALLBACK_QUEUE, keys.job_errors(job_id)],
+                args=[job_id, repr(now), crash_tolerance, DEFAULT_MAX_RETRIES, error, self.meta_ttl,
+                      keys.JOB_ERRORS_KEPT],
+            ))
+
+    # --- callbacks --------------------------------------------------------------
+
+    def claim_callbacks(self, wanted: int, token: str, lease_seconds: float,
+                        now: float | None = None) -> list[str]:
+        now = time.time() if now is None else now
+        with translated():
+            return cast(list[str], self._claim_callbacks(
+                keys=[keys.CALLBACK_QUEUE, keys.CALLBACK_INFLIGHT, keys.CALLBACK_LEASES],
+                args=[repr(now), repr(now + lease_seconds), wanted, token],
+            ))
+
+    def start_callback(self, job_id: str) -> dict[str, str]:
+        """Count the attempt and mark it InProgress; returns the job hash after that."""
+        with translated():
+            pipe = self.redis.pipeline(transaction=True)
+            pipe.hincrby(keys.job(job_id), "CallbackCount", 1)
+            pipe.hset(keys.job(job_id), mapping={"CallbackState": "InProgress", "CallbackMeta": ""})
+            pipe.hgetall(keys.job(job_id))
+            raw = cast(dict[str, str], pipe.execute()[2])
+        if not raw.get("ID"):
+            raise JobNotFound(job_id)
+        return raw
+
+    def callback_delivered(self, job_id: str, token: str, delete_at: float) -> int:
+        with translated():
+            return int(self._delivered(
+                keys=[keys.CALLBACK_INFLIGHT, keys.CALLBACK_LEASES, keys.job(job_id),
+                      keys.job_meta(job_id), keys.job_errors(job_id), keys.DELETION_QUEUE],
+                args=[job_id, token, repr(delete_at)],
+            ))
+
+    def callback_undelivered(self, job_id: str, token: str, fields: Mapping[str, str],
+                             retry_at: float | None, now: float | None = None) -> int:
+        now = time.time() if now is None else now
+        with translated():
+            return int(self._undelivered(
+                keys=[keys.CALLBACK_INFLIGHT, keys.CALLBACK_LEASES, keys.job(job_id), keys.CALLBACK_QUEUE,
+                      keys.job_meta(job_id)],
+                args=[job_id, token, "" if retry_at is None else repr(retry_at), repr(now), self.meta_ttl,
+                      *_flatten(fields)],
+            ))
+
+    def drop_callback_claim(self, job_id: str, token: str) -> None:
+        with translated():
+            pipe = self.redis.pipeline(transaction=True)
+            pipe.zrem(keys.CALLBACK_INFLIGHT, job_id)
+            pipe.hdel(keys.CALLBACK_LEASES, job_id)
+            pipe.execute()
+
+    def recover_callbacks(self, now: float | None = None) -> int:
+        now = time.time() if now is None else now
+        with translated():
+            expired = cast(list[str], self.redis.zrangebyscore(keys.CALLBACK_INFLIGHT, "-inf", repr(now),
+                                                               start=0, num=500))
+            recovered = 0
+            for job_id in expired:
+                recovered += int(self._recover_callback(
+                    keys=[keys.CALLBACK_INFLIGHT, keys.CALLBACK_LEASES, keys.job(job_id), keys.CALLBACK_QUEUE],
+                    args=[job_id, repr(now)],
+                )) > 0
+        return recovered
+
+    # --- file deletion ----------------------------------------------------------
+
+    def claim_deletions(self, wanted: int, retry_after: float, now: float | None = None) -> list[str]:
+        now = time.time() if now is None else now
+        with translated():
+            return cast(list[str], self._claim_deletions(
+                keys=[keys.DELETION_QUEUE], args=[repr(now), wanted, repr(now + retry_after)]))
+
+    def deletion_done(self, job_id: str) -> None:
+        with translated():
+            pipe = self.redis.pipeline(transaction=True)
+            pipe.zrem(keys.DELETION_QUEUE, job_id)
+            pipe.delete(keys.job(job_id), keys.job_meta(job_id), keys.job_errors(job_id))
+            pipe.execute()
+
+    # --- stats and reads ----------------------------------------------------------
+
+    def write_stats(self, component: str, payload: str, ttl_seconds: float) -> None:
+        with translated():
+            self.redis.set(keys.stats(component), payload, px=max(1, int(ttl_seconds * 1000)))
+
+    def job_hash(self, job_id: str) -> dict[str, str]:
+        with translated():
+            return cast(dict[str, str], self.redis.hgetall(keys.job(job_id)))
+
+
+def enqueue_arguments(job: Job, aggregation: Aggregation, job_id: str, now: float,
+                      meta_ttl: int) -> tuple[list[str], list[Any]]:
+    fields = dataclasses.replace(job, id=job_id).to_hash()
+    k = [keys.job(job_id), keys.aggregation(aggregation.id), keys.queue(aggregation.id), keys.job_meta(job_id)]
+    a: list[Any] = [repr(now), aggregation.limit, aggregation.proxy, meta_ttl, aggregation.id, job_id,
+                    *_flatten(fields)]
+    return k, a
+
+
+class AsyncStore:
+    """What the API needs, on redis.asyncio."""
+
+    def __init__(self, client: redis.asyncio.Redis, *, meta_ttl: int = keys.JOB_META_TTL_SECONDS) -> None:
+        self.redis = client
+        self.meta_ttl = meta_ttl
+        self._enqueue = client.register_script(scripts.ENQUEUE)
+        self._retry = client.register_script(scripts.RETRY_CALLBACK)
+
+    @classmethod
+    def from_url(cls, url: str) -> AsyncStore:
+        client = redis.asyncio.Redis.from_url(url, decode_responses=True, health_check_interval=30,
+                                              socket_keepalive=True, retry_on_timeout=True)
+        return cls(client)
+
+    async def close(self) -> None:
+        await self.redis.aclose()
+
+    async def ping(self) -> None:
+        with translated():
+            await self.redis.ping()
+
+    async def enqueue(self, job: Job, aggregation: Aggregation, now: float | None = None) -> str | None:
+        """The new job's id, or None after ID_ATTEMPTS collisions (astronomically unlikely)."""
+        now = time.time() if now is None else now
+        with translated():
+            for _ in range(ID_ATTEMPTS):
+                job_id = new_job_id()
+                k, a = enqueue_arguments(job, aggregation, job_id, now, self.meta_ttl)
+                if await self._enqueue(keys=k, args=a):
+                    return job_id
+        return None
+
+    async def job_hash(self, job_id: str) -> dict[str, str]:
+        with translated():
+            return cast(dict[str, str], await self.redis.hgetall(keys.job(job_id)))
+
+    async def retry_callback(self, job_id: str, now: float | None = None) -> str | None:
+        """"OK" when rescheduled, the callback state when it is not Failed, None if no job."""
+        now = time.time() if now is None else now
+        with translated():
+            reply = await self._retry(keys=[keys.job(job_id), keys.CALLBACK_QUEUE], args=[job_id, repr(now)])
+        return None if reply is None else str(reply)
+
+    async def stats(self, component: str) -> str | None:
+        with translated():
+            return cast(str | None, await self.redis.get(keys.stats(component)))
+
+    async def queue_sizes(self) -> list[tuple[str, int]]:
+        """(`jobs:<aggr>`, queued ids) for every aggregation with a queue, in SCAN order."""
+        with translated():
+            names = [k async for k in self.redis.scan_iter(match=keys.QUEUE_PATTERN, count=1000)]
+            pipe = self.redis.pipeline(transaction=False)
+            for name in names:
+                pipe.zcard(name)
+            sizes = await pipe.execute(raise_on_error=False)
+        return [(name, size if isinstance(size, int) else -1) for name, size in zip(names, sizes, strict=True)]
+
+    async def job_status(self, job_id: str) -> JobStatus | None:
+        with translated():
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.hgetall(keys.job(job_id))
+            pipe.hgetall(keys.job_meta(job_id))
+            pipe.lrange(keys.job_errors(job_id), 0, -1)
+            raw, meta, errors = await pipe.execute()
+            if not raw or not raw.get("ID"):
+                return None
+            job = Job.from_hash(raw)
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.zscore(keys.queue(job.aggr_id), job_id)
+            pipe.zscore(keys.inflight(job.aggr_id), job_id)
+            queued_at, lease = await pipe.execute()
+        return JobStatus(job=job, meta=meta, errors=errors, queued_at=queued_at, lease_expires_at=lease)

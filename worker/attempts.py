@@ -1,0 +1,153 @@
+"""One attempt at one job, and the outcome it leaves in Redis (reference 3.3-3.5).
+
+`decide` is the pure part (error -> retry, fail, or give back without counting) and is
+unit-tested on its own; `run_attempt` wires fetching, checks and storage around it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from typing import TYPE_CHECKING
+
+from downloader import imaging, keys, mime
+from downloader.errors import DownloadError, Interrupted, StorageError
+from downloader.models import Aggregation, Job, State
+from downloader.store import Outcome
+
+if TYPE_CHECKING:
+    from downloader.worker.processor import Processor
+
+log = logging.getLogger("downloader.worker")
+
+
+def run_attempt(proc: Processor, aggregation: Aggregation, job: Job, cancelled: threading.Event) -> None:
+    settings = proc.settings
+    try:
+        image_size, code = _download_and_store(proc, aggregation, job, cancelled)
+    except DownloadError as err:
+        _count_response(proc, err)
+        outcome = decide(job, err, now=time.time(), backoff=settings.retry_backoff_seconds,
+                         default_max_retries=settings.max_retries)
+    else:
+        proc.stats.incr(f"download.response.{code}")
+        outcome = success(job, code, image_size, settings.download_url, now=time.time())
+    result = proc.db.finish(job, proc.token, outcome)
+    if result == 0:
+        log.warning("job %s: lease lost before the outcome was written; another worker owns it", job.id)
+    elif result < 0:
+        log.warning("job %s: its hash vanished while it was downloading", job.id)
+
+
+def _download_and_store(proc: Processor, aggregation: Aggregation, job: Job,
+                        cancelled: threading.Event) -> tuple[str, int]:
+    pattern = _pattern(job)
+    fetched = proc.fetcher.fetch(
+        job_id=job.id, url=job.url, proxy=aggregation.proxy, job_headers=job.request_headers,
+        timeout=float(job.download_timeout), tmp_dir=proc.settings.tmp_dir,
+        sniff=bool(job.mime_type) or job.extract_image_size, mime_pattern=pattern, cancelled=cancelled)
+    try:
+        image_size = ""
+        if job.extract_image_size:
+            try:
+                image_size = imaging.image_size(fetched.path, fetched.mime_type)
+            except imaging.ImageSizeError as exc:
+                raise DownloadError("extracting image-size", str(exc), retriable=False,
+                                    response_code=fetched.response_code) from exc
+        if cancelled.is_set():
+            raise Interrupted("download cancelled (shutting down or disk full)")
+        try:
+            proc.storage.store(fetched.path, job.relative_path)
+        except StorageError as exc:
+            # Our storage failing is not the job's fault: retried without using an attempt.
+            raise DownloadError("storing file to default storage backend", str(exc), retriable=True,
+                                internal=True, response_code=fetched.response_code) from exc
+    finally:
+        with contextlib.suppress(OSError):
+            fetched.path.unlink(missing_ok=True)
+    return image_size, fetched.response_code
+
+
+def _pattern(job: Job) -> mime.MimePattern | None:
+    if not job.mime_type:
+        return None
+    try:
+        return mime.parse_pattern(job.mime_type)
+    except mime.InvalidPattern as exc:
+        raise DownloadError("validating mime type", str(exc), retriable=False) from exc
+
+
+def _count_response(proc: Processor, err: DownloadError) -> None:
+    if err.phase == "validating mime type":
+        proc.stats.incr("download.response.mime")
+    elif err.phase == "extracting image-size":
+        proc.stats.incr("download.response.image-size")
+    elif err.message.startswith("TLS Error"):
+        proc.stats.incr("download.response.tls")
+    elif err.phase == "downloading file" and not err.internal:
+        proc.stats.incr("download.response.body")
+    if err.response_code:
+        proc.stats.incr(f"download.response.{err.response_code}")
+    if err.internal:
+        proc.stats.incr("failures")
+
+
+def success(job: Job, code: int, image_size: str, download_url: str, *, now: float) -> Outcome:
+    fields = {
+        "DownloadState": State.SUCCESS.value,
+        "DownloadCount": str(job.download_count + 1),
+        "DownloadMeta": "",
+        "DownloadURL": download_url,
+        "ResponseCode": str(code),
+        "ImageSize": image_size,
+    }
+    return _to_callback(job, fields, now=now, error="")
+
+
+def decide(job: Job, err: DownloadError, *, now: float, backoff: float, default_max_retries: int) -> Outcome:
+    """What a failed attempt leads to.
+
+    * interrupted by us (shutdown, sick disk): back to the queue at once, attempt not counted;
+    * internal (our disk, our storage): retried after one backoff unit, not counted (the
+      original retried these with no delay, forever: bug 10.1.12);
+    * retriable with attempts left: back to the queue after `attempt x backoff`;
+    * otherwise Failed, and the callback is queued.
+    """
+    text = str(err)
+    code = str(err.response_code)
+    if isinstance(err, Interrupted):
+        return Outcome(fields={"DownloadState": State.PENDING.value}, target=keys.queue(job.aggr_id),
+                       score=now)
+    if err.internal:
+        return Outcome(fields={"DownloadState": State.PENDING.value, "ResponseCode": code},
+                       target=keys.queue(job.aggr_id), score=now + backoff, error=text)
+    count = job.download_count + 1
+    limit = default_max_retries if job.max_retries is None else job.max_retries
+    if err.retriable and count <= limit:
+        fields = {"DownloadState": State.PENDING.value, "DownloadCount": str(count), "DownloadMeta": "",
+                  "ResponseCode": code}
+        return Outcome(fields=fields, target=keys.queue(job.aggr_id), score=now + count * backoff, error=text)
+    fields = {"DownloadState": State.FAILED.value, "DownloadCount": str(count), "DownloadMeta": text,
+              "ResponseCode": code, "ImageSize": ""}
+    return _to_callback(job, fields, now=now, error=text)
+
+
+def _to_callback(job: Job, fields: dict[str, str], *, now: float, error: str) -> Outcome:
+    if not job.has_callback:
+        return Outcome(fields=fields, error=error, finished=True)
+    fields = {**fields, "CallbackState": State.PENDING.value}
+    return Outcome(fields=fields, target=keys.CALLBACK_QUEUE, score=now, error=error, finished=True)
+
+
+def release(proc: Processor, aggr_id: str, job_id: str) -> None:
+    """Give a job back to its queue at shutdown without counting the attempt."""
+    job = Job(id=job_id, url="", aggr_id=aggr_id)
+    outcome = Outcome(fields={"DownloadState": State.PENDING.value}, target=keys.queue(aggr_id),
+                      score=time.time())
+    try:
+        if proc.db.finish(job, proc.token, outcome) == 1:
+            log.info("job %s released back to %s", job_id, keys.queue(aggr_id))
+    except Exception as exc:  # the lease expiry recovers it anyway
+        log.warning("could not release job %s (its lease will expire): %s", job_id, exc)

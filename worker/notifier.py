@@ -1,0 +1,177 @@
+"""The notifier: delivers callbacks, retries them, deletes delivered jobs' files, recovers leases.
+
+Callbacks are claimed from `CallbackQueue` under a lease like downloads, so a notifier that
+dies mid-delivery loses nothing (delivery is at least once). The housekeeping thread also
+gives back expired download leases of every aggregation and runs the file reaper.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+from downloader import keys, notifying, store
+from downloader.errors import DownloaderError, JobNotFound, NotificationError, StorageError, StoreError
+from downloader.models import CorruptJobError, Job, State
+from downloader.settings import Settings
+from downloader.stats import Stats
+from downloader.storage import FileStorage
+from downloader.worker.housekeeping import Every
+from downloader.worker.processor import LOST_LEASE_TEXT
+
+log = logging.getLogger("downloader.notifier")
+
+#: A failed file deletion is tried again after this long (the original dropped it).
+DELETION_RETRY_SECONDS = 300.0
+DELETIONS_PER_ROUND = 200
+
+
+class Notifier:
+    def __init__(self, settings: Settings, db: store.Store, storage: FileStorage, *,
+                 backends: dict[str, notifying.Backend] | None = None, stats: Stats | None = None) -> None:
+        self.settings = settings
+        self.db = db
+        self.storage = storage
+        self.stats = stats or Stats()
+        self.token = store.new_token()
+        self.backends = backends if backends is not None else {
+            "http": notifying.HttpBackend(settings.callback_timeout_seconds, settings.notifier_concurrency)}
+        self.threads = ThreadPoolExecutor(settings.notifier_concurrency, thread_name_prefix="callback")
+        self._lock = threading.Lock()
+        self._busy = 0
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+
+    def run(self) -> None:
+        keeper = threading.Thread(target=self._housekeeping, name="notifier-housekeeping", daemon=True)
+        keeper.start()
+        log.info("notifier %s delivering with %d threads (backends: %s)", self.token,
+                 self.settings.notifier_concurrency, ", ".join(sorted(self.backends)))
+        try:
+            while not self._stopping.is_set():
+                try:
+                    self._dispatch_once()
+                except StoreError as exc:
+                    log.warning("redis unavailable, retrying: %s", exc)
+                    self._stopping.wait(1.0)
+        finally:
+            self.threads.shutdown(wait=True)  # callbacks in flight finish (bounded by their timeout)
+            keeper.join(timeout=5)
+            for backend in self.backends.values():
+                backend.close()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._wake.set()
+
+    # --- delivery -----------------------------------------------------------------
+
+    def _dispatch_once(self) -> None:
+        free = self.settings.notifier_concurrency - self._busy
+        if free <= 0:
+            self._wake.wait(0.5)
+            self._wake.clear()
+            return
+        ids = self.db.claim_callbacks(free, self.token, self.settings.lease_seconds)
+        if not ids:
+            self._wake.wait(self.settings.poll_interval_seconds)
+            self._wake.clear()
+            return
+        with self._lock:
+            self._busy += len(ids)
+        for job_id in ids:
+            self.threads.submit(self._deliver_guarded, job_id)
+
+    def _deliver_guarded(self, job_id: str) -> None:
+        try:
+            self._deliver(job_id)
+        except Exception:
+            log.exception("callback of job %s failed unexpectedly; its lease will expire and it is retried",
+                          job_id)
+        finally:
+            with self._lock:
+                self._busy -= 1
+            self._wake.set()
+
+    def _deliver(self, job_id: str) -> None:
+        try:
+            job = Job.from_hash(self.db.start_callback(job_id))
+        except (JobNotFound, CorruptJobError) as exc:
+            log.warning("callback of job %s dropped: %s", job_id, exc)
+            self.db.drop_callback_claim(job_id, self.token)
+            return
+        if job.download_state not in (State.SUCCESS, State.FAILED):
+            # The original still sent an all-empty payload here (bug 10.1.2); we do not.
+            self._give_up(job, f"Invalid job download state: '{job.download_state}'")
+            return
+        backend_name, destination = notifying.destination(job)
+        backend = self.backends.get(backend_name)
+        if backend is None:
+            self.stats.incr("undefinedBackendWithCallback")
+            self._retry_or_fail(job, f"Undefined backend {backend_name} for job {job.job_string()}")
+            return
+        try:
+            backend.deliver(destination, notifying.encode(notifying.payload(job)))
+        except NotificationError as exc:
+            self._retry_or_fail(job, str(exc))
+            return
+        delete_at = time.time() + self.settings.deletion_delay_seconds
+        if self.db.callback_delivered(job.id, self.token, delete_at):
+            self.stats.incr("successfulCallbacks")
+
+    def _retry_or_fail(self, job: Job, error: str) -> None:
+        if job.callback_count >= self.settings.callback_max_attempts:
+            self._give_up(job, error)
+            return
+        log.warning("callback of job %s failed (attempt %d), retrying: %s", job.id, job.callback_count, error)
+        retry_at = time.time() + job.callback_count * self.settings.callback_backoff_seconds
+        self.db.callback_undelivered(job.id, self.token, {"CallbackState": State.PENDING.value,
+                                                          "CallbackMeta": error}, retry_at)
+
+    def _give_up(self, job: Job, error: str) -> None:
+        log.warning("callback of job %s failed for good: %s", job.id, error)
+        self.stats.incr("failedCallbacks")
+        self.db.callback_undelivered(job.id, self.token, {"CallbackState": State.FAILED.value,
+                                                          "CallbackMeta": error}, None)
+
+    # --- housekeeping ---------------------------------------------------------------
+
+    def _housekeeping(self) -> None:
+        recover = Every(self.settings.scan_interval_seconds, first_now=True)
+        reap = Every(1.0, first_now=True)
+        stats = Every(self.settings.stats_interval_seconds, first_now=True)
+        while not self._stopping.wait(0.1):
+            for due, step in ((recover, self._recover), (reap, self._reap), (stats, self._publish_stats)):
+                if due():
+                    try:
+                        step()
+                    except DownloaderError as exc:
+                        log.warning("%s failed: %s", step.__name__, exc)
+
+    def _recover(self) -> None:
+        if self.db.recover_callbacks():
+            self._wake.set()
+        for aggr_id in self.db.aggregations_in_flight():
+            for job_id in self.db.expired_leases(aggr_id):
+                result = self.db.recover(aggr_id, job_id, crash_tolerance=self.settings.crash_tolerance,
+                                         error=LOST_LEASE_TEXT)
+                if result > 0:
+                    log.warning("job %s of %s: its worker was lost; %s", job_id, aggr_id,
+                                "queued again" if result == 1 else "failed")
+
+    def _reap(self) -> None:
+        for job_id in self.db.claim_deletions(DELETIONS_PER_ROUND, DELETION_RETRY_SECONDS):
+            try:
+                self.storage.delete(f"{job_id[:3]}/{job_id}")
+            except StorageError as exc:
+                self.stats.incr("reaperFailures")
+                log.warning("deleting the file of job %s failed, retrying later: %s", job_id, exc)
+                continue
+            self.db.deletion_done(job_id)
+            self.stats.incr("reaperSuccessfulDeletions")
+
+    def _publish_stats(self) -> None:
+        interval = self.settings.stats_interval_seconds
+        self.db.write_stats("notifier", self.stats.to_json(), interval * keys.STATS_TTL_INTERVALS)

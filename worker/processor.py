@@ -1,0 +1,313 @@
+"""The download loop: claim jobs within each aggregation's fleet-wide limit, download, record.
+
+One scheduler thread claims (Lua, atomic) as many jobs as the process has free download
+threads; the threads run one attempt each (`attempts.run_attempt`) and write its outcome
+fenced by the lease token. A housekeeping thread renews leases, enforces deadlines, finds
+new aggregations, gives back expired leases, checks the disk and publishes stats.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from downloader import diskcheck, keys, store
+from downloader.errors import DownloaderError, StoreError
+from downloader.fetching import Fetcher, FetchLimits
+from downloader.models import Aggregation, CorruptJobError, Job
+from downloader.settings import Settings
+from downloader.stats import Stats
+from downloader.storage import FileStorage
+from downloader.worker import attempts
+from downloader.worker.housekeeping import Every
+
+log = logging.getLogger("downloader.worker")
+
+#: Longest a scheduler waits before looking at an aggregation that said "empty" again.
+MAX_IDLE_DELAY = 1.0
+#: After "full" (every lease of the aggregation is taken), look again this soon.
+FULL_DELAY = 0.2
+LOST_LEASE_TEXT = ("Error while downloading file, the worker holding the job was lost (killed or stalled "
+                   "past its lease) too many times, retriable: true, internal: true")
+
+
+@dataclasses.dataclass
+class _AggregationState:
+    next_try: float = 0.0
+    idle_delay: float = 0.0
+    running: dict[str, threading.Event] = dataclasses.field(default_factory=dict)
+    seen_in_scan: bool = True
+
+
+class Processor:
+    """Downloads for all aggregations, or only `only` (one per pod under the operator)."""
+
+    def __init__(self, settings: Settings, db: store.Store, storage: FileStorage, *,
+                 only: frozenset[str] = frozenset(), stats: Stats | None = None) -> None:
+        self.settings = settings
+        self.db = db
+        self.storage = storage
+        self.only = only
+        self.stats = stats or Stats()
+        self.token = store.new_token()
+        self.fetcher = Fetcher(
+            FetchLimits(connect_timeout=settings.connect_timeout_seconds,
+                        total_timeout=settings.download_timeout_seconds,
+                        max_redirects=settings.max_redirects, max_bytes=settings.max_download_bytes),
+            settings.default_request_headers, pool_size=settings.worker_concurrency)
+        self.threads = ThreadPoolExecutor(settings.worker_concurrency, thread_name_prefix="download")
+        self.disk = diskcheck.DiskMonitor(settings.disk_high_watermark_percent,
+                                          settings.disk_low_watermark_percent)
+        self._aggregations: dict[str, _AggregationState] = {a: _AggregationState() for a in only}
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._paused = threading.Event()
+        self._busy = 0
+        self._rotation = 0
+
+    # --- lifecycle ----------------------------------------------------------------
+
+    def run(self) -> None:
+        """Serve until stop(); then drain within the grace period and give back the rest."""
+        Path(self.settings.tmp_dir).mkdir(parents=True, exist_ok=True)
+        self.storage.check_writable()
+        keeper = threading.Thread(target=self._housekeeping, name="worker-housekeeping", daemon=True)
+        keeper.start()
+        log.info("worker %s serving %s with %d download threads", self.token,
+                 ", ".join(sorted(self.only)) or "all aggregations", self.settings.worker_concurrency)
+        try:
+            while not self._stopping.is_set():
+                try:
+                    self._schedule_once()
+                except StoreError as exc:
+                    log.warning("redis unavailable, retrying: %s", exc)
+                    self._stopping.wait(1.0)
+        finally:
+            self._drain()
+            keeper.join(timeout=5)
+            self.fetcher.close()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._wake.set()
+
+    # --- scheduling ---------------------------------------------------------------
+
+    def _schedule_once(self) -> None:
+        if self._paused.is_set():
+            self._stopping.wait(0.2)
+            return
+        free = self.settings.worker_concurrency - self._busy
+        if free <= 0:
+            self._wake.wait(0.5)
+            self._wake.clear()
+            return
+        now = time.time()
+        names = self._ready_aggregations(now)
+        claimed = 0
+        for aggr_id in names:
+            got = self._claim(aggr_id, free - claimed, now)
+            claimed += got
+            if claimed >= free or self._stopping.is_set():
+                break
+        if claimed == 0:
+            self._sleep_until_next(now)
+
+    def _ready_aggregations(self, now: float) -> list[str]:
+        with self._lock:
+            names = [a for a, s in self._aggregations.items() if s.next_try <= now]
+        if names:
+            self._rotation = (self._rotation + 1) % len(names)
+            names = names[self._rotation:] + names[:self._rotation]  # no aggregation starves the rest
+        return names
+
+    def _claim(self, aggr_id: str, wanted: int, now: float) -> int:
+        result = self.db.claim(aggr_id, wanted, self.token, self.settings.lease_seconds, now)
+        with self._lock:
+            state = self._aggregations.get(aggr_id)
+            if state is None:
+                state = self._aggregations[aggr_id] = _AggregationState()
+            if result.ids:
+                state.idle_delay = 0.0
+                state.next_try = 0.0
+            elif result.full:
+                state.next_try = now + FULL_DELAY
+            elif result.next_ready is not None:
+                state.next_try = min(result.next_ready, now + MAX_IDLE_DELAY)
+            else:
+                state.idle_delay = min(MAX_IDLE_DELAY, max(self.settings.poll_interval_seconds,
+                                                           state.idle_delay * 2))
+                state.next_try = now + state.idle_delay
+        if result.ids:
+            self._start(aggr_id, result.ids)
+        return len(result.ids)
+
+    def _sleep_until_next(self, now: float) -> None:
+        with self._lock:
+            soonest = min((s.next_try for s in self._aggregations.values()), default=now + MAX_IDLE_DELAY)
+        self._wake.wait(min(MAX_IDLE_DELAY, max(0.005, soonest - now)))
+        self._wake.clear()
+
+    def _start(self, aggr_id: str, ids: list[str]) -> None:
+        aggregation, raw_jobs = self.db.load_claimed(aggr_id, ids)
+        for job_id, raw in raw_jobs.items():
+            if not raw.get("ID"):
+                log.warning("job %s of %s has no hash any more; dropping it from the queue", job_id, aggr_id)
+                self.db.drop_claim(aggr_id, job_id, self.token)
+                continue
+            try:
+                job = Job.from_hash(raw)
+            except CorruptJobError as exc:
+                log.error("job %s is unreadable, left as is: %s", job_id, exc)
+                self.db.drop_claim(aggr_id, job_id, self.token)
+                continue
+            self._submit(aggregation, job)
+
+    def _submit(self, aggregation: Aggregation, job: Job) -> None:
+        cancelled = threading.Event()
+        with self._lock:
+            state = self._aggregations.setdefault(aggregation.id, _AggregationState())
+            if not state.running:
+                self.stats.incr("spawnedWorkerPools")
+                self.stats.gauge_add("workerPools", 1, "maxWorkerPools")
+            state.running[job.id] = cancelled
+            self._busy += 1
+        self.stats.incr("spawnedWorkers")
+        self.stats.gauge_add("workers", 1, "maxWorkers")
+        self.threads.submit(self._work, aggregation, job, cancelled)
+
+    def _work(self, aggregation: Aggregation, job: Job, cancelled: threading.Event) -> None:
+        try:
+            attempts.run_attempt(self, aggregation, job, cancelled)
+        except Exception:
+            log.exception("unexpected error on job %s; its lease will expire and it will be retried", job.id)
+        finally:
+            self._done(aggregation.id, job.id)
+
+    def _done(self, aggr_id: str, job_id: str) -> None:
+        with self._lock:
+            state = self._aggregations.get(aggr_id)
+            if state is not None:
+                state.running.pop(job_id, None)
+                state.next_try = 0.0
+                if not state.running:
+                    self.stats.gauge_add("workerPools", -1)
+            self._busy -= 1
+        self.stats.gauge_add("workers", -1)
+        self._wake.set()
+
+    # --- housekeeping -------------------------------------------------------------
+
+    def _housekeeping(self) -> None:
+        renew = Every(self.settings.lease_seconds / 3)
+        scan = Every(self.settings.scan_interval_seconds, first_now=True)
+        stats = Every(self.settings.stats_interval_seconds, first_now=True)
+        disk = Every(self.settings.disk_check_interval_seconds, first_now=True)
+        while not self._stopping.wait(0.1):
+            self.fetcher.enforce_deadlines()
+            for due, step in ((renew, self._renew), (scan, self._scan), (stats, self._publish_stats),
+                              (disk, self._check_disk)):
+                if due():
+                    try:
+                        step()
+                    except DownloaderError as exc:
+                        log.warning("%s failed: %s", step.__name__, exc)
+        self._publish_final_stats()
+
+    def _held(self) -> dict[str, dict[str, threading.Event]]:
+        with self._lock:
+            return {a: dict(s.running) for a, s in self._aggregations.items() if s.running}
+
+    def _renew(self) -> None:
+        for aggr_id, running in self._held().items():
+            lost = self.db.renew(aggr_id, list(running), self.token, self.settings.lease_seconds)
+            for job_id in lost:
+                log.warning("lost the lease of job %s; abandoning this attempt", job_id)
+                running[job_id].set()
+
+    def _scan(self) -> None:
+        if self.only:
+            found = set(self.only)
+        else:
+            found = self.db.active_aggregations() | self.db.aggregations_in_flight()
+        with self._lock:
+            for aggr_id in found:
+                if aggr_id not in self._aggregations:
+                    self._aggregations[aggr_id] = _AggregationState()
+                    self._wake.set()
+            gone = [a for a, s in self._aggregations.items()
+                    if a not in found and not s.running and a not in self.only]
+            for aggr_id in gone:
+                del self._aggregations[aggr_id]
+        for aggr_id in gone:
+            self.db.delete_idle_aggregation(aggr_id)
+        for aggr_id in found:
+            self._recover(aggr_id)
+
+    def _recover(self, aggr_id: str) -> None:
+        for job_id in self.db.expired_leases(aggr_id):
+            result = self.db.recover(aggr_id, job_id, crash_tolerance=self.settings.crash_tolerance,
+                                     error=LOST_LEASE_TEXT)
+            if result == 1:
+                log.warning("job %s of %s: its worker was lost; queued again", job_id, aggr_id)
+            elif result == 2:
+                log.warning("job %s of %s: lost its worker too often; failed", job_id, aggr_id)
+
+    def _check_disk(self) -> None:
+        try:
+            used = diskcheck.usage_percent(Path(self.settings.tmp_dir))
+        except OSError as exc:
+            log.warning("disk check of %s failed: %s", self.settings.tmp_dir, exc)
+            return
+        change = self.disk.observe(used)
+        if change is False:
+            log.error("disk %s is %.0f%% full: pausing downloads", self.settings.tmp_dir, used)
+            self._paused.set()
+            for running in self._held().values():
+                for cancelled in running.values():
+                    cancelled.set()
+        elif change is True:
+            log.warning("disk %s is %.0f%% full: resuming downloads", self.settings.tmp_dir, used)
+            self._paused.clear()
+            self._wake.set()
+
+    def _publish_stats(self) -> None:
+        interval = self.settings.stats_interval_seconds
+        self.db.write_stats("processor", self.stats.to_json(), interval * keys.STATS_TTL_INTERVALS)
+
+    def _publish_final_stats(self) -> None:
+        try:
+            self._publish_stats()
+        except DownloaderError:
+            pass
+
+    # --- shutdown -----------------------------------------------------------------
+
+    def _drain(self) -> None:
+        """Let running downloads finish within the grace period, then interrupt and release."""
+        deadline = time.monotonic() + self.settings.shutdown_grace_seconds
+        while self._busy and time.monotonic() < deadline:
+            self._wake.wait(0.1)
+            self._wake.clear()
+        held = self._held()
+        if held:
+            log.warning("grace period over: interrupting %d downloads", sum(map(len, held.values())))
+            for running in held.values():
+                for cancelled in running.values():
+                    cancelled.set()
+            self.fetcher.enforce_deadlines()
+            self.threads.shutdown(wait=False, cancel_futures=True)
+            end = time.monotonic() + 5
+            while self._busy and time.monotonic() < end:
+                self._wake.wait(0.1)
+                self.fetcher.enforce_deadlines()
+        for aggr_id, running in self._held().items():
+            for job_id in running:
+                attempts.release(self, aggr_id, job_id)
+        self.threads.shutdown(wait=False, cancel_futures=True)
+        log.info("worker %s stopped", self.token)
