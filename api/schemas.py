@@ -37,8 +37,9 @@ class JobView(BaseModel):
     id: str
     aggr_id: str
     url: str
-    state: str = Field(description="queued, waiting_retry, in_progress, succeeded, failed, "
-                                   "callback_pending, callback_failed")
+    state: str = Field(
+        description="queued, waiting_retry, in_progress, succeeded, failed, callback_pending, callback_failed"
+    )
     download: DownloadState
     callback: CallbackState
     errors: list[str] = Field(description="Errors of past attempts, oldest first")
@@ -67,8 +68,10 @@ DOWNLOAD_REQUEST_BODY: dict[str, Any] = {
                 "properties": {
                     "url": {"type": "string", "description": "Absolute URL to download"},
                     "aggr_id": {"type": "string", "minLength": 1},
-                    "aggr_limit": {"type": "number", "description": "Concurrent downloads of the "
-                                   "aggregation across the fleet (> 0)"},
+                    "aggr_limit": {
+                        "type": "number",
+                        "description": "Concurrent downloads of the aggregation across the fleet (> 0)",
+                    },
                     "aggr_proxy": _STRING,
                     "callback_url": {"type": "string", "description": "Deprecated: HTTP callback URL"},
                     "callback_type": {"type": "string", "description": "Backend: http or kafka"},

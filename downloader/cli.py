@@ -55,20 +55,35 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="downloader", description="Async rate-limited downloading service")
     config = argparse.ArgumentParser(add_help=False)
-    config.add_argument("-c", "--config", metavar="FILE",
-                        help="config.json in the original's format (DOWNLOADER_* variables win)")
+    config.add_argument(
+        "-c",
+        "--config",
+        metavar="FILE",
+        help="config.json in the original's format (DOWNLOADER_* variables win)",
+    )
     sub = parser.add_subparsers(dest="command", metavar="command")
-    up = sub.add_parser("up", parents=[config], help="API, worker, notifier and an embedded Redis in one process")
+    up = sub.add_parser(
+        "up", parents=[config], help="API, worker, notifier and an embedded Redis in one process"
+    )
     up.add_argument("--host", default="127.0.0.1")
     up.add_argument("--port", "-p", type=int, default=8000)
     api = sub.add_parser("api", parents=[config], help="the HTTP API")
     api.add_argument("--host", default="0.0.0.0")
     api.add_argument("--port", "-p", type=int, default=8000)
     for name in ("worker", "processor"):
-        worker = sub.add_parser(name, parents=[config], help="download jobs" + (" (alias of worker)" if
-                                                                                name == "processor" else ""))
-        worker.add_argument("--aggregation", "-a", action="append", default=[], metavar="ID",
-                            help="serve only this aggregation (repeatable); default: all")
+        worker = sub.add_parser(
+            name,
+            parents=[config],
+            help="download jobs" + (" (alias of worker)" if name == "processor" else ""),
+        )
+        worker.add_argument(
+            "--aggregation",
+            "-a",
+            action="append",
+            default=[],
+            metavar="ID",
+            help="serve only this aggregation (repeatable); default: all",
+        )
     sub.add_parser("notifier", parents=[config], help="callbacks, retries, file deletion, lease recovery")
     sub.add_parser("version", help="print the version")
     return parser
@@ -76,8 +91,11 @@ def _parser() -> argparse.ArgumentParser:
 
 def _configure_logging() -> None:
     level = os.environ.get("DOWNLOADER_LOG_LEVEL", "INFO").upper()
-    logging.basicConfig(level=getattr(logging, level, logging.INFO), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=getattr(logging, level, logging.INFO),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
 
 
 def _settings(args: argparse.Namespace, **overrides: Any) -> Settings:
@@ -94,8 +112,14 @@ def cmd_api(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     _on_signals(lambda: None)  # uvicorn stops itself and re-raises into this handler: exit 0
-    uvicorn.run(create_app(settings), host=args.host, port=args.port, access_log=False,
-                log_level="warning", timeout_graceful_shutdown=10)
+    uvicorn.run(
+        create_app(settings),
+        host=args.host,
+        port=args.port,
+        access_log=False,
+        log_level="warning",
+        timeout_graceful_shutdown=10,
+    )
     return 0
 
 
@@ -128,11 +152,27 @@ def cmd_up(args: argparse.Namespace) -> int:
         threads = [threading.Thread(target=s.run, name=type(s).__name__, daemon=True) for s in services]
         for thread in threads:
             thread.start()
-        _on_signals(lambda: [s.stop() for s in services])
-        log.info("serving on http://%s:%d (files at %s, stored under %s)", args.host, args.port,
-                 settings.download_url, settings.storage_root)
-        uvicorn.run(create_app(settings, serve_files=True), host=args.host, port=args.port,
-                    access_log=False, log_level="warning", timeout_graceful_shutdown=5)
+
+        def stop_all() -> None:
+            for service in services:
+                service.stop()
+
+        _on_signals(stop_all)
+        log.info(
+            "serving on http://%s:%d (files at %s, stored under %s)",
+            args.host,
+            args.port,
+            settings.download_url,
+            settings.storage_root,
+        )
+        uvicorn.run(
+            create_app(settings, serve_files=True),
+            host=args.host,
+            port=args.port,
+            access_log=False,
+            log_level="warning",
+            timeout_graceful_shutdown=5,
+        )
         for service in services:
             service.stop()
         for thread in threads:
@@ -173,8 +213,10 @@ def _storage(settings: Settings) -> Any:
     from downloader.storage import FilesystemStorage
 
     if settings.storage_backend != "filesystem":
-        raise ConfigurationError(f"DOWNLOADER_STORAGE_BACKEND={settings.storage_backend} is not available "
-                                 "in this version; use filesystem")
+        raise ConfigurationError(
+            f"DOWNLOADER_STORAGE_BACKEND={settings.storage_backend} is not available "
+            "in this version; use filesystem"
+        )
     return FilesystemStorage(Path(settings.storage_root))
 
 
@@ -219,6 +261,8 @@ def _config_sets_redis(config: str | None) -> bool:
     if config is None:
         return False
     try:
-        return bool(settings_module.config_values(settings_module.read_config_file(Path(config))).get("redis_url"))
+        return bool(
+            settings_module.config_values(settings_module.read_config_file(Path(config))).get("redis_url")
+        )
     except ConfigurationError:
         return False

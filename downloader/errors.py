@@ -48,8 +48,9 @@ class StoreError(DownloaderError):
 class DownloadError(DownloaderError):
     """One failed download attempt, classified as the original does (reference 3.4)."""
 
-    def __init__(self, phase: str, message: str, *, retriable: bool, internal: bool = False,
-                 response_code: int = 0) -> None:
+    def __init__(
+        self, phase: str, message: str, *, retriable: bool, internal: bool = False, response_code: int = 0
+    ) -> None:
         super().__init__(message)
         self.phase = phase
         self.message = message

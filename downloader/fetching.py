@@ -147,9 +147,19 @@ class Fetcher:
 
     # --- one attempt ------------------------------------------------------------
 
-    def fetch(self, *, job_id: str, url: str, proxy: str, job_headers: Mapping[str, str] | None,
-              timeout: float, tmp_dir: Path, sniff: bool, mime_pattern: mime.MimePattern | None,
-              cancelled: threading.Event) -> Fetched:
+    def fetch(
+        self,
+        *,
+        job_id: str,
+        url: str,
+        proxy: str,
+        job_headers: Mapping[str, str] | None,
+        timeout: float,
+        tmp_dir: Path,
+        sniff: bool,
+        mime_pattern: mime.MimePattern | None,
+        cancelled: threading.Event,
+    ) -> Fetched:
         budget = timeout if timeout > 0 else self.limits.total_timeout
         attempt = Attempt(deadline=time.monotonic() + budget, cancelled=cancelled)
         with self._tracked(attempt):
@@ -160,16 +170,25 @@ class Fetcher:
             finally:
                 response.close()
 
-    def _request(self, url: str, proxy: str, job_headers: Mapping[str, str] | None, budget: float,
-                 attempt: Attempt) -> requests.Response:
+    def _request(
+        self, url: str, proxy: str, job_headers: Mapping[str, str] | None, budget: float, attempt: Attempt
+    ) -> requests.Response:
         headers, decode = self.headers_for(job_headers)
         try:
             response = self.session(proxy).get(
-                url, headers=headers, stream=True, allow_redirects=True,
+                url,
+                headers=headers,
+                stream=True,
+                allow_redirects=True,
                 timeout=(min(self.limits.connect_timeout, budget), budget),
             )
-        except (requests.exceptions.MissingSchema, requests.exceptions.InvalidSchema,
-                requests.exceptions.InvalidURL, requests.exceptions.InvalidHeader, ValueError) as exc:
+        except (
+            requests.exceptions.MissingSchema,
+            requests.exceptions.InvalidSchema,
+            requests.exceptions.InvalidURL,
+            requests.exceptions.InvalidHeader,
+            ValueError,
+        ) as exc:
             raise DownloadError("creating request", str(exc), retriable=False) from exc
         except requests.exceptions.SSLError as exc:
             raise DownloadError("performing request", f"TLS Error occured: {exc}", retriable=False) from exc
@@ -180,8 +199,15 @@ class Fetcher:
         _check_status(response)
         return response
 
-    def _receive(self, job_id: str, response: requests.Response, attempt: Attempt, tmp_dir: Path,
-                 sniff: bool, mime_pattern: mime.MimePattern | None) -> Fetched:
+    def _receive(
+        self,
+        job_id: str,
+        response: requests.Response,
+        attempt: Attempt,
+        tmp_dir: Path,
+        sniff: bool,
+        mime_pattern: mime.MimePattern | None,
+    ) -> Fetched:
         code = response.status_code
         declared = response.headers.get("Content-Length", "")
         if declared.isdigit() and int(declared) > self.limits.max_bytes:
@@ -190,8 +216,9 @@ class Fetcher:
         try:
             out = path.open("wb")
         except OSError as exc:
-            raise DownloadError("creating tmp file", str(exc), retriable=True, internal=True,
-                                response_code=code) from exc
+            raise DownloadError(
+                "creating tmp file", str(exc), retriable=True, internal=True, response_code=code
+            ) from exc
         try:
             with out:
                 size, detected = self._copy(response, out, attempt, sniff, mime_pattern)
@@ -199,16 +226,23 @@ class Fetcher:
                     out.flush()
                     os.fsync(out.fileno())
                 except OSError as exc:
-                    raise DownloadError("syncing to disk", str(exc), retriable=True, internal=True,
-                                        response_code=code) from exc
+                    raise DownloadError(
+                        "syncing to disk", str(exc), retriable=True, internal=True, response_code=code
+                    ) from exc
         except BaseException:
             with contextlib.suppress(OSError):
                 path.unlink()
             raise
         return Fetched(path=path, response_code=code, mime_type=detected, size=size)
 
-    def _copy(self, response: requests.Response, out: IO[bytes], attempt: Attempt, sniff: bool,
-              mime_pattern: mime.MimePattern | None) -> tuple[int, str]:
+    def _copy(
+        self,
+        response: requests.Response,
+        out: IO[bytes],
+        attempt: Attempt,
+        sniff: bool,
+        mime_pattern: mime.MimePattern | None,
+    ) -> tuple[int, str]:
         code = response.status_code
         head = b""
         detected = ""
@@ -235,14 +269,16 @@ class Fetcher:
             if attempt.cancelled.is_set():
                 raise Interrupted("download cancelled (shutting down or disk full)")
             if time.monotonic() >= attempt.deadline:
-                raise DownloadError("downloading file", "download timeout exceeded", retriable=True,
-                                    response_code=code)
+                raise DownloadError(
+                    "downloading file", "download timeout exceeded", retriable=True, response_code=code
+                )
             try:
                 chunk = next(stream, None)
             except (urllib3.exceptions.HTTPError, requests.exceptions.RequestException, OSError) as exc:
                 _raise_if_interrupted(attempt, exc, code)
-                raise DownloadError("downloading file", _describe(exc), retriable=True,
-                                    response_code=code) from exc
+                raise DownloadError(
+                    "downloading file", _describe(exc), retriable=True, response_code=code
+                ) from exc
             if chunk is None:
                 return
             if chunk:
@@ -256,8 +292,9 @@ def _check_status(response: requests.Response) -> None:
     status = f"{code} {response.reason or _phrase(code)}"
     retriable = code >= 500 or code in RETRIABLE_CLIENT_STATUSES
     response.close()
-    raise DownloadError("processing response", f"Received status code {status}", retriable=retriable,
-                        response_code=code)
+    raise DownloadError(
+        "processing response", f"Received status code {status}", retriable=retriable, response_code=code
+    )
 
 
 def _check_mime(head: bytes, pattern: mime.MimePattern | None, code: int) -> str:
@@ -274,14 +311,18 @@ def _write(out: IO[bytes], chunk: bytes, code: int) -> None:
         out.write(chunk)
     except OSError as exc:
         # A full or broken disk is our problem, not the job's: retried without using an attempt.
-        raise DownloadError("writing tmp file", str(exc), retriable=True, internal=True,
-                            response_code=code) from exc
+        raise DownloadError(
+            "writing tmp file", str(exc), retriable=True, internal=True, response_code=code
+        ) from exc
 
 
 def _too_large(limit: int, code: int) -> DownloadError:
-    return DownloadError("downloading file",
-                         f"413 Payload Too Large: the response exceeds the limit of {limit} bytes",
-                         retriable=False, response_code=code)
+    return DownloadError(
+        "downloading file",
+        f"413 Payload Too Large: the response exceeds the limit of {limit} bytes",
+        retriable=False,
+        response_code=code,
+    )
 
 
 def _phrase(code: int) -> str:
@@ -313,8 +354,9 @@ def _raise_if_interrupted(attempt: Attempt, exc: BaseException, code: int = 0) -
     if attempt.cancelled.is_set():
         raise Interrupted("download cancelled (shutting down or disk full)") from exc
     if attempt.why == "deadline" or time.monotonic() >= attempt.deadline:
-        raise DownloadError("downloading file", "download timeout exceeded", retriable=True,
-                            response_code=code) from exc
+        raise DownloadError(
+            "downloading file", "download timeout exceeded", retriable=True, response_code=code
+        ) from exc
 
 
 def _abort(response: requests.Response | None) -> None:

@@ -77,11 +77,11 @@ def stats(component: str) -> str:
 
 
 def aggregation_from_queue(key: str) -> str:
-    return key[len(QUEUE_PREFIX):]
+    return key[len(QUEUE_PREFIX) :]
 
 
 def aggregation_from_inflight(key: str) -> str:
-    return key[len(INFLIGHT_PREFIX):]
+    return key[len(INFLIGHT_PREFIX) :]
 
 
 QUEUE_PATTERN = QUEUE_PREFIX + "*"

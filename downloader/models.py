@@ -32,10 +32,29 @@ class State(StrEnum):
 
 #: The Go struct's field order; HMSET writes them in this order.
 JOB_FIELDS = (
-    "ID", "URL", "AggrID", "MaxRetries", "DownloadState", "DownloadCount", "DownloadMeta",
-    "CallbackState", "CallbackType", "CallbackDst", "CallbackURL", "DownloadURL",
-    "CallbackMeta", "CallbackCount", "Extra", "ResponseCode", "MimeType", "ExtractImageSize",
-    "ImageSize", "DownloadTimeout", "RequestHeaders", "S3Bucket", "S3Region",
+    "ID",
+    "URL",
+    "AggrID",
+    "MaxRetries",
+    "DownloadState",
+    "DownloadCount",
+    "DownloadMeta",
+    "CallbackState",
+    "CallbackType",
+    "CallbackDst",
+    "CallbackURL",
+    "DownloadURL",
+    "CallbackMeta",
+    "CallbackCount",
+    "Extra",
+    "ResponseCode",
+    "MimeType",
+    "ExtractImageSize",
+    "ImageSize",
+    "DownloadTimeout",
+    "RequestHeaders",
+    "S3Bucket",
+    "S3Region",
 )
 
 

@@ -168,7 +168,9 @@ def config_values(doc: dict[str, Any]) -> dict[str, Any]:
     if "concurrency" in notifier:
         out["notifier_concurrency"] = notifier["concurrency"]
     if "deletion_interval" in notifier:
-        out["deletion_delay_seconds"] = _number(notifier["deletion_interval"], "notifier.deletion_interval") * 60
+        out["deletion_delay_seconds"] = (
+            _number(notifier["deletion_interval"], "notifier.deletion_interval") * 60
+        )
     if notifier.get("download_url") and "download_url" not in out:
         # config.json.sample put it here (bug 10.1.9); accept it rather than refuse to start.
         out["download_url"] = notifier["download_url"]

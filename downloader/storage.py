@@ -47,7 +47,7 @@ class FilesystemStorage:
         try:
             final.parent.mkdir(parents=True, exist_ok=True)
             try:
-                os.replace(tmp_path, final)
+                tmp_path.replace(final)
             except OSError as exc:
                 if exc.errno != errno.EXDEV:
                     raise
@@ -62,7 +62,7 @@ class FilesystemStorage:
             shutil.copyfileobj(src, dst, 1 << 20)
             dst.flush()
             os.fsync(dst.fileno())
-        os.replace(partial, final)
+        partial.replace(final)
         tmp_path.unlink()
 
     def delete(self, relative: str) -> None:

@@ -82,8 +82,9 @@ class JobStatus:
 
 
 def connect(url: str) -> redis.Redis:
-    return redis.Redis.from_url(url, decode_responses=True, health_check_interval=30,
-                                socket_keepalive=True, retry_on_timeout=True)
+    return redis.Redis.from_url(
+        url, decode_responses=True, health_check_interval=30, socket_keepalive=True, retry_on_timeout=True
+    )
 
 
 class Store:
@@ -121,13 +122,17 @@ class Store:
     def active_aggregations(self) -> set[str]:
         """Aggregations with queued jobs: those whose `jobs:<id>` set exists."""
         with translated():
-            return {keys.aggregation_from_queue(k)
-                    for k in self.redis.scan_iter(match=keys.QUEUE_PATTERN, count=1000)}
+            return {
+                keys.aggregation_from_queue(k)
+                for k in self.redis.scan_iter(match=keys.QUEUE_PATTERN, count=1000)
+            }
 
     def aggregations_in_flight(self) -> set[str]:
         with translated():
-            return {keys.aggregation_from_inflight(k)
-                    for k in self.redis.scan_iter(match=keys.INFLIGHT_PATTERN, count=1000)}
+            return {
+                keys.aggregation_from_inflight(k)
+                for k in self.redis.scan_iter(match=keys.INFLIGHT_PATTERN, count=1000)
+            }
 
     def aggregation(self, aggr_id: str) -> Aggregation:
         with translated():
@@ -136,8 +141,11 @@ class Store:
 
     def delete_idle_aggregation(self, aggr_id: str) -> bool:
         with translated():
-            return bool(self._delete_idle(keys=[keys.queue(aggr_id), keys.inflight(aggr_id),
-                                                keys.aggregation(aggr_id)]))
+            return bool(
+                self._delete_idle(
+                    keys=[keys.queue(aggr_id), keys.inflight(aggr_id), keys.aggregation(aggr_id)]
+                )
+            )
 
     # --- enqueueing (also used by tests and `up`; the API has its async twin) ----
 
@@ -153,15 +161,23 @@ class Store:
 
     # --- download leases --------------------------------------------------------
 
-    def claim(self, aggr_id: str, wanted: int, token: str, lease_seconds: float,
-              now: float | None = None) -> Claim:
+    def claim(
+        self, aggr_id: str, wanted: int, token: str, lease_seconds: float, now: float | None = None
+    ) -> Claim:
         now = time.time() if now is None else now
         with translated():
-            reply = cast(list[str], self._claim(
-                keys=[keys.queue(aggr_id), keys.inflight(aggr_id), keys.leases(aggr_id),
-                      keys.aggregation(aggr_id)],
-                args=[repr(now), repr(now + lease_seconds), wanted, token, DEFAULT_AGGREGATION_LIMIT],
-            ))
+            reply = cast(
+                list[str],
+                self._claim(
+                    keys=[
+                        keys.queue(aggr_id),
+                        keys.inflight(aggr_id),
+                        keys.leases(aggr_id),
+                        keys.aggregation(aggr_id),
+                    ],
+                    args=[repr(now), repr(now + lease_seconds), wanted, token, DEFAULT_AGGREGATION_LIMIT],
+                ),
+            )
         status = reply[0]
         if status == "ok":
             return Claim(ids=list(reply[1:]))
@@ -171,8 +187,12 @@ class Store:
             return Claim(ids=[], empty=True)
         return Claim(ids=[], next_ready=float(status))
 
-    def load_claimed(self, aggr_id: str, ids: Sequence[str], now: float | None = None,
-                     ) -> tuple[Aggregation, dict[str, dict[str, str]]]:
+    def load_claimed(
+        self,
+        aggr_id: str,
+        ids: Sequence[str],
+        now: float | None = None,
+    ) -> tuple[Aggregation, dict[str, dict[str, str]]]:
         """Mark claimed jobs InProgress and read them with their aggregation, in one round trip."""
         now = time.time() if now is None else now
         with translated():
@@ -192,64 +212,115 @@ class Store:
             pipe.execute()
         return Aggregation.from_hash(aggr_id, raw_aggregation), jobs
 
-    def renew(self, aggr_id: str, ids: Sequence[str], token: str, lease_seconds: float,
-              now: float | None = None) -> list[str]:
+    def renew(
+        self, aggr_id: str, ids: Sequence[str], token: str, lease_seconds: float, now: float | None = None
+    ) -> list[str]:
         """Extend our leases; returns the ids whose lease we no longer hold."""
         if not ids:
             return []
         now = time.time() if now is None else now
         with translated():
-            return cast(list[str], self._renew(
-                keys=[keys.inflight(aggr_id), keys.leases(aggr_id)],
-                args=[repr(now + lease_seconds), token, *ids],
-            ))
+            return cast(
+                list[str],
+                self._renew(
+                    keys=[keys.inflight(aggr_id), keys.leases(aggr_id)],
+                    args=[repr(now + lease_seconds), token, *ids],
+                ),
+            )
 
     def finish(self, job: Job, token: str, outcome: Outcome, now: float | None = None) -> int:
         now = time.time() if now is None else now
         target = outcome.target or keys.queue(job.aggr_id)
         with translated():
-            return int(self._finish(
-                keys=[keys.inflight(job.aggr_id), keys.leases(job.aggr_id), keys.job(job.id), target,
-                      keys.job_meta(job.id), keys.job_errors(job.id)],
-                args=[job.id, token, repr(outcome.score) if outcome.target else "", repr(now),
-                      outcome.error, keys.JOB_ERRORS_KEPT, self.meta_ttl,
-                      "1" if outcome.finished else "0", *_flatten(outcome.fields)],
-            ))
+            return int(
+                self._finish(
+                    keys=[
+                        keys.inflight(job.aggr_id),
+                        keys.leases(job.aggr_id),
+                        keys.job(job.id),
+                        target,
+                        keys.job_meta(job.id),
+                        keys.job_errors(job.id),
+                    ],
+                    args=[
+                        job.id,
+                        token,
+                        repr(outcome.score) if outcome.target else "",
+                        repr(now),
+                        outcome.error,
+                        keys.JOB_ERRORS_KEPT,
+                        self.meta_ttl,
+                        "1" if outcome.finished else "0",
+                        *_flatten(outcome.fields),
+                    ],
+                )
+            )
 
     def drop_claim(self, aggr_id: str, job_id: str, token: str) -> None:
         """Forget a claimed id whose job hash is gone or unreadable (nothing to run)."""
         with translated():
-            self._finish(keys=[keys.inflight(aggr_id), keys.leases(aggr_id), keys.job(job_id),
-                               keys.queue(aggr_id), keys.job_meta(job_id), keys.job_errors(job_id)],
-                         args=[job_id, token, "", "0", "", 1, 1, "0"])
+            self._finish(
+                keys=[
+                    keys.inflight(aggr_id),
+                    keys.leases(aggr_id),
+                    keys.job(job_id),
+                    keys.queue(aggr_id),
+                    keys.job_meta(job_id),
+                    keys.job_errors(job_id),
+                ],
+                args=[job_id, token, "", "0", "", 1, 1, "0"],
+            )
 
     def expired_leases(self, aggr_id: str, now: float | None = None) -> list[str]:
         now = time.time() if now is None else now
         with translated():
-            return cast(list[str], self.redis.zrangebyscore(keys.inflight(aggr_id), "-inf", repr(now),
-                                                            start=0, num=500))
+            return cast(
+                list[str],
+                self.redis.zrangebyscore(keys.inflight(aggr_id), "-inf", repr(now), start=0, num=500),
+            )
 
-    def recover(self, aggr_id: str, job_id: str, *, crash_tolerance: int, error: str,
-                now: float | None = None) -> int:
+    def recover(
+        self, aggr_id: str, job_id: str, *, crash_tolerance: int, error: str, now: float | None = None
+    ) -> int:
         now = time.time() if now is None else now
         with translated():
-            return int(self._recover(
-                keys=[keys.inflight(aggr_id), keys.leases(aggr_id), keys.queue(aggr_id), keys.job(job_id),
-                      keys.job_meta(job_id), keys.CALLBACK_QUEUE, keys.job_errors(job_id)],
-                args=[job_id, repr(now), crash_tolerance, DEFAULT_MAX_RETRIES, error, self.meta_ttl,
-                      keys.JOB_ERRORS_KEPT],
-            ))
+            return int(
+                self._recover(
+                    keys=[
+                        keys.inflight(aggr_id),
+                        keys.leases(aggr_id),
+                        keys.queue(aggr_id),
+                        keys.job(job_id),
+                        keys.job_meta(job_id),
+                        keys.CALLBACK_QUEUE,
+                        keys.job_errors(job_id),
+                    ],
+                    args=[
+                        job_id,
+                        repr(now),
+                        crash_tolerance,
+                        DEFAULT_MAX_RETRIES,
+                        error,
+                        self.meta_ttl,
+                        keys.JOB_ERRORS_KEPT,
+                    ],
+                )
+            )
 
     # --- callbacks --------------------------------------------------------------
 
-    def claim_callbacks(self, wanted: int, token: str, lease_seconds: float,
-                        now: float | None = None) -> list[str]:
+    def claim_callbacks(
+        self, wanted: int, token: str, lease_seconds: float, now: float | None = None
+    ) -> list[str]:
         now = time.time() if now is None else now
         with translated():
-            return cast(list[str], self._claim_callbacks(
-                keys=[keys.CALLBACK_QUEUE, keys.CALLBACK_INFLIGHT, keys.CALLBACK_LEASES],
-                args=[repr(now), repr(now + lease_seconds), wanted, token],
-            ))
+            return cast(
+                list[str],
+                self._claim_callbacks(
+                    keys=[keys.CALLBACK_QUEUE, keys.CALLBACK_INFLIGHT, keys.CALLBACK_LEASES],
+                    args=[repr(now), repr(now + lease_seconds), wanted, token],
+                ),
+            )
 
     def start_callback(self, job_id: str) -> dict[str, str]:
         """Count the attempt and mark it InProgress; returns the job hash after that."""
@@ -265,22 +336,49 @@ class Store:
 
     def callback_delivered(self, job_id: str, token: str, delete_at: float) -> int:
         with translated():
-            return int(self._delivered(
-                keys=[keys.CALLBACK_INFLIGHT, keys.CALLBACK_LEASES, keys.job(job_id),
-                      keys.job_meta(job_id), keys.job_errors(job_id), keys.DELETION_QUEUE],
-                args=[job_id, token, repr(delete_at)],
-            ))
+            return int(
+                self._delivered(
+                    keys=[
+                        keys.CALLBACK_INFLIGHT,
+                        keys.CALLBACK_LEASES,
+                        keys.job(job_id),
+                        keys.job_meta(job_id),
+                        keys.job_errors(job_id),
+                        keys.DELETION_QUEUE,
+                    ],
+                    args=[job_id, token, repr(delete_at)],
+                )
+            )
 
-    def callback_undelivered(self, job_id: str, token: str, fields: Mapping[str, str],
-                             retry_at: float | None, now: float | None = None) -> int:
+    def callback_undelivered(
+        self,
+        job_id: str,
+        token: str,
+        fields: Mapping[str, str],
+        retry_at: float | None,
+        now: float | None = None,
+    ) -> int:
         now = time.time() if now is None else now
         with translated():
-            return int(self._undelivered(
-                keys=[keys.CALLBACK_INFLIGHT, keys.CALLBACK_LEASES, keys.job(job_id), keys.CALLBACK_QUEUE,
-                      keys.job_meta(job_id)],
-                args=[job_id, token, "" if retry_at is None else repr(retry_at), repr(now), self.meta_ttl,
-                      *_flatten(fields)],
-            ))
+            return int(
+                self._undelivered(
+                    keys=[
+                        keys.CALLBACK_INFLIGHT,
+                        keys.CALLBACK_LEASES,
+                        keys.job(job_id),
+                        keys.CALLBACK_QUEUE,
+                        keys.job_meta(job_id),
+                    ],
+                    args=[
+                        job_id,
+                        token,
+                        "" if retry_at is None else repr(retry_at),
+                        repr(now),
+                        self.meta_ttl,
+                        *_flatten(fields),
+                    ],
+                )
+            )
 
     def drop_callback_claim(self, job_id: str, token: str) -> None:
         with translated():
@@ -292,14 +390,26 @@ class Store:
     def recover_callbacks(self, now: float | None = None) -> int:
         now = time.time() if now is None else now
         with translated():
-            expired = cast(list[str], self.redis.zrangebyscore(keys.CALLBACK_INFLIGHT, "-inf", repr(now),
-                                                               start=0, num=500))
+            expired = cast(
+                list[str],
+                self.redis.zrangebyscore(keys.CALLBACK_INFLIGHT, "-inf", repr(now), start=0, num=500),
+            )
             recovered = 0
             for job_id in expired:
-                recovered += int(self._recover_callback(
-                    keys=[keys.CALLBACK_INFLIGHT, keys.CALLBACK_LEASES, keys.job(job_id), keys.CALLBACK_QUEUE],
-                    args=[job_id, repr(now)],
-                )) > 0
+                recovered += (
+                    int(
+                        self._recover_callback(
+                            keys=[
+                                keys.CALLBACK_INFLIGHT,
+                                keys.CALLBACK_LEASES,
+                                keys.job(job_id),
+                                keys.CALLBACK_QUEUE,
+                            ],
+                            args=[job_id, repr(now)],
+                        )
+                    )
+                    > 0
+                )
         return recovered
 
     # --- file deletion ----------------------------------------------------------
@@ -307,8 +417,12 @@ class Store:
     def claim_deletions(self, wanted: int, retry_after: float, now: float | None = None) -> list[str]:
         now = time.time() if now is None else now
         with translated():
-            return cast(list[str], self._claim_deletions(
-                keys=[keys.DELETION_QUEUE], args=[repr(now), wanted, repr(now + retry_after)]))
+            return cast(
+                list[str],
+                self._claim_deletions(
+                    keys=[keys.DELETION_QUEUE], args=[repr(now), wanted, repr(now + retry_after)]
+                ),
+            )
 
     def deletion_done(self, job_id: str) -> None:
         with translated():
@@ -328,12 +442,25 @@ class Store:
             return cast(dict[str, str], self.redis.hgetall(keys.job(job_id)))
 
 
-def enqueue_arguments(job: Job, aggregation: Aggregation, job_id: str, now: float,
-                      meta_ttl: int) -> tuple[list[str], list[Any]]:
+def enqueue_arguments(
+    job: Job, aggregation: Aggregation, job_id: str, now: float, meta_ttl: int
+) -> tuple[list[str], list[Any]]:
     fields = dataclasses.replace(job, id=job_id).to_hash()
-    k = [keys.job(job_id), keys.aggregation(aggregation.id), keys.queue(aggregation.id), keys.job_meta(job_id)]
-    a: list[Any] = [repr(now), aggregation.limit, aggregation.proxy, meta_ttl, aggregation.id, job_id,
-                    *_flatten(fields)]
+    k = [
+        keys.job(job_id),
+        keys.aggregation(aggregation.id),
+        keys.queue(aggregation.id),
+        keys.job_meta(job_id),
+    ]
+    a: list[Any] = [
+        repr(now),
+        aggregation.limit,
+        aggregation.proxy,
+        meta_ttl,
+        aggregation.id,
+        job_id,
+        *_flatten(fields),
+    ]
     return k, a
 
 
@@ -348,8 +475,9 @@ class AsyncStore:
 
     @classmethod
     def from_url(cls, url: str) -> AsyncStore:
-        client = redis.asyncio.Redis.from_url(url, decode_responses=True, health_check_interval=30,
-                                              socket_keepalive=True, retry_on_timeout=True)
+        client = redis.asyncio.Redis.from_url(
+            url, decode_responses=True, health_check_interval=30, socket_keepalive=True, retry_on_timeout=True
+        )
         return cls(client)
 
     async def close(self) -> None:
@@ -375,7 +503,7 @@ class AsyncStore:
             return cast(dict[str, str], await self.redis.hgetall(keys.job(job_id)))
 
     async def retry_callback(self, job_id: str, now: float | None = None) -> str | None:
-        """"OK" when rescheduled, the callback state when it is not Failed, None if no job."""
+        """ "OK" when rescheduled, the callback state when it is not Failed, None if no job."""
         now = time.time() if now is None else now
         with translated():
             reply = await self._retry(keys=[keys.job(job_id), keys.CALLBACK_QUEUE], args=[job_id, repr(now)])
@@ -393,7 +521,9 @@ class AsyncStore:
             for name in names:
                 pipe.zcard(name)
             sizes = await pipe.execute(raise_on_error=False)
-        return [(name, size if isinstance(size, int) else -1) for name, size in zip(names, sizes, strict=True)]
+        return [
+            (name, size if isinstance(size, int) else -1) for name, size in zip(names, sizes, strict=True)
+        ]
 
     async def job_status(self, job_id: str) -> JobStatus | None:
         with translated():

@@ -13,7 +13,7 @@ import time
 from typing import TYPE_CHECKING
 
 from downloader import imaging, keys, mime
-from downloader.errors import DownloadError, Interrupted, StorageError
+from downloader.errors import DownloaderError, DownloadError, Interrupted, StorageError
 from downloader.models import Aggregation, Job, State
 from downloader.store import Outcome
 
@@ -29,8 +29,13 @@ def run_attempt(proc: Processor, aggregation: Aggregation, job: Job, cancelled: 
         image_size, code = _download_and_store(proc, aggregation, job, cancelled)
     except DownloadError as err:
         _count_response(proc, err)
-        outcome = decide(job, err, now=time.time(), backoff=settings.retry_backoff_seconds,
-                         default_max_retries=settings.max_retries)
+        outcome = decide(
+            job,
+            err,
+            now=time.time(),
+            backoff=settings.retry_backoff_seconds,
+            default_max_retries=settings.max_retries,
+        )
     else:
         proc.stats.incr(f"download.response.{code}")
         outcome = success(job, code, image_size, settings.download_url, now=time.time())
@@ -41,29 +46,43 @@ def run_attempt(proc: Processor, aggregation: Aggregation, job: Job, cancelled: 
         log.warning("job %s: its hash vanished while it was downloading", job.id)
 
 
-def _download_and_store(proc: Processor, aggregation: Aggregation, job: Job,
-                        cancelled: threading.Event) -> tuple[str, int]:
+def _download_and_store(
+    proc: Processor, aggregation: Aggregation, job: Job, cancelled: threading.Event
+) -> tuple[str, int]:
     pattern = _pattern(job)
     fetched = proc.fetcher.fetch(
-        job_id=job.id, url=job.url, proxy=aggregation.proxy, job_headers=job.request_headers,
-        timeout=float(job.download_timeout), tmp_dir=proc.settings.tmp_dir,
-        sniff=bool(job.mime_type) or job.extract_image_size, mime_pattern=pattern, cancelled=cancelled)
+        job_id=job.id,
+        url=job.url,
+        proxy=aggregation.proxy,
+        job_headers=job.request_headers,
+        timeout=float(job.download_timeout),
+        tmp_dir=proc.settings.tmp_dir,
+        sniff=bool(job.mime_type) or job.extract_image_size,
+        mime_pattern=pattern,
+        cancelled=cancelled,
+    )
     try:
         image_size = ""
         if job.extract_image_size:
             try:
                 image_size = imaging.image_size(fetched.path, fetched.mime_type)
             except imaging.ImageSizeError as exc:
-                raise DownloadError("extracting image-size", str(exc), retriable=False,
-                                    response_code=fetched.response_code) from exc
+                raise DownloadError(
+                    "extracting image-size", str(exc), retriable=False, response_code=fetched.response_code
+                ) from exc
         if cancelled.is_set():
             raise Interrupted("download cancelled (shutting down or disk full)")
         try:
             proc.storage.store(fetched.path, job.relative_path)
         except StorageError as exc:
             # Our storage failing is not the job's fault: retried without using an attempt.
-            raise DownloadError("storing file to default storage backend", str(exc), retriable=True,
-                                internal=True, response_code=fetched.response_code) from exc
+            raise DownloadError(
+                "storing file to default storage backend",
+                str(exc),
+                retriable=True,
+                internal=True,
+                response_code=fetched.response_code,
+            ) from exc
     finally:
         with contextlib.suppress(OSError):
             fetched.path.unlink(missing_ok=True)
@@ -118,19 +137,33 @@ def decide(job: Job, err: DownloadError, *, now: float, backoff: float, default_
     text = str(err)
     code = str(err.response_code)
     if isinstance(err, Interrupted):
-        return Outcome(fields={"DownloadState": State.PENDING.value}, target=keys.queue(job.aggr_id),
-                       score=now)
+        return Outcome(
+            fields={"DownloadState": State.PENDING.value}, target=keys.queue(job.aggr_id), score=now
+        )
     if err.internal:
-        return Outcome(fields={"DownloadState": State.PENDING.value, "ResponseCode": code},
-                       target=keys.queue(job.aggr_id), score=now + backoff, error=text)
+        return Outcome(
+            fields={"DownloadState": State.PENDING.value, "ResponseCode": code},
+            target=keys.queue(job.aggr_id),
+            score=now + backoff,
+            error=text,
+        )
     count = job.download_count + 1
     limit = default_max_retries if job.max_retries is None else job.max_retries
     if err.retriable and count <= limit:
-        fields = {"DownloadState": State.PENDING.value, "DownloadCount": str(count), "DownloadMeta": "",
-                  "ResponseCode": code}
+        fields = {
+            "DownloadState": State.PENDING.value,
+            "DownloadCount": str(count),
+            "DownloadMeta": "",
+            "ResponseCode": code,
+        }
         return Outcome(fields=fields, target=keys.queue(job.aggr_id), score=now + count * backoff, error=text)
-    fields = {"DownloadState": State.FAILED.value, "DownloadCount": str(count), "DownloadMeta": text,
-              "ResponseCode": code, "ImageSize": ""}
+    fields = {
+        "DownloadState": State.FAILED.value,
+        "DownloadCount": str(count),
+        "DownloadMeta": text,
+        "ResponseCode": code,
+        "ImageSize": "",
+    }
     return _to_callback(job, fields, now=now, error=text)
 
 
@@ -144,10 +177,11 @@ def _to_callback(job: Job, fields: dict[str, str], *, now: float, error: str) ->
 def release(proc: Processor, aggr_id: str, job_id: str) -> None:
     """Give a job back to its queue at shutdown without counting the attempt."""
     job = Job(id=job_id, url="", aggr_id=aggr_id)
-    outcome = Outcome(fields={"DownloadState": State.PENDING.value}, target=keys.queue(aggr_id),
-                      score=time.time())
+    outcome = Outcome(
+        fields={"DownloadState": State.PENDING.value}, target=keys.queue(aggr_id), score=time.time()
+    )
     try:
         if proc.db.finish(job, proc.token, outcome) == 1:
             log.info("job %s released back to %s", job_id, keys.queue(aggr_id))
-    except Exception as exc:  # the lease expiry recovers it anyway
+    except DownloaderError as exc:  # the lease expiry recovers it anyway
         log.warning("could not release job %s (its lease will expire): %s", job_id, exc)

@@ -29,15 +29,29 @@ DELETIONS_PER_ROUND = 200
 
 
 class Notifier:
-    def __init__(self, settings: Settings, db: store.Store, storage: FileStorage, *,
-                 backends: dict[str, notifying.Backend] | None = None, stats: Stats | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        db: store.Store,
+        storage: FileStorage,
+        *,
+        backends: dict[str, notifying.Backend] | None = None,
+        stats: Stats | None = None,
+    ) -> None:
         self.settings = settings
         self.db = db
         self.storage = storage
         self.stats = stats or Stats()
         self.token = store.new_token()
-        self.backends = backends if backends is not None else {
-            "http": notifying.HttpBackend(settings.callback_timeout_seconds, settings.notifier_concurrency)}
+        self.backends = (
+            backends
+            if backends is not None
+            else {
+                "http": notifying.HttpBackend(
+                    settings.callback_timeout_seconds, settings.notifier_concurrency
+                )
+            }
+        )
         self.threads = ThreadPoolExecutor(settings.notifier_concurrency, thread_name_prefix="callback")
         self._lock = threading.Lock()
         self._busy = 0
@@ -47,8 +61,12 @@ class Notifier:
     def run(self) -> None:
         keeper = threading.Thread(target=self._housekeeping, name="notifier-housekeeping", daemon=True)
         keeper.start()
-        log.info("notifier %s delivering with %d threads (backends: %s)", self.token,
-                 self.settings.notifier_concurrency, ", ".join(sorted(self.backends)))
+        log.info(
+            "notifier %s delivering with %d threads (backends: %s)",
+            self.token,
+            self.settings.notifier_concurrency,
+            ", ".join(sorted(self.backends)),
+        )
         try:
             while not self._stopping.is_set():
                 try:
@@ -88,8 +106,9 @@ class Notifier:
         try:
             self._deliver(job_id)
         except Exception:
-            log.exception("callback of job %s failed unexpectedly; its lease will expire and it is retried",
-                          job_id)
+            log.exception(
+                "callback of job %s failed unexpectedly; its lease will expire and it is retried", job_id
+            )
         finally:
             with self._lock:
                 self._busy -= 1
@@ -127,14 +146,16 @@ class Notifier:
             return
         log.warning("callback of job %s failed (attempt %d), retrying: %s", job.id, job.callback_count, error)
         retry_at = time.time() + job.callback_count * self.settings.callback_backoff_seconds
-        self.db.callback_undelivered(job.id, self.token, {"CallbackState": State.PENDING.value,
-                                                          "CallbackMeta": error}, retry_at)
+        self.db.callback_undelivered(
+            job.id, self.token, {"CallbackState": State.PENDING.value, "CallbackMeta": error}, retry_at
+        )
 
     def _give_up(self, job: Job, error: str) -> None:
         log.warning("callback of job %s failed for good: %s", job.id, error)
         self.stats.incr("failedCallbacks")
-        self.db.callback_undelivered(job.id, self.token, {"CallbackState": State.FAILED.value,
-                                                          "CallbackMeta": error}, None)
+        self.db.callback_undelivered(
+            job.id, self.token, {"CallbackState": State.FAILED.value, "CallbackMeta": error}, None
+        )
 
     # --- housekeeping ---------------------------------------------------------------
 
@@ -155,11 +176,16 @@ class Notifier:
             self._wake.set()
         for aggr_id in self.db.aggregations_in_flight():
             for job_id in self.db.expired_leases(aggr_id):
-                result = self.db.recover(aggr_id, job_id, crash_tolerance=self.settings.crash_tolerance,
-                                         error=LOST_LEASE_TEXT)
+                result = self.db.recover(
+                    aggr_id, job_id, crash_tolerance=self.settings.crash_tolerance, error=LOST_LEASE_TEXT
+                )
                 if result > 0:
-                    log.warning("job %s of %s: its worker was lost; %s", job_id, aggr_id,
-                                "queued again" if result == 1 else "failed")
+                    log.warning(
+                        "job %s of %s: its worker was lost; %s",
+                        job_id,
+                        aggr_id,
+                        "queued again" if result == 1 else "failed",
+                    )
 
     def _reap(self) -> None:
         for job_id in self.db.claim_deletions(DELETIONS_PER_ROUND, DELETION_RETRY_SECONDS):

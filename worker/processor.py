@@ -8,6 +8,7 @@ new aggregations, gives back expired leases, checks the disk and publishes stats
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import threading
@@ -31,8 +32,10 @@ log = logging.getLogger("downloader.worker")
 MAX_IDLE_DELAY = 1.0
 #: After "full" (every lease of the aggregation is taken), look again this soon.
 FULL_DELAY = 0.2
-LOST_LEASE_TEXT = ("Error while downloading file, the worker holding the job was lost (killed or stalled "
-                   "past its lease) too many times, retriable: true, internal: true")
+LOST_LEASE_TEXT = (
+    "Error while downloading file, the worker holding the job was lost (killed or stalled "
+    "past its lease) too many times, retriable: true, internal: true"
+)
 
 
 @dataclasses.dataclass
@@ -46,8 +49,15 @@ class _AggregationState:
 class Processor:
     """Downloads for all aggregations, or only `only` (one per pod under the operator)."""
 
-    def __init__(self, settings: Settings, db: store.Store, storage: FileStorage, *,
-                 only: frozenset[str] = frozenset(), stats: Stats | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        db: store.Store,
+        storage: FileStorage,
+        *,
+        only: frozenset[str] = frozenset(),
+        stats: Stats | None = None,
+    ) -> None:
         self.settings = settings
         self.db = db
         self.storage = storage
@@ -55,13 +65,19 @@ class Processor:
         self.stats = stats or Stats()
         self.token = store.new_token()
         self.fetcher = Fetcher(
-            FetchLimits(connect_timeout=settings.connect_timeout_seconds,
-                        total_timeout=settings.download_timeout_seconds,
-                        max_redirects=settings.max_redirects, max_bytes=settings.max_download_bytes),
-            settings.default_request_headers, pool_size=settings.worker_concurrency)
+            FetchLimits(
+                connect_timeout=settings.connect_timeout_seconds,
+                total_timeout=settings.download_timeout_seconds,
+                max_redirects=settings.max_redirects,
+                max_bytes=settings.max_download_bytes,
+            ),
+            settings.default_request_headers,
+            pool_size=settings.worker_concurrency,
+        )
         self.threads = ThreadPoolExecutor(settings.worker_concurrency, thread_name_prefix="download")
-        self.disk = diskcheck.DiskMonitor(settings.disk_high_watermark_percent,
-                                          settings.disk_low_watermark_percent)
+        self.disk = diskcheck.DiskMonitor(
+            settings.disk_high_watermark_percent, settings.disk_low_watermark_percent
+        )
         self._aggregations: dict[str, _AggregationState] = {a: _AggregationState() for a in only}
         self._lock = threading.Lock()
         self._wake = threading.Event()
@@ -78,8 +94,12 @@ class Processor:
         self.storage.check_writable()
         keeper = threading.Thread(target=self._housekeeping, name="worker-housekeeping", daemon=True)
         keeper.start()
-        log.info("worker %s serving %s with %d download threads", self.token,
-                 ", ".join(sorted(self.only)) or "all aggregations", self.settings.worker_concurrency)
+        log.info(
+            "worker %s serving %s with %d download threads",
+            self.token,
+            ", ".join(sorted(self.only)) or "all aggregations",
+            self.settings.worker_concurrency,
+        )
         try:
             while not self._stopping.is_set():
                 try:
@@ -123,7 +143,7 @@ class Processor:
             names = [a for a, s in self._aggregations.items() if s.next_try <= now]
         if names:
             self._rotation = (self._rotation + 1) % len(names)
-            names = names[self._rotation:] + names[:self._rotation]  # no aggregation starves the rest
+            names = names[self._rotation :] + names[: self._rotation]  # no aggregation starves the rest
         return names
 
     def _claim(self, aggr_id: str, wanted: int, now: float) -> int:
@@ -140,8 +160,9 @@ class Processor:
             elif result.next_ready is not None:
                 state.next_try = min(result.next_ready, now + MAX_IDLE_DELAY)
             else:
-                state.idle_delay = min(MAX_IDLE_DELAY, max(self.settings.poll_interval_seconds,
-                                                           state.idle_delay * 2))
+                state.idle_delay = min(
+                    MAX_IDLE_DELAY, max(self.settings.poll_interval_seconds, state.idle_delay * 2)
+                )
                 state.next_try = now + state.idle_delay
         if result.ids:
             self._start(aggr_id, result.ids)
@@ -210,8 +231,12 @@ class Processor:
         disk = Every(self.settings.disk_check_interval_seconds, first_now=True)
         while not self._stopping.wait(0.1):
             self.fetcher.enforce_deadlines()
-            for due, step in ((renew, self._renew), (scan, self._scan), (stats, self._publish_stats),
-                              (disk, self._check_disk)):
+            for due, step in (
+                (renew, self._renew),
+                (scan, self._scan),
+                (stats, self._publish_stats),
+                (disk, self._check_disk),
+            ):
                 if due():
                     try:
                         step()
@@ -240,8 +265,11 @@ class Processor:
                 if aggr_id not in self._aggregations:
                     self._aggregations[aggr_id] = _AggregationState()
                     self._wake.set()
-            gone = [a for a, s in self._aggregations.items()
-                    if a not in found and not s.running and a not in self.only]
+            gone = [
+                a
+                for a, s in self._aggregations.items()
+                if a not in found and not s.running and a not in self.only
+            ]
             for aggr_id in gone:
                 del self._aggregations[aggr_id]
         for aggr_id in gone:
@@ -251,8 +279,9 @@ class Processor:
 
     def _recover(self, aggr_id: str) -> None:
         for job_id in self.db.expired_leases(aggr_id):
-            result = self.db.recover(aggr_id, job_id, crash_tolerance=self.settings.crash_tolerance,
-                                     error=LOST_LEASE_TEXT)
+            result = self.db.recover(
+                aggr_id, job_id, crash_tolerance=self.settings.crash_tolerance, error=LOST_LEASE_TEXT
+            )
             if result == 1:
                 log.warning("job %s of %s: its worker was lost; queued again", job_id, aggr_id)
             elif result == 2:
@@ -281,10 +310,8 @@ class Processor:
         self.db.write_stats("processor", self.stats.to_json(), interval * keys.STATS_TTL_INTERVALS)
 
     def _publish_final_stats(self) -> None:
-        try:
+        with contextlib.suppress(DownloaderError):
             self._publish_stats()
-        except DownloaderError:
-            pass
 
     # --- shutdown -----------------------------------------------------------------
 

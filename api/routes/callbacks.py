@@ -14,11 +14,17 @@ router = APIRouter(tags=["callbacks"])
 ALL_METHODS = ["GET", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "HEAD"]
 
 
-@router.api_route("/retry/{path:path}", methods=ALL_METHODS, status_code=204,
-                  summary="Reschedule a failed callback",
-                  responses={204: {"description": "Rescheduled"},
-                             400: {"description": "Unknown job, or its callback is not Failed"},
-                             405: {"description": "Not a POST"}})
+@router.api_route(
+    "/retry/{path:path}",
+    methods=ALL_METHODS,
+    status_code=204,
+    summary="Reschedule a failed callback",
+    responses={
+        204: {"description": "Rescheduled"},
+        400: {"description": "Unknown job, or its callback is not Failed"},
+        405: {"description": "Not a POST"},
+    },
+)
 async def retry_callback(path: str, request: Request, db: StoreDep) -> Response:
     if request.method != "POST":
         raise HTTPProblem(405, "Invalid request method")
@@ -31,7 +37,9 @@ async def retry_callback(path: str, request: Request, db: StoreDep) -> Response:
     if reply is None:
         raise HTTPProblem(400, f"Error fetching {job_id} from Redis: Not Found")
     if reply != "OK":
-        raise HTTPProblem(400, f"Error with callback state of the job {await _job_string(db, job_id)}: {reply}")
+        raise HTTPProblem(
+            400, f"Error with callback state of the job {await _job_string(db, job_id)}: {reply}"
+        )
     return Response(status_code=204)
 
 

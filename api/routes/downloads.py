@@ -22,9 +22,11 @@ OTHER_METHODS = ["GET", "PUT", "DELETE", "PATCH", "OPTIONS", "HEAD"]
     response_model=Created,
     summary="Queue a download job",
     openapi_extra={"requestBody": DOWNLOAD_REQUEST_BODY},
-    responses={400: {"description": "Invalid job or aggregation (plain text reason)"},
-               413: {"description": "Body larger than DOWNLOADER_MAX_REQUEST_BYTES"},
-               500: {"description": "Redis failed"}},
+    responses={
+        400: {"description": "Invalid job or aggregation (plain text reason)"},
+        413: {"description": "Body larger than DOWNLOADER_MAX_REQUEST_BYTES"},
+        500: {"description": "Redis failed"},
+    },
 )
 async def create_download(request: Request, db: StoreDep, settings: SettingsDep) -> Response:
     body = await read_bounded(request, settings.max_request_bytes)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import os
+from pathlib import Path
 
 from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
@@ -20,13 +20,12 @@ async def heartbeat(settings: SettingsDep) -> Response:
     path = settings.heartbeat_path
     if path:
         try:
-            os.stat(path)
+            Path(path).stat()
         except FileNotFoundError:
-            pass
+            return PlainTextResponse("OK")
         except OSError:
-            return PlainTextResponse(f"Service disabled, '{path}' exists!", status_code=503)
-        else:
-            return PlainTextResponse(f"Service disabled, '{path}' exists!", status_code=503)
+            pass  # the original answers 503 for any other stat error too
+        return PlainTextResponse(f"Service disabled, '{path}' exists!", status_code=503)
     return PlainTextResponse("OK")
 
 

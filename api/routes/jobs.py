@@ -16,8 +16,12 @@ from downloader.store import JobStatus
 router = APIRouter(tags=["jobs"])
 
 
-@router.get("/jobs/{job_id}", response_model=JobView, summary="A job's state, attempts, errors and times",
-            responses={404: {"description": "No such job (unknown, or delivered and deleted)"}})
+@router.get(
+    "/jobs/{job_id}",
+    response_model=JobView,
+    summary="A job's state, attempts, errors and times",
+    responses={404: {"description": "No such job (unknown, or delivered and deleted)"}},
+)
 async def get_job(job_id: str, db: StoreDep) -> JobView:
     status = await db.job_status(job_id)
     if status is None:
@@ -32,14 +36,22 @@ def view(status: JobStatus, now: float) -> JobView:
         aggr_id=job.aggr_id,
         url=job.url,
         state=summary_state(status, now),
-        download=DownloadState(state=str(job.download_state), attempts=job.download_count,
-                               max_retries=job.max_retries, response_code=job.response_code,
-                               error=job.download_meta, image_size=job.image_size,
-                               download_url=job.public_download_url()),
-        callback=CallbackState(state=str(job.callback_state), attempts=job.callback_count,
-                               error=job.callback_meta,
-                               backend="http" if job.callback_url else job.callback_type,
-                               destination=job.callback_url or job.callback_dst),
+        download=DownloadState(
+            state=str(job.download_state),
+            attempts=job.download_count,
+            max_retries=job.max_retries,
+            response_code=job.response_code,
+            error=job.download_meta,
+            image_size=job.image_size,
+            download_url=job.public_download_url(),
+        ),
+        callback=CallbackState(
+            state=str(job.callback_state),
+            attempts=job.callback_count,
+            error=job.callback_meta,
+            backend="http" if job.callback_url else job.callback_type,
+            destination=job.callback_url or job.callback_dst,
+        ),
         errors=status.errors,
         crashes=int(meta.get("Crashes") or 0),
         created_at=_iso(meta.get("CreatedAt")),
@@ -72,7 +84,7 @@ def _iso(value: str | float | None) -> str | None:
     if value in (None, ""):
         return None
     try:
-        stamp = float(value)  # type: ignore[arg-type]
+        stamp = float(value)
     except ValueError:
         return None
     return datetime.datetime.fromtimestamp(stamp, tz=datetime.UTC).isoformat(timespec="milliseconds")

@@ -16,9 +16,15 @@ ALL_METHODS = ["GET", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "HEAD"]
 CORS = {"Access-Control-Allow-Origin": "*"}
 
 
-@router.api_route("/stats/{component}", methods=ALL_METHODS, summary="Counters of processor or notifier",
-                  responses={200: {"description": "Flat JSON object of integer counters"},
-                             404: {"description": "The component is not reporting"}})
+@router.api_route(
+    "/stats/{component}",
+    methods=ALL_METHODS,
+    summary="Counters of processor or notifier",
+    responses={
+        200: {"description": "Flat JSON object of integer counters"},
+        404: {"description": "The component is not reporting"},
+    },
+)
 async def component_stats(component: str, db: StoreDep) -> Response:
     raw = await db.stats(component)
     if raw is None:
@@ -26,8 +32,12 @@ async def component_stats(component: str, db: StoreDep) -> Response:
     return Response(content=raw, media_type="application/json", headers=CORS)
 
 
-@router.api_route("/dashboard/aggregations", methods=ALL_METHODS, response_model=list[AggregationQueue],
-                  summary="Queued jobs per aggregation")
+@router.api_route(
+    "/dashboard/aggregations",
+    methods=ALL_METHODS,
+    response_model=list[AggregationQueue],
+    summary="Queued jobs per aggregation",
+)
 async def aggregations(db: StoreDep) -> Response:
     try:
         sizes = await db.queue_sizes()

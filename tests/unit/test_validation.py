@@ -67,7 +67,11 @@ BODY_ERRORS = [
     ("key-without-value", b'{"foo"}', "invalid character '}' after object key"),
     ("truncated-object", b'{"url":"x"', "unexpected end of JSON input"),
     ("unterminated-string", b'{"url":"x', "unexpected end of JSON input"),
-    ("trailing-comma-object", b'{"a":1,}', "invalid character '}' looking for beginning of object key string"),
+    (
+        "trailing-comma-object",
+        b'{"a":1,}',
+        "invalid character '}' looking for beginning of object key string",
+    ),
     ("trailing-comma-array", b'{"a":[1,]}', "invalid character ']' looking for beginning of value"),
     ("missing-comma-object", b'{"a":1 "b":2}', "invalid character '\"' after object key:value pair"),
     ("missing-comma-array", b'{"a":[1 2]}', "invalid character '2' after array element"),
@@ -87,15 +91,31 @@ BODY_ERRORS = [
     ("not-utf8-in-string", b'{"url":"\xe9"}', "invalid character 'é' in string literal"),
     ("not-utf8-outside-string", b'{"a":\xff}', "invalid character 'ÿ' looking for beginning of value"),
     ("top-level-array", b"[]", "json: cannot unmarshal array into Go value of type map[string]interface {}"),
-    ("top-level-string", b'"x"', "json: cannot unmarshal string into Go value of type map[string]interface {}"),
+    (
+        "top-level-string",
+        b'"x"',
+        "json: cannot unmarshal string into Go value of type map[string]interface {}",
+    ),
     ("top-level-number", b"4", "json: cannot unmarshal number into Go value of type map[string]interface {}"),
     ("top-level-bool", b"true", "json: cannot unmarshal bool into Go value of type map[string]interface {}"),
     ("top-level-null", b"null", "URL must be a string"),
-    ("number-out-of-range", b'{"a":1e400}', "json: cannot unmarshal number 1e400 into Go value of type float64"),
+    (
+        "number-out-of-range",
+        b'{"a":1e400}',
+        "json: cannot unmarshal number 1e400 into Go value of type float64",
+    ),
     ("huge-integer", b'{"a":' + b"9" * 5000 + b"}", "json: cannot unmarshal number 9999"),
-    ("syntax-error-beats-range", b'{"a":1e400,}', "invalid character '}' looking for beginning of object key"),
+    (
+        "syntax-error-beats-range",
+        b'{"a":1e400,}',
+        "invalid character '}' looking for beginning of object key",
+    ),
     ("array-beats-range", b"[1e400]", "json: cannot unmarshal array into Go value of type"),
-    ("too-deep", b'{"a":' + b"[" * 100_000 + b"]" * 100_000 + b"}", "invalid character '[' exceeded max depth"),
+    (
+        "too-deep",
+        b'{"a":' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+        "invalid character '[' exceeded max depth",
+    ),
 ]
 
 
@@ -132,16 +152,32 @@ JOB_ERRORS = [
     ("url-null", base(url=None), "URL must be a string"),
     ("url-not-a-uri", base(url="foo"), 'Could not parse URL: parse "foo": invalid URI for request'),
     ("url-empty", base(url=""), 'Could not parse URL: parse "": empty url'),
-    ("url-bad-port", base(url="http://a:b/x"), 'Could not parse URL: parse "http://a:b/x": invalid port ":b" after host'),
+    (
+        "url-bad-port",
+        base(url="http://a:b/x"),
+        'Could not parse URL: parse "http://a:b/x": invalid port ":b" after host',
+    ),
     ("aggr-id-bool", base(aggr_id=True), "aggr_id must be a string"),
     ("aggr-id-number", base(aggr_id=4), "aggr_id must be a string"),
     ("aggr-id-missing", base(aggr_id=_MISSING), "aggr_id must be a string"),
     ("aggr-id-empty", base(aggr_id=""), "aggr_id cannot be empty"),
     ("s3-region-alone", base(s3_region="eu-west-1"), "s3_region provided without an s3_bucket"),
     ("s3-bucket-alone", base(s3_bucket="bucket"), "s3_bucket provided without an s3_region"),
-    ("s3-bucket-alone-region-number", base(s3_bucket="b", s3_region=4), "s3_bucket provided without an s3_region"),
-    ("s3-region-alone-bucket-empty", base(s3_bucket="", s3_region="r"), "s3_region provided without an s3_bucket"),
-    ("callback-url-invalid", base(callback_url="fijfij"), 'Could not parse callback URL: parse "fijfij": invalid URI for request'),
+    (
+        "s3-bucket-alone-region-number",
+        base(s3_bucket="b", s3_region=4),
+        "s3_bucket provided without an s3_region",
+    ),
+    (
+        "s3-region-alone-bucket-empty",
+        base(s3_bucket="", s3_region="r"),
+        "s3_region provided without an s3_bucket",
+    ),
+    (
+        "callback-url-invalid",
+        base(callback_url="fijfij"),
+        'Could not parse callback URL: parse "fijfij": invalid URI for request',
+    ),
     ("callback-url-empty", base(callback_url=""), 'Could not parse callback URL: parse "": empty url'),
     ("no-callback-at-all", base(callback_url=_MISSING), "callback_type must be a string"),
     ("callback-url-number-ignored", base(callback_url=5), "callback_type must be a string"),
@@ -149,11 +185,31 @@ JOB_ERRORS = [
     ("callback-type-number", typed(callback_type=1), "callback_type must be a string"),
     ("callback-dst-missing", typed(callback_dst=_MISSING), "callback_dst must be a string"),
     ("callback-dst-number", typed(callback_dst=5), "callback_dst must be a string"),
-    ("callback-dst-empty", typed(callback_dst=""), 'You need to provide both callback_type ("http") and callback_dst ("")'),
-    ("callback-type-empty", typed(callback_type=""), f'You need to provide both callback_type ("") and callback_dst ("{CALLBACK}")'),
-    ("callback-pair-go-quoted", typed(callback_type='a"b\n', callback_dst=""), 'You need to provide both callback_type ("a\\"b\\n") and callback_dst ("")'),
-    ("callback-dst-bad-http-url", typed(callback_dst="http//no-scheme"), 'Could not parse URL: parse "http//no-scheme": invalid URI for request'),
-    ("callback-dst-http-control-char", typed(callback_dst="http://a/\x01"), 'Could not parse URL: parse "http://a/\\x01": net/url: invalid control character in URL'),
+    (
+        "callback-dst-empty",
+        typed(callback_dst=""),
+        'You need to provide both callback_type ("http") and callback_dst ("")',
+    ),
+    (
+        "callback-type-empty",
+        typed(callback_type=""),
+        f'You need to provide both callback_type ("") and callback_dst ("{CALLBACK}")',
+    ),
+    (
+        "callback-pair-go-quoted",
+        typed(callback_type='a"b\n', callback_dst=""),
+        'You need to provide both callback_type ("a\\"b\\n") and callback_dst ("")',
+    ),
+    (
+        "callback-dst-bad-http-url",
+        typed(callback_dst="http//no-scheme"),
+        'Could not parse URL: parse "http//no-scheme": invalid URI for request',
+    ),
+    (
+        "callback-dst-http-control-char",
+        typed(callback_dst="http://a/\x01"),
+        'Could not parse URL: parse "http://a/\\x01": net/url: invalid control character in URL',
+    ),
     ("mime-number", base(mime_type=5), "MimeType pattern must be a string"),
     ("mime-null", base(mime_type=None), "MimeType pattern must be a string"),
     ("mime-bad-class", base(mime_type="[]a]"), 'Invalid MimeType Pattern, "[]a]"'),
@@ -162,7 +218,11 @@ JOB_ERRORS = [
     ("max-retries-bool", base(max_retries=True), "Max retries must be a number, was: bool"),
     ("max-retries-null", base(max_retries=None), "Max retries must be a number, was: <nil>"),
     ("max-retries-list", base(max_retries=[1]), "Max retries must be a number, was: []interface {}"),
-    ("max-retries-object", base(max_retries={}), "Max retries must be a number, was: map[string]interface {}"),
+    (
+        "max-retries-object",
+        base(max_retries={}),
+        "Max retries must be a number, was: map[string]interface {}",
+    ),
     ("max-retries-negative", base(max_retries=-1), "Max retries must not be negative"),
     ("max-retries-negative-fraction", base(max_retries=-1.5), "Max retries must not be negative"),
     ("extract-image-size-string", base(extract_image_size="yes"), "ExtractImageSize must be a boolean"),
@@ -174,7 +234,11 @@ JOB_ERRORS = [
     ("download-timeout-zero", base(download_timeout=0), "Download timeout must be greater than 0"),
     ("download-timeout-negative", base(download_timeout=-2), "Download timeout must be greater than 0"),
     ("download-timeout-half", base(download_timeout=0.5), "Download timeout must be greater than 0"),
-    ("request-headers-number", base(request_headers=1, user_agent="Legacy"), "request_headers must be a dictionary"),
+    (
+        "request-headers-number",
+        base(request_headers=1, user_agent="Legacy"),
+        "request_headers must be a dictionary",
+    ),
     ("request-headers-list", base(request_headers=["a"]), "request_headers must be a dictionary"),
     ("request-headers-null", base(request_headers=None), "request_headers must be a dictionary"),
     ("request-headers-string", base(request_headers="a:b"), "request_headers must be a dictionary"),
@@ -215,12 +279,22 @@ AGGREGATION_ERRORS = [
     ("limit-half", base(aggr_limit=0.5), "Aggregation limit must be greater than 0"),
     ("proxy-null", base(aggr_proxy=None), "Aggregation proxy must be a string"),
     ("proxy-number", base(aggr_proxy=4), "Aggregation proxy must be a string"),
-    ("proxy-not-a-uri", base(aggr_proxy="example"), 'Aggregation proxy must be a valid URI: parse "example": invalid URI for request'),
-    ("proxy-bad-port", base(aggr_proxy="http://p:x"), 'Aggregation proxy must be a valid URI: parse "http://p:x": invalid port ":x" after host'),
+    (
+        "proxy-not-a-uri",
+        base(aggr_proxy="example"),
+        'Aggregation proxy must be a valid URI: parse "example": invalid URI for request',
+    ),
+    (
+        "proxy-bad-port",
+        base(aggr_proxy="http://p:x"),
+        'Aggregation proxy must be a valid URI: parse "http://p:x": invalid port ":x" after host',
+    ),
 ]
 
 
-@pytest.mark.parametrize("body,reason", [c[1:] for c in AGGREGATION_ERRORS], ids=[c[0] for c in AGGREGATION_ERRORS])
+@pytest.mark.parametrize(
+    "body,reason", [c[1:] for c in AGGREGATION_ERRORS], ids=[c[0] for c in AGGREGATION_ERRORS]
+)
 def test_aggregation_rule_rejects_with_the_original_text(body: dict[str, object], reason: str) -> None:
     error = rejection(body)
     assert (error.target, error.reason) == ("Aggregation", reason)
@@ -265,7 +339,11 @@ UNMARSHAL_JSON = [
     ("download-timeout-negative", {**JOB_OK, "download_timeout": -2}, False),
     ("download-timeout-string", {**JOB_OK, "download_timeout": "4"}, False),
     ("headers-one", {**JOB_OK, "request_headers": {"User-Agent": "Test-Agent"}}, True),
-    ("headers-two", {**JOB_OK, "request_headers": {"Accept-Encoding": "gzip", "User-Agent": "Test-Agent"}}, True),
+    (
+        "headers-two",
+        {**JOB_OK, "request_headers": {"Accept-Encoding": "gzip", "User-Agent": "Test-Agent"}},
+        True,
+    ),
     ("headers-number-legacy-user-agent", {**JOB_OK, "request_headers": 1, "user_agent": "Test-Agent"}, False),
 ]
 
@@ -300,7 +378,9 @@ AGGREGATION_UNMARSHAL = [
 ]
 
 
-@pytest.mark.parametrize("fields,ok", [c[1:] for c in AGGREGATION_UNMARSHAL], ids=[c[0] for c in AGGREGATION_UNMARSHAL])
+@pytest.mark.parametrize(
+    "fields,ok", [c[1:] for c in AGGREGATION_UNMARSHAL], ids=[c[0] for c in AGGREGATION_UNMARSHAL]
+)
 def test_aggregation_unmarshal(fields: dict[str, object], ok: bool) -> None:
     if ok:
         aggregation = validation.aggregation_from_fields(fields)
@@ -328,8 +408,8 @@ ACCEPTANCE = [
     ("no-callback-no-s3", base(callback_url=_MISSING), "callback_type must be a string"),
     (
         "invalid-json-unescaped-quotes",
-        '{"aggr_id":"foo","aggr_limit":8,"url":"%s","callback_url":"%s","extra":"{"info":"foobar"}"}'
-        % (URL, CALLBACK),
+        f'{{"aggr_id":"foo","aggr_limit":8,"url":"{URL}","callback_url":"{CALLBACK}",'
+        '"extra":"{"info":"foobar"}"}',
         "",
     ),
     ("url-missing", base(url=_MISSING), "URL must be a string"),
@@ -358,8 +438,16 @@ ACCEPTANCE = [
     ("download-timeout-negative", base(download_timeout=-2), "Download timeout must be greater than 0"),
     ("download-timeout-half", base(download_timeout=0.5), "Download timeout must be greater than 0"),
     ("request-headers-one", base(request_headers={"User-Agent": "Test-Agent"}), None),
-    ("request-headers-two", base(request_headers={"Accept-Encoding": "gzip", "User-Agent": "Test-Agent"}), None),
-    ("request-headers-number", base(request_headers=1, user_agent="Legacy-Agent"), "request_headers must be a dictionary"),
+    (
+        "request-headers-two",
+        base(request_headers={"Accept-Encoding": "gzip", "User-Agent": "Test-Agent"}),
+        None,
+    ),
+    (
+        "request-headers-number",
+        base(request_headers=1, user_agent="Legacy-Agent"),
+        "request_headers must be a dictionary",
+    ),
     ("request-headers-list", base(request_headers=["a"]), "request_headers must be a dictionary"),
     ("request-headers-bool-value", base(request_headers={"X-A": True}), ""),
     ("request-headers-object-value", base(request_headers={"X-A": {"b": "c"}}), ""),
@@ -483,7 +571,9 @@ def test_callback_type_is_not_checked_against_known_backends() -> None:
     ],
     ids=["none", "type-alone", "dst-alone", "non-strings-ignored"],
 )
-def test_with_own_bucket_the_callback_is_optional(changes: dict[str, object], expected: tuple[str, str]) -> None:
+def test_with_own_bucket_the_callback_is_optional(
+    changes: dict[str, object], expected: tuple[str, str]
+) -> None:
     job, _ = parse(base(callback_url=_MISSING, s3_bucket="b", s3_region="r", **changes))
     assert (job.callback_type, job.callback_dst) == expected
     assert (job.s3_bucket, job.s3_region) == ("b", "r")
@@ -567,9 +657,7 @@ PRECEDENCE = [
 ]
 
 
-@pytest.mark.parametrize(
-    "body,target,reason", [c[1:] for c in PRECEDENCE], ids=[c[0] for c in PRECEDENCE]
-)
+@pytest.mark.parametrize("body,target,reason", [c[1:] for c in PRECEDENCE], ids=[c[0] for c in PRECEDENCE])
 def test_the_first_failing_rule_wins(body: dict[str, object], target: str, reason: str) -> None:
     error = rejection(body)
     assert error.target == target
@@ -598,7 +686,8 @@ ACCEPTED_URIS = [
 
 @pytest.mark.parametrize("raw", ACCEPTED_URIS)
 def test_parse_request_uri_accepts(raw: str) -> None:
-    assert gourl.parse_request_uri(raw) is None
+    gourl.parse_request_uri(raw)  # raises ValueError on rejection
+    assert parse(base(url=raw))[0].url == raw
 
 
 REJECTED_URIS = [
@@ -633,7 +722,9 @@ def test_parse_request_uri_rejects_with_go_text(raw: str, reason: str) -> None:
 
 
 def test_parse_request_uri_message_quotes_the_input() -> None:
-    with pytest.raises(ValueError, match=r'^parse "http://a\\x00": net/url: invalid control character in URL$'):
+    with pytest.raises(
+        ValueError, match=r'^parse "http://a\\x00": net/url: invalid control character in URL$'
+    ):
         gourl.parse_request_uri("http://a\x00")
 
 
@@ -651,7 +742,7 @@ GO_QUOTES = [
     ("no-break-space", "\u00a0", '"\\u00a0"'),
     ("private-use", "\ue000", '"\\ue000"'),
     ("astral-unassigned", "\U000e0001", '"\\U000e0001"'),
-    ("single-quote", "'", "\"'\""),
+    ("single-quote", "'", '"\'"'),
     ("escaped-byte", "\udce9", '"\\xe9"'),
 ]
 
