@@ -148,6 +148,9 @@ def load(config_file: str | os.PathLike[str] | None = None, **overrides: Any) ->
     values: dict[str, Any] = dict(overrides)
     if config_file is not None:
         values.update(config_values(read_config_file(Path(config_file))))
+    # A variable replaces the file's value whole (pydantic-settings would merge two dicts).
+    present = {name.upper() for name in os.environ}
+    values = {k: v for k, v in values.items() if ENV_PREFIX + k.upper() not in present}
     try:
         return Settings(**values)
     except pydantic.ValidationError as exc:

@@ -1,0 +1,220 @@
+"""The Redis layer's atomic steps on a real Redis: enqueue, claims under the fleet-wide limit,
+lease renewal and fencing, recovery of dead workers' jobs, callbacks, deletions (the
+original's storage_test.go scenarios, ported, plus the lease rules that replace its pops)."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import pytest
+import redis
+
+from downloader import keys
+from downloader.models import JOB_FIELDS, Aggregation, Job, State
+from downloader.store import Outcome, Store, new_token
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def db(redis_url: str) -> Store:
+    store = Store.from_url(redis_url)
+    yield store
+    store.close()
+
+
+def queued_job(db: Store, aggr: str = "aggr", limit: int = 2, **fields: object) -> str:
+    job = Job(id="", url="http://127.0.0.1:9/x", aggr_id=aggr, callback_url="http://127.0.0.1:9/cb")
+    for name, value in fields.items():
+        setattr(job, name, value)
+    # Queued in the past, so claims made "long ago" (dead workers) can see it.
+    return db.enqueue(job, Aggregation(id=aggr, limit=limit), now=time.time() - 1000)
+
+
+def test_enqueue_writes_the_originals_keys_and_fields(db: Store, rdb: redis.Redis) -> None:
+    job_id = queued_job(db, extra="foobar", request_headers={"X-A": "1"})
+    raw = rdb.hgetall(keys.job(job_id))
+    assert list(raw) == list(JOB_FIELDS)
+    assert raw["DownloadState"] == "Pending" and raw["Extra"] == "foobar"
+    assert raw["MaxRetries"] == "null" and raw["ExtractImageSize"] == "0"
+    assert json.loads(raw["RequestHeaders"]) == {"X-A": "1"}
+    assert rdb.hgetall("aggr:aggr") == {"ID": "aggr", "Limit": "2", "Proxy": "", "ExpiresAt": ""}
+    assert rdb.zscore("jobs:aggr", job_id) == pytest.approx(time.time() - 1000, abs=5)
+    assert Job.from_hash(raw).id == job_id  # the round trip of TestSaveJob
+
+
+def test_enqueue_keeps_an_existing_aggregation(db: Store, rdb: redis.Redis) -> None:
+    queued_job(db, limit=2)
+    queued_job(db, limit=9)
+    assert rdb.hget("aggr:aggr", "Limit") == "2"
+
+
+def test_claim_never_exceeds_the_limit_across_holders(db: Store) -> None:
+    for _ in range(5):
+        queued_job(db, limit=3)
+    first = db.claim("aggr", 2, new_token(), 30)
+    second = db.claim("aggr", 5, new_token(), 30)
+    third = db.claim("aggr", 5, new_token(), 30)
+    assert len(first.ids) == 2 and len(second.ids) == 1
+    assert third.ids == [] and third.full
+
+
+def test_concurrent_claims_from_many_threads_respect_the_limit(db: Store, rdb: redis.Redis) -> None:
+    for _ in range(40):
+        queued_job(db, limit=4)
+    got: list[str] = []
+    lock = threading.Lock()
+
+    def claim() -> None:
+        result = db.claim("aggr", 3, new_token(), 30)
+        with lock:
+            got.extend(result.ids)
+
+    threads = [threading.Thread(target=claim) for _ in range(20)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(got) == 4 == len(set(got))
+    assert rdb.zcard("inflight:aggr") == 4 and rdb.zcard("jobs:aggr") == 36
+
+
+def test_claim_reports_empty_and_next_ready(db: Store, rdb: redis.Redis) -> None:
+    assert db.claim("aggr", 1, new_token(), 30).empty
+    job_id = queued_job(db)
+    rdb.zadd("jobs:aggr", {job_id: time.time() + 100})
+    result = db.claim("aggr", 1, new_token(), 30)
+    assert result.ids == [] and result.next_ready == pytest.approx(time.time() + 100, abs=5)
+
+
+def test_an_aggregation_without_hash_uses_the_default_limit_of_four(db: Store, rdb: redis.Redis) -> None:
+    for i in range(6):
+        rdb.zadd("jobs:nohash", {f"id{i}": 1})
+    assert len(db.claim("nohash", 10, new_token(), 30).ids) == 4
+
+
+def test_finish_is_fenced_by_the_lease_token(db: Store, rdb: redis.Redis) -> None:
+    job_id = queued_job(db)
+    token = new_token()
+    assert db.claim("aggr", 1, token, 30).ids == [job_id]
+    job = Job.from_hash(rdb.hgetall(keys.job(job_id)))
+    done = Outcome(fields={"DownloadState": "Success"}, target=keys.CALLBACK_QUEUE, score=1.0, finished=True)
+    assert db.finish(job, new_token(), done) == 0  # somebody else's token changes nothing
+    assert rdb.hget(keys.job(job_id), "DownloadState") == "Pending"
+    assert db.finish(job, token, done) == 1
+    assert db.finish(job, token, done) == 0  # running it twice is harmless
+    assert rdb.hget(keys.job(job_id), "DownloadState") == "Success"
+    assert rdb.zscore(keys.CALLBACK_QUEUE, job_id) == 1.0
+    assert rdb.zcard("inflight:aggr") == 0 and not rdb.hexists("leases:aggr", job_id)
+    assert rdb.hget(keys.job_meta(job_id), "FinishedAt")
+
+
+def test_renew_extends_held_leases_and_reports_lost_ones(db: Store, rdb: redis.Redis) -> None:
+    a, b = queued_job(db), queued_job(db)
+    token = new_token()
+    assert sorted(db.claim("aggr", 2, token, 1).ids) == sorted([a, b])
+    rdb.hset("leases:aggr", b, "someone-else")
+    assert db.renew("aggr", [a, b], token, 100) == [b]
+    assert rdb.zscore("inflight:aggr", a) > time.time() + 50
+    assert rdb.zscore("inflight:aggr", b) < time.time() + 5
+
+
+def test_expired_leases_are_requeued_and_crashes_counted(db: Store, rdb: redis.Redis) -> None:
+    job_id = queued_job(db, max_retries=0)
+    db.claim("aggr", 1, new_token(), 30, now=time.time() - 100)  # a worker that died long ago
+    assert db.expired_leases("aggr") == [job_id]
+    assert db.recover("aggr", job_id, crash_tolerance=1, error="lost") == 1
+    assert rdb.zscore("jobs:aggr", job_id) is not None
+    assert rdb.hget(keys.job(job_id), "DownloadCount") == "0"  # the first crash is forgiven
+    assert db.recover("aggr", job_id, crash_tolerance=1, error="lost") == 0  # nothing expired now
+
+
+def test_a_job_that_keeps_killing_workers_fails_after_its_attempts(db: Store, rdb: redis.Redis) -> None:
+    job_id = queued_job(db, max_retries=1)
+    results = []
+    for _ in range(4):
+        claim = db.claim("aggr", 1, new_token(), lease_seconds=-1)  # its worker dies at once
+        if not claim.ids:
+            break
+        results.append(db.recover("aggr", job_id, crash_tolerance=1, error="worker lost"))
+    assert results == [1, 1, 2]  # forgiven, counted (1 of 2 attempts), counted and out of attempts
+    raw = rdb.hgetall(keys.job(job_id))
+    assert raw["DownloadState"] == "Failed" and raw["DownloadMeta"] == "worker lost"
+    assert raw["CallbackState"] == "Pending" and rdb.zscore(keys.CALLBACK_QUEUE, job_id) is not None
+    assert rdb.lrange(keys.job_errors(job_id), 0, -1) == ["worker lost", "worker lost"]
+
+
+def test_recovering_a_vanished_job_just_forgets_it(db: Store, rdb: redis.Redis) -> None:
+    job_id = queued_job(db)
+    db.claim("aggr", 1, new_token(), 30, now=time.time() - 100)
+    rdb.delete(keys.job(job_id))
+    assert db.recover("aggr", job_id, crash_tolerance=1, error="x") == -1
+    assert rdb.zcard("inflight:aggr") == 0 and rdb.zcard("jobs:aggr") == 0
+
+
+def test_callbacks_are_leased_delivered_and_scheduled_for_deletion(db: Store, rdb: redis.Redis) -> None:
+    job_id = queued_job(db)
+    rdb.zadd(keys.CALLBACK_QUEUE, {job_id: 1})
+    token = new_token()
+    assert db.claim_callbacks(10, token, 30) == [job_id]
+    assert db.claim_callbacks(10, new_token(), 30) == []
+    raw = db.start_callback(job_id)
+    assert raw["CallbackCount"] == "1" and raw["CallbackState"] == "InProgress"
+    assert db.callback_delivered(job_id, token, delete_at=123.0) == 1
+    assert not rdb.exists(keys.job(job_id), keys.job_meta(job_id))
+    assert rdb.zscore(keys.DELETION_QUEUE, job_id) == 123.0
+    assert rdb.zcard(keys.CALLBACK_INFLIGHT) == 0
+
+
+def test_a_dead_notifiers_callbacks_come_back(db: Store, rdb: redis.Redis) -> None:
+    job_id = queued_job(db)
+    rdb.zadd(keys.CALLBACK_QUEUE, {job_id: 1})
+    db.claim_callbacks(10, new_token(), 30, now=time.time() - 100)
+    assert db.recover_callbacks() == 1
+    assert rdb.zscore(keys.CALLBACK_QUEUE, job_id) is not None
+    assert rdb.hget(keys.job(job_id), "CallbackState") == State.PENDING
+
+
+def test_undelivered_callback_is_retried_or_failed(db: Store, rdb: redis.Redis) -> None:
+    job_id = queued_job(db)
+    rdb.zadd(keys.CALLBACK_QUEUE, {job_id: 1})
+    token = new_token()
+    db.claim_callbacks(1, token, 30)
+    assert db.callback_undelivered(job_id, token, {"CallbackState": "Pending", "CallbackMeta": "e"}, 50.0) == 1
+    assert rdb.zscore(keys.CALLBACK_QUEUE, job_id) == 50.0
+    token = new_token()
+    db.claim_callbacks(1, token, 30, now=60)
+    assert db.callback_undelivered(job_id, token, {"CallbackState": "Failed", "CallbackMeta": "e2"}, None) == 1
+    assert rdb.zscore(keys.CALLBACK_QUEUE, job_id) is None
+    assert rdb.hget(keys.job(job_id), "CallbackState") == "Failed"
+
+
+def test_deletions_are_pushed_back_until_done(db: Store, rdb: redis.Redis) -> None:
+    rdb.zadd(keys.DELETION_QUEUE, {"RIPinRedis": 1, "RIPGhost": 1, "Later": time.time() + 100})
+    rdb.hset(keys.job("RIPinRedis"), "ID", "RIPinRedis")
+    assert sorted(db.claim_deletions(10, retry_after=60)) == ["RIPGhost", "RIPinRedis"]
+    assert db.claim_deletions(10, retry_after=60) == []  # pushed back: a crash retries later
+    db.deletion_done("RIPinRedis")
+    db.deletion_done("RIPGhost")
+    assert rdb.zrange(keys.DELETION_QUEUE, 0, -1) == ["Later"]
+    assert not rdb.exists(keys.job("RIPinRedis"))
+
+
+def test_an_idle_aggregation_is_deleted_only_when_nothing_is_queued_or_held(db: Store, rdb: redis.Redis) -> None:
+    job_id = queued_job(db)
+    assert not db.delete_idle_aggregation("aggr")  # TestRemoveAggregationWithJobs
+    token = new_token()
+    db.claim("aggr", 1, token, 30)
+    assert not db.delete_idle_aggregation("aggr")
+    job = Job.from_hash(rdb.hgetall(keys.job(job_id)))
+    db.finish(job, token, Outcome(fields={"DownloadState": "Success"}, finished=True))
+    assert db.delete_idle_aggregation("aggr")  # TestRemoveAggregationWithNoJobs
+    assert not rdb.exists("aggr:aggr")
+
+
+def test_stats_expire(db: Store, rdb: redis.Redis) -> None:
+    db.write_stats("processor", '{"alive": 1}', 0.2)
+    assert rdb.get("stats:processor") == '{"alive": 1}'
+    assert 0 < rdb.pttl("stats:processor") <= 200

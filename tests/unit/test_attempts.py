@@ -1,0 +1,99 @@
+"""What a download attempt leads to (reference 3.4): retry, fail, or give back uncounted."""
+
+from __future__ import annotations
+
+import pytest
+
+from downloader import keys
+from downloader.errors import DownloadError, Interrupted
+from downloader.models import Job, State
+from downloader.worker.attempts import decide, success
+
+NOW = 1_000_000.0
+
+
+def job(**fields: object) -> Job:
+    j = Job(id="AbCdEfGhIjKlMn", url="http://h/x", aggr_id="ag", callback_url="http://cb")
+    for k, v in fields.items():
+        setattr(j, k, v)
+    return j
+
+
+def server_error() -> DownloadError:
+    return DownloadError("processing response", "Received status code 500 Internal Server Error",
+                         retriable=True, response_code=500)
+
+
+def not_found() -> DownloadError:
+    return DownloadError("processing response", "Received status code 404 Not Found", retriable=False,
+                         response_code=404)
+
+
+def test_error_text_keeps_the_original_shape() -> None:
+    assert str(not_found()) == (
+        "Error while processing response, Received status code 404 Not Found, retriable: false, internal: false"
+    )
+
+
+@pytest.mark.parametrize("count,expected_delay", [(0, 120.0), (1, 240.0)])
+def test_retriable_errors_back_off_linearly(count: int, expected_delay: float) -> None:
+    out = decide(job(download_count=count), server_error(), now=NOW, backoff=120, default_max_retries=2)
+    assert out.target == keys.queue("ag")
+    assert out.score == NOW + expected_delay
+    assert out.fields["DownloadState"] == State.PENDING
+    assert out.fields["DownloadCount"] == str(count + 1)
+    assert out.fields["DownloadMeta"] == ""  # empty while it waits, as the original
+    assert out.fields["ResponseCode"] == "500"
+    assert "500 Internal Server Error" in out.error
+
+
+def test_out_of_retries_fails_with_the_error_and_queues_the_callback() -> None:
+    out = decide(job(download_count=2), server_error(), now=NOW, backoff=120, default_max_retries=2)
+    assert out.fields["DownloadState"] == State.FAILED
+    assert out.fields["DownloadCount"] == "3"
+    assert out.fields["DownloadMeta"].endswith("retriable: true, internal: false")
+    assert out.fields["CallbackState"] == State.PENDING
+    assert out.target == keys.CALLBACK_QUEUE and out.score == NOW and out.finished
+
+
+@pytest.mark.parametrize("max_retries,attempts", [(0, 1), (1, 2), (5, 6)])
+def test_max_retries_means_retries_after_the_first_try(max_retries: int, attempts: int) -> None:
+    j = job(max_retries=max_retries)
+    for n in range(attempts):
+        out = decide(j, server_error(), now=NOW, backoff=1, default_max_retries=2)
+        j.download_count += 1
+        expected = State.FAILED if n == attempts - 1 else State.PENDING
+        assert out.fields["DownloadState"] == expected, (n, out)
+
+
+def test_terminal_errors_fail_at_once() -> None:
+    out = decide(job(), not_found(), now=NOW, backoff=120, default_max_retries=2)
+    assert out.fields["DownloadState"] == State.FAILED
+    assert out.fields["ResponseCode"] == "404"
+
+
+def test_interruptions_do_not_use_an_attempt() -> None:
+    out = decide(job(download_count=1), Interrupted("shutting down"), now=NOW, backoff=120, default_max_retries=2)
+    assert out.fields == {"DownloadState": State.PENDING}
+    assert out.target == keys.queue("ag") and out.score == NOW
+
+
+def test_internal_errors_back_off_without_counting() -> None:
+    err = DownloadError("creating tmp file", "No space left on device", retriable=True, internal=True)
+    out = decide(job(download_count=1), err, now=NOW, backoff=120, default_max_retries=2)
+    assert "DownloadCount" not in out.fields
+    assert out.score == NOW + 120  # the original retried these with no delay, forever
+
+
+def test_a_job_without_callback_fails_without_queueing_one() -> None:
+    out = decide(job(callback_url=""), not_found(), now=NOW, backoff=1, default_max_retries=2)
+    assert out.target is None and "CallbackState" not in out.fields and out.finished
+
+
+def test_success_records_the_download_and_queues_the_callback() -> None:
+    out = success(job(download_count=1), 200, "10x10", "http://localhost/foo", now=NOW)
+    assert out.fields == {
+        "DownloadState": "Success", "DownloadCount": "2", "DownloadMeta": "", "DownloadURL": "http://localhost/foo",
+        "ResponseCode": "200", "ImageSize": "10x10", "CallbackState": "Pending",
+    }
+    assert out.target == keys.CALLBACK_QUEUE

@@ -1,0 +1,141 @@
+"""Settings: environment over the original's config.json, one clear line for a bad value."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from downloader import settings
+from downloader.diskcheck import DiskMonitor
+from downloader.errors import ConfigurationError
+from downloader.stats import Stats
+
+CONFIG = {
+    "redis": {"addr": "10.0.0.1:6380"},
+    "api": {"heartbeat_path": "/tmp/disable"},
+    "processor": {
+        "storage_dir": "/var/tmp/dl",
+        "filestorage": {"type": "filesystem", "rootdir": "/srv/files"},
+        "request_headers": {"User-Agent": "Downloader-Agent"},
+        "stats_interval": 300,
+        "download_url": "http://localhost/foo",
+    },
+    "notifier": {"concurrency": 3, "deletion_interval": 2, "stats_interval": 300},
+    "backends": {"http": {"timeout": 7}, "kafka": {"bootstrap.servers": "k:9092"}},
+}
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    for name in list(os.environ):
+        if name.startswith("DOWNLOADER_"):
+            monkeypatch.delenv(name)
+
+
+def write(tmp_path: Path, doc: object) -> Path:
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(doc))
+    return path
+
+
+def test_the_originals_config_json_maps_onto_settings(tmp_path: Path) -> None:
+    s = settings.load(write(tmp_path, CONFIG))
+    assert s.redis_url == "redis://10.0.0.1:6380/0"
+    assert s.heartbeat_path == "/tmp/disable"
+    assert s.tmp_dir == Path("/var/tmp/dl") and s.storage_root == Path("/srv/files")
+    assert s.default_request_headers == {"User-Agent": "Downloader-Agent"}
+    assert s.stats_interval_seconds == 0.3
+    assert s.download_url == "http://localhost/foo"
+    assert s.notifier_concurrency == 3 and s.deletion_delay_seconds == 120
+    assert s.callback_timeout_seconds == 7 and s.kafka_bootstrap_servers == "k:9092"
+
+
+def test_the_environment_wins_over_the_config_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DOWNLOADER_REDIS_URL", "redis://127.0.0.1:1/2")
+    monkeypatch.setenv("DOWNLOADER_DEFAULT_REQUEST_HEADERS", '{"Accept":"*/*"}')
+    s = settings.load(write(tmp_path, CONFIG))
+    assert s.redis_url == "redis://127.0.0.1:1/2"
+    assert s.default_request_headers == {"Accept": "*/*"}
+
+
+def test_the_samples_misplaced_download_url_is_accepted(tmp_path: Path) -> None:
+    doc = {"notifier": {"download_url": "http://cdn/x", "concurrency": 1, "deletion_interval": 1}}
+    assert settings.load(write(tmp_path, doc)).download_url == "http://cdn/x"
+
+
+@pytest.mark.parametrize(
+    "env,message",
+    [
+        ({"DOWNLOADER_WORKER_CONCURRENCY": "zero"}, "DOWNLOADER_WORKER_CONCURRENCY"),
+        ({"DOWNLOADER_STORAGE_BACKEND": "ftp"}, "DOWNLOADER_STORAGE_BACKEND"),
+        ({"DOWNLOADER_CALLBACK_MAX_ATTEMPTS": "0"}, "DOWNLOADER_CALLBACK_MAX_ATTEMPTS"),
+        ({"DOWNLOADER_DISK_LOW_WATERMARK_PERCENT": "99"}, "disk_low_watermark_percent"),
+    ],
+)
+def test_a_bad_setting_is_one_line_naming_it(monkeypatch: pytest.MonkeyPatch, env: dict[str, str],
+                                            message: str) -> None:
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    with pytest.raises(ConfigurationError) as info:
+        settings.load()
+    assert message in str(info.value) and "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "doc,message",
+    [
+        ([1, 2], "must hold a JSON object"),
+        ({"processor": {"filestorage": {"type": "gcs"}}}, "Unknown filestorage type gcs"),
+        ({"notifier": {"deletion_interval": 0}}, "DOWNLOADER_DELETION_DELAY_SECONDS"),
+    ],
+)
+def test_bad_config_files_are_refused(tmp_path: Path, doc: object, message: str) -> None:
+    with pytest.raises(ConfigurationError, match=message):
+        settings.load(write(tmp_path, doc))
+
+
+def test_unreadable_config_files_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(ConfigurationError, match="cannot read config file"):
+        settings.load(tmp_path / "missing.json")
+    (tmp_path / "bad.json").write_text("{")
+    with pytest.raises(ConfigurationError, match="not valid JSON"):
+        settings.load(tmp_path / "bad.json")
+
+
+def test_test_time_shrinks_backoff_units(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert settings.load().retry_backoff_seconds == 120
+    monkeypatch.setenv("DOWNLOADER_TEST_TIME", "1")
+    s = settings.load()
+    assert s.retry_backoff_seconds == 0.2 and s.callback_backoff_seconds == 0.2
+
+
+# --- disk monitor (the original's diskcheck tests: high 90 / low 60) ---------------------
+
+
+def test_an_empty_disk_stays_healthy() -> None:
+    monitor = DiskMonitor(high_percent=90, low_percent=60)
+    assert [monitor.observe(0) for _ in range(3)] == [None, None, None]
+
+
+def test_a_full_disk_turns_sick_once() -> None:
+    monitor = DiskMonitor(high_percent=90, low_percent=60)
+    assert [monitor.observe(100) for _ in range(3)] == [False, None, None]
+
+
+def test_a_flaky_disk_recovers_only_below_the_low_watermark() -> None:
+    monitor = DiskMonitor(high_percent=90, low_percent=60)
+    assert [monitor.observe(p) for p in (95, 70, 60, 91)] == [False, None, True, False]
+
+
+def test_stats_track_high_water_marks() -> None:
+    stats = Stats()
+    stats.gauge_add("workers", 2, "maxWorkers")
+    stats.gauge_add("workers", -1, "maxWorkers")
+    stats.incr("download.response.200")
+    assert stats.snapshot() == {"alive": 1, "workers": 1, "maxWorkers": 2, "download.response.200": 1}
+    assert json.loads(stats.to_json()) == stats.snapshot()
+    assert list(json.loads(stats.to_json())) == sorted(stats.snapshot())
