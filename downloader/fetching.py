@@ -264,7 +264,7 @@ class Fetcher:
 
     def _chunks(self, response: requests.Response, attempt: Attempt) -> Iterator[bytes]:
         code = response.status_code
-        stream = response.raw.stream(CHUNK_BYTES, decode_content=response.raw.decode_content)
+        decode = bool(response.raw.decode_content)
         while True:
             if attempt.cancelled.is_set():
                 raise Interrupted("download cancelled (shutting down or disk full)")
@@ -273,16 +273,16 @@ class Fetcher:
                     "downloading file", "download timeout exceeded", retriable=True, response_code=code
                 )
             try:
-                chunk = next(stream, None)
+                # read1: whatever has arrived, so the deadline is looked at between small reads
+                chunk = response.raw.read1(CHUNK_BYTES, decode_content=decode)
             except (urllib3.exceptions.HTTPError, requests.exceptions.RequestException, OSError) as exc:
                 _raise_if_interrupted(attempt, exc, code)
                 raise DownloadError(
                     "downloading file", _describe(exc), retriable=True, response_code=code
                 ) from exc
-            if chunk is None:
+            if not chunk:
                 return
-            if chunk:
-                yield chunk
+            yield chunk
 
 
 def _check_status(response: requests.Response) -> None:

@@ -8,7 +8,8 @@ Both listen on 127.0.0.1 on a free port, run in a daemon thread and record what 
   real file, like the original suite's `fsChan`; a `Content-Length` larger than the body
   makes the client see the connection close early (`unexpected EOF`);
 * slow answers: `?delay=<s>&chunk=<bytes>` streams the body in chunks with a pause before
-  each, `?hold=<s>` waits before answering at all;
+  each, `?hold=<s>` waits before answering at all; `?nolength=1` sends no Content-Length
+  (the body ends when the connection closes);
 * a record of every request (path, query, headers, start and end times) and a concurrency
   counter: requests in flight now and at most, overall and per `?aggr=<tag>`.
 
@@ -79,8 +80,9 @@ class _Base:
     def base(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self) -> _Base:
-        self._httpd = _Server(("127.0.0.1", 0), self._handler())
+    def start(self, port: int = 0) -> _Base:
+        """Listen on `port` (0: a free one)."""
+        self._httpd = _Server(("127.0.0.1", port), self._handler())
         self._thread = threading.Thread(
             target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
         )
@@ -185,7 +187,9 @@ class FileServer(_Base):
             self.max_in_flight = max(self.max_in_flight, self.in_flight)
             if tag:
                 self.in_flight_by_tag[tag] += 1
-                self.max_in_flight_by_tag[tag] = max(self.max_in_flight_by_tag[tag], self.in_flight_by_tag[tag])
+                self.max_in_flight_by_tag[tag] = max(
+                    self.max_in_flight_by_tag[tag], self.in_flight_by_tag[tag]
+                )
 
     def _leave(self, seen: Seen, tag: str) -> None:
         with self._lock:
@@ -244,14 +248,19 @@ class FileServer(_Base):
                     self._send(seen, 404, {"Content-Type": "text/plain"}, b"404 page not found\n")
                     return
                 headers = {"Content-Type": "application/octet-stream", "Content-Length": str(len(data))}
+                if query.get("nolength"):
+                    # No length: the body runs until we close the connection.
+                    del headers["Content-Length"]
+                    headers["Connection"] = "close"
+                    self.close_connection = True
                 delay = float(query.get("delay", 0) or 0)
-                if not delay:
+                if not delay and "Content-Length" in headers:
                     self._send(seen, 200, headers, data)
                     return
                 chunk = max(1, int(query.get("chunk", 0) or max(1, len(data) // 10)))
                 self._start(seen, 200, headers)
                 for i in range(0, len(data), chunk):
-                    if server.stopping.wait(delay):
+                    if delay and server.stopping.wait(delay):
                         self.close_connection = True
                         return
                     self.wfile.write(data[i : i + chunk])

@@ -182,11 +182,15 @@ def test_undelivered_callback_is_retried_or_failed(db: Store, rdb: redis.Redis) 
     rdb.zadd(keys.CALLBACK_QUEUE, {job_id: 1})
     token = new_token()
     db.claim_callbacks(1, token, 30)
-    assert db.callback_undelivered(job_id, token, {"CallbackState": "Pending", "CallbackMeta": "e"}, 50.0) == 1
+    assert (
+        db.callback_undelivered(job_id, token, {"CallbackState": "Pending", "CallbackMeta": "e"}, 50.0) == 1
+    )
     assert rdb.zscore(keys.CALLBACK_QUEUE, job_id) == 50.0
     token = new_token()
     db.claim_callbacks(1, token, 30, now=60)
-    assert db.callback_undelivered(job_id, token, {"CallbackState": "Failed", "CallbackMeta": "e2"}, None) == 1
+    assert (
+        db.callback_undelivered(job_id, token, {"CallbackState": "Failed", "CallbackMeta": "e2"}, None) == 1
+    )
     assert rdb.zscore(keys.CALLBACK_QUEUE, job_id) is None
     assert rdb.hget(keys.job(job_id), "CallbackState") == "Failed"
 
@@ -202,7 +206,9 @@ def test_deletions_are_pushed_back_until_done(db: Store, rdb: redis.Redis) -> No
     assert not rdb.exists(keys.job("RIPinRedis"))
 
 
-def test_an_idle_aggregation_is_deleted_only_when_nothing_is_queued_or_held(db: Store, rdb: redis.Redis) -> None:
+def test_an_idle_aggregation_is_deleted_only_when_nothing_is_queued_or_held(
+    db: Store, rdb: redis.Redis
+) -> None:
     job_id = queued_job(db)
     assert not db.delete_idle_aggregation("aggr")  # TestRemoveAggregationWithJobs
     token = new_token()

@@ -20,13 +20,18 @@ def job(**fields: object) -> Job:
 
 
 def server_error() -> DownloadError:
-    return DownloadError("processing response", "Received status code 500 Internal Server Error",
-                         retriable=True, response_code=500)
+    return DownloadError(
+        "processing response",
+        "Received status code 500 Internal Server Error",
+        retriable=True,
+        response_code=500,
+    )
 
 
 def not_found() -> DownloadError:
-    return DownloadError("processing response", "Received status code 404 Not Found", retriable=False,
-                         response_code=404)
+    return DownloadError(
+        "processing response", "Received status code 404 Not Found", retriable=False, response_code=404
+    )
 
 
 def test_error_text_keeps_the_original_shape() -> None:
@@ -73,7 +78,9 @@ def test_terminal_errors_fail_at_once() -> None:
 
 
 def test_interruptions_do_not_use_an_attempt() -> None:
-    out = decide(job(download_count=1), Interrupted("shutting down"), now=NOW, backoff=120, default_max_retries=2)
+    out = decide(
+        job(download_count=1), Interrupted("shutting down"), now=NOW, backoff=120, default_max_retries=2
+    )
     assert out.fields == {"DownloadState": State.PENDING}
     assert out.target == keys.queue("ag") and out.score == NOW
 
@@ -93,7 +100,12 @@ def test_a_job_without_callback_fails_without_queueing_one() -> None:
 def test_success_records_the_download_and_queues_the_callback() -> None:
     out = success(job(download_count=1), 200, "10x10", "http://localhost/foo", now=NOW)
     assert out.fields == {
-        "DownloadState": "Success", "DownloadCount": "2", "DownloadMeta": "", "DownloadURL": "http://localhost/foo",
-        "ResponseCode": "200", "ImageSize": "10x10", "CallbackState": "Pending",
+        "DownloadState": "Success",
+        "DownloadCount": "2",
+        "DownloadMeta": "",
+        "DownloadURL": "http://localhost/foo",
+        "ResponseCode": "200",
+        "ImageSize": "10x10",
+        "CallbackState": "Pending",
     }
     assert out.target == keys.CALLBACK_QUEUE

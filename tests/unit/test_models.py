@@ -10,11 +10,29 @@ from downloader import notifying
 from downloader.models import JOB_FIELDS, Aggregation, CorruptJobError, Job, State, join_url
 
 GO_HASH = {
-    "ID": "NSb4FOAs9fVaQw", "URL": "http://h/a.png", "AggrID": "ag", "MaxRetries": "null",
-    "DownloadState": "Pending", "DownloadCount": "0", "DownloadMeta": "", "CallbackState": "",
-    "CallbackType": "", "CallbackDst": "", "CallbackURL": "http://cb", "DownloadURL": "", "CallbackMeta": "",
-    "CallbackCount": "0", "Extra": "x", "ResponseCode": "0", "MimeType": "", "ExtractImageSize": "0",
-    "ImageSize": "", "DownloadTimeout": "0", "RequestHeaders": "null", "S3Bucket": "", "S3Region": "",
+    "ID": "NSb4FOAs9fVaQw",
+    "URL": "http://h/a.png",
+    "AggrID": "ag",
+    "MaxRetries": "null",
+    "DownloadState": "Pending",
+    "DownloadCount": "0",
+    "DownloadMeta": "",
+    "CallbackState": "",
+    "CallbackType": "",
+    "CallbackDst": "",
+    "CallbackURL": "http://cb",
+    "DownloadURL": "",
+    "CallbackMeta": "",
+    "CallbackCount": "0",
+    "Extra": "x",
+    "ResponseCode": "0",
+    "MimeType": "",
+    "ExtractImageSize": "0",
+    "ImageSize": "",
+    "DownloadTimeout": "0",
+    "RequestHeaders": "null",
+    "S3Bucket": "",
+    "S3Region": "",
 }
 
 
@@ -31,7 +49,9 @@ def test_unknown_fields_make_a_job_unreadable_like_the_original() -> None:
 
 
 def test_headers_and_numbers_decode() -> None:
-    job = Job.from_hash({**GO_HASH, "RequestHeaders": '{"A":"b"}', "MaxRetries": "3", "ExtractImageSize": "1"})
+    job = Job.from_hash(
+        {**GO_HASH, "RequestHeaders": '{"A":"b"}', "MaxRetries": "3", "ExtractImageSize": "1"}
+    )
     assert job.request_headers == {"A": "b"} and job.max_retries == 3 and job.extract_image_size
     assert json.loads(job.to_hash()["RequestHeaders"]) == {"A": "b"}
 
@@ -57,8 +77,9 @@ def test_download_url_joins_like_go_path_join(base: str, expected: str) -> None:
 
 
 def test_download_url_is_computed_so_retries_cannot_grow_it() -> None:
-    job = Job.from_hash({**GO_HASH, "ID": "6QEywYsd0jrKAg", "DownloadState": "Success",
-                         "DownloadURL": "http://localhost/foo"})
+    job = Job.from_hash(
+        {**GO_HASH, "ID": "6QEywYsd0jrKAg", "DownloadState": "Success", "DownloadURL": "http://localhost/foo"}
+    )
     first = job.public_download_url()
     stored = job.to_hash()["DownloadURL"]
     again = Job.from_hash(job.to_hash()).public_download_url()
@@ -72,8 +93,17 @@ def test_failed_jobs_have_no_download_url() -> None:
 
 
 def test_payload_has_the_originals_ten_keys_in_order() -> None:
-    job = Job.from_hash({**GO_HASH, "ID": "6QEywYsd0jrKAg", "DownloadState": "Success", "Extra": "foobar",
-                         "ImageSize": "10x10", "DownloadURL": "http://localhost/foo", "ResponseCode": "200"})
+    job = Job.from_hash(
+        {
+            **GO_HASH,
+            "ID": "6QEywYsd0jrKAg",
+            "DownloadState": "Success",
+            "Extra": "foobar",
+            "ImageSize": "10x10",
+            "DownloadURL": "http://localhost/foo",
+            "ResponseCode": "200",
+        }
+    )
     body = notifying.encode(notifying.payload(job))
     assert body == (
         b'{"success":true,"error":"","extra":"foobar","image_size":"10x10","resource_url":"http://h/a.png",'

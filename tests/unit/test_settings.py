@@ -76,8 +76,9 @@ def test_the_samples_misplaced_download_url_is_accepted(tmp_path: Path) -> None:
         ({"DOWNLOADER_DISK_LOW_WATERMARK_PERCENT": "99"}, "disk_low_watermark_percent"),
     ],
 )
-def test_a_bad_setting_is_one_line_naming_it(monkeypatch: pytest.MonkeyPatch, env: dict[str, str],
-                                            message: str) -> None:
+def test_a_bad_setting_is_one_line_naming_it(
+    monkeypatch: pytest.MonkeyPatch, env: dict[str, str], message: str
+) -> None:
     for k, v in env.items():
         monkeypatch.setenv(k, v)
     with pytest.raises(ConfigurationError) as info:

@@ -1,0 +1,1014 @@
+#!/usr/bin/env python3
+"""End-to-end benchmark of Downloader: jobs per second from POST /download to the callback.
+
+It starts everything itself, on 127.0.0.1 and under a temporary directory:
+
+* a private `redis-server` (from PATH; `--save '' --appendonly no`);
+* a file server (asyncio, raw HTTP/1.1 with keep-alive, in its own process) serving N
+  distinct small PNG files at `/f/<i>.png`;
+* a callback receiver (same kind of server, its own process) that records every POST body
+  and its arrival time and answers 200;
+* the product: `downloader api`, ONE `downloader worker`, one `downloader notifier`.
+
+Then it POSTs `--jobs` jobs from `--clients` keep-alive client threads, spread over
+`--aggregations` aggregations, waits for every callback and reports: enqueue rate, end-to-end
+time and jobs/s (first POST sent -> last callback received), per-job latency percentiles
+(with a breakdown: API, queue wait until the file server sees the GET, GET -> callback), and
+peak RSS and CPU seconds of every process. It checks that each job got exactly one
+successful callback and that every stored file exists with the right size; any miss makes
+the exit status 1.
+
+Run it with the project's venv from a directory other than the repository root (the repo's
+`operator/` folder would shadow the stdlib module):
+
+    cd /tmp && /work/main/.venv/bin/python /work/main/bench/e2e.py --json /tmp/e2e.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import ctypes
+import http.client
+import json
+import math
+import multiprocessing as mp
+import os
+import platform
+import queue
+import random
+import resource
+import shutil
+import signal
+import socket
+import statistics
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import zlib
+from pathlib import Path
+from typing import Any
+
+# The repository root must not be importable: its operator/ folder shadows the stdlib module.
+_REPO = Path(__file__).resolve().parent.parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _REPO]
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+VENV_BIN = Path(sys.executable).parent
+MP = mp.get_context("fork")  # children are forked before any thread of ours starts
+
+
+# --- small helpers ------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def proc_cpu_seconds(pid: int) -> float | None:
+    """utime + stime of `pid` (all its threads) from /proc/<pid>/stat."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = text[text.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # fields 14 and 15 of proc(5)
+
+
+def proc_status(pid: int) -> dict[str, int]:
+    """VmHWM / VmRSS in kB and the thread count, from /proc/<pid>/status."""
+    out: dict[str, int] = {}
+    try:
+        lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    except OSError:
+        return out
+    for line in lines:
+        key, _, value = line.partition(":")
+        if key in ("VmHWM", "VmRSS", "Threads"):
+            out[key] = int(value.split()[0])
+    return out
+
+
+def percentile(values: list[float], p: float) -> float:
+    """Nearest-rank-with-interpolation percentile (p in 0..100)."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    k = (len(ordered) - 1) * p / 100
+    lo, hi = math.floor(k), math.ceil(k)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
+
+
+def summary_ms(values: list[float]) -> dict[str, float]:
+    if not values:
+        return {}
+    ms = [v * 1000 for v in values]
+    return {
+        "p50": round(percentile(ms, 50), 1),
+        "p95": round(percentile(ms, 95), 1),
+        "p99": round(percentile(ms, 99), 1),
+        "max": round(max(ms), 1),
+        "mean": round(statistics.fmean(ms), 1),
+    }
+
+
+def set_pdeathsig() -> None:
+    """In a child before exec: get SIGTERM if the benchmark dies without cleaning up."""
+    with contextlib.suppress(Exception):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+# --- test files -----------------------------------------------------------------------------
+
+
+def png_file(seed: int, side: int) -> bytes:
+    """A valid RGB PNG of side x side random pixels (incompressible, so its size is ~3*side^2)."""
+    rng = random.Random(seed)
+    row = 3 * side
+    raw = b"".join(b"\x00" + rng.randbytes(row) for _ in range(side))
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", zlib.compress(raw, 1))
+        + chunk(b"IEND", b"")
+    )
+
+
+# --- the two helper HTTP servers (each in its own process) ----------------------------------
+
+
+async def _serve_http(port_out: Any, stop: Any, on_request: Any, finish: Any) -> None:
+    """A minimal HTTP/1.1 server with keep-alive; `on_request(method, path, body)` -> (status,
+    content type, body). Reports its port through `port_out`, runs until `stop` is set."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                try:
+                    head = await reader.readuntil(b"\r\n\r\n")
+                except (asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+                    return
+                lines = head.split(b"\r\n")
+                method, path, _version = lines[0].split(b" ", 2)
+                length = 0
+                close = False
+                for line in lines[1:]:
+                    name, _, value = line.partition(b":")
+                    name = name.strip().lower()
+                    if name == b"content-length":
+                        length = int(value.strip())
+                    elif name == b"connection" and value.strip().lower() == b"close":
+                        close = True
+                body = await reader.readexactly(length) if length else b""
+                status, ctype, payload = on_request(method, path, body)
+                reason = {200: b"OK", 404: b"Not Found"}.get(status, b"Other")
+                writer.write(
+                    b"HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %d\r\n%s\r\n"
+                    % (status, reason, ctype, len(payload), b"Connection: close\r\n" if close else b"")
+                )
+                writer.write(payload)
+                await writer.drain()
+                if close:
+                    return
+        except (ConnectionError, asyncio.IncompleteReadError, ValueError, asyncio.CancelledError):
+            return  # a client gone, or this server shutting down
+        finally:
+            with contextlib.suppress(Exception):
+                writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0, backlog=1024, reuse_address=True)
+    port_out.put(server.sockets[0].getsockname()[1])
+    async with server:
+        while not stop.is_set():
+            await asyncio.sleep(0.05)
+    finish()
+
+
+def _child_setup() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops us through `stop`
+    set_pdeathsig()
+    with contextlib.suppress(ImportError):
+        import uvloop
+
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
+def file_server_main(files: list[bytes], port_out: Any, stop: Any, report: Any) -> None:
+    _child_setup()
+    first_get: dict[int, float] = {}
+    gets = [0]
+    not_found = [0]
+
+    def on_request(method: bytes, path: bytes, body: bytes) -> tuple[int, bytes, bytes]:
+        now = time.monotonic()
+        gets[0] += 1
+        if path.startswith(b"/f/") and path.endswith(b".png"):
+            try:
+                i = int(path[3:-4])
+                data = files[i]
+            except (ValueError, IndexError):
+                pass
+            else:
+                first_get.setdefault(i, now)
+                return 200, b"image/png", data
+        not_found[0] += 1
+        return 404, b"text/plain", b"not found\n"
+
+    def finish() -> None:
+        report.put({"requests": gets[0], "not_found": not_found[0], "first_get": first_get})
+
+    asyncio.run(_serve_http(port_out, stop, on_request, finish))
+
+
+def callback_server_main(port_out: Any, stop: Any, arrivals: Any) -> None:
+    _child_setup()
+
+    def on_request(method: bytes, path: bytes, body: bytes) -> tuple[int, bytes, bytes]:
+        now = time.monotonic()
+        try:
+            doc = json.loads(body)
+        except ValueError:
+            doc = {"unparsable": body[:200].decode("latin-1")}
+        arrivals.put((now, path.decode("latin-1"), doc))
+        return 200, b"text/plain", b"ok"
+
+    asyncio.run(_serve_http(port_out, stop, on_request, lambda: None))
+
+
+# --- the benchmark ------------------------------------------------------------------------------
+
+
+class SetupError(RuntimeError):
+    pass
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.tmp = Path(tempfile.mkdtemp(prefix="downloader-bench-"))
+        self.popen: dict[str, subprocess.Popen[bytes]] = {}
+        self.children: dict[str, Any] = {}
+        self.stop_children = MP.Event()
+        self.arrivals: Any = MP.Queue()
+        self.file_report: Any = MP.Queue()
+        self.callbacks: list[tuple[float, str, dict[str, Any]]] = []
+        self.cb_lock = threading.Lock()
+        self.collector_stop = threading.Event()
+        self.timeline: list[dict[str, Any]] = []
+        self.sampler_stop = threading.Event()
+        self.redis: Any = None
+        self.run_tag = f"b{os.getpid()}"
+
+    # --- setup ---
+
+    def start_redis(self) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise SetupError("redis-server is not on PATH")
+        self.redis_port = free_port()
+        log = (self.tmp / "redis.log").open("wb")
+        self.popen["redis"] = subprocess.Popen(
+            [binary, "--port", str(self.redis_port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", str(self.tmp)],
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            start_new_session=True, preexec_fn=set_pdeathsig,
+        )  # fmt: skip
+        log.close()
+        import redis
+
+        self.redis = redis.Redis(port=self.redis_port, decode_responses=True, socket_connect_timeout=1)
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                self.redis.ping()
+                break
+            except redis.RedisError:
+                if time.monotonic() > deadline or self.popen["redis"].poll() is not None:
+                    raise SetupError("redis-server did not start: " + self.tail("redis")) from None
+                time.sleep(0.05)
+        self.redis_version = self.redis.info("server").get("redis_version", "?")
+
+    def start_helpers(self, files: list[bytes]) -> None:
+        ports: Any = MP.Queue()
+        self.children["fileserver"] = MP.Process(
+            target=file_server_main, args=(files, ports, self.stop_children, self.file_report),
+            name="bench-fileserver", daemon=True,
+        )  # fmt: skip
+        self.children["fileserver"].start()
+        self.file_port = ports.get(timeout=20)
+        self.children["callbacks"] = MP.Process(
+            target=callback_server_main, args=(ports, self.stop_children, self.arrivals),
+            name="bench-callbacks", daemon=True,
+        )  # fmt: skip
+        self.children["callbacks"].start()
+        self.callback_port = ports.get(timeout=20)
+
+    def start_product(self) -> None:
+        env = dict(os.environ)
+        env.update(
+            DOWNLOADER_REDIS_URL=f"redis://127.0.0.1:{self.redis_port}/0",
+            DOWNLOADER_STORAGE_ROOT=str(self.tmp / "files"),
+            DOWNLOADER_TMP_DIR=str(self.tmp / "tmp"),
+            DOWNLOADER_DOWNLOAD_URL="http://localhost/files",
+            DOWNLOADER_LOG_LEVEL="WARNING",
+            NO_PROXY="127.0.0.1",
+            no_proxy="127.0.0.1",
+        )
+        if self.args.concurrency:
+            env["DOWNLOADER_WORKER_CONCURRENCY"] = str(self.args.concurrency)
+        if self.args.notifier_concurrency:
+            env["DOWNLOADER_NOTIFIER_CONCURRENCY"] = str(self.args.notifier_concurrency)
+        for extra in self.args.env:
+            name, _, value = extra.partition("=")
+            env[name] = value
+        self.env = {k: v for k, v in env.items() if k.startswith("DOWNLOADER_")}
+        self.api_port = free_port()
+        exe = str(VENV_BIN / "downloader")
+        commands = {
+            "api": [exe, "api", "--host", "127.0.0.1", "--port", str(self.api_port)],
+            "worker": [exe, "worker"],
+            "notifier": [exe, "notifier"],
+        }
+        for name, cmd in commands.items():
+            log = (self.tmp / f"{name}.log").open("wb")
+            self.popen[name] = subprocess.Popen(
+                cmd, env=env, cwd=self.tmp, stdout=log, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=set_pdeathsig,
+            )  # fmt: skip
+            log.close()
+
+    def wait_ready(self) -> float:
+        t0 = time.monotonic()
+        deadline = t0 + self.args.startup_timeout
+        hb = False
+        while time.monotonic() < deadline:
+            self.check_alive()
+            if not hb:
+                with contextlib.suppress(OSError, http.client.HTTPException):
+                    conn = http.client.HTTPConnection("127.0.0.1", self.api_port, timeout=2)
+                    conn.request("GET", "/hb")
+                    hb = conn.getresponse().status == 200
+                    conn.close()
+            if hb and self.redis.exists("stats:processor", "stats:notifier") == 2:
+                return time.monotonic() - t0
+            time.sleep(0.05)
+        raise SetupError(f"not ready after {self.args.startup_timeout} s (api /hb ok: {hb})")
+
+    def check_alive(self) -> None:
+        for name, proc in self.popen.items():
+            if proc.poll() is not None:
+                raise SetupError(f"{name} exited with status {proc.returncode}: {self.tail(name)}")
+        for name, child in self.children.items():
+            if not child.is_alive():
+                raise SetupError(f"the benchmark's {name} process died")
+
+    def tail(self, name: str, size: int = 3000) -> str:
+        try:
+            return (self.tmp / f"{name}.log").read_text(errors="replace")[-size:]
+        except OSError:
+            return "(no log)"
+
+    # --- measurement threads ---
+
+    def collect(self) -> None:
+        while not self.collector_stop.is_set():
+            try:
+                item = self.arrivals.get(timeout=0.1)
+            except queue.Empty:
+                continue
+            with self.cb_lock:
+                self.callbacks.append(item)
+
+    def drain_arrivals(self) -> None:
+        while True:
+            try:
+                item = self.arrivals.get(timeout=0.2)
+            except queue.Empty:
+                return
+            with self.cb_lock:
+                self.callbacks.append(item)
+
+    def pids(self) -> dict[str, int]:
+        out = {name: p.pid for name, p in self.popen.items()}
+        out.update({name: c.pid for name, c in self.children.items()})
+        return out
+
+    def sample(self, t_zero: float) -> None:
+        import redis
+
+        aggrs = self.aggregation_ids()
+        client = redis.Redis(port=self.redis_port, decode_responses=True)
+        pids = self.pids()
+        while not self.sampler_stop.wait(self.args.sample_interval):
+            row: dict[str, Any] = {"t": round(time.monotonic() - t_zero, 3)}
+            for name in ("api", "worker", "notifier", "redis"):
+                cpu = proc_cpu_seconds(pids[name])
+                row[f"cpu_{name}"] = None if cpu is None else round(cpu, 2)
+            row["rss_worker_kb"] = proc_status(pids["worker"]).get("VmRSS")
+            with contextlib.suppress(redis.RedisError):
+                pipe = client.pipeline(transaction=False)
+                for a in aggrs:
+                    pipe.zcard(f"jobs:{a}")
+                for a in aggrs:
+                    pipe.zcard(f"inflight:{a}")
+                pipe.zcard("CallbackQueue")
+                pipe.zcard("CallbackInflight")
+                got = pipe.execute()
+                k = len(aggrs)
+                row["queued"] = sum(got[:k])
+                row["inflight"] = sum(got[k : 2 * k])
+                row["callback_queued"] = got[2 * k]
+                row["callback_inflight"] = got[2 * k + 1]
+            with self.cb_lock:
+                row["callbacks"] = len(self.callbacks)
+            row["posted"] = self.posted
+            self.timeline.append(row)
+        client.close()
+
+    # --- the load ---
+
+    def aggregation_ids(self) -> list[str]:
+        return [f"{self.run_tag}-a{k}" for k in range(self.args.aggregations)]
+
+    def job_body(self, i: int) -> bytes:
+        a = self.args
+        doc: dict[str, Any] = {
+            "url": f"http://127.0.0.1:{self.file_port}/f/{i}.png",
+            "aggr_id": self.aggregation_ids()[i % a.aggregations],
+            "aggr_limit": a.aggr_limit,
+            "callback_type": "http",
+            "callback_dst": f"http://127.0.0.1:{self.callback_port}/cb",
+            "extra": str(i),
+        }
+        if a.checks:
+            doc["mime_type"] = "image/png"
+            doc["extract_image_size"] = True
+        return json.dumps(doc).encode()
+
+    def enqueue(self) -> None:
+        n, clients = self.args.jobs, self.args.clients
+        self.sent = [0.0] * n
+        self.accepted = [0.0] * n
+        self.ids: list[str | None] = [None] * n
+        self.rejects: list[str] = []
+        self.posted = 0
+        bodies = [self.job_body(i) for i in range(n)]
+        barrier = threading.Barrier(clients)
+        lock = threading.Lock()
+
+        def client(c: int) -> None:
+            conn = http.client.HTTPConnection("127.0.0.1", self.api_port, timeout=60)
+            barrier.wait()
+            for i in range(c, n, clients):
+                for attempt in (1, 2):
+                    try:
+                        self.sent[i] = time.monotonic()
+                        conn.request("POST", "/download", bodies[i], {"Content-Type": "application/json"})
+                        resp = conn.getresponse()
+                        data = resp.read()
+                        self.accepted[i] = time.monotonic()
+                        break
+                    except (OSError, http.client.HTTPException) as exc:
+                        conn.close()
+                        conn = http.client.HTTPConnection("127.0.0.1", self.api_port, timeout=60)
+                        if attempt == 2:
+                            with lock:
+                                self.rejects.append(f"job {i}: {type(exc).__name__}: {exc}")
+                            data, resp = b"", None
+                if resp is not None and resp.status == 201:
+                    self.ids[i] = json.loads(data)["id"]
+                elif resp is not None:
+                    with lock:
+                        self.rejects.append(f"job {i}: {resp.status} {data[:200]!r}")
+                with lock:
+                    self.posted += 1
+            conn.close()
+
+        threads = [threading.Thread(target=client, args=(c,), name=f"client-{c}") for c in range(clients)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+
+    def wait_callbacks(self) -> bool:
+        expected = {i for i in self.ids if i is not None}
+        deadline = time.monotonic() + self.args.timeout
+        last_count, last_progress = -1, time.monotonic()
+        while time.monotonic() < deadline:
+            with self.cb_lock:
+                got = {doc.get("job_id") for _, _, doc in self.callbacks}
+                count = len(self.callbacks)
+            if expected <= got:
+                return True
+            if count != last_count:
+                last_count, last_progress = count, time.monotonic()
+            elif time.monotonic() - last_progress > self.args.stall_timeout:
+                print(f"no callback for {self.args.stall_timeout} s; giving up", file=sys.stderr)
+                return False
+            self.check_alive()
+            time.sleep(0.02)
+        print(f"timeout after {self.args.timeout} s", file=sys.stderr)
+        return False
+
+    # --- run ---
+
+    def run(self) -> dict[str, Any]:
+        a = self.args
+        side = max(1, round(math.sqrt(max(1, a.size - 70) / 3)))
+        files = [png_file(i, side) for i in range(a.jobs)]
+        self.start_redis()
+        self.start_helpers(files)
+        self.start_product()
+        startup = self.wait_ready()
+        pids = self.pids()
+        collector = threading.Thread(target=self.collect, name="collector", daemon=True)
+        collector.start()
+        load_before = os.getloadavg()
+        cpu0 = {name: proc_cpu_seconds(pid) for name, pid in pids.items()}
+        self_cpu0 = _self_cpu()
+        self.posted = 0
+        t_zero = time.monotonic()
+        sampler = threading.Thread(target=self.sample, args=(t_zero,), name="sampler", daemon=True)
+        sampler.start()
+        py_spy = self.start_profiler()
+
+        self.enqueue()
+        t_enqueued = time.monotonic()
+        complete = self.wait_callbacks()
+        t_done = time.monotonic()
+        cpu1 = {name: proc_cpu_seconds(pid) for name, pid in pids.items()}
+        self_cpu1 = _self_cpu()
+        status = {name: proc_status(pid) for name, pid in pids.items()}
+        self.stop_profiler(py_spy)
+        time.sleep(a.settle)  # let late duplicates arrive
+        self.sampler_stop.set()
+        sampler.join()
+        self.collector_stop.set()
+        collector.join()
+        self.drain_arrivals()
+        load_after = os.getloadavg()
+
+        verification = self.verify(files, side)
+        leftovers = self.redis_leftovers()
+        stats = self.product_stats()
+        file_report = self.stop_helpers()
+        result = self.report(
+            files=files, side=side, startup=startup, t_zero=t_zero, t_enqueued=t_enqueued,
+            t_done=t_done, complete=complete, cpu0=cpu0, cpu1=cpu1, status=status,
+            self_cpu=self_cpu1 - self_cpu0, verification=verification, leftovers=leftovers,
+            stats=stats, file_report=file_report, load=(load_before, load_after),
+        )  # fmt: skip
+        return result
+
+    def start_profiler(self) -> list[subprocess.Popen[bytes]]:
+        if not self.args.py_spy:
+            return []
+        procs = []
+        for name in self.args.profile:
+            out = Path(self.args.profile_dir) / f"{name}.txt"
+            out.parent.mkdir(parents=True, exist_ok=True)
+            procs.append(
+                subprocess.Popen(
+                    [
+                        self.args.py_spy,
+                        "record",
+                        "-p",
+                        str(self.popen[name].pid),
+                        "-r",
+                        "200",
+                        "--threads",
+                        "--format",
+                        "raw",
+                        "-o",
+                        str(out),
+                        "--nonblocking",
+                    ],
+                    stdout=subprocess.DEVNULL,
+                    stderr=(self.tmp / f"py-spy-{name}.log").open("wb"),
+                    start_new_session=True,
+                )  # fmt: skip
+            )
+        time.sleep(1.0)  # py-spy attaches
+        return procs
+
+    def stop_profiler(self, procs: list[subprocess.Popen[bytes]]) -> None:
+        for p in procs:
+            p.send_signal(signal.SIGINT)
+        for p in procs:
+            try:
+                p.wait(20)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+    def verify(self, files: list[bytes], side: int) -> dict[str, Any]:
+        by_id: dict[str, list[dict[str, Any]]] = {}
+        stray = 0
+        for _, path, doc in self.callbacks:
+            job_id = doc.get("job_id")
+            if not isinstance(job_id, str):
+                stray += 1
+                continue
+            by_id.setdefault(job_id, []).append(doc)
+        index_of = {job_id: i for i, job_id in enumerate(self.ids) if job_id is not None}
+        stray += sum(1 for job_id in by_id if job_id not in index_of)
+        missing, duplicated, failed, bad_payload = [], [], [], []
+        files_ok, files_missing, files_wrong_size = 0, [], []
+        root = self.tmp / "files"
+        for i, job_id in enumerate(self.ids):
+            if job_id is None:
+                continue
+            docs = by_id.get(job_id, [])
+            if not docs:
+                missing.append(job_id)
+                continue
+            if len(docs) > 1:
+                duplicated.append(job_id)
+            doc = docs[0]
+            if not doc.get("success"):
+                failed.append(f"{job_id}: {doc.get('error')}")
+            expect_image = f"{side}x{side}" if self.args.checks else ""
+            if (
+                doc.get("extra") != str(i)
+                or doc.get("response_code") != 200
+                or not str(doc.get("download_url", "")).endswith(f"{job_id[:3]}/{job_id}")
+                or doc.get("image_size") != expect_image
+                or doc.get("resource_url") != f"http://127.0.0.1:{self.file_port}/f/{i}.png"
+            ):
+                bad_payload.append({k: doc.get(k) for k in ("job_id", "extra", "response_code",
+                                                            "download_url", "image_size", "error")})  # fmt: skip
+            path = root / job_id[:3] / job_id
+            try:
+                size = path.stat().st_size
+            except OSError:
+                files_missing.append(job_id)
+                continue
+            if size == len(files[i]):
+                files_ok += 1
+            else:
+                files_wrong_size.append(f"{job_id}: {size} != {len(files[i])}")
+        accepted = sum(1 for x in self.ids if x is not None)
+        ok = (
+            accepted == self.args.jobs
+            and not (missing or duplicated or failed or bad_payload or files_missing or files_wrong_size)
+            and stray == 0
+        )
+        return {
+            "ok": ok,
+            "accepted": accepted,
+            "rejected": self.rejects[:20],
+            "callbacks_received": len(self.callbacks),
+            "jobs_with_one_successful_callback": accepted - len(missing) - len(duplicated) - len(failed),
+            "missing": missing[:20],
+            "missing_count": len(missing),
+            "duplicated_count": len(duplicated),
+            "failed_count": len(failed),
+            "failed": failed[:20],
+            "bad_payload_count": len(bad_payload),
+            "bad_payload": bad_payload[:5],
+            "stray_callbacks": stray,
+            "files_ok": files_ok,
+            "files_missing_count": len(files_missing),
+            "files_wrong_size": files_wrong_size[:20],
+        }
+
+    def redis_leftovers(self) -> dict[str, Any]:
+        r = self.redis
+        aggrs = self.aggregation_ids()
+        return {
+            "job_hashes": sum(1 for _ in r.scan_iter("job:*", count=1000)),
+            "queued": sum(r.zcard(f"jobs:{a}") for a in aggrs),
+            "inflight": sum(r.zcard(f"inflight:{a}") for a in aggrs),
+            "callback_queue": r.zcard("CallbackQueue"),
+            "callback_inflight": r.zcard("CallbackInflight"),
+            "deletion_queue": r.zcard("JobDeletionQueue"),
+            "used_memory_mb": round(int(r.info("memory")["used_memory"]) / 2**20, 1),
+        }
+
+    def product_stats(self) -> dict[str, Any]:
+        """GET /stats/<component> once both were republished after the run (every
+        DOWNLOADER_STATS_INTERVAL_SECONDS, 5 s by default), so their counters cover it."""
+        want = sum(1 for i in self.ids if i is not None)
+        deadline = time.monotonic() + self.args.stats_wait
+        while True:
+            out = self._read_stats()
+            processor, notifier = out.get("processor"), out.get("notifier")
+            covered = (
+                isinstance(processor, dict)
+                and isinstance(notifier, dict)
+                and processor.get("spawnedWorkers", 0) >= want
+                and notifier.get("successfulCallbacks", 0) + notifier.get("failedCallbacks", 0) >= want
+            )
+            if covered or time.monotonic() > deadline:
+                return out
+            time.sleep(0.25)
+
+    def _read_stats(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for component in ("processor", "notifier"):
+            with contextlib.suppress(OSError, http.client.HTTPException, ValueError):
+                conn = http.client.HTTPConnection("127.0.0.1", self.api_port, timeout=5)
+                conn.request("GET", f"/stats/{component}")
+                resp = conn.getresponse()
+                body = resp.read()
+                out[component] = json.loads(body) if resp.status == 200 else f"{resp.status} {body[:200]!r}"
+                conn.close()
+        return out
+
+    def stop_helpers(self) -> dict[str, Any]:
+        self.stop_children.set()
+        report: dict[str, Any] = {}
+        with contextlib.suppress(queue.Empty):
+            report = self.file_report.get(timeout=10)
+        for child in self.children.values():
+            child.join(5)
+        return report
+
+    def report(self, **m: Any) -> dict[str, Any]:
+        a = self.args
+        n_ok = m["verification"]["accepted"]
+        sent = [t for t in self.sent if t]
+        t_first = min(sent) if sent else m["t_zero"]
+        accepted_times = [t for t, i in zip(self.accepted, self.ids, strict=True) if i is not None]
+        t_last_accept = max(accepted_times) if accepted_times else t_first
+        first_cb: dict[str, float] = {}
+        for t, _, doc in self.callbacks:
+            jid = doc.get("job_id")
+            if isinstance(jid, str) and jid not in first_cb:
+                first_cb[jid] = t
+        cb_times = [first_cb[i] for i in self.ids if i is not None and i in first_cb]
+        t_last_cb = max(cb_times) if cb_times else m["t_done"]
+        e2e = t_last_cb - t_first
+        first_get = m["file_report"].get("first_get", {})
+        lat, api, wait, rest = [], [], [], []
+        for i, jid in enumerate(self.ids):
+            if jid is None or jid not in first_cb:
+                continue
+            lat.append(first_cb[jid] - self.sent[i])
+            api.append(self.accepted[i] - self.sent[i])
+            if i in first_get:
+                wait.append(first_get[i] - self.accepted[i])
+                rest.append(first_cb[jid] - first_get[i])
+        run_wall = m["t_done"] - m["t_zero"]
+        processes: dict[str, Any] = {}
+        for name in m["cpu0"]:
+            c0, c1 = m["cpu0"][name], m["cpu1"][name]
+            st = m["status"][name]
+            cpu_run = None if c0 is None or c1 is None else round(c1 - c0, 2)
+            processes[name] = {
+                "pid": self.pids()[name],
+                "cpu_s_run": cpu_run,
+                "cpu_s_total": None if c1 is None else round(c1, 2),
+                "cpu_util_run": None if cpu_run is None or e2e <= 0 else round(cpu_run / e2e, 2),
+                "cpu_ms_per_job": None if cpu_run is None or not n_ok else round(1000 * cpu_run / n_ok, 2),
+                "peak_rss_mb": round(st.get("VmHWM", 0) / 1024, 1),
+                "rss_mb": round(st.get("VmRSS", 0) / 1024, 1),
+                "threads": st.get("Threads"),
+            }
+        processes["bench_client"] = {"cpu_s_run": round(m["self_cpu"], 2)}
+        first_cb_at = min(cb_times) - t_first if cb_times else None
+        sizes = [len(f) for f in m["files"]]
+        return {
+            "benchmark": "downloader e2e (POST /download -> HTTP callback)",
+            "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "host": {
+                "cpus": os.cpu_count(),
+                "cpu_model": _cpu_model(),
+                "python": platform.python_version(),
+                "redis": self.redis_version,
+                "loadavg_before": [round(x, 2) for x in m["load"][0]],
+                "loadavg_after": [round(x, 2) for x in m["load"][1]],
+            },
+            "params": {
+                "jobs": a.jobs,
+                "aggregations": a.aggregations,
+                "aggr_limit": a.aggr_limit,
+                "clients": a.clients,
+                "checks": a.checks,
+                "worker_concurrency": a.concurrency or "default (16)",
+                "notifier_concurrency": a.notifier_concurrency or "default (8)",
+                "file_bytes_mean": round(statistics.fmean(sizes)),
+                "image_side_px": m["side"],
+                "profiled": bool(a.py_spy),
+                "env": self.env,
+            },
+            "results": {
+                "complete": m["complete"],
+                "ok": m["verification"]["ok"] and m["complete"],
+                "startup_s": round(m["startup"], 2),
+                "enqueue_s": round(t_last_accept - t_first, 3),
+                "enqueue_jobs_per_s": round(n_ok / (t_last_accept - t_first), 1) if n_ok else 0,
+                "first_callback_after_s": None if first_cb_at is None else round(first_cb_at, 3),
+                "e2e_s": round(e2e, 3),
+                "e2e_jobs_per_s": round(len(cb_times) / e2e, 1) if e2e > 0 else 0,
+                "steady_jobs_per_s": _steady_rate(cb_times),
+                "latency_ms": summary_ms(lat),
+                "phase_api_ms": summary_ms(api),
+                "phase_queue_wait_ms": summary_ms(wait),
+                "phase_get_to_callback_ms": summary_ms(rest),
+                "measurement_wall_s": round(run_wall, 3),
+            },
+            "processes": processes,
+            "verification": m["verification"],
+            "redis_after": m["leftovers"],
+            "file_server": {k: v for k, v in m["file_report"].items() if k != "first_get"},
+            "product_stats": m["stats"],
+            "timeline": self.timeline,
+        }
+
+    # --- teardown ---
+
+    def cleanup(self) -> None:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        self.sampler_stop.set()
+        self.collector_stop.set()
+        self.stop_children.set()
+        product = [n for n in ("api", "worker", "notifier") if n in self.popen]
+        for name in product:
+            with contextlib.suppress(ProcessLookupError):
+                self.popen[name].terminate()
+        for name in product:
+            try:
+                self.popen[name].wait(30)
+            except subprocess.TimeoutExpired:
+                self.popen[name].kill()
+                self.popen[name].wait(5)
+        if "redis" in self.popen:
+            with contextlib.suppress(ProcessLookupError):
+                self.popen["redis"].terminate()
+            try:
+                self.popen["redis"].wait(10)
+            except subprocess.TimeoutExpired:
+                self.popen["redis"].kill()
+        for child in self.children.values():
+            child.join(3)
+            if child.is_alive():
+                child.kill()
+                child.join(3)
+        for q in (self.arrivals, self.file_report):
+            q.cancel_join_thread()
+            q.close()
+        if self.redis is not None:
+            with contextlib.suppress(Exception):
+                self.redis.close()
+        if self.args.keep:
+            print(f"kept {self.tmp}", file=sys.stderr)
+        else:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def _self_cpu() -> float:
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ru.ru_utime + ru.ru_stime
+
+
+def _cpu_model() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor()
+
+
+def _steady_rate(cb_times: list[float]) -> float | None:
+    """Callbacks/s between the 10th and the 90th percentile arrival: the rate once running,
+    without the start-up ramp (aggregation discovery) and the tail."""
+    if len(cb_times) < 20:
+        return None
+    ordered = sorted(cb_times)
+    lo, hi = ordered[len(ordered) // 10], ordered[(len(ordered) * 9) // 10]
+    return round((len(ordered) * 8 / 10) / (hi - lo), 1) if hi > lo else None
+
+
+def print_summary(r: dict[str, Any]) -> None:
+    res, p, v = r["results"], r["params"], r["verification"]
+    print()
+    print(f"Downloader e2e: {p['jobs']} jobs of ~{p['file_bytes_mean']} B over {p['aggregations']} "
+          f"aggregations, {p['clients']} clients, worker concurrency {p['worker_concurrency']}, "
+          f"checks={'on' if p['checks'] else 'off'}{' (PROFILED)' if p['profiled'] else ''}")  # fmt: skip
+    print(
+        f"  host: {r['host']['cpus']} cpus, load {r['host']['loadavg_before']} -> {r['host']['loadavg_after']}"
+    )
+    print(
+        f"  enqueue:  {res['enqueue_jobs_per_s']:>8} jobs/s  ({res['enqueue_s']} s for {v['accepted']} jobs)"
+    )
+    print(f"  e2e:      {res['e2e_jobs_per_s']:>8} jobs/s  ({res['e2e_s']} s first POST -> last callback; "
+          f"first callback after {res['first_callback_after_s']} s; steady {res['steady_jobs_per_s']} jobs/s)")  # fmt: skip
+    for label, key in (
+        ("latency", "latency_ms"),
+        ("  api", "phase_api_ms"),
+        ("  queue", "phase_queue_wait_ms"),
+        ("  get->cb", "phase_get_to_callback_ms"),
+    ):
+        s = res[key]
+        if s:
+            print(f"  {label:<9} p50 {s['p50']:>8} ms  p95 {s['p95']:>8} ms  max {s['max']:>8} ms")
+    print("  process     cpu-s(run)  util  ms/job  peak RSS MB  threads")
+    for name, pr in r["processes"].items():
+        if name == "bench_client":
+            print(f"  {name:<12}{pr['cpu_s_run']:>9}")
+            continue
+        print(f"  {name:<12}{pr['cpu_s_run']:>9}  {pr['cpu_util_run']:>5}  {pr['cpu_ms_per_job']:>6}  "
+              f"{pr['peak_rss_mb']:>10}  {pr['threads']!s:>7}")  # fmt: skip
+    print(f"  verified: {v['jobs_with_one_successful_callback']}/{v['accepted']} jobs with exactly one "
+          f"successful callback; {v['files_ok']} files stored with the right size; "
+          f"missing {v['missing_count']}, duplicated {v['duplicated_count']}, failed {v['failed_count']}, "
+          f"bad payload {v['bad_payload_count']}, stray {v['stray_callbacks']}")  # fmt: skip
+    if v["failed"]:
+        print(f"  first failures: {v['failed'][:3]}")
+    if v["rejected"]:
+        print(f"  rejected POSTs: {v['rejected'][:3]}")
+    print(f"  redis after: {r['redis_after']}")
+    print(f"  result: {'OK' if res['ok'] else 'FAILED'}")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter
+    )
+    ap.add_argument("--jobs", type=int, default=1000, help="jobs to enqueue (default 1000)")
+    ap.add_argument("--aggregations", type=int, default=10, help="aggregations the jobs are spread over (10)")
+    ap.add_argument("--aggr-limit", type=int, default=100, help="aggr_limit of every job (100)")
+    ap.add_argument("--clients", type=int, default=8, help="POSTing client threads (8)")
+    ap.add_argument(
+        "--concurrency", type=int, default=0, help="DOWNLOADER_WORKER_CONCURRENCY (product default)"
+    )
+    ap.add_argument("--notifier-concurrency", type=int, default=0,
+                    help="DOWNLOADER_NOTIFIER_CONCURRENCY (product default)")  # fmt: skip
+    ap.add_argument("--size", type=int, default=10240, help="approximate bytes per file (10240)")
+    ap.add_argument(
+        "--checks", action="store_true", help="jobs ask for mime_type image/png and extract_image_size"
+    )
+    ap.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
+                    help="extra environment for the product processes (repeatable)")  # fmt: skip
+    ap.add_argument("--json", metavar="PATH", help="write the result as JSON here")
+    ap.add_argument("--timeout", type=float, default=600, help="give up waiting for callbacks after (600 s)")
+    ap.add_argument("--stall-timeout", type=float, default=90, help="give up after no callback for (90 s)")
+    ap.add_argument("--startup-timeout", type=float, default=60)
+    ap.add_argument(
+        "--settle", type=float, default=1.0, help="wait for duplicate callbacks after the last (1 s)"
+    )
+    ap.add_argument("--stats-wait", type=float, default=7.0,
+                    help="after the run, wait this long at most for /stats to cover it (7 s)")  # fmt: skip
+    ap.add_argument("--sample-interval", type=float, default=0.25, help="timeline sampling period (0.25 s)")
+    ap.add_argument("--py-spy", metavar="EXE", help="profile with this py-spy during the run (skews figures)")
+    ap.add_argument("--profile", action="append", default=[], choices=["worker", "notifier", "api"],
+                    help="process to profile with --py-spy (repeatable; default worker)")  # fmt: skip
+    ap.add_argument("--profile-dir", default="py-spy", help="where py-spy's raw stacks go (./py-spy)")
+    ap.add_argument("--keep", action="store_true", help="keep the temp dir (logs, files)")
+    args = ap.parse_args(argv)
+    if args.py_spy and not args.profile:
+        args.profile = ["worker"]
+    if args.jobs < 1 or args.aggregations < 1 or args.clients < 1:
+        ap.error("--jobs, --aggregations and --clients must be positive")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+
+    def on_term(signum: int, _frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, on_term)
+    bench = Bench(args)
+    try:
+        result = bench.run()
+    except KeyboardInterrupt:
+        print("\ninterrupted; cleaning up", file=sys.stderr)
+        return 130
+    except SetupError as exc:
+        print(f"setup failed: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        print_log_tails(bench)
+        bench.cleanup()
+    print_summary(result)
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
+        print(f"  wrote {args.json}")
+    return 0 if result["results"]["ok"] else 1
+
+
+def print_log_tails(bench: Bench) -> None:
+    """The product logs at WARNING: anything in them is worth seeing."""
+    for name in ("api", "worker", "notifier"):
+        text = bench.tail(name, 2000).strip()
+        if text and text != "(no log)":
+            print(f"--- {name} log (tail) ---\n{text}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

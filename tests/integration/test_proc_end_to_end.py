@@ -1,0 +1,604 @@
+"""End to end through real processes: api, worker and notifier on a real Redis.
+
+Ports the original's end-to-end suite (reference 8.12) and the request-header, reaper,
+default-aggregation and notifier tests (8.6, 8.10, 8.11), plus the fixes it promises:
+download_url that does not grow, 3xx/204 as failures, size and time bounds, GET /jobs.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import threading
+import time
+from typing import Any
+
+import pytest
+from PIL import Image
+from procs import DOWNLOAD_URL_BASE, Stack, aggr_id, free_port, job_body
+from servers import CallbackServer, FileServer, wait_until
+
+pytestmark = pytest.mark.integration
+
+PAYLOAD_KEYS = [
+    "success",
+    "error",
+    "extra",
+    "image_size",
+    "resource_url",
+    "download_url",
+    "job_id",
+    "response_code",
+    "delivered",
+    "delivery_error",
+]
+
+
+def download_url(job_id: str) -> str:
+    return f"{DOWNLOAD_URL_BASE}/{job_id[:3]}/{job_id}"
+
+
+def webp_bytes(width: int, height: int) -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", (width, height), (200, 10, 10)).save(out, format="WEBP")
+    return out.getvalue()
+
+
+# --- the original's end-to-end tests (reference 8.12) -------------------------------------
+
+
+def test_an_existing_resource_is_stored_byte_for_byte_and_the_callback_says_where(
+    stack: Stack, files: FileServer, callbacks: CallbackServer
+) -> None:
+    api, _, _ = stack.all_three()
+    url = files.url("sample-1.jpg")
+    job_id = api.post_job(
+        {
+            "url": url,
+            "aggr_id": aggr_id(),
+            "aggr_limit": 1,
+            "mime_type": "!image/vnd.adobe.photoshop,image/jpeg",
+            "callback_url": callbacks.url,
+            "extra": "foobar",
+        }
+    )
+
+    payload = callbacks.wait_for(job_id)
+
+    assert list(payload) == PAYLOAD_KEYS
+    assert payload == {
+        "success": True,
+        "error": "",
+        "extra": "foobar",
+        "image_size": "",
+        "resource_url": url,
+        "download_url": download_url(job_id),
+        "job_id": job_id,
+        "response_code": 200,
+        "delivered": True,
+        "delivery_error": "",
+    }
+    stored = stack.storage_root / payload["download_url"][len(DOWNLOAD_URL_BASE) + 1 :]
+    assert stored.read_bytes() == files.content("sample-1.jpg")
+    assert callbacks.for_job(job_id)[0].headers.get("Content-Type") == "application/json"
+
+
+def test_a_missing_resource_fails_with_404_not_found_and_no_download_url(
+    stack: Stack, files: FileServer, callbacks: CallbackServer
+) -> None:
+    api, _, _ = stack.all_three()
+    url = files.url("does-not-exist.jpg")
+    job_id = api.post_job(job_body(url, aggr_id(), callbacks.url))
+
+    payload = callbacks.wait_for(job_id)
+
+    assert payload["success"] is False
+    assert "404 Not Found" in payload["error"]
+    assert payload["download_url"] == ""
+    assert payload["resource_url"] == url
+    assert payload["extra"] == ""
+    assert payload["job_id"] == job_id
+    assert payload["response_code"] == 404
+    assert len(files.seen("does-not-exist.jpg")) == 1, "a 404 is terminal: no retry"
+    assert not stack.stored_path(job_id).exists()
+
+
+def test_a_mime_type_mismatch_fails_at_once_with_expected_mime_type(
+    stack: Stack, files: FileServer, callbacks: CallbackServer
+) -> None:
+    api, _, _ = stack.all_three()
+    job_id = api.post_job(job_body(files.url("tiny.png"), aggr_id(), callbacks.url, mime_type="image/jpeg"))
+
+    payload = callbacks.wait_for(job_id)
+
+    assert payload["success"] is False
+    assert "Expected mime-type" in payload["error"]
+    assert "image/png" in payload["error"]
+    assert payload["download_url"] == ""
+    assert len(files.seen("tiny.png")) == 1, "a mime mismatch is terminal: no retry"
+    assert not stack.stored_path(job_id).exists()
+
+
+def test_image_size_is_measured_for_png_jpeg_bmp_and_webp_and_empty_for_pdf(
+    stack: Stack, files: FileServer, callbacks: CallbackServer
+) -> None:
+    api, _, _ = stack.all_three()
+    files.add_file("small.webp", webp_bytes(7, 5))
+    aggr = aggr_id()
+    cases = [
+        ("tiny.png", {}, "10x10"),
+        ("sample-1.jpg", {}, "420x315"),
+        ("tiny.bmp", {}, "10x10"),  # the original measured only jpeg/png/gif
+        ("small.webp", {}, "7x5"),
+        ("tiny.pdf", {}, ""),
+        ("tiny.pdf", {"mime_type": "application/pdf"}, ""),
+    ]
+    ids = [
+        api.post_job(job_body(files.url(name), aggr, callbacks.url, extract_image_size=True, **extra))
+        for name, extra, _ in cases
+    ]
+
+    got = [(name, callbacks.wait_for(job_id)) for (name, _, _), job_id in zip(cases, ids, strict=True)]
+
+    assert [(name, p["success"], p["error"]) for name, p in got] == [(n, True, "") for n, _, _ in cases]
+    assert [(name, p["image_size"]) for name, p in got] == [(n, size) for n, _, size in cases]
+
+
+def test_transient_5xx_answers_are_retried_until_the_file_arrives(
+    stack: Stack, files: FileServer, callbacks: CallbackServer
+) -> None:
+    api, _, _ = stack.all_three()
+    files.add_file("flaky.jpg", files.content("sample-1.jpg"))
+    files.answer("flaky.jpg", 500)
+    files.answer("flaky.jpg", 503)
+    job_id = api.post_job(job_body(files.url("flaky.jpg"), aggr_id(), callbacks.url))
+
+    payload = callbacks.wait_for(job_id)
+
+    assert payload["success"] is True
+    assert payload["error"] == ""
+    assert payload["response_code"] == 200
+    assert payload["download_url"] == download_url(job_id)
+    assert [r.status for r in files.seen("flaky.jpg")] == [500, 503, 200]
+    assert stack.stored_path(job_id).read_bytes() == files.content("sample-1.jpg")
+
+
+def test_with_max_retries_0_a_500_fails_after_one_attempt(
+    stack: Stack, files: FileServer, callbacks: CallbackServer
+) -> None:
+    api, _, _ = stack.all_three()
+    files.add_file("once.jpg", files.content("sample-1.jpg"))
+    files.answer("once.jpg", 500)
+    job_id = api.post_job(job_body(files.url("once.jpg"), aggr_id(), callbacks.url, max_retries=0))
+
+    payload = callbacks.wait_for(job_id)
+
+    assert payload["success"] is False
+    assert "500 Internal Server Error" in payload["error"]
+    assert "retriable: true" in payload["error"]
+    assert payload["response_code"] == 500
+    assert [r.status for r in files.seen("once.jpg")] == [500]
+
+
+def test_with_max_retries_1_two_500s_fail_after_two_attempts(
+    stack: Stack, files: FileServer, callbacks: CallbackServer
+) -> None:
+    api, _, _ = stack.all_three()
+    files.add_file("twice.jpg", files.content("sample-1.jpg"))
+    files.answer("twice.jpg", 500)
+    files.answer("twice.jpg", 500)
+    job_id = api.post_job(job_body(files.url("twice.jpg"), aggr_id(), callbacks.url, max_retries=1))
+
+    payload = callbacks.wait_for(job_id)
+
+    assert payload["success"] is False
+    assert payload["response_code"] == 500
+    assert [r.status for r in files.seen("twice.jpg")] == [500, 500]
+
+
+def test_a_body_cut_short_is_an_unexpected_eof_retried_until_attempts_run_out(
+    stack: Stack, files: FileServer, callbacks: CallbackServer
+) -> None:
+    api, _, _ = stack.all_three()
+    files.add_file("cut.jpg", files.content("sample-1.jpg"))
+    for _ in range(3):
+        files.answer("cut.jpg", 200, {"Content-Length": "42"}, b"")
+    # The read error wins over the (impossible) mime check, as in the original.
+    job_id = api.post_job(
+        job_body(files.url("cut.jpg"), aggr_id(), callbacks.url, mime_type="type/missmatch")
+    )
+
+    payload = callbacks.wait_for(job_id)
+
+    assert payload["success"] is False
+    assert "unexpected EOF" in payload["error"]
+    assert "Expected mime-type" not in payload["error"]
+    assert len(files.seen("cut.jpg")) == 3, "1 attempt + the default 2 retries"
+
+
+def test_stats_count_worker_pools_and_workers_of_two_aggregations(
+    stack: Stack, files: FileServer, callbacks: CallbackServer
+) -> None:
+    api, _, _ = stack.all_three()
+    ids = [
+        api.post_job(job_body(files.url("sample-1.jpg"), aggr, callbacks.url))
+        for aggr in (aggr_id("statsfoo"), aggr_id("statsbar"))
+    ]
+    for job_id in ids:
+        assert callbacks.wait_for(job_id)["success"] is True
+
+    processor = wait_until(
+        lambda: (s := api.http.get("/stats/processor").json()).get("spawnedWorkers", 0) >= 2 and s,
+        10,
+        "processor stats counting both downloads",
+    )
+    assert processor["alive"] == 1
+    assert processor["spawnedWorkerPools"] >= 2
+    assert processor["maxWorkerPools"] <= processor["spawnedWorkerPools"]
+    assert processor["workerPools"] <= processor["spawnedWorkerPools"]
+    assert processor["maxWorkers"] <= processor["spawnedWorkers"]
+    assert processor["workers"] <= processor["spawnedWorkers"]
+    assert processor.get("download.response.200", 0) >= 2
+    notifier = wait_until(
+        lambda: (s := api.http.get("/stats/notifier").json()).get("successfulCallbacks", 0) >= 2 and s,
+        10,
+        "notifier stats counting both callbacks",
+    )
+    assert notifier["alive"] == 1
+
+
+def test_a_load_of_60_jobs_from_20_clients_gives_exact_success_and_failure_counts(
+    stack: Stack, files: FileServer, callbacks: CallbackServer
+) -> None:
+    api, _, _ = stack.all_three()
+    aggrs = [aggr_id("load") for _ in range(3)]
+    bodies: list[dict[str, Any]] = []
+    for i in range(20):
+        aggr = aggrs[i % 3]
+        common = {"aggr_limit": 5, "callback_url": callbacks.url, "extra": "foo"}
+        bodies.append(
+            {"url": files.url("load-test.jpg"), "aggr_id": aggr, "mime_type": "image/jpeg", **common}
+        )
+        bodies.append(
+            {"url": files.url("load-test.jpg"), "aggr_id": aggr, "mime_type": "image/png", **common}
+        )
+        bodies.append({"url": files.url(f"missing-{i}.jpg"), "aggr_id": aggr, **common})
+    posted: list[str] = []
+    errors: list[BaseException] = []
+    lock = threading.Lock()
+
+    def poster(mine: list[dict[str, Any]]) -> None:
+        try:
+            for body in mine:
+                job_id = api.post_job(body)
+                with lock:
+                    posted.append(job_id)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=poster, args=(bodies[i::20],)) for i in range(20)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert not errors, errors
+    assert len(set(posted)) == 60
+
+    delivered = callbacks.wait_for_count(60, timeout=60)
+
+    payloads = [c.payload for c in delivered]
+    by_job = {p["job_id"]: p for p in payloads}
+    assert set(by_job) == set(posted), "every job has a callback"
+    successes = [p for p in by_job.values() if p["success"]]
+    failures = [p for p in by_job.values() if not p["success"]]
+    assert (len(successes), len(failures)) == (20, 40)
+    assert all(p["extra"] == "foo" for p in by_job.values())
+    assert all(p["download_url"] == download_url(p["job_id"]) for p in successes)
+    assert all(p["download_url"] == "" for p in failures)
+    assert sum("Expected mime-type" in p["error"] for p in failures) == 20
+    assert sum("404 Not Found" in p["error"] for p in failures) == 20
+
+
+# --- request headers (reference 8.11) -------------------------------------------------------
+
+
+def _headers_without_host(seen: dict[str, str]) -> dict[str, str]:
+    return {k.lower(): v for k, v in seen.items() if k.lower() != "host"}
+
+
+def test_default_request_headers_are_sent_exactly(
+    stack: Stack, files: FileServer, callbacks: CallbackServer
+) -> None:
+    defaults = {"User-Agent": "Downloader-Agent", "Accept": "*/*", "Accept-Encoding": "gzip,deflate,br"}
+    api, _, _ = stack.all_three(default_request_headers=defaults)
+    job_id = api.post_job(job_body(files.url("tiny.png"), aggr_id(), callbacks.url))
+
+    assert callbacks.wait_for(job_id)["success"] is True
+
+    (request,) = files.seen("tiny.png")
+    assert _headers_without_host(request.header_dict()) == {k.lower(): v for k, v in defaults.items()}
+
+
+def test_job_request_headers_override_the_defaults_per_key(
+    stack: Stack, files: FileServer, callbacks: CallbackServer
+) -> None:
+    defaults = {"User-Agent": "Downloader v1", "Accept": "*/*", "X-Fleet": "blue"}
+    mine = {
+        "accept": "application/html,application/xhtml;q=0.8,*/*",  # another case, same header
+        "Accept-Encoding": "gzip,deflate,br",
+        "User-Agent": "DL-Agent v1.0",
+    }
+    api, _, _ = stack.all_three(default_request_headers=defaults)
+    job_id = api.post_job(job_body(files.url("tiny.png"), aggr_id(), callbacks.url, request_headers=mine))
+
+    assert callbacks.wait_for(job_id)["success"] is True
+
+    (request,) = files.seen("tiny.png")
+    expected = {k.lower(): v for k, v in mine.items()} | {"x-fleet": "blue"}
+    assert _headers_without_host(request.header_dict()) == expected
+
+
+# --- processor tests (reference 8.10) -------------------------------------------------------
+
+
+def test_a_job_whose_aggregation_hash_is_gone_runs_under_the_default_limit_of_4(
+    stack: Stack, files: FileServer, callbacks: CallbackServer
+) -> None:
+    api = stack.api()
+    aggr = aggr_id("noaggr")
+    ids = [
+        api.post_job(
+            job_body(
+                files.url("sample-1.jpg", aggr=aggr, i=i, delay=0.1, chunk=4096), aggr, callbacks.url, limit=1
+            )
+        )
+        for i in range(8)
+    ]
+    assert stack.db.delete(f"aggr:{aggr}") == 1
+    stack.worker()
+    stack.notifier()
+
+    payloads = [callbacks.wait_for(job_id, timeout=30) for job_id in ids]
+
+    assert all(p["success"] for p in payloads)
+    assert files.max_in_flight_for(aggr) == 4, "the original's default limit, not the 1 of the deleted hash"
+
+
+def test_a_delivered_jobs_file_and_hash_are_deleted_after_the_deletion_delay(
+    stack: Stack, files: FileServer, callbacks: CallbackServer
+) -> None:
+    api, _, notifier = stack.all_three(deletion_delay_seconds=1)
+    job_id = api.post_job(job_body(files.url("tiny.png"), aggr_id(), callbacks.url))
+    stored = stack.stored_path(job_id)
+
+    wait_until(stored.exists, 20, "the stored file")
+    assert callbacks.wait_for(job_id)["success"] is True
+
+    assert not stack.db.exists(f"job:{job_id}"), "a delivered job's hash is deleted at once"
+    wait_until(lambda: not stored.exists(), 15, "the reaper to delete the stored file")
+    wait_until(lambda: stack.db.zscore("JobDeletionQueue", job_id) is None, 5, "the deletion entry to go")
+    assert not stack.db.exists(f"job:{job_id}")
+    wait_until(lambda: stack.stats("notifier").get("reaperSuccessfulDeletions", 0) >= 1, 5, "reaper stats")
+    notifier.check_alive()
+
+
+# --- notifier tests (reference 8.6) -----------------------------------------------------------
+
+
+def test_an_undefined_callback_backend_is_counted_and_the_callback_fails_after_its_attempts(
+    stack: Stack, files: FileServer
+) -> None:
+    api, _, _ = stack.all_three()
+    body = job_body(files.url("tiny.png"), aggr_id())
+    body |= {"callback_type": "foo", "callback_dst": "somewhere"}
+    job_id = api.post_job(body)
+
+    job = wait_until(
+        lambda: (h := stack.db.hgetall(f"job:{job_id}")).get("CallbackState") == "Failed" and h,
+        20,
+        "the callback to fail",
+    )
+
+    assert job["DownloadState"] == "Success"
+    assert job["CallbackCount"] == "2"
+    assert job["CallbackMeta"].startswith("Undefined backend foo for job Job{ID:" + job_id)
+    stats = wait_until(
+        lambda: (s := stack.stats("notifier")).get("undefinedBackendWithCallback") == 2 and s,
+        5,
+        "undefinedBackendWithCallback == 2",
+    )
+    assert stats["failedCallbacks"] == 1
+
+
+def test_a_callback_to_a_closed_port_is_retried_then_failed_and_delivered_after_post_retry(
+    stack: Stack, files: FileServer
+) -> None:
+    api, _, _ = stack.all_three()
+    port = free_port()  # nobody listens here yet
+    dst = f"http://127.0.0.1:{port}/callback"
+    job_id = api.post_job(job_body(files.url("tiny.png"), aggr_id(), dst))
+
+    job = wait_until(
+        lambda: (h := stack.db.hgetall(f"job:{job_id}")).get("CallbackState") == "Failed" and h,
+        20,
+        "the callback to fail",
+    )
+    assert job["CallbackCount"] == "2"
+    assert job["CallbackMeta"].startswith(f'Post "{dst}"')
+    assert stack.db.zscore("CallbackQueue", job_id) is None
+    view = api.job(job_id).json()
+    assert view["state"] == "callback_failed"
+    assert view["callback"]["attempts"] == 2
+
+    late = CallbackServer()
+    late.start(port)
+    try:
+        resp = api.http.post(f"/retry/{job_id}")
+        assert resp.status_code == 204, resp.text
+        payload = late.wait_for(job_id)
+    finally:
+        late.stop()
+
+    assert payload["success"] is True
+    assert payload["download_url"] == download_url(job_id)
+    wait_until(lambda: api.job(job_id).status_code == 404, 10, "the delivered job to be gone")
+
+
+def test_download_url_does_not_grow_when_callbacks_are_retried(
+    stack: Stack, files: FileServer, callbacks: CallbackServer
+) -> None:
+    api, _, _ = stack.all_three()
+    callbacks.answer_next([500, 500])  # both attempts fail: Failed, then POST /retry
+    job_id = api.post_job(job_body(files.url("tiny.png"), aggr_id(), callbacks.url))
+    wait_until(
+        lambda: stack.db.hget(f"job:{job_id}", "CallbackState") == "Failed", 20, "the callback to fail twice"
+    )
+    assert api.http.post(f"/retry/{job_id}").status_code == 204
+
+    payload = callbacks.wait_for(job_id)
+
+    sent = [c.payload["download_url"] for c in callbacks.for_job(job_id)]
+    assert [c.answered for c in callbacks.for_job(job_id)] == [500, 500, 200]
+    assert payload["download_url"] == download_url(job_id)
+    assert sent == [download_url(job_id)] * 3
+
+
+def test_a_callback_answered_500_then_200_is_delivered_with_the_same_download_url(
+    stack: Stack, files: FileServer, callbacks: CallbackServer
+) -> None:
+    api, _, _ = stack.all_three()
+    callbacks.answer_next([500])
+    job_id = api.post_job(job_body(files.url("tiny.png"), aggr_id(), callbacks.url))
+
+    payload = callbacks.wait_for(job_id)
+
+    assert [c.answered for c in callbacks.for_job(job_id)] == [500, 200]
+    assert payload["download_url"] == download_url(job_id)
+    assert callbacks.for_job(job_id)[0].payload == payload
+
+
+# --- bounded and honest downloads -----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("status", "headers"),
+    [(302, {}), (304, {}), (204, {})],
+    ids=["302-without-location", "304", "204"],
+)
+def test_a_3xx_that_was_not_followed_or_a_204_is_a_failure_not_an_empty_file(
+    stack: Stack, files: FileServer, callbacks: CallbackServer, status: int, headers: dict[str, str]
+) -> None:
+    api, _, _ = stack.all_three()
+    name = f"odd-{status}.jpg"
+    files.add_file(name, files.content("tiny.png"))
+    files.answer(name, status, headers)
+    job_id = api.post_job(job_body(files.url(name), aggr_id(), callbacks.url, max_retries=0))
+
+    payload = callbacks.wait_for(job_id)
+
+    assert payload["success"] is False
+    assert payload["response_code"] == status
+    assert str(status) in payload["error"]
+    assert payload["download_url"] == ""
+    assert not stack.stored_path(job_id).exists()
+
+
+def test_a_redirect_with_a_location_is_followed(
+    stack: Stack, files: FileServer, callbacks: CallbackServer
+) -> None:
+    api, _, _ = stack.all_three()
+    files.answer("moved.png", 302, {"Location": files.url("tiny.png")})
+    job_id = api.post_job(job_body(files.url("moved.png"), aggr_id(), callbacks.url))
+
+    payload = callbacks.wait_for(job_id)
+
+    assert payload["success"] is True
+    assert payload["response_code"] == 200
+    assert stack.stored_path(job_id).read_bytes() == files.content("tiny.png")
+
+
+@pytest.mark.parametrize("declared", [True, False], ids=["content-length", "no-content-length"])
+def test_a_body_larger_than_the_maximum_fails_terminally(
+    stack: Stack, files: FileServer, callbacks: CallbackServer, declared: bool
+) -> None:
+    api, _, _ = stack.all_three(max_download_bytes=10_000)
+    query = {} if declared else {"nolength": 1}
+    job_id = api.post_job(job_body(files.url("sample-1.jpg", **query), aggr_id(), callbacks.url))
+
+    payload = callbacks.wait_for(job_id)
+
+    assert payload["success"] is False
+    assert "retriable: false" in payload["error"]
+    assert "10000" in payload["error"]
+    assert len(files.seen("sample-1.jpg")) == 1, "too large is terminal: no retry"
+    assert not stack.stored_path(job_id).exists()
+    assert not any(stack.tmp_dir.iterdir()), "no temp file left behind"
+
+
+def test_a_download_timeout_of_1s_against_a_stalled_server_fails_and_frees_the_slot(
+    stack: Stack, files: FileServer, callbacks: CallbackServer
+) -> None:
+    api, _, _ = stack.all_three()
+    aggr = aggr_id("stall")
+    started = time.monotonic()
+    stalled = api.post_job(
+        job_body(
+            files.url("tiny.png", hold=20), aggr, callbacks.url, limit=1, download_timeout=1, max_retries=1
+        )
+    )
+    after = api.post_job(job_body(files.url("sample-1.jpg"), aggr, callbacks.url, limit=1))
+
+    payload = callbacks.wait_for(stalled, timeout=15)
+    elapsed = time.monotonic() - started
+
+    assert payload["success"] is False
+    assert "timeout" in payload["error"].lower()
+    assert payload["response_code"] == 0
+    assert len(files.seen("tiny.png")) == 2, "1 attempt + 1 retry"
+    assert elapsed < 10, f"two 1 s attempts took {elapsed:.1f}s: the timeout is not enforced"
+    assert callbacks.wait_for(after, timeout=10)["success"] is True, "the aggregation's only slot came back"
+
+
+# --- GET /jobs/{id} ----------------------------------------------------------------------------
+
+
+def test_get_job_shows_attempts_errors_and_times_while_waiting_for_a_retry_and_404_after_delivery(
+    stack: Stack, files: FileServer, callbacks: CallbackServer
+) -> None:
+    api, _, _ = stack.all_three(retry_backoff_seconds=60)
+    files.add_file("later.jpg", files.content("tiny.png"))
+    files.answer("later.jpg", 503)
+    waiting = api.post_job(job_body(files.url("later.jpg"), aggr_id(), callbacks.url, max_retries=2))
+    done = api.post_job(job_body(files.url("tiny.png"), aggr_id(), callbacks.url))
+
+    view = wait_until(
+        lambda: (v := api.job(waiting).json())["state"] == "waiting_retry" and v,
+        15,
+        "the job to wait for a retry",
+    )
+
+    assert view["id"] == waiting
+    assert view["download"]["state"] == "Pending"
+    assert view["download"]["attempts"] == 1
+    assert view["download"]["max_retries"] == 2
+    assert view["download"]["response_code"] == 503
+    assert view["download"]["error"] == "", "the original keeps DownloadMeta empty while waiting"
+    assert len(view["errors"]) == 1
+    assert "503 Service Unavailable" in view["errors"][0]
+    assert view["callback"] == {
+        "state": "",
+        "attempts": 0,
+        "error": "",
+        "backend": "http",
+        "destination": callbacks.url,
+    }
+    for stamp in ("created_at", "updated_at", "started_at", "next_attempt_at"):
+        assert view[stamp], f"{stamp} is not set"
+    assert view["finished_at"] is None
+    assert view["lease_expires_at"] is None
+    assert view["created_at"] <= view["started_at"] <= view["updated_at"] < view["next_attempt_at"]
+
+    assert callbacks.wait_for(done)["success"] is True
+    wait_until(lambda: api.job(done).status_code == 404, 10, "a delivered job to be gone")
+    assert api.job("NoSuchJob00000").status_code == 404
+    assert json.loads(stack.db.hget(f"job:{waiting}", "RequestHeaders") or "null") is None
