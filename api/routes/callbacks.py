@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Response
 
 from downloader.api.deps import StoreDep
 from downloader.api.errors import HTTPProblem
@@ -11,12 +11,16 @@ from downloader.models import CorruptJobError, Job
 
 router = APIRouter(tags=["callbacks"])
 
-ALL_METHODS = ["GET", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "HEAD"]
+OTHER_METHODS = ["GET", "PUT", "DELETE", "PATCH", "OPTIONS", "HEAD"]
 
 
-@router.api_route(
+@router.api_route("/retry/{path:path}", methods=OTHER_METHODS, include_in_schema=False)
+async def wrong_method() -> Response:
+    raise HTTPProblem(405, "Invalid request method")
+
+
+@router.post(
     "/retry/{path:path}",
-    methods=ALL_METHODS,
     status_code=204,
     summary="Reschedule a failed callback",
     responses={
@@ -25,9 +29,7 @@ ALL_METHODS = ["GET", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "HEAD"]
         405: {"description": "Not a POST"},
     },
 )
-async def retry_callback(path: str, request: Request, db: StoreDep) -> Response:
-    if request.method != "POST":
-        raise HTTPProblem(405, "Invalid request method")
+async def retry_callback(path: str, db: StoreDep) -> Response:
     # The original takes the last path segment; `/retry/` names the job "retry".
     job_id = path.rstrip("/").rsplit("/", 1)[-1] if path.strip("/") else "retry"
     try:

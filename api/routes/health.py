@@ -12,10 +12,12 @@ from downloader.errors import StoreError
 
 router = APIRouter(tags=["health"])
 
-ALL_METHODS = ["GET", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "HEAD"]
+#: The original answers these routes whatever the method; only GET is documented.
+OTHER_METHODS = ["POST", "PUT", "DELETE", "PATCH", "OPTIONS", "HEAD"]
 
 
-@router.api_route("/hb", methods=ALL_METHODS, summary="Heartbeat: 503 while the heartbeat file exists")
+@router.api_route("/hb", methods=OTHER_METHODS, include_in_schema=False)
+@router.get("/hb", summary="Heartbeat: 503 while the heartbeat file exists")
 async def heartbeat(settings: SettingsDep) -> Response:
     path = settings.heartbeat_path
     if path:

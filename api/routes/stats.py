@@ -12,13 +12,14 @@ from downloader.api.schemas import AggregationQueue
 
 router = APIRouter(tags=["stats"])
 
-ALL_METHODS = ["GET", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "HEAD"]
+#: The original answers these routes whatever the method; only GET is documented.
+OTHER_METHODS = ["POST", "PUT", "DELETE", "PATCH", "OPTIONS", "HEAD"]
 CORS = {"Access-Control-Allow-Origin": "*"}
 
 
-@router.api_route(
+@router.api_route("/stats/{component}", methods=OTHER_METHODS, include_in_schema=False)
+@router.get(
     "/stats/{component}",
-    methods=ALL_METHODS,
     summary="Counters of processor or notifier",
     responses={
         200: {"description": "Flat JSON object of integer counters"},
@@ -32,9 +33,9 @@ async def component_stats(component: str, db: StoreDep) -> Response:
     return Response(content=raw, media_type="application/json", headers=CORS)
 
 
-@router.api_route(
+@router.api_route("/dashboard/aggregations", methods=OTHER_METHODS, include_in_schema=False)
+@router.get(
     "/dashboard/aggregations",
-    methods=ALL_METHODS,
     response_model=list[AggregationQueue],
     summary="Queued jobs per aggregation",
 )
