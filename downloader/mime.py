@@ -15,6 +15,8 @@ import threading
 
 import magic
 
+from downloader import gourl
+
 #: libmagic looks at this many leading bytes of a body, as the original did.
 SNIFF_BYTES = 1024
 
@@ -27,7 +29,7 @@ class InvalidPattern(ValueError):
 
     def __init__(self, item: str) -> None:
         # The text is the original's API answer, byte for byte.
-        super().__init__(f"Invalid MimeType Pattern, {_go_quote(item)}")
+        super().__init__(f"Invalid MimeType Pattern, {gourl.go_quote(item)}")
         self.item = item
 
 
@@ -174,31 +176,3 @@ def _code_point(c: str) -> str:
     return f"\\U{ord(c):08x}"
 
 
-# Go's %q of a string: the message text must read exactly as the original's.
-_GO_ESCAPES = {
-    "\a": "\\a",
-    "\b": "\\b",
-    "\f": "\\f",
-    "\n": "\\n",
-    "\r": "\\r",
-    "\t": "\\t",
-    "\v": "\\v",
-    "\\": "\\\\",
-    '"': '\\"',
-}
-
-
-def _go_quote(s: str) -> str:
-    parts: list[str] = []
-    for c in s:
-        if c in _GO_ESCAPES:
-            parts.append(_GO_ESCAPES[c])
-        elif c.isprintable():
-            parts.append(c)
-        elif ord(c) < 0x80:
-            parts.append(f"\\x{ord(c):02x}")
-        elif ord(c) < 0x10000:
-            parts.append(f"\\u{ord(c):04x}")
-        else:
-            parts.append(f"\\U{ord(c):08x}")
-    return '"' + "".join(parts) + '"'
