@@ -149,37 +149,39 @@ def cmd_up(args: argparse.Namespace) -> int:
     try:
         settings = _settings(args, **overrides)
         services: list[Service] = [_processor(settings, frozenset()), _notifier(settings)]
-        threads = [threading.Thread(target=s.run, name=type(s).__name__, daemon=True) for s in services]
-        for thread in threads:
-            thread.start()
+        server = uvicorn.Server(
+            uvicorn.Config(create_app(settings, serve_files=True), host=args.host, port=args.port,
+                           access_log=False, log_level="warning", timeout_graceful_shutdown=5)
+        )  # fmt: skip
+        failures: list[DownloaderError] = []
+
+        def run(service: Service) -> None:
+            try:
+                service.run()
+            except DownloaderError as exc:
+                failures.append(exc)
+                server.should_exit = True  # one part failing stops the whole
 
         def stop_all() -> None:
             for service in services:
                 service.stop()
 
+        threads = [threading.Thread(target=run, args=(s,), name=type(s).__name__) for s in services]
+        for thread in threads:
+            thread.start()
         _on_signals(stop_all)
-        log.info(
-            "serving on http://%s:%d (files at %s, stored under %s)",
-            args.host,
-            args.port,
-            settings.download_url,
-            settings.storage_root,
-        )
-        uvicorn.run(
-            create_app(settings, serve_files=True),
-            host=args.host,
-            port=args.port,
-            access_log=False,
-            log_level="warning",
-            timeout_graceful_shutdown=5,
-        )
-        for service in services:
-            service.stop()
+        log.info("serving on http://%s:%d (files at %s, stored under %s)", args.host, args.port,
+                 settings.download_url, settings.storage_root)  # fmt: skip
+        server.run()
+        stop_all()
         for thread in threads:
             thread.join(timeout=settings.shutdown_grace_seconds + 10)
     finally:
         if embedded is not None:
             embedded.stop()
+    if failures:
+        print(f"downloader: {failures[0]}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -221,20 +223,30 @@ def _storage(settings: Settings) -> Any:
 
 
 def _run_until_signalled(services: list[Service]) -> int:
-    threads = [threading.Thread(target=s.run, name=type(s).__name__) for s in services]
-    stopped = threading.Event()
+    """Run each service in a thread until a signal, or until one fails (then stop the rest)."""
+    failures: list[DownloaderError] = []
 
     def stop() -> None:
-        stopped.set()
         for service in services:
             service.stop()
 
+    def run(service: Service) -> None:
+        try:
+            service.run()
+        except DownloaderError as exc:
+            failures.append(exc)
+            stop()
+
+    threads = [threading.Thread(target=run, args=(s,), name=type(s).__name__) for s in services]
     _on_signals(stop)
     for thread in threads:
         thread.start()
     while any(t.is_alive() for t in threads):
         for thread in threads:
             thread.join(timeout=0.5)
+    if failures:
+        print(f"downloader: {failures[0]}", file=sys.stderr)
+        return 1
     return 0
 
 
