@@ -174,5 +174,3 @@ def _class_char(glob: str, i: int) -> tuple[str, int]:
 
 def _code_point(c: str) -> str:
     return f"\\U{ord(c):08x}"
-
-

@@ -137,6 +137,38 @@ end
 return ids
 """
 
+#: KEYS: job. Counts a callback attempt and marks it InProgress; returns the hash, or
+#: nothing when the job is gone (never creates a hash for a vanished job).
+START_CALLBACK = """
+local id = redis.call('HGET', KEYS[1], 'ID')
+if not id or id == '' then return false end
+redis.call('HINCRBY', KEYS[1], 'CallbackCount', 1)
+redis.call('HSET', KEYS[1], 'CallbackState', 'InProgress', 'CallbackMeta', '')
+return redis.call('HGETALL', KEYS[1])
+"""
+
+#: KEYS: job, queue, inflight, callback queue, callback inflight. ARGV: id, now.
+#: Puts back a job that no queue knows of: one the original service popped and then lost
+#: (its bug 10.2.1-2), found by the notifier's start-up sweep. Returns "download",
+#: "callback" or false.
+RESCUE_ORPHAN = """
+local state = redis.call('HMGET', KEYS[1], 'ID', 'DownloadState', 'CallbackState')
+if not state[1] or state[1] == '' then return false end
+if state[3] == 'InProgress' and not redis.call('ZSCORE', KEYS[5], ARGV[1])
+    and not redis.call('ZSCORE', KEYS[4], ARGV[1]) then
+  redis.call('HSET', KEYS[1], 'CallbackState', 'Pending')
+  redis.call('ZADD', KEYS[4], ARGV[2], ARGV[1])
+  return 'callback'
+end
+if (state[2] == 'Pending' or state[2] == 'InProgress') and not redis.call('ZSCORE', KEYS[2], ARGV[1])
+    and not redis.call('ZSCORE', KEYS[3], ARGV[1]) then
+  redis.call('HSET', KEYS[1], 'DownloadState', 'Pending')
+  redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
+  return 'download'
+end
+return false
+"""
+
 #: KEYS: callback inflight, callback leases, job, jobmeta, joberrors, deletion queue.
 #: ARGV: id, token, deletion score. The callback was delivered: the job's hash and ours go,
 #: its file is scheduled for deletion. 1 done, 0 lease lost.

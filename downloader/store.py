@@ -105,6 +105,8 @@ class Store:
         self._claim_deletions = register(scripts.CLAIM_DELETIONS)
         self._delete_idle = register(scripts.DELETE_IDLE_AGGREGATION)
         self._enqueue = register(scripts.ENQUEUE)
+        self._start_callback = register(scripts.START_CALLBACK)
+        self._rescue = register(scripts.RESCUE_ORPHAN)
 
     @classmethod
     def from_url(cls, url: str) -> Store:
@@ -325,14 +327,43 @@ class Store:
     def start_callback(self, job_id: str) -> dict[str, str]:
         """Count the attempt and mark it InProgress; returns the job hash after that."""
         with translated():
-            pipe = self.redis.pipeline(transaction=True)
-            pipe.hincrby(keys.job(job_id), "CallbackCount", 1)
-            pipe.hset(keys.job(job_id), mapping={"CallbackState": "InProgress", "CallbackMeta": ""})
-            pipe.hgetall(keys.job(job_id))
-            raw = cast(dict[str, str], pipe.execute()[2])
-        if not raw.get("ID"):
+            reply = cast(list[str] | None, self._start_callback(keys=[keys.job(job_id)]))
+        if not reply:
             raise JobNotFound(job_id)
-        return raw
+        return dict(zip(reply[::2], reply[1::2], strict=True))
+
+    def renew_callbacks(self, ids: Sequence[str], token: str, lease_seconds: float) -> list[str]:
+        """Extend the leases of callbacks being delivered; returns those no longer ours."""
+        if not ids:
+            return []
+        with translated():
+            return cast(list[str], self._renew(
+                keys=[keys.CALLBACK_INFLIGHT, keys.CALLBACK_LEASES],
+                args=[repr(time.time() + lease_seconds), token, *ids],
+            ))  # fmt: skip
+
+    def rescue_orphans(self, batch: int = 1000) -> dict[str, int]:
+        """Queue again the jobs no queue knows of (left by the original's crashes).
+
+        One SCAN over `job:*`; each candidate is re-checked atomically by a script, so a job
+        that another process holds is never touched.
+        """
+        found = {"download": 0, "callback": 0}
+        now = repr(time.time())
+        with translated():
+            for job_key in self.redis.scan_iter(match=keys.JOB_PATTERN, count=batch):
+                job_id = job_key[len(keys.JOB_PREFIX) :]
+                aggr = cast(str | None, self.redis.hget(job_key, "AggrID"))
+                if not aggr:
+                    continue
+                kind = self._rescue(
+                    keys=[job_key, keys.queue(aggr), keys.inflight(aggr), keys.CALLBACK_QUEUE,
+                          keys.CALLBACK_INFLIGHT],
+                    args=[job_id, now],
+                )  # fmt: skip
+                if kind:
+                    found[str(kind)] += 1
+        return found
 
     def callback_delivered(self, job_id: str, token: str, delete_at: float) -> int:
         with translated():

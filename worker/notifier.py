@@ -55,6 +55,7 @@ class Notifier:
         self.threads = ThreadPoolExecutor(settings.notifier_concurrency, thread_name_prefix="callback")
         self._lock = threading.Lock()
         self._busy = 0
+        self._delivering: set[str] = set()
         self._wake = threading.Event()
         self._stopping = threading.Event()
 
@@ -99,6 +100,7 @@ class Notifier:
             return
         with self._lock:
             self._busy += len(ids)
+            self._delivering.update(ids)
         for job_id in ids:
             self.threads.submit(self._deliver_guarded, job_id)
 
@@ -112,6 +114,7 @@ class Notifier:
         finally:
             with self._lock:
                 self._busy -= 1
+                self._delivering.discard(job_id)
             self._wake.set()
 
     def _deliver(self, job_id: str) -> None:
@@ -160,16 +163,39 @@ class Notifier:
     # --- housekeeping ---------------------------------------------------------------
 
     def _housekeeping(self) -> None:
+        self._rescue_orphans()
+        renew = Every(self.settings.lease_seconds / 3)
         recover = Every(self.settings.scan_interval_seconds, first_now=True)
         reap = Every(1.0, first_now=True)
         stats = Every(self.settings.stats_interval_seconds, first_now=True)
         while not self._stopping.wait(0.1):
-            for due, step in ((recover, self._recover), (reap, self._reap), (stats, self._publish_stats)):
+            steps = ((renew, self._renew), (recover, self._recover), (reap, self._reap),
+                     (stats, self._publish_stats))  # fmt: skip
+            for due, step in steps:
                 if due():
                     try:
                         step()
                     except DownloaderError as exc:
                         log.warning("%s failed: %s", step.__name__, exc)
+
+    def _rescue_orphans(self) -> None:
+        """Once per start: jobs the original service popped and lost (as its notifier did
+        for InProgress callbacks at start-up, and more: downloads too)."""
+        try:
+            found = self.db.rescue_orphans()
+        except DownloaderError as exc:
+            log.warning("start-up sweep for orphaned jobs failed: %s", exc)
+            return
+        if any(found.values()):
+            log.warning("queued again %d orphaned downloads and %d orphaned callbacks",
+                        found["download"], found["callback"])  # fmt: skip
+            self._wake.set()
+
+    def _renew(self) -> None:
+        with self._lock:
+            held = list(self._delivering)
+        for job_id in self.db.renew_callbacks(held, self.token, self.settings.lease_seconds):
+            log.warning("lost the lease of the callback of job %s; it may be delivered twice", job_id)
 
     def _recover(self) -> None:
         if self.db.recover_callbacks():

@@ -92,6 +92,7 @@ class Processor:
         """Serve until stop(); then drain within the grace period and give back the rest."""
         Path(self.settings.tmp_dir).mkdir(parents=True, exist_ok=True)
         self.storage.check_writable()
+        self._check_disk()  # a worker starting on a full disk must not claim anything first
         keeper = threading.Thread(target=self._housekeeping, name="worker-housekeeping", daemon=True)
         keeper.start()
         log.info(

@@ -7,7 +7,7 @@ When a test fails, the tails of its processes' logs are attached to the report.
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
 
 import pytest
@@ -42,12 +42,13 @@ def stack(tmp_path: Path, redis_url: str) -> Iterator[Stack]:
     s.stop_all()
 
 
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
-    outcome = yield
-    report = outcome.get_result()
-    if report.when != "call" or not report.failed:
-        return
-    s = getattr(item, "funcargs", {}).get("stack")
-    if isinstance(s, Stack) and s.procs:
-        report.sections.append(("process logs", s.log_tails()))
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    report = yield
+    if report.when == "call" and report.failed:
+        s = getattr(item, "funcargs", {}).get("stack")
+        if isinstance(s, Stack) and s.procs:
+            report.sections.append(("process logs", s.log_tails()))
+    return report

@@ -24,9 +24,10 @@ from typing import Any
 import httpx
 import redis
 
-#: The installed console script; `python -m downloader` would work too, but never from the
-#: repository root, where the `operator/` folder shadows the standard library's module.
-DOWNLOADER = str(Path(sys.executable).with_name("downloader"))
+#: The installed console script, else `python -m downloader` (run with the test's tmp_path as
+#: its cwd: from the repository root, the `operator/` folder would shadow the stdlib module).
+_SCRIPT = Path(sys.executable).with_name("downloader")
+DOWNLOADER = [str(_SCRIPT)] if _SCRIPT.is_file() else [sys.executable, "-m", "downloader"]
 DOWNLOAD_URL_BASE = "http://localhost/foo"
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 10.0
@@ -39,7 +40,8 @@ BASE_SETTINGS = {
     "DOWNLOADER_CALLBACK_BACKOFF_SECONDS": "0.2",
     "DOWNLOADER_STATS_INTERVAL_SECONDS": "0.3",
     "DOWNLOADER_SCAN_INTERVAL_SECONDS": "0.2",
-    "DOWNLOADER_LEASE_SECONDS": "2",
+    # Long enough that a busy 2-core host never loses a live lease; crash tests shorten it.
+    "DOWNLOADER_LEASE_SECONDS": "10",
     "DOWNLOADER_CALLBACK_TIMEOUT_SECONDS": "5",
     "DOWNLOADER_DEFAULT_REQUEST_HEADERS": json.dumps({"Accept": "*/*", "User-Agent": "Downloader v1"}),
     "DOWNLOADER_LOG_LEVEL": "INFO",
@@ -76,6 +78,7 @@ class Proc:
         self.name = name
         self.argv = list(argv)
         self.log = log
+        self._terminated = False
         log.parent.mkdir(parents=True, exist_ok=True)
         with log.open("ab") as out:
             self.popen = subprocess.Popen(
@@ -118,6 +121,8 @@ class Proc:
     def signal(self, sig: int) -> None:
         if self.alive:
             self.popen.send_signal(sig)
+            if sig in (signal.SIGTERM, signal.SIGINT):
+                self._terminated = True
 
     def wait(self, timeout: float) -> int:
         return self.popen.wait(timeout)
@@ -129,9 +134,11 @@ class Proc:
         self.popen.wait(5)
 
     def stop(self, timeout: float = STOP_TIMEOUT) -> int:
-        """SIGTERM, then SIGKILL (of its whole session) after `timeout`; returns the exit status."""
+        """SIGTERM (unless sent already: a second one means "exit now"), then SIGKILL of its
+        whole session after `timeout`; returns the exit status."""
         if self.alive:
-            self.popen.send_signal(signal.SIGTERM)
+            if not self._terminated:
+                self.signal(signal.SIGTERM)
             try:
                 return self.popen.wait(timeout)
             except subprocess.TimeoutExpired:
@@ -170,7 +177,7 @@ class Stack:
         self.storage_root = tmp_path / "files"
         self.tmp_dir = tmp_path / "tmp"
         self.logs = tmp_path / "logs"
-        self.settings: dict[str, str] = {
+        self.settings: dict[str, str | None] = {
             **BASE_SETTINGS,
             "DOWNLOADER_REDIS_URL": redis_url,
             "DOWNLOADER_STORAGE_ROOT": str(self.storage_root),
@@ -183,10 +190,14 @@ class Stack:
 
     # --- environment ---------------------------------------------------------------
 
+    def configure(self, **settings: Any) -> None:
+        """Change the settings of the processes started from now on (`lease_seconds=2`)."""
+        self.settings.update(_names(settings))
+
     def env(self, **overrides: Any) -> dict[str, str]:
+        """The environment of a process: ours over the caller's; a None value unsets."""
         env = clean_environ()
-        env.update(self.settings)
-        for name, value in _names(overrides).items():
+        for name, value in {**self.settings, **_names(overrides)}.items():
             if value is None:
                 env.pop(name, None)
             else:
@@ -209,7 +220,7 @@ class Stack:
     ) -> Any:
         proc = cls(
             name,
-            [DOWNLOADER, *args],
+            [*DOWNLOADER, *args],
             env if env is not None else self.env(),
             cwd or self.tmp_path,
             self._log_name(name),
@@ -309,6 +320,9 @@ class Stack:
     # --- teardown and reporting -----------------------------------------------------------
 
     def stop_all(self) -> None:
+        """SIGTERM to every process at once, then wait for each (SIGKILL after STOP_TIMEOUT)."""
+        for proc in self.procs:
+            proc.signal(signal.SIGTERM)
         for proc in reversed(self.procs):
             proc.stop()
             if isinstance(proc, Api):

@@ -14,7 +14,7 @@ Both listen on 127.0.0.1 on a free port, run in a daemon thread and record what 
   counter: requests in flight now and at most, overall and per `?aggr=<tag>`.
 
 `CallbackServer` records every POST body; it answers `status` (200), or the next entry of
-a queue of statuses set with `answer_next`.
+a queue of statuses set with `answer_next`; `hold_next` makes it slow to answer.
 """
 
 from __future__ import annotations
@@ -290,16 +290,6 @@ class FileServer(_Base):
         return Handler
 
 
-class StaticServer(FileServer):
-    """A file server with `count` small generated files `f<i>.bin` (distinct bytes each)."""
-
-    def __init__(self, count: int, size: int = 2048) -> None:
-        super().__init__(DATA)
-        for i in range(count):
-            seed = f"file {i} ".encode()
-            self.add_file(f"f{i}.bin", (seed * (size // len(seed) + 1))[:size])
-
-
 # --- the callback server ----------------------------------------------------------------
 
 
@@ -308,7 +298,7 @@ class Callback:
     path: str
     headers: dict[str, str]
     raw: bytes
-    answered: int
+    answered: int  # the status we answered, -1 while (or if never) answered
     at: float
 
     @property
@@ -320,8 +310,9 @@ class CallbackServer(_Base):
     def __init__(self, status: int = 200) -> None:
         super().__init__()
         self.status = status
-        self._lock = threading.Condition()
+        self._lock = threading.Lock()
         self._next: collections.deque[int] = collections.deque()
+        self._holds: collections.deque[float] = collections.deque()
         self.received: list[Callback] = []
 
     @property
@@ -361,6 +352,15 @@ class CallbackServer(_Base):
         result: list[Callback] = wait_until(enough, timeout, f"{count} delivered callbacks")
         return result
 
+    def hold_next(self, count: int, seconds: float) -> None:
+        """Keep the next `count` POSTs waiting `seconds` before answering (a slow client)."""
+        with self._lock:
+            self._holds.extend([seconds] * count)
+
+    def _take_hold(self) -> float:
+        with self._lock:
+            return self._holds.popleft() if self._holds else 0.0
+
     def _take_status(self) -> int:
         with self._lock:
             return self._next.popleft() if self._next else self.status
@@ -368,7 +368,6 @@ class CallbackServer(_Base):
     def _record(self, cb: Callback) -> None:
         with self._lock:
             self.received.append(cb)
-            self._lock.notify_all()
 
     def _handler(self) -> type[BaseHTTPRequestHandler]:
         server = self
@@ -382,8 +381,13 @@ class CallbackServer(_Base):
             def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 raw = self.rfile.read(length) if length else b""
-                status = server._take_status()
-                server._record(Callback(self.path, dict(self.headers.items()), raw, status, time.monotonic()))
+                cb = Callback(self.path, dict(self.headers.items()), raw, -1, time.monotonic())
+                server._record(cb)
+                hold = server._take_hold()
+                if hold and server.stopping.wait(hold):
+                    self.close_connection = True  # never answered: stays -1
+                    return
+                status = cb.answered = server._take_status()
                 body = b"{}"
                 try:
                     self.send_response(status)

@@ -8,7 +8,7 @@ download_url that does not grow, 3xx/204 as failures, size and time bounds, GET 
 from __future__ import annotations
 
 import io
-import json
+import signal
 import threading
 import time
 from typing import Any
@@ -125,7 +125,7 @@ def test_image_size_is_measured_for_png_jpeg_bmp_and_webp_and_empty_for_pdf(
     api, _, _ = stack.all_three()
     files.add_file("small.webp", webp_bytes(7, 5))
     aggr = aggr_id()
-    cases = [
+    cases: list[tuple[str, dict[str, Any], str]] = [
         ("tiny.png", {}, "10x10"),
         ("sample-1.jpg", {}, "420x315"),
         ("tiny.bmp", {}, "10x10"),  # the original measured only jpeg/png/gif
@@ -380,6 +380,12 @@ def test_a_delivered_jobs_file_and_hash_are_deleted_after_the_deletion_delay(
     assert not stack.db.exists(f"job:{job_id}")
     wait_until(lambda: stack.stats("notifier").get("reaperSuccessfulDeletions", 0) >= 1, 5, "reaper stats")
     notifier.check_alive()
+    # Nothing of the job is left: no side key, no lease, and its idle aggregation is gone too.
+    wait_until(
+        lambda: set(stack.db.keys()) <= {"stats:processor", "stats:notifier"},
+        5,
+        "Redis to hold nothing but stats",
+    )
 
 
 # --- notifier tests (reference 8.6) -----------------------------------------------------------
@@ -535,28 +541,80 @@ def test_a_body_larger_than_the_maximum_fails_terminally(
     assert not any(stack.tmp_dir.iterdir()), "no temp file left behind"
 
 
-def test_a_download_timeout_of_1s_against_a_stalled_server_fails_and_frees_the_slot(
-    stack: Stack, files: FileServer, callbacks: CallbackServer
+@pytest.mark.parametrize(
+    ("query", "job_timeout", "settings", "code"),
+    [
+        ({"hold": 20}, 1, {}, 0),
+        ({"delay": 0.3, "chunk": 100}, 1, {}, 200),
+        ({"delay": 0.3, "chunk": 100}, None, {"download_timeout_seconds": 1}, 200),
+    ],
+    ids=["no-answer-job-timeout", "trickling-body-job-timeout", "trickling-body-default-timeout"],
+)
+def test_a_1s_download_timeout_against_a_stalled_server_fails_the_job_and_frees_the_slot(
+    stack: Stack,
+    files: FileServer,
+    callbacks: CallbackServer,
+    query: dict[str, Any],
+    job_timeout: int | None,
+    settings: dict[str, Any],
+    code: int,
 ) -> None:
-    api, _, _ = stack.all_three()
+    api, _, _ = stack.all_three(**settings)
+    files.add_file("slow.jpg", files.content("sample-1.jpg"))  # 32 KB: 100 s at 100 B / 0.3 s
     aggr = aggr_id("stall")
+    extra = {} if job_timeout is None else {"download_timeout": job_timeout}
     started = time.monotonic()
     stalled = api.post_job(
-        job_body(
-            files.url("tiny.png", hold=20), aggr, callbacks.url, limit=1, download_timeout=1, max_retries=1
-        )
+        job_body(files.url("slow.jpg", **query), aggr, callbacks.url, limit=1, max_retries=1, **extra)
     )
-    after = api.post_job(job_body(files.url("sample-1.jpg"), aggr, callbacks.url, limit=1))
+    after = api.post_job(job_body(files.url("tiny.png"), aggr, callbacks.url, limit=1))
 
     payload = callbacks.wait_for(stalled, timeout=15)
     elapsed = time.monotonic() - started
 
     assert payload["success"] is False
     assert "timeout" in payload["error"].lower()
-    assert payload["response_code"] == 0
-    assert len(files.seen("tiny.png")) == 2, "1 attempt + 1 retry"
-    assert elapsed < 10, f"two 1 s attempts took {elapsed:.1f}s: the timeout is not enforced"
+    assert payload["response_code"] == code
+    assert len(files.seen("slow.jpg")) == 2, "1 attempt + 1 retry"
+    assert elapsed < 8, f"two 1 s attempts took {elapsed:.1f}s: the timeout is not enforced"
+    assert not stack.stored_path(stalled).exists()
     assert callbacks.wait_for(after, timeout=10)["success"] is True, "the aggregation's only slot came back"
+
+
+def test_408_and_429_are_retried_like_5xx(stack: Stack, files: FileServer, callbacks: CallbackServer) -> None:
+    api, _, _ = stack.all_three()
+    files.add_file("busy.png", files.content("tiny.png"))
+    files.answer("busy.png", 429, {"Retry-After": "1"})
+    files.answer("busy.png", 408)
+    job_id = api.post_job(job_body(files.url("busy.png"), aggr_id(), callbacks.url))
+
+    payload = callbacks.wait_for(job_id)
+
+    assert payload["success"] is True
+    assert [r.status for r in files.seen("busy.png")] == [429, 408, 200]
+
+
+def test_a_mime_type_list_accepts_any_of_its_types_and_negations_must_all_hold(
+    stack: Stack, files: FileServer, callbacks: CallbackServer
+) -> None:
+    api, _, _ = stack.all_three()
+    aggr = aggr_id("mime")
+    cases = [
+        ("tiny.png", "image/jpeg,image/png", True),  # the original required both: never true
+        ("sample-1.jpg", "image/jpeg,image/png", True),
+        ("tiny.pdf", "image/jpeg,image/png", False),
+        ("tiny.png", "!image/vnd.adobe.photoshop,image/*", True),
+        ("tiny.png", "image/*,!image/png", False),
+        ("tiny.png", "image/png,", True),  # an empty item is ignored (a trailing comma failed all)
+    ]
+    ids = [
+        api.post_job(job_body(files.url(name, i=i), aggr, callbacks.url, mime_type=pattern))
+        for i, (name, pattern, _) in enumerate(cases)
+    ]
+
+    got = [callbacks.wait_for(job_id)["success"] for job_id in ids]
+
+    assert got == [ok for _, _, ok in cases]
 
 
 # --- GET /jobs/{id} ----------------------------------------------------------------------------
@@ -601,4 +659,98 @@ def test_get_job_shows_attempts_errors_and_times_while_waiting_for_a_retry_and_4
     assert callbacks.wait_for(done)["success"] is True
     wait_until(lambda: api.job(done).status_code == 404, 10, "a delivered job to be gone")
     assert api.job("NoSuchJob00000").status_code == 404
-    assert json.loads(stack.db.hget(f"job:{waiting}", "RequestHeaders") or "null") is None
+
+
+# --- more of the original's processor and notifier tests (8.6, 8.10) ------------------------------
+
+
+def test_the_reaper_deletes_due_files_whether_or_not_the_job_hash_still_exists(stack: Stack) -> None:
+    stack.notifier()
+    for job_id in ("RIPinRedis", "RIPGhost"):
+        path = stack.stored_path(job_id)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"bye")
+    stack.db.hset("job:RIPinRedis", mapping={"ID": "RIPinRedis", "URL": "http://x/y", "AggrID": "a"})
+    stack.db.zadd("JobDeletionQueue", {"RIPinRedis": 0, "RIPGhost": 0})
+
+    wait_until(
+        lambda: not stack.stored_path("RIPinRedis").exists() and not stack.stored_path("RIPGhost").exists(),
+        10,
+        "both files to be deleted",
+    )
+    wait_until(lambda: stack.db.zcard("JobDeletionQueue") == 0, 5, "the deletion queue to empty")
+    assert not stack.db.exists("job:RIPinRedis", "job:RIPGhost")
+
+
+def test_a_callback_the_original_left_in_progress_is_delivered_and_a_failed_one_stays_failed(
+    stack: Stack, callbacks: CallbackServer
+) -> None:
+    # The original's notifier re-queued InProgress callbacks when it started (its "rogue
+    # callbacks"): a job it was delivering when it died must not be stranded by the switch.
+    rogue, failed = "RogueCallback1", "FailedCallbck1"
+    for job_id, state in ((rogue, "InProgress"), (failed, "Failed")):
+        stack.db.hset(
+            f"job:{job_id}",
+            mapping={
+                "ID": job_id,
+                "URL": "http://example.invalid/a.png",
+                "AggrID": "gone",
+                "MaxRetries": "null",
+                "DownloadState": "Success",
+                "DownloadCount": "1",
+                "CallbackState": state,
+                "CallbackURL": callbacks.url,
+                "DownloadURL": DOWNLOAD_URL_BASE,
+                "CallbackCount": "1",
+                "ResponseCode": "200",
+                "RequestHeaders": "null",
+            },
+        )
+    stack.notifier()
+
+    payload = callbacks.wait_for(rogue, timeout=10)
+
+    assert payload["success"] is True
+    assert payload["download_url"] == download_url(rogue)
+    assert stack.db.hget(f"job:{failed}", "CallbackState") == "Failed"
+    assert callbacks.for_job(failed) == []
+
+
+def test_a_callback_queued_for_a_vanished_job_is_dropped_without_leaving_a_hash_behind(
+    stack: Stack, callbacks: CallbackServer
+) -> None:
+    stack.notifier()
+    stack.db.zadd("CallbackQueue", {"VanishedJob001": time.time()})
+
+    wait_until(lambda: stack.db.zcard("CallbackQueue") == 0, 10, "the callback to be taken")
+    wait_until(lambda: stack.db.zcard("CallbackInflight") == 0, 10, "the claim to be dropped")
+    assert stack.db.hgetall("job:VanishedJob001") == {}, "a job hash without ID was created"
+    assert callbacks.all() == []
+
+
+def test_a_worker_for_named_aggregations_leaves_the_others_alone(
+    stack: Stack, files: FileServer, callbacks: CallbackServer
+) -> None:
+    api = stack.api()
+    stack.notifier()
+    mine, other = aggr_id("mine"), aggr_id("other")
+    stack.worker(mine)
+    theirs = api.post_job(job_body(files.url("tiny.png", aggr=other), other, callbacks.url))
+    ours = api.post_job(job_body(files.url("tiny.png", aggr=mine), mine, callbacks.url))
+
+    assert callbacks.wait_for(ours)["success"] is True
+    time.sleep(1)  # what is asserted is that nothing happens to the other aggregation
+
+    assert [r.query["aggr"] for r in files.seen("tiny.png")] == [mine]
+    assert stack.db.zscore(f"jobs:{other}", theirs) is not None
+    stack.worker(other)
+    assert callbacks.wait_for(theirs)["success"] is True
+
+
+def test_api_worker_and_notifier_exit_0_on_sigterm(stack: Stack) -> None:
+    procs = stack.all_three()
+
+    for proc in procs:
+        proc.signal(signal.SIGTERM)
+
+    assert {proc.name: proc.wait(15) for proc in procs} == {"api": 0, "worker": 0, "notifier": 0}

@@ -224,3 +224,43 @@ def test_stats_expire(db: Store, rdb: redis.Redis) -> None:
     db.write_stats("processor", '{"alive": 1}', 0.2)
     assert rdb.get("stats:processor") == '{"alive": 1}'
     assert 0 < rdb.pttl("stats:processor") <= 200
+
+
+def test_starting_a_callback_of_a_vanished_job_creates_nothing(db: Store, rdb: redis.Redis) -> None:
+    from downloader.errors import JobNotFound
+
+    with pytest.raises(JobNotFound):
+        db.start_callback("GoneGoneGone12")
+    assert not rdb.exists(keys.job("GoneGoneGone12"))
+
+
+def test_the_originals_lost_jobs_are_rescued_once_and_held_ones_left_alone(db: Store, rdb: redis.Redis) -> None:
+    lost_download = queued_job(db)
+    rdb.zrem("jobs:aggr", lost_download)  # popped by the original, which then died
+    rdb.hset(keys.job(lost_download), "DownloadState", "InProgress")
+    lost_callback = queued_job(db)
+    rdb.zrem("jobs:aggr", lost_callback)
+    rdb.hset(keys.job(lost_callback), mapping={"DownloadState": "Success", "CallbackState": "InProgress"})
+    held = queued_job(db)
+    db.claim("aggr", 1, new_token(), 30)  # ours, leased: must not be touched
+    failed = queued_job(db)
+    rdb.zrem("jobs:aggr", failed)
+    rdb.hset(keys.job(failed), mapping={"DownloadState": "Failed", "CallbackState": "Failed"})
+
+    assert db.rescue_orphans() == {"download": 1, "callback": 1}
+    assert rdb.zscore("jobs:aggr", lost_download) is not None
+    assert rdb.hget(keys.job(lost_download), "DownloadState") == "Pending"
+    assert rdb.zscore(keys.CALLBACK_QUEUE, lost_callback) is not None
+    assert rdb.zscore("jobs:aggr", held) is None and rdb.zscore("inflight:aggr", held) is not None
+    assert rdb.hget(keys.job(failed), "CallbackState") == "Failed"  # TestRogueCollection
+    assert db.rescue_orphans() == {"download": 0, "callback": 0}
+
+
+def test_callback_leases_are_renewed_while_held(db: Store, rdb: redis.Redis) -> None:
+    job_id = queued_job(db)
+    rdb.zadd(keys.CALLBACK_QUEUE, {job_id: 1})
+    token = new_token()
+    db.claim_callbacks(1, token, 1)
+    assert db.renew_callbacks([job_id], token, 100) == []
+    assert rdb.zscore(keys.CALLBACK_INFLIGHT, job_id) > time.time() + 50
+    assert db.renew_callbacks([job_id], new_token(), 100) == [job_id]
