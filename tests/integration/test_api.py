@@ -14,8 +14,12 @@ from downloader.settings import Settings
 
 pytestmark = pytest.mark.integration
 
-VALID = {"url": "http://127.0.0.1:9/a.png", "aggr_id": "api-test", "aggr_limit": 3,
-         "callback_url": "http://127.0.0.1:9/cb"}
+VALID = {
+    "url": "http://127.0.0.1:9/a.png",
+    "aggr_id": "api-test",
+    "aggr_limit": 3,
+    "callback_url": "http://127.0.0.1:9/cb",
+}
 
 
 def client_for(redis_url: str, **settings: object) -> TestClient:
@@ -41,7 +45,7 @@ def test_errors_are_the_originals_plain_text(api: TestClient) -> None:
     assert resp.status_code == 400
     assert resp.headers["content-type"].startswith("text/plain")
     assert resp.headers["x-content-type-options"] == "nosniff"
-    assert resp.text == "Error unmarshalling body '{\"aggr_id\":\"x\"}' to Job: URL must be a string\n"
+    assert resp.text == 'Error unmarshalling body \'{"aggr_id":"x"}\' to Job: URL must be a string\n'
 
 
 def test_aggregation_errors_name_the_aggregation(api: TestClient) -> None:
@@ -65,8 +69,15 @@ def test_job_status_shows_a_queued_job_and_404_for_unknown_ids(api: TestClient) 
     job_id = api.post("/download", content=json.dumps({**VALID, "max_retries": 4})).json()["id"]
     view = api.get(f"/jobs/{job_id}").json()
     assert view["id"] == job_id and view["state"] == "queued" and view["aggr_id"] == "api-test"
-    assert view["download"] == {"state": "Pending", "attempts": 0, "max_retries": 4, "response_code": 0,
-                                "error": "", "image_size": "", "download_url": ""}
+    assert view["download"] == {
+        "state": "Pending",
+        "attempts": 0,
+        "max_retries": 4,
+        "response_code": 0,
+        "error": "",
+        "image_size": "",
+        "download_url": "",
+    }
     assert view["callback"]["destination"] == VALID["callback_url"]
     assert view["created_at"] and view["next_attempt_at"] and view["lease_expires_at"] is None
     assert api.get("/jobs/NoSuchJob12345").status_code == 404

@@ -17,8 +17,14 @@ pytestmark = pytest.mark.integration
 def run(*args: str, env: dict[str, str] | None = None, cwd: Path) -> subprocess.CompletedProcess[str]:
     clean = {k: v for k, v in os.environ.items() if not k.startswith("DOWNLOADER_")}
     clean.update(env or {})
-    return subprocess.run([sys.executable, "-m", "downloader", *args], env=clean, cwd=cwd, text=True,
-                          capture_output=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "downloader", *args],
+        env=clean,
+        cwd=cwd,
+        text=True,
+        capture_output=True,
+        timeout=60,
+    )
 
 
 def test_version_prints_the_package_version(tmp_path: Path) -> None:
@@ -47,8 +53,15 @@ def test_a_missing_config_file_is_one_line(tmp_path: Path) -> None:
 def test_an_unwritable_storage_root_stops_the_worker(tmp_path: Path, redis_url: str) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
-    out = run("worker", env={"DOWNLOADER_REDIS_URL": redis_url, "DOWNLOADER_STORAGE_ROOT": str(blocker / "x"),
-                             "DOWNLOADER_TMP_DIR": str(tmp_path / "tmp")}, cwd=tmp_path)
+    out = run(
+        "worker",
+        env={
+            "DOWNLOADER_REDIS_URL": redis_url,
+            "DOWNLOADER_STORAGE_ROOT": str(blocker / "x"),
+            "DOWNLOADER_TMP_DIR": str(tmp_path / "tmp"),
+        },
+        cwd=tmp_path,
+    )
     assert out.returncode == 1 and "writable" in out.stderr
 
 

@@ -234,7 +234,9 @@ def test_starting_a_callback_of_a_vanished_job_creates_nothing(db: Store, rdb: r
     assert not rdb.exists(keys.job("GoneGoneGone12"))
 
 
-def test_the_originals_lost_jobs_are_rescued_once_and_held_ones_left_alone(db: Store, rdb: redis.Redis) -> None:
+def test_the_originals_lost_jobs_are_rescued_once_and_held_ones_left_alone(
+    db: Store, rdb: redis.Redis
+) -> None:
     lost_download = queued_job(db)
     rdb.zrem("jobs:aggr", lost_download)  # popped by the original, which then died
     rdb.hset(keys.job(lost_download), "DownloadState", "InProgress")

@@ -23,8 +23,14 @@ def test_aggregation_ids_come_back_from_queue_and_inflight_keys() -> None:
 
 def test_our_keys_are_invisible_to_the_originals_scans() -> None:
     """The original and its tools SCAN `jobs:*` (aggregations) and `job:*` (job hashes)."""
-    ours = [keys.inflight("a"), keys.leases("a"), keys.job_meta("id"), keys.job_errors("id"),
-            keys.CALLBACK_INFLIGHT, keys.CALLBACK_LEASES]
+    ours = [
+        keys.inflight("a"),
+        keys.leases("a"),
+        keys.job_meta("id"),
+        keys.job_errors("id"),
+        keys.CALLBACK_INFLIGHT,
+        keys.CALLBACK_LEASES,
+    ]
     for key in ours:
         assert not fnmatch.fnmatchcase(key, keys.QUEUE_PATTERN), key
         assert not fnmatch.fnmatchcase(key, keys.JOB_PATTERN), key
