@@ -58,7 +58,10 @@ _REPO = Path(__file__).resolve().parent.parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _REPO]
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+# The `downloader` executables: next to this interpreter (the project's venv), else the repo's .venv.
 VENV_BIN = Path(sys.executable).parent
+if not (VENV_BIN / "downloader").exists():
+    VENV_BIN = _REPO / ".venv" / "bin"
 MP = mp.get_context("fork")  # children are forked before any thread of ours starts
 
 
@@ -279,11 +282,25 @@ class Bench:
         self.redis_port = free_port()
         log = (self.tmp / "redis.log").open("wb")
         self.popen["redis"] = subprocess.Popen(
-            [binary, "--port", str(self.redis_port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(self.tmp)],
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            start_new_session=True, preexec_fn=set_pdeathsig,
-        )  # fmt: skip
+            [
+                binary,
+                "--port",
+                str(self.redis_port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.tmp),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            preexec_fn=set_pdeathsig,
+        )
         log.close()
         import redis
 
@@ -302,15 +319,19 @@ class Bench:
     def start_helpers(self, files: list[bytes]) -> None:
         ports: Any = MP.Queue()
         self.children["fileserver"] = MP.Process(
-            target=file_server_main, args=(files, ports, self.stop_children, self.file_report),
-            name="bench-fileserver", daemon=True,
-        )  # fmt: skip
+            target=file_server_main,
+            args=(files, ports, self.stop_children, self.file_report),
+            name="bench-fileserver",
+            daemon=True,
+        )
         self.children["fileserver"].start()
         self.file_port = ports.get(timeout=20)
         self.children["callbacks"] = MP.Process(
-            target=callback_server_main, args=(ports, self.stop_children, self.arrivals),
-            name="bench-callbacks", daemon=True,
-        )  # fmt: skip
+            target=callback_server_main,
+            args=(ports, self.stop_children, self.arrivals),
+            name="bench-callbacks",
+            daemon=True,
+        )
         self.children["callbacks"].start()
         self.callback_port = ports.get(timeout=20)
 
@@ -343,9 +364,15 @@ class Bench:
         for name, cmd in commands.items():
             log = (self.tmp / f"{name}.log").open("wb")
             self.popen[name] = subprocess.Popen(
-                cmd, env=env, cwd=self.tmp, stdout=log, stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=set_pdeathsig,
-            )  # fmt: skip
+                cmd,
+                env=env,
+                cwd=self.tmp,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                preexec_fn=set_pdeathsig,
+            )
             log.close()
 
     def wait_ready(self) -> float:
@@ -464,28 +491,33 @@ class Bench:
         self.rejects: list[str] = []
         self.posted = 0
         bodies = [self.job_body(i) for i in range(n)]
-        barrier = threading.Barrier(clients)
+        start: list[float] = []
+        barrier = threading.Barrier(clients, action=lambda: start.append(time.monotonic()))
         lock = threading.Lock()
+        rate = self.args.rate
 
         def client(c: int) -> None:
             conn = http.client.HTTPConnection("127.0.0.1", self.api_port, timeout=60)
             barrier.wait()
             for i in range(c, n, clients):
-                for attempt in (1, 2):
-                    try:
-                        self.sent[i] = time.monotonic()
-                        conn.request("POST", "/download", bodies[i], {"Content-Type": "application/json"})
-                        resp = conn.getresponse()
-                        data = resp.read()
-                        self.accepted[i] = time.monotonic()
-                        break
-                    except (OSError, http.client.HTTPException) as exc:
-                        conn.close()
-                        conn = http.client.HTTPConnection("127.0.0.1", self.api_port, timeout=60)
-                        if attempt == 2:
-                            with lock:
-                                self.rejects.append(f"job {i}: {type(exc).__name__}: {exc}")
-                            data, resp = b"", None
+                if rate:  # open loop: job i is due at start + i / rate
+                    delay = start[0] + i / rate - time.monotonic()
+                    if delay > 0:
+                        time.sleep(delay)
+                resp, data = None, b""
+                try:
+                    self.sent[i] = time.monotonic()
+                    conn.request("POST", "/download", bodies[i], {"Content-Type": "application/json"})
+                    resp = conn.getresponse()
+                    data = resp.read()
+                    self.accepted[i] = time.monotonic()
+                except (OSError, http.client.HTTPException) as exc:
+                    # Not retried: the job may have been queued, and a second POST would
+                    # make a second job. Counted as rejected, which fails the run.
+                    conn.close()
+                    conn = http.client.HTTPConnection("127.0.0.1", self.api_port, timeout=60)
+                    with lock:
+                        self.rejects.append(f"job {i}: {type(exc).__name__}: {exc}")
                 if resp is not None and resp.status == 201:
                     self.ids[i] = json.loads(data)["id"]
                 elif resp is not None:
@@ -534,9 +566,11 @@ class Bench:
         pids = self.pids()
         collector = threading.Thread(target=self.collect, name="collector", daemon=True)
         collector.start()
+        self.calibration_before = calibrate()
         load_before = os.getloadavg()
         cpu0 = {name: proc_cpu_seconds(pid) for name, pid in pids.items()}
         self_cpu0 = _self_cpu()
+        host0 = host_busy_seconds()
         self.posted = 0
         t_zero = time.monotonic()
         sampler = threading.Thread(target=self.sample, args=(t_zero,), name="sampler", daemon=True)
@@ -549,6 +583,7 @@ class Bench:
         t_done = time.monotonic()
         cpu1 = {name: proc_cpu_seconds(pid) for name, pid in pids.items()}
         self_cpu1 = _self_cpu()
+        host1 = host_busy_seconds()
         status = {name: proc_status(pid) for name, pid in pids.items()}
         self.stop_profiler(py_spy)
         time.sleep(a.settle)  # let late duplicates arrive
@@ -558,18 +593,31 @@ class Bench:
         collector.join()
         self.drain_arrivals()
         load_after = os.getloadavg()
+        self.calibration_after = calibrate()
 
         verification = self.verify(files, side)
         leftovers = self.redis_leftovers()
         stats = self.product_stats()
         file_report = self.stop_helpers()
-        result = self.report(
-            files=files, side=side, startup=startup, t_zero=t_zero, t_enqueued=t_enqueued,
-            t_done=t_done, complete=complete, cpu0=cpu0, cpu1=cpu1, status=status,
-            self_cpu=self_cpu1 - self_cpu0, verification=verification, leftovers=leftovers,
-            stats=stats, file_report=file_report, load=(load_before, load_after),
-        )  # fmt: skip
-        return result
+        return self.report(
+            files=files,
+            side=side,
+            startup=startup,
+            t_zero=t_zero,
+            t_enqueued=t_enqueued,
+            t_done=t_done,
+            complete=complete,
+            cpu0=cpu0,
+            cpu1=cpu1,
+            status=status,
+            self_cpu=self_cpu1 - self_cpu0,
+            host_busy=host1 - host0,
+            verification=verification,
+            leftovers=leftovers,
+            stats=stats,
+            file_report=file_report,
+            load=(load_before, load_after),
+        )
 
     def start_profiler(self) -> list[subprocess.Popen[bytes]]:
         if not self.args.py_spy:
@@ -593,11 +641,12 @@ class Bench:
                         "-o",
                         str(out),
                         "--nonblocking",
+                        *(["--gil"] if self.args.profile_gil else []),
                     ],
                     stdout=subprocess.DEVNULL,
                     stderr=(self.tmp / f"py-spy-{name}.log").open("wb"),
                     start_new_session=True,
-                )  # fmt: skip
+                )
             )
         time.sleep(1.0)  # py-spy attaches
         return procs
@@ -614,7 +663,7 @@ class Bench:
     def verify(self, files: list[bytes], side: int) -> dict[str, Any]:
         by_id: dict[str, list[dict[str, Any]]] = {}
         stray = 0
-        for _, path, doc in self.callbacks:
+        for _, _path, doc in self.callbacks:
             job_id = doc.get("job_id")
             if not isinstance(job_id, str):
                 stray += 1
@@ -645,8 +694,12 @@ class Bench:
                 or doc.get("image_size") != expect_image
                 or doc.get("resource_url") != f"http://127.0.0.1:{self.file_port}/f/{i}.png"
             ):
-                bad_payload.append({k: doc.get(k) for k in ("job_id", "extra", "response_code",
-                                                            "download_url", "image_size", "error")})  # fmt: skip
+                bad_payload.append(
+                    {
+                        k: doc.get(k)
+                        for k in ("job_id", "extra", "response_code", "download_url", "image_size", "error")
+                    }
+                )
             path = root / job_id[:3] / job_id
             try:
                 size = path.stat().st_size
@@ -759,6 +812,8 @@ class Bench:
             if i in first_get:
                 wait.append(first_get[i] - self.accepted[i])
                 rest.append(first_cb[jid] - first_get[i])
+        if self.args.per_job:
+            self.write_per_job(first_get, first_cb, t_first)
         run_wall = m["t_done"] - m["t_zero"]
         processes: dict[str, Any] = {}
         for name in m["cpu0"]:
@@ -776,6 +831,8 @@ class Bench:
                 "threads": st.get("Threads"),
             }
         processes["bench_client"] = {"cpu_s_run": round(m["self_cpu"], 2)}
+        ours = m["self_cpu"] + sum(p["cpu_s_run"] or 0 for p in processes.values() if "pid" in p)
+        others = max(0.0, m["host_busy"] - ours)
         first_cb_at = min(cb_times) - t_first if cb_times else None
         sizes = [len(f) for f in m["files"]]
         return {
@@ -786,14 +843,18 @@ class Bench:
                 "cpu_model": _cpu_model(),
                 "python": platform.python_version(),
                 "redis": self.redis_version,
+                "calibration_ms_before_after": [self.calibration_before, self.calibration_after],
                 "loadavg_before": [round(x, 2) for x in m["load"][0]],
                 "loadavg_after": [round(x, 2) for x in m["load"][1]],
+                "busy_cores_during_run": round(m["host_busy"] / run_wall, 2) if run_wall > 0 else None,
+                "busy_cores_of_other_processes": round(others / run_wall, 2) if run_wall > 0 else None,
             },
             "params": {
                 "jobs": a.jobs,
                 "aggregations": a.aggregations,
                 "aggr_limit": a.aggr_limit,
                 "clients": a.clients,
+                "enqueue_rate_limit": a.rate or None,
                 "checks": a.checks,
                 "worker_concurrency": a.concurrency or "default (16)",
                 "notifier_concurrency": a.notifier_concurrency or "default (8)",
@@ -812,6 +873,9 @@ class Bench:
                 "e2e_s": round(e2e, 3),
                 "e2e_jobs_per_s": round(len(cb_times) / e2e, 1) if e2e > 0 else 0,
                 "steady_jobs_per_s": _steady_rate(cb_times),
+                "cpu_util_while_processing": self.window_util(
+                    min(cb_times, default=0), t_last_cb, m["t_zero"]
+                ),
                 "latency_ms": summary_ms(lat),
                 "phase_api_ms": summary_ms(api),
                 "phase_queue_wait_ms": summary_ms(wait),
@@ -825,6 +889,36 @@ class Bench:
             "product_stats": m["stats"],
             "timeline": self.timeline,
         }
+
+    def write_per_job(self, first_get: dict[int, float], first_cb: dict[str, float], t0: float) -> None:
+        """One CSV line per job: times in seconds since the first POST."""
+
+        def rel(t: float | None) -> str:
+            return "" if not t else f"{t - t0:.4f}"
+
+        lines = ["index,job_id,aggregation,post_sent,post_accepted,get_received,callback_received"]
+        for i, jid in enumerate(self.ids):
+            aggr = self.aggregation_ids()[i % self.args.aggregations]
+            lines.append(
+                f"{i},{jid or ''},{aggr},{rel(self.sent[i])},{rel(self.accepted[i])},"
+                f"{rel(first_get.get(i))},{rel(first_cb.get(jid or ''))}"
+            )
+        Path(self.args.per_job).write_text("\n".join(lines) + "\n")
+
+    def window_util(self, t_from: float, t_to: float, t_zero: float) -> dict[str, float]:
+        """CPU cores used by each product process between the first and the last callback
+        (from the timeline), i.e. while jobs were being processed."""
+        rows = [r for r in self.timeline if t_from - t_zero <= r["t"] <= t_to - t_zero]
+        if len(rows) < 2:
+            return {}
+        first, last = rows[0], rows[-1]
+        dt = last["t"] - first["t"]
+        out = {}
+        for name in ("api", "worker", "notifier", "redis"):
+            a, b = first.get(f"cpu_{name}"), last.get(f"cpu_{name}")
+            if a is not None and b is not None and dt > 0:
+                out[name] = round((b - a) / dt, 2)
+        return out
 
     # --- teardown ---
 
@@ -868,6 +962,27 @@ class Bench:
             shutil.rmtree(self.tmp, ignore_errors=True)
 
 
+def host_busy_seconds() -> float:
+    """CPU seconds the whole host spent not idle (all cores), from /proc/stat."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    return (sum(fields[:8]) - idle) / CLK_TCK
+
+
+def calibrate() -> float:
+    """Milliseconds of a fixed pure-Python workload (best of 5): how fast this host's CPU is
+    right now. On a shared VM it moves by tens of percent between runs; compare it across
+    result files before comparing their throughput."""
+    best = float("inf")
+    for _ in range(5):
+        t = time.perf_counter()
+        d: dict[int, int] = {}
+        for i in range(200_000):
+            d[i & 1023] = d.get(i & 1023, 0) + i
+        best = min(best, time.perf_counter() - t)
+    return round(best * 1000, 2)
+
+
 def _self_cpu() -> float:
     ru = resource.getrusage(resource.RUSAGE_SELF)
     return ru.ru_utime + ru.ru_stime
@@ -894,17 +1009,24 @@ def _steady_rate(cb_times: list[float]) -> float | None:
 def print_summary(r: dict[str, Any]) -> None:
     res, p, v = r["results"], r["params"], r["verification"]
     print()
-    print(f"Downloader e2e: {p['jobs']} jobs of ~{p['file_bytes_mean']} B over {p['aggregations']} "
-          f"aggregations, {p['clients']} clients, worker concurrency {p['worker_concurrency']}, "
-          f"checks={'on' if p['checks'] else 'off'}{' (PROFILED)' if p['profiled'] else ''}")  # fmt: skip
     print(
-        f"  host: {r['host']['cpus']} cpus, load {r['host']['loadavg_before']} -> {r['host']['loadavg_after']}"
+        f"Downloader e2e: {p['jobs']} jobs of ~{p['file_bytes_mean']} B over {p['aggregations']} "
+        f"aggregations, {p['clients']} clients, worker concurrency {p['worker_concurrency']}, "
+        f"checks={'on' if p['checks'] else 'off'}{' (PROFILED)' if p['profiled'] else ''}"
+    )
+    print(
+        f"  host: {r['host']['cpus']} cpus, load {r['host']['loadavg_before']} -> {r['host']['loadavg_after']}; "
+        f"during the run {r['host']['busy_cores_during_run']} cores busy, "
+        f"{r['host']['busy_cores_of_other_processes']} of them not ours; "
+        f"cpu calibration {r['host']['calibration_ms_before_after']} ms"
     )
     print(
         f"  enqueue:  {res['enqueue_jobs_per_s']:>8} jobs/s  ({res['enqueue_s']} s for {v['accepted']} jobs)"
     )
-    print(f"  e2e:      {res['e2e_jobs_per_s']:>8} jobs/s  ({res['e2e_s']} s first POST -> last callback; "
-          f"first callback after {res['first_callback_after_s']} s; steady {res['steady_jobs_per_s']} jobs/s)")  # fmt: skip
+    print(
+        f"  e2e:      {res['e2e_jobs_per_s']:>8} jobs/s  ({res['e2e_s']} s first POST -> last callback; "
+        f"first callback after {res['first_callback_after_s']} s; steady {res['steady_jobs_per_s']} jobs/s)"
+    )
     for label, key in (
         ("latency", "latency_ms"),
         ("  api", "phase_api_ms"),
@@ -914,22 +1036,29 @@ def print_summary(r: dict[str, Any]) -> None:
         s = res[key]
         if s:
             print(f"  {label:<9} p50 {s['p50']:>8} ms  p95 {s['p95']:>8} ms  max {s['max']:>8} ms")
-    print("  process     cpu-s(run)  util  ms/job  peak RSS MB  threads")
+    busy = res.get("cpu_util_while_processing") or {}
+    print("  process     cpu-s(run)  ms/job  cores(e2e)  cores(processing)  peak RSS MB  threads")
     for name, pr in r["processes"].items():
         if name == "bench_client":
             print(f"  {name:<12}{pr['cpu_s_run']:>9}")
             continue
-        print(f"  {name:<12}{pr['cpu_s_run']:>9}  {pr['cpu_util_run']:>5}  {pr['cpu_ms_per_job']:>6}  "
-              f"{pr['peak_rss_mb']:>10}  {pr['threads']!s:>7}")  # fmt: skip
-    print(f"  verified: {v['jobs_with_one_successful_callback']}/{v['accepted']} jobs with exactly one "
-          f"successful callback; {v['files_ok']} files stored with the right size; "
-          f"missing {v['missing_count']}, duplicated {v['duplicated_count']}, failed {v['failed_count']}, "
-          f"bad payload {v['bad_payload_count']}, stray {v['stray_callbacks']}")  # fmt: skip
+        print(
+            f"  {name:<12}{pr['cpu_s_run']:>9}  {pr['cpu_ms_per_job']:>6}  {pr['cpu_util_run']:>10}  "
+            f"{busy.get(name, ''):>17}  {pr['peak_rss_mb']:>11}  {pr['threads']!s:>7}"
+        )
+    print(
+        f"  verified: {v['jobs_with_one_successful_callback']}/{v['accepted']} jobs with exactly one "
+        f"successful callback; {v['files_ok']} files stored with the right size; "
+        f"missing {v['missing_count']}, duplicated {v['duplicated_count']}, failed {v['failed_count']}, "
+        f"bad payload {v['bad_payload_count']}, stray {v['stray_callbacks']}"
+    )
     if v["failed"]:
         print(f"  first failures: {v['failed'][:3]}")
     if v["rejected"]:
         print(f"  rejected POSTs: {v['rejected'][:3]}")
     print(f"  redis after: {r['redis_after']}")
+    if not res["complete"]:
+        print("  not every callback arrived within --timeout / --stall-timeout (late ones counted above)")
     print(f"  result: {'OK' if res['ok'] else 'FAILED'}")
 
 
@@ -944,27 +1073,57 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument(
         "--concurrency", type=int, default=0, help="DOWNLOADER_WORKER_CONCURRENCY (product default)"
     )
-    ap.add_argument("--notifier-concurrency", type=int, default=0,
-                    help="DOWNLOADER_NOTIFIER_CONCURRENCY (product default)")  # fmt: skip
+    ap.add_argument(
+        "--notifier-concurrency",
+        type=int,
+        default=0,
+        help="DOWNLOADER_NOTIFIER_CONCURRENCY (product default)",
+    )
+    ap.add_argument(
+        "--rate",
+        type=float,
+        default=0,
+        help="enqueue at this many jobs/s (open loop) instead of as fast as the API takes them",
+    )
     ap.add_argument("--size", type=int, default=10240, help="approximate bytes per file (10240)")
     ap.add_argument(
         "--checks", action="store_true", help="jobs ask for mime_type image/png and extract_image_size"
     )
-    ap.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
-                    help="extra environment for the product processes (repeatable)")  # fmt: skip
+    ap.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="extra environment for the product processes (repeatable)",
+    )
     ap.add_argument("--json", metavar="PATH", help="write the result as JSON here")
+    ap.add_argument("--per-job", metavar="PATH", help="write each job's timings as CSV here")
     ap.add_argument("--timeout", type=float, default=600, help="give up waiting for callbacks after (600 s)")
     ap.add_argument("--stall-timeout", type=float, default=90, help="give up after no callback for (90 s)")
     ap.add_argument("--startup-timeout", type=float, default=60)
     ap.add_argument(
         "--settle", type=float, default=1.0, help="wait for duplicate callbacks after the last (1 s)"
     )
-    ap.add_argument("--stats-wait", type=float, default=7.0,
-                    help="after the run, wait this long at most for /stats to cover it (7 s)")  # fmt: skip
+    ap.add_argument(
+        "--stats-wait",
+        type=float,
+        default=7.0,
+        help="after the run, wait this long at most for /stats to cover it (7 s)",
+    )
     ap.add_argument("--sample-interval", type=float, default=0.25, help="timeline sampling period (0.25 s)")
     ap.add_argument("--py-spy", metavar="EXE", help="profile with this py-spy during the run (skews figures)")
-    ap.add_argument("--profile", action="append", default=[], choices=["worker", "notifier", "api"],
-                    help="process to profile with --py-spy (repeatable; default worker)")  # fmt: skip
+    ap.add_argument(
+        "--profile",
+        action="append",
+        default=[],
+        choices=["worker", "notifier", "api"],
+        help="process to profile with --py-spy (repeatable; default worker)",
+    )
+    ap.add_argument(
+        "--profile-gil",
+        action="store_true",
+        help="py-spy samples only the thread holding the GIL (Python CPU, not waits)",
+    )
     ap.add_argument("--profile-dir", default="py-spy", help="where py-spy's raw stacks go (./py-spy)")
     ap.add_argument("--keep", action="store_true", help="keep the temp dir (logs, files)")
     args = ap.parse_args(argv)
@@ -982,6 +1141,7 @@ def main(argv: list[str] | None = None) -> int:
         raise KeyboardInterrupt(f"signal {signum}")
 
     signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, on_term)  # also when started in the background (SIGINT ignored)
     bench = Bench(args)
     try:
         result = bench.run()

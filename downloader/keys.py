@@ -26,6 +26,11 @@ JOB_ERRORS_PREFIX = "joberrors:"
 CALLBACK_INFLIGHT = "CallbackInflight"
 CALLBACK_LEASES = "CallbackLeases"
 
+#: Pub/sub channel (not a key): the API publishes an aggregation id on it when that
+#: aggregation's queue goes from empty to non-empty, so idle workers start at once instead
+#: of at their next scan. Jobs written by the original's API are found by the scan.
+WAKEUP_CHANNEL = "downloader:wakeup"
+
 #: Stats keys expire after this many stats intervals, so a stopped component disappears
 #: from /stats (the original used 2 intervals; 3 tolerates one late flush on a busy host).
 STATS_TTL_INTERVALS = 3

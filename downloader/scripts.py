@@ -8,7 +8,8 @@ nothing. Field names are the original's (`job:<id>` hashes stay readable by it).
 from __future__ import annotations
 
 #: KEYS: job, aggr, queue, jobmeta. ARGV: score, limit, proxy, meta ttl, aggr id, job id,
-#: then job field/value pairs. Returns 0 when the id is taken (the caller draws another).
+#: wake-up channel, then job field/value pairs. Returns 0 when the id is taken (the caller
+#: draws another). An empty queue that gets a job is announced on the wake-up channel.
 #: Creating the aggregation and queueing the job in one step closes the original's race
 #: with an idle aggregation's deletion (bug 10.2.5).
 ENQUEUE = """
@@ -16,8 +17,10 @@ if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 if redis.call('EXISTS', KEYS[2]) == 0 then
   redis.call('HSET', KEYS[2], 'ID', ARGV[5], 'Limit', ARGV[2], 'Proxy', ARGV[3], 'ExpiresAt', '')
 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 7))
+local was_empty = redis.call('EXISTS', KEYS[3]) == 0
+redis.call('HSET', KEYS[1], unpack(ARGV, 8))
 redis.call('ZADD', KEYS[3], ARGV[1], ARGV[6])
+if was_empty then redis.call('PUBLISH', ARGV[7], ARGV[5]) end
 redis.call('HSET', KEYS[4], 'CreatedAt', ARGV[1], 'UpdatedAt', ARGV[1])
 redis.call('EXPIRE', KEYS[4], ARGV[4])
 return 1

@@ -10,8 +10,9 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import secrets
+import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, cast
 
 import redis
@@ -135,6 +136,23 @@ class Store:
                 keys.aggregation_from_inflight(k)
                 for k in self.redis.scan_iter(match=keys.INFLIGHT_PATTERN, count=1000)
             }
+
+    def listen_wakeups(self, stop: threading.Event, on_wakeup: Callable[[str], None]) -> None:
+        """Call `on_wakeup(aggr_id)` for every announcement until `stop` (resubscribing after
+        Redis outages; what is missed meanwhile the periodic scan finds)."""
+        while not stop.is_set():
+            pubsub = self.redis.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
+            try:
+                pubsub.subscribe(keys.WAKEUP_CHANNEL)
+                while not stop.is_set():
+                    message = pubsub.get_message(timeout=0.5)
+                    if message and message.get("type") == "message":
+                        on_wakeup(str(message["data"]))
+            except redis.RedisError:
+                stop.wait(1.0)
+            finally:
+                with contextlib.suppress(redis.RedisError):
+                    pubsub.close()
 
     def aggregation(self, aggr_id: str) -> Aggregation:
         with translated():
@@ -490,6 +508,7 @@ def enqueue_arguments(
         meta_ttl,
         aggregation.id,
         job_id,
+        keys.WAKEUP_CHANNEL,
         *_flatten(fields),
     ]
     return k, a

@@ -95,6 +95,9 @@ class Processor:
         self._check_disk()  # a worker starting on a full disk must not claim anything first
         keeper = threading.Thread(target=self._housekeeping, name="worker-housekeeping", daemon=True)
         keeper.start()
+        listener = threading.Thread(target=self.db.listen_wakeups, args=(self._stopping, self._notice),
+                                    name="worker-wakeups", daemon=True)  # fmt: skip
+        listener.start()
         log.info(
             "worker %s serving %s with %d download threads",
             self.token,
@@ -168,6 +171,16 @@ class Processor:
         if result.ids:
             self._start(aggr_id, result.ids)
         return len(result.ids)
+
+    def _notice(self, aggr_id: str) -> None:
+        """An aggregation's queue just got its first job: look at it now, not at the next scan."""
+        if self.only and aggr_id not in self.only:
+            return
+        with self._lock:
+            state = self._aggregations.setdefault(aggr_id, _AggregationState())
+            state.next_try = 0.0
+            state.idle_delay = 0.0
+        self._wake.set()
 
     def _sleep_until_next(self, now: float) -> None:
         with self._lock:

@@ -754,3 +754,14 @@ def test_api_worker_and_notifier_exit_0_on_sigterm(stack: Stack) -> None:
         proc.signal(signal.SIGTERM)
 
     assert {proc.name: proc.wait(15) for proc in procs} == {"api": 0, "worker": 0, "notifier": 0}
+
+
+def test_an_idle_worker_starts_a_new_aggregation_without_waiting_for_its_scan(
+    stack: Stack, files: FileServer, callbacks: CallbackServer
+) -> None:
+    """The API announces an aggregation whose queue was empty; the worker need not scan."""
+    api, _, _ = stack.all_three(scan_interval_seconds=60)
+    time.sleep(1.5)  # past the worker's first scan: from now on only the announcement can wake it
+    job_id = api.post_job(job_body(files.url("tiny.png"), aggr_id("wakeup"), callbacks.url))
+
+    assert callbacks.wait_for(job_id, timeout=20)["success"] is True

@@ -266,3 +266,17 @@ def test_callback_leases_are_renewed_while_held(db: Store, rdb: redis.Redis) -> 
     assert db.renew_callbacks([job_id], token, 100) == []
     assert rdb.zscore(keys.CALLBACK_INFLIGHT, job_id) > time.time() + 50
     assert db.renew_callbacks([job_id], new_token(), 100) == [job_id]
+
+
+def test_a_queue_that_gets_its_first_job_is_announced_once(db: Store, rdb: redis.Redis) -> None:
+    pubsub = rdb.pubsub(ignore_subscribe_messages=True)
+    pubsub.subscribe(keys.WAKEUP_CHANNEL)
+    assert pubsub.get_message(timeout=1) is None  # the subscription confirmation is skipped
+    queued_job(db, aggr="first")
+    queued_job(db, aggr="first")
+    queued_job(db, aggr="second")
+    got = []
+    while (message := pubsub.get_message(timeout=0.5)) is not None:
+        got.append(message["data"])
+    pubsub.close()
+    assert got == ["first", "second"]
