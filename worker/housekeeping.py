@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import logging
+import threading
 import time
+from collections.abc import Callable
+
+from downloader.errors import StoreError
 
 
 class Every:
@@ -20,3 +25,13 @@ class Every:
         return True
 
     __call__ = due
+
+
+def loop_until(stopping: threading.Event, step: Callable[[], None], log: logging.Logger) -> None:
+    """Run `step` until `stopping`; a Redis outage pauses the loop instead of ending it."""
+    while not stopping.is_set():
+        try:
+            step()
+        except StoreError as exc:
+            log.warning("redis unavailable, retrying: %s", exc)
+            stopping.wait(1.0)

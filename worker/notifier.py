@@ -13,12 +13,12 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 from downloader import keys, notifying, store
-from downloader.errors import DownloaderError, JobNotFound, NotificationError, StorageError, StoreError
+from downloader.errors import DownloaderError, JobNotFound, NotificationError, StorageError
 from downloader.models import CorruptJobError, Job, State
 from downloader.settings import Settings
 from downloader.stats import Stats
 from downloader.storage import FileStorage
-from downloader.worker.housekeeping import Every
+from downloader.worker.housekeeping import Every, loop_until
 from downloader.worker.processor import LOST_LEASE_TEXT
 
 log = logging.getLogger("downloader.notifier")
@@ -69,12 +69,7 @@ class Notifier:
             ", ".join(sorted(self.backends)),
         )
         try:
-            while not self._stopping.is_set():
-                try:
-                    self._dispatch_once()
-                except StoreError as exc:
-                    log.warning("redis unavailable, retrying: %s", exc)
-                    self._stopping.wait(1.0)
+            loop_until(self._stopping, self._dispatch_once, log)
         finally:
             self.threads.shutdown(wait=True)  # callbacks in flight finish (bounded by their timeout)
             keeper.join(timeout=5)

@@ -17,14 +17,14 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from downloader import diskcheck, keys, store
-from downloader.errors import DownloaderError, StoreError
+from downloader.errors import DownloaderError
 from downloader.fetching import Fetcher, FetchLimits
 from downloader.models import Aggregation, CorruptJobError, Job
 from downloader.settings import Settings
 from downloader.stats import Stats
 from downloader.storage import FileStorage
 from downloader.worker import attempts
-from downloader.worker.housekeeping import Every
+from downloader.worker.housekeeping import Every, loop_until
 
 log = logging.getLogger("downloader.worker")
 
@@ -105,12 +105,7 @@ class Processor:
             self.settings.worker_concurrency,
         )
         try:
-            while not self._stopping.is_set():
-                try:
-                    self._schedule_once()
-                except StoreError as exc:
-                    log.warning("redis unavailable, retrying: %s", exc)
-                    self._stopping.wait(1.0)
+            loop_until(self._stopping, self._schedule_once, log)
         finally:
             self._drain()
             keeper.join(timeout=5)

@@ -16,34 +16,13 @@ import pytest
 from procs import DOWNLOAD_URL_BASE, Proc, Stack, aggr_id, job_body
 from servers import CallbackServer, FileServer, wait_until
 
+from downloader.models import JOB_FIELDS
+
 pytestmark = pytest.mark.integration
 
-#: The fields of the original's Job struct: its reader rejects a hash with any other field.
-GO_JOB_FIELDS = [
-    "ID",
-    "URL",
-    "AggrID",
-    "MaxRetries",
-    "DownloadState",
-    "DownloadCount",
-    "DownloadMeta",
-    "CallbackState",
-    "CallbackType",
-    "CallbackDst",
-    "CallbackURL",
-    "DownloadURL",
-    "CallbackMeta",
-    "CallbackCount",
-    "Extra",
-    "ResponseCode",
-    "MimeType",
-    "ExtractImageSize",
-    "ImageSize",
-    "DownloadTimeout",
-    "RequestHeaders",
-    "S3Bucket",
-    "S3Region",
-]
+#: The fields of the original's Job struct (checked against a literal Go hash in
+#: tests/unit/test_models.py): its reader rejects a hash with any other field.
+GO_JOB_FIELDS = list(JOB_FIELDS)
 
 
 def download_url(job_id: str) -> str:
