@@ -328,3 +328,32 @@ def test_an_untrusted_certificate_is_a_terminal_tls_error(
 def test_tls_in_a_url_is_not_mistaken_for_a_tls_error(fetcher: Fetcher, tmp_path: Path) -> None:
     err = error_of(lambda: fetch(fetcher, "http://127.0.0.1:9/tls/x509.png", tmp_path))
     assert err.retriable and "TLS Error" not in str(err)  # bug 10.1.5 of the original
+
+
+def test_the_aggregations_proxy_carries_the_request(fetcher: Fetcher, tmp_path: Path) -> None:
+    """TestProxy, for real: the request goes to the proxy in absolute form, not to the origin."""
+    asked: list[str] = []
+
+    def proxy(h: http.server.BaseHTTPRequestHandler) -> None:
+        asked.append(h.path)
+        send(PNG)(h)
+
+    srv = Server({})
+    srv.routes = _AnyPath(proxy)  # a forward proxy sees full URLs as paths
+    try:
+        got = fetcher.fetch(job_id="AbCdEfGhIjKlMn", url="http://origin.invalid/a.png", proxy=srv.url(""),
+                            job_headers=None, timeout=0, tmp_dir=tmp_path, sniff=False, mime_pattern=None,
+                            cancelled=threading.Event())  # fmt: skip
+    finally:
+        srv.close()
+    assert asked == ["http://origin.invalid/a.png"]
+    assert got.path.read_bytes() == PNG
+
+
+class _AnyPath(dict[str, Handler]):
+    def __init__(self, handler: Handler) -> None:
+        super().__init__()
+        self.handler = handler
+
+    def get(self, key: str, default: object = None) -> Handler:  # type: ignore[override]
+        return self.handler
