@@ -6,6 +6,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from downloader.cluster import Registrar
 from downloader.settings import Settings
 from downloader.store import AsyncStore
 
@@ -20,5 +21,11 @@ def get_store(request: Request) -> AsyncStore:
     return db
 
 
+def get_registrar(request: Request) -> Registrar | None:
+    registrar: Registrar | None = request.app.state.registrar
+    return registrar
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
+RegistrarDep = Annotated[Registrar | None, Depends(get_registrar)]
 StoreDep = Annotated[AsyncStore, Depends(get_store)]

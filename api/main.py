@@ -9,7 +9,7 @@ from pathlib import Path
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
-from downloader import __version__
+from downloader import __version__, cluster
 from downloader.api import errors
 from downloader.api.routes import callbacks, downloads, health, jobs, stats
 from downloader.settings import Settings
@@ -23,6 +23,9 @@ def create_app(settings: Settings, *, serve_files: bool = False) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.settings = settings
         app.state.store = AsyncStore.from_url(settings.redis_url)
+        app.state.registrar = None
+        if settings.kube_create_aggregations and cluster.has_access(settings):
+            app.state.registrar = cluster.Registrar(cluster.Cluster.from_settings(settings))
         try:
             yield
         finally:

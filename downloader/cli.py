@@ -85,6 +85,7 @@ def _parser() -> argparse.ArgumentParser:
             help="serve only this aggregation (repeatable); default: all",
         )
     sub.add_parser("notifier", parents=[config], help="callbacks, retries, file deletion, lease recovery")
+    sub.add_parser("operator", parents=[config], help="the Kubernetes operator (Aggregation resources)")
     sub.add_parser("version", help="print the version")
     return parser
 
@@ -185,7 +186,15 @@ def cmd_up(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_operator(args: argparse.Namespace) -> int:
+    from downloader.operator.main import run
+
+    run(_settings(args))
+    return 0
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "operator": cmd_operator,
     "up": cmd_up,
     "api": cmd_api,
     "worker": cmd_worker,

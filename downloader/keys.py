@@ -25,6 +25,10 @@ JOB_META_PREFIX = "jobmeta:"
 JOB_ERRORS_PREFIX = "joberrors:"
 CALLBACK_INFLIGHT = "CallbackInflight"
 CALLBACK_LEASES = "CallbackLeases"
+#: Set of aggregation ids whose Aggregation resource says `paused`: no claim succeeds.
+PAUSED_AGGREGATIONS = "PausedAggregations"
+#: Set of aggregation ids the operator manages: workers never delete their `aggr:` hash.
+MANAGED_AGGREGATIONS = "ManagedAggregations"
 
 #: Pub/sub channel (not a key): the API publishes an aggregation id on it when that
 #: aggregation's queue goes from empty to non-empty, so idle workers start at once instead

@@ -26,11 +26,13 @@ redis.call('EXPIRE', KEYS[4], ARGV[4])
 return 1
 """
 
-#: KEYS: queue, inflight, leases, aggr. ARGV: now, lease expiry, wanted, token, default limit.
-#: Moves up to `wanted` ready ids into inflight, never past the aggregation's limit counted
-#: over every lease of every process. Returns {status, ids...}; status is "ok", "full",
-#: "empty" or the score of the next job that will become ready.
+#: KEYS: queue, inflight, leases, aggr, paused set. ARGV: now, lease expiry, wanted, token,
+#: default limit, aggregation id. Moves up to `wanted` ready ids into inflight, never past
+#: the aggregation's limit counted over every lease of every process. Returns
+#: {status, ids...}; status is "ok", "full", "paused", "empty" or the score of the next job
+#: that will become ready.
 CLAIM = """
+if redis.call('SISMEMBER', KEYS[5], ARGV[6]) == 1 then return {'paused'} end
 local limit = tonumber(redis.call('HGET', KEYS[4], 'Limit'))
 if not limit or limit <= 0 then limit = tonumber(ARGV[5]) end
 local room = limit - redis.call('ZCARD', KEYS[2])
@@ -234,9 +236,11 @@ for _, id in ipairs(ids) do redis.call('ZADD', KEYS[1], ARGV[3], id) end
 return ids
 """
 
-#: KEYS: queue, inflight, aggr. Deletes the aggregation hash of an aggregation with no
-#: queued and no claimed job, so a later request may set a new limit (as the original).
+#: KEYS: queue, inflight, aggr, managed set. ARGV: aggregation id. Deletes the aggregation
+#: hash of an aggregation with no queued and no claimed job, so a later request may set a
+#: new limit (as the original) -- unless the operator manages it (its spec is the truth).
 DELETE_IDLE_AGGREGATION = """
+if redis.call('SISMEMBER', KEYS[4], ARGV[1]) == 1 then return 0 end
 if redis.call('ZCARD', KEYS[1]) > 0 or redis.call('ZCARD', KEYS[2]) > 0 then return 0 end
 return redis.call('DEL', KEYS[3])
 """

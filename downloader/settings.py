@@ -124,6 +124,46 @@ class Settings(BaseSettings):
     """On SIGTERM, in-flight downloads get this long to finish before their leases are given
     back; below Kubernetes' default terminationGracePeriodSeconds (30 s)."""
 
+    # --- Kubernetes ----------------------------------------------------------------
+
+    kubeconfig: str = ""
+    """Kubeconfig for the API and the operator outside a cluster; in a pod the in-cluster
+    service account is used. With neither, the API does not create Aggregation resources."""
+
+    kube_namespace: str = "default"
+    """Namespace of the Aggregation resources and worker Deployments."""
+
+    kube_create_aggregations: bool = True
+    """Whether the API creates the Aggregation of an aggregation id it sees first (when it
+    has cluster access)."""
+
+    operator_interval_seconds: float = pydantic.Field(default=5.0, gt=0)
+    """How often the operator refreshes each Aggregation's status and replicas from Redis."""
+
+    operator_liveness_port: int = pydantic.Field(default=8080, ge=0, le=65535)
+    """The operator's liveness endpoint (`/healthz`); 0 turns it off."""
+
+    worker_image: str = "downloader-worker:0.2.0"
+    """Image of the worker Deployments the operator creates."""
+
+    worker_image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
+
+    worker_resources: dict[str, dict[str, str]] = pydantic.Field(
+        default_factory=lambda: {
+            "requests": {"cpu": "250m", "memory": "256Mi"},
+            "limits": {"memory": "512Mi"},
+        }
+    )
+    """Container resources of a worker pod (JSON)."""
+
+    worker_env_configmap: str = ""
+    """ConfigMap with DOWNLOADER_* variables for worker pods (the chart's); "" for none."""
+
+    worker_env_secret: str = ""
+    """Secret with DOWNLOADER_* variables for worker pods (e.g. the Redis password)."""
+
+    worker_service_account: str = ""
+
     @classmethod
     def settings_customise_sources(
         cls,

@@ -56,6 +56,7 @@ class Claim:
 
     ids: list[str]
     full: bool = False
+    paused: bool = False
     next_ready: float | None = None
     empty: bool = False
 
@@ -163,9 +164,53 @@ class Store:
         with translated():
             return bool(
                 self._delete_idle(
-                    keys=[keys.queue(aggr_id), keys.inflight(aggr_id), keys.aggregation(aggr_id)]
+                    keys=[
+                        keys.queue(aggr_id),
+                        keys.inflight(aggr_id),
+                        keys.aggregation(aggr_id),
+                        keys.MANAGED_AGGREGATIONS,
+                    ],
+                    args=[aggr_id],
                 )
             )
+
+    # --- what the operator reads and writes ---------------------------------------
+
+    def backlog(self, aggr_id: str) -> tuple[int, int]:
+        """(queued jobs, jobs in flight) of one aggregation."""
+        with translated():
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.zcard(keys.queue(aggr_id))
+            pipe.zcard(keys.inflight(aggr_id))
+            queued, in_flight = pipe.execute()
+        return int(queued), int(in_flight)
+
+    def apply_aggregation(self, fields: Mapping[str, str], *, paused: bool) -> None:
+        """Write `aggr:<id>` from an Aggregation's spec; mark it managed, paused or not."""
+        aggr_id = fields["ID"]
+        with translated():
+            pipe = self.redis.pipeline(transaction=True)
+            mapping: dict[Any, Any] = dict(fields)
+            pipe.hset(keys.aggregation(aggr_id), mapping=mapping)
+            pipe.hsetnx(keys.aggregation(aggr_id), "ExpiresAt", "")
+            pipe.sadd(keys.MANAGED_AGGREGATIONS, aggr_id)
+            if paused:
+                pipe.sadd(keys.PAUSED_AGGREGATIONS, aggr_id)
+            else:
+                pipe.srem(keys.PAUSED_AGGREGATIONS, aggr_id)
+            pipe.execute()
+
+    def retire_aggregation(self, aggr_id: str) -> None:
+        """Its Aggregation is being deleted: its queued jobs stay, paused, unmanaged."""
+        with translated():
+            pipe = self.redis.pipeline(transaction=True)
+            pipe.sadd(keys.PAUSED_AGGREGATIONS, aggr_id)
+            pipe.srem(keys.MANAGED_AGGREGATIONS, aggr_id)
+            pipe.execute()
+
+    def is_paused(self, aggr_id: str) -> bool:
+        with translated():
+            return bool(self.redis.sismember(keys.PAUSED_AGGREGATIONS, aggr_id))
 
     # --- enqueueing (also used by tests and `up`; the API has its async twin) ----
 
@@ -194,8 +239,16 @@ class Store:
                         keys.inflight(aggr_id),
                         keys.leases(aggr_id),
                         keys.aggregation(aggr_id),
+                        keys.PAUSED_AGGREGATIONS,
                     ],
-                    args=[repr(now), repr(now + lease_seconds), wanted, token, DEFAULT_AGGREGATION_LIMIT],
+                    args=[
+                        repr(now),
+                        repr(now + lease_seconds),
+                        wanted,
+                        token,
+                        DEFAULT_AGGREGATION_LIMIT,
+                        aggr_id,
+                    ],
                 ),
             )
         status = reply[0]
@@ -203,6 +256,8 @@ class Store:
             return Claim(ids=list(reply[1:]))
         if status == "full":
             return Claim(ids=[], full=True)
+        if status == "paused":
+            return Claim(ids=[], paused=True)
         if status == "empty":
             return Claim(ids=[], empty=True)
         return Claim(ids=[], next_ready=float(status))

@@ -156,6 +156,8 @@ class Processor:
                 state.next_try = 0.0
             elif result.full:
                 state.next_try = now + FULL_DELAY
+            elif result.paused:
+                state.next_try = now + MAX_IDLE_DELAY
             elif result.next_ready is not None:
                 state.next_try = min(result.next_ready, now + MAX_IDLE_DELAY)
             else:

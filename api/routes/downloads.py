@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Coroutine
+from typing import Any
+
 from fastapi import APIRouter, Request, Response
 
 from downloader import validation
-from downloader.api.deps import SettingsDep, StoreDep
+from downloader.api.deps import RegistrarDep, SettingsDep, StoreDep
 from downloader.api.errors import HTTPProblem
 from downloader.api.schemas import DOWNLOAD_REQUEST_BODY, Created
 from downloader.errors import RequestRejected, StoreError
@@ -28,7 +32,9 @@ OTHER_METHODS = ["GET", "PUT", "DELETE", "PATCH", "OPTIONS", "HEAD"]
         500: {"description": "Redis failed"},
     },
 )
-async def create_download(request: Request, db: StoreDep, settings: SettingsDep) -> Response:
+async def create_download(
+    request: Request, db: StoreDep, settings: SettingsDep, registrar: RegistrarDep
+) -> Response:
     body = await read_bounded(request, settings.max_request_bytes)
     try:
         job, aggregation = validation.parse_download_request(body)
@@ -41,6 +47,11 @@ async def create_download(request: Request, db: StoreDep, settings: SettingsDep)
         raise HTTPProblem(500, f"Error queueing {job.job_string()}: {exc}") from exc
     if job_id is None:
         raise HTTPProblem(500, f"Could not find unique ID after {ID_ATTEMPTS} tries for {job.job_string()}")
+    if registrar is not None and registrar.wants(aggregation.id):
+        # In the background: a slow or absent API server never slows down or fails a POST.
+        _background(
+            asyncio.to_thread(registrar.register, aggregation.id, aggregation.limit, aggregation.proxy)
+        )
     # Written by hand: the original's exact bytes, and no serializer on the hottest path.
     return Response(content=f'{{"id":"{job_id}"}}', status_code=201, media_type="application/json")
 
@@ -63,3 +74,12 @@ async def read_bounded(request: Request, limit: int) -> bytes:
             raise HTTPProblem(413, f"Request body larger than {limit} bytes")
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+_pending: set[asyncio.Task[Any]] = set()
+
+
+def _background(work: Coroutine[Any, Any, Any]) -> None:
+    task = asyncio.create_task(work)
+    _pending.add(task)  # a task nobody references may be collected before it finishes
+    task.add_done_callback(_pending.discard)

@@ -1,0 +1,163 @@
+"""Kubernetes access for the API and the operator: Aggregation resources and worker Deployments.
+
+Wraps the official client (blocking; callers in async code use a thread). Errors leave as
+`ClusterError`; a missing object reads as None. `Registrar` is the API's cache that creates
+an Aggregation the first time an aggregation id is seen, at most once per id.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any, cast
+
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
+
+from downloader import planning
+from downloader.errors import DownloaderError
+from downloader.settings import Settings
+
+log = logging.getLogger("downloader.cluster")
+
+SERVICE_ACCOUNT_TOKEN = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
+
+
+class ClusterError(DownloaderError):
+    """The Kubernetes API refused or could not be reached."""
+
+
+def has_access(settings: Settings) -> bool:
+    """A kubeconfig was given, or we run in a pod with a service account."""
+    return bool(settings.kubeconfig) or (
+        "KUBERNETES_SERVICE_HOST" in os.environ and SERVICE_ACCOUNT_TOKEN.exists()
+    )
+
+
+def api_client(settings: Settings) -> client.ApiClient:
+    try:
+        if settings.kubeconfig:
+            return cast(client.ApiClient, config.new_client_from_config(config_file=settings.kubeconfig))
+        configuration = client.Configuration()
+        config.load_incluster_config(client_configuration=configuration)
+        return client.ApiClient(configuration)
+    except (config.ConfigException, OSError) as exc:
+        raise ClusterError(f"no usable Kubernetes configuration: {exc}") from exc
+
+
+class Cluster:
+    def __init__(self, api: client.ApiClient, namespace: str) -> None:
+        self.namespace = namespace
+        self.custom = client.CustomObjectsApi(api)
+        self.apps = client.AppsV1Api(api)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Cluster:
+        return cls(api_client(settings), settings.kube_namespace)
+
+    # --- Aggregations -------------------------------------------------------------
+
+    def create_aggregation(self, body: dict[str, Any]) -> bool:
+        """Create it; False when it exists already."""
+        try:
+            self.custom.create_namespaced_custom_object(
+                planning.GROUP, planning.VERSION, self.namespace, planning.PLURAL, body
+            )
+        except ApiException as exc:
+            if exc.status == 409:
+                return False
+            raise ClusterError(f"creating Aggregation {body['metadata']['name']}: {_reason(exc)}") from exc
+        except OSError as exc:
+            raise ClusterError(f"creating Aggregation: {exc}") from exc
+        return True
+
+    def aggregation_ids(self) -> set[str]:
+        try:
+            listed = self.custom.list_namespaced_custom_object(
+                planning.GROUP, planning.VERSION, self.namespace, planning.PLURAL
+            )
+        except ApiException as exc:
+            raise ClusterError(f"listing Aggregations: {_reason(exc)}") from exc
+        except OSError as exc:
+            raise ClusterError(f"listing Aggregations: {exc}") from exc
+        return {str(item.get("spec", {}).get("id")) for item in cast(dict[str, Any], listed).get("items", [])}
+
+    # --- worker Deployments -----------------------------------------------------------
+
+    def read_deployment(self, name: str) -> dict[str, Any] | None:
+        try:
+            found = self.apps.read_namespaced_deployment(name, self.namespace)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise ClusterError(f"reading Deployment {name}: {_reason(exc)}") from exc
+        except OSError as exc:
+            raise ClusterError(f"reading Deployment {name}: {exc}") from exc
+        return cast(dict[str, Any], self.apps.api_client.sanitize_for_serialization(found))
+
+    def create_deployment(self, body: dict[str, Any]) -> None:
+        try:
+            self.apps.create_namespaced_deployment(self.namespace, cast(Any, body))
+        except ApiException as exc:
+            if exc.status == 409:
+                return
+            raise ClusterError(f"creating Deployment {body['metadata']['name']}: {_reason(exc)}") from exc
+        except OSError as exc:
+            raise ClusterError(f"creating Deployment: {exc}") from exc
+
+    def patch_deployment(self, name: str, patch: dict[str, Any]) -> None:
+        try:
+            self.apps.patch_namespaced_deployment(name, self.namespace, patch)
+        except ApiException as exc:
+            raise ClusterError(f"patching Deployment {name}: {_reason(exc)}") from exc
+        except OSError as exc:
+            raise ClusterError(f"patching Deployment {name}: {exc}") from exc
+
+
+def _reason(exc: ApiException) -> str:
+    return f"{exc.status} {exc.reason}"
+
+
+class Registrar:
+    """Creates the Aggregation of each aggregation id once, as the API first sees it.
+
+    A bounded cache of ids already handled keeps a busy aggregation from costing an API
+    call per job; a failed creation is tried again after `retry_after` seconds (the
+    operator's adoption covers anything missed meanwhile).
+    """
+
+    def __init__(self, cluster: Cluster, *, capacity: int = 100_000, retry_after: float = 30.0) -> None:
+        self.cluster = cluster
+        self.capacity = capacity
+        self.retry_after = retry_after
+        self._seen: OrderedDict[str, float] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def wants(self, aggr_id: str, now: float | None = None) -> bool:
+        """True once per id (and again after a failure's cool-down): then call `register`."""
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            retry_at = self._seen.get(aggr_id)
+            if retry_at is not None and (retry_at == 0.0 or now < retry_at):
+                self._seen.move_to_end(aggr_id)
+                return False
+            self._seen[aggr_id] = now + self.retry_after  # in progress: others wait
+            while len(self._seen) > self.capacity:
+                self._seen.popitem(last=False)
+            return True
+
+    def register(self, aggr_id: str, limit: int, proxy: str) -> None:
+        body = planning.aggregation_resource(aggr_id, limit, proxy, self.cluster.namespace)
+        try:
+            created = self.cluster.create_aggregation(body)
+        except ClusterError as exc:
+            log.warning("could not create the Aggregation of %r (retried later): %s", aggr_id, exc)
+            return
+        with self._lock:
+            self._seen[aggr_id] = 0.0
+        if created:
+            log.info("created Aggregation %s for %r", body["metadata"]["name"], aggr_id)

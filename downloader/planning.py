@@ -1,0 +1,276 @@
+"""What the operator should make of one Aggregation: pure functions over plain data.
+
+`plan(spec, observed)` turns an Aggregation's spec and what was observed (Redis backlog,
+the worker Deployment, the clock) into a `Plan`: worker replicas, the `aggr:<id>` hash,
+the status with its conditions, and the events worth posting. The kopf handlers only read,
+call `plan` and apply; tests call `plan` with dicts. Names of the objects live here too.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import hashlib
+import math
+import re
+from collections.abc import Mapping
+from typing import Any
+
+GROUP = "downloader.io"
+VERSION = "v1alpha1"
+PLURAL = "aggregations"
+KIND = "Aggregation"
+API_VERSION = f"{GROUP}/{VERSION}"
+
+#: Label on every worker Deployment and pod: the Aggregation's object name.
+AGGREGATION_LABEL = "downloader.io/aggregation"
+#: Annotation holding the exact aggregation id (object names may have had to change).
+ID_ANNOTATION = "downloader.io/aggregation-id"
+
+#: Room left in a 63-character label value or name after our prefixes and suffixes.
+NAME_MAX = 45
+WORKER_PREFIX = "downloader-worker-"
+
+DEFAULTS: dict[str, Any] = {
+    "limit": 4,
+    "proxy": "",
+    "workerConcurrency": 16,
+    "maxWorkers": 10,
+    "idleSeconds": 300,
+    "paused": False,
+}
+
+
+def resource_name(aggr_id: str) -> str:
+    """A DNS-1123 name for an aggregation id; a short hash is added when characters had to
+    change (or the id was too long), so two ids never share a name."""
+    cleaned = re.sub(r"[^a-z0-9-]+", "-", aggr_id.lower()).strip("-")
+    cleaned = re.sub(r"-{2,}", "-", cleaned)
+    if cleaned == aggr_id and 0 < len(cleaned) <= NAME_MAX:
+        return cleaned
+    digest = hashlib.sha256(aggr_id.encode("utf-8")).hexdigest()[:8]
+    stem = cleaned[: NAME_MAX - 9].strip("-") or "aggr"
+    return f"{stem}-{digest}"
+
+
+def deployment_name(aggr_id: str) -> str:
+    return WORKER_PREFIX + resource_name(aggr_id)
+
+
+@dataclasses.dataclass(frozen=True)
+class Spec:
+    id: str
+    limit: int
+    proxy: str
+    worker_concurrency: int
+    max_workers: int
+    idle_seconds: int
+    paused: bool
+
+    @classmethod
+    def from_dict(cls, spec: Mapping[str, Any]) -> Spec:
+        get = {**DEFAULTS, **{k: v for k, v in spec.items() if v is not None}}
+        return cls(
+            id=str(get["id"]),
+            limit=max(1, int(get["limit"])),
+            proxy=str(get["proxy"] or ""),
+            worker_concurrency=max(1, int(get["workerConcurrency"])),
+            max_workers=max(1, int(get["maxWorkers"])),
+            idle_seconds=max(0, int(get["idleSeconds"])),
+            paused=bool(get["paused"]),
+        )
+
+    @property
+    def worker_cap(self) -> int:
+        """Never more pods than the limit can keep busy, nor than maxWorkers."""
+        return max(1, min(self.max_workers, math.ceil(self.limit / self.worker_concurrency)))
+
+
+@dataclasses.dataclass(frozen=True)
+class Observed:
+    """What the operator saw. `deployment_replicas` is None when there is no Deployment."""
+
+    now: float
+    pending: int = 0
+    in_flight: int = 0
+    deployment_replicas: int | None = None
+    ready_replicas: int = 0
+    last_activity: float | None = None
+    redis_error: str = ""
+    conditions: tuple[Mapping[str, Any], ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    replicas: int
+    redis_hash: dict[str, str]
+    paused: bool
+    status: dict[str, Any]
+    events: tuple[tuple[str, str], ...]
+
+
+def plan(spec: Spec, observed: Observed, generation: int = 0) -> Plan:
+    replicas, why = desired_replicas(spec, observed)
+    busy = observed.pending + observed.in_flight > 0
+    last_activity = observed.now if busy else observed.last_activity
+    conditions = _conditions(spec, observed, replicas, why)
+    status: dict[str, Any] = {
+        "pending": observed.pending,
+        "inFlight": observed.in_flight,
+        "workers": replicas,
+        "readyWorkers": observed.ready_replicas,
+        "limit": spec.limit,
+        "observedGeneration": generation,
+        "conditions": conditions,
+    }
+    if last_activity is not None:
+        status["lastActivityTime"] = _iso(last_activity)
+    events: list[tuple[str, str]] = []
+    if observed.deployment_replicas is not None and observed.deployment_replicas != replicas:
+        events.append(("Scaled", f"workers {observed.deployment_replicas} -> {replicas}: {why}"))
+    elif observed.deployment_replicas is None:
+        events.append(("Created", f"worker Deployment with {replicas} replicas: {why}"))
+    return Plan(
+        replicas=replicas,
+        redis_hash={"ID": spec.id, "Limit": str(spec.limit), "Proxy": spec.proxy},
+        paused=spec.paused,
+        status=status,
+        events=tuple(events),
+    )
+
+
+def desired_replicas(spec: Spec, observed: Observed) -> tuple[int, str]:
+    """Worker pods wanted now, and why (in words, for events and conditions)."""
+    if spec.paused:
+        return 0, "paused"
+    work = observed.pending + observed.in_flight
+    if work == 0:
+        idle_for = None if observed.last_activity is None else observed.now - observed.last_activity
+        if idle_for is None or idle_for >= spec.idle_seconds:
+            return 0, "idle"
+        # Recently busy: keep the pods we have (at least one) until idleSeconds pass.
+        return max(1, min(observed.deployment_replicas or 1, spec.worker_cap)), "recently active"
+    needed = math.ceil(work / spec.worker_concurrency)
+    return max(1, min(needed, spec.worker_cap)), f"{work} jobs queued or in flight"
+
+
+def _conditions(spec: Spec, observed: Observed, replicas: int, why: str) -> list[dict[str, Any]]:
+    previous = {c.get("type"): c for c in observed.conditions}
+    ready = replicas == 0 or (
+        observed.deployment_replicas is not None and observed.ready_replicas >= replicas
+    )
+    if replicas == 0:
+        ready_reason, ready_message = "ScaledToZero", f"no workers needed ({why})"
+    elif ready:
+        ready_reason, ready_message = "WorkersReady", f"{observed.ready_replicas} of {replicas} workers ready"
+    else:
+        ready_reason, ready_message = (
+            "WorkersStarting",
+            f"{observed.ready_replicas} of {replicas} workers ready",
+        )
+    busy = observed.pending + observed.in_flight > 0
+    if spec.paused:
+        active = ("False", "Paused", "spec.paused is true: no job is claimed")
+    elif busy:
+        active = ("True", "Working", f"{observed.pending} queued, {observed.in_flight} in flight")
+    else:
+        active = ("False", "Idle", "no queued or running job")
+    if observed.redis_error:
+        degraded = ("True", "RedisUnavailable", observed.redis_error)
+    else:
+        degraded = ("False", "AsExpected", "")
+    now = _iso(observed.now)
+    wanted = [
+        ("Ready", "True" if ready else "False", ready_reason, ready_message),
+        ("Active", *active),
+        ("Degraded", *degraded),
+    ]
+    out = []
+    for kind, state, reason, message in wanted:
+        old = previous.get(kind)
+        since = old.get("lastTransitionTime") if old and old.get("status") == state else now
+        out.append({"type": kind, "status": state, "reason": reason, "message": message,
+                    "lastTransitionTime": since or now})  # fmt: skip
+    return out
+
+
+def deployment(spec: Spec, namespace: str, replicas: int, *, image: str, pull_policy: str,
+               resources: Mapping[str, Any], env_configmap: str = "", env_secret: str = "",
+               service_account: str = "") -> dict[str, Any]:  # fmt: skip
+    """The worker Deployment of an aggregation (ownerReferences are added by the caller)."""
+    name = resource_name(spec.id)
+    labels = {
+        "app.kubernetes.io/name": "downloader",
+        "app.kubernetes.io/component": "worker",
+        AGGREGATION_LABEL: name,
+    }
+    env_from: list[dict[str, Any]] = []
+    if env_configmap:
+        env_from.append({"configMapRef": {"name": env_configmap}})
+    if env_secret:
+        env_from.append({"secretRef": {"name": env_secret}})
+    container: dict[str, Any] = {
+        "name": "worker",
+        "image": image,
+        "imagePullPolicy": pull_policy,
+        "args": ["worker", "--aggregation", spec.id],
+        "env": [{"name": "DOWNLOADER_WORKER_CONCURRENCY", "value": str(spec.worker_concurrency)}],
+        "envFrom": env_from,
+        "resources": dict(resources),
+    }
+    pod_spec: dict[str, Any] = {
+        "containers": [container],
+        # Longer than the worker's drain (DOWNLOADER_SHUTDOWN_GRACE_SECONDS, 25 s).
+        "terminationGracePeriodSeconds": 35,
+    }
+    if service_account:
+        pod_spec["serviceAccountName"] = service_account
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {
+            "name": deployment_name(spec.id),
+            "namespace": namespace,
+            "labels": labels,
+            "annotations": {ID_ANNOTATION: spec.id},
+        },
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": {AGGREGATION_LABEL: name, "app.kubernetes.io/component": "worker"}},
+            "template": {
+                "metadata": {"labels": labels, "annotations": {ID_ANNOTATION: spec.id}},
+                "spec": pod_spec,
+            },
+        },
+    }
+
+
+def aggregation_resource(aggr_id: str, limit: int, proxy: str, namespace: str) -> dict[str, Any]:
+    """A new Aggregation for an id first seen by the API or found only in Redis."""
+    spec: dict[str, Any] = {"id": aggr_id, "limit": max(1, limit)}
+    if proxy:
+        spec["proxy"] = proxy
+    return {
+        "apiVersion": API_VERSION,
+        "kind": KIND,
+        "metadata": {
+            "name": resource_name(aggr_id),
+            "namespace": namespace,
+            "annotations": {ID_ANNOTATION: aggr_id},
+        },
+        "spec": spec,
+    }
+
+
+def parse_time(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return datetime.datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+
+
+def _iso(stamp: float) -> str:
+    moment = datetime.datetime.fromtimestamp(stamp, tz=datetime.UTC).replace(microsecond=0)
+    return moment.isoformat().replace("+00:00", "Z")

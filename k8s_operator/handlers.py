@@ -1,0 +1,125 @@
+"""The kopf handlers: each Aggregation is reconciled on change and on a timer, thinly.
+
+A reconcile reads (Redis backlog, the worker Deployment), calls `planning.plan` and applies
+the plan (the `aggr:<id>` hash, the Deployment, the status, events). Adoption creates an
+Aggregation for every aggregation that exists only in Redis. Blocking clients run in threads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+import kopf
+
+from downloader import planning
+from downloader.cluster import Cluster, ClusterError
+from downloader.errors import StoreError
+from downloader.settings import Settings
+from downloader.store import Store
+
+RESOURCE = (planning.GROUP, planning.VERSION, planning.PLURAL)
+
+
+class Reconciler:
+    def __init__(self, settings: Settings, db: Store, cluster: Cluster) -> None:
+        self.settings = settings
+        self.db = db
+        self.cluster = cluster
+
+    async def reconcile(self, body: kopf.Body, patch: kopf.Patch, logger: kopf.Logger, **_: Any) -> None:
+        spec = planning.Spec.from_dict(body.spec)
+        observed = await self._observe(spec, body)
+        plan = planning.plan(spec, observed, generation=int(body.metadata.get("generation") or 0))
+        if not observed.redis_error:
+            await asyncio.to_thread(self.db.apply_aggregation, plan.redis_hash, paused=plan.paused)
+        await self._apply_deployment(spec, body, observed, plan.replicas)
+        patch.status.update(plan.status)
+        for reason, message in plan.events:
+            kopf.info(body, reason=reason, message=message)
+        if observed.redis_error:
+            kopf.warn(body, reason="RedisUnavailable", message=observed.redis_error)
+            logger.warning("redis unavailable: %s", observed.redis_error)
+
+    async def _observe(self, spec: planning.Spec, body: kopf.Body) -> planning.Observed:
+        status = body.status
+        pending = in_flight = 0
+        redis_error = ""
+        try:
+            pending, in_flight = await asyncio.to_thread(self.db.backlog, spec.id)
+        except StoreError as exc:
+            redis_error = str(exc)
+        found = await asyncio.to_thread(self.cluster.read_deployment, planning.deployment_name(spec.id))
+        return planning.Observed(
+            now=time.time(),
+            pending=pending,
+            in_flight=in_flight,
+            deployment_replicas=None if found is None else int(found["spec"].get("replicas") or 0),
+            ready_replicas=0 if found is None else int((found.get("status") or {}).get("readyReplicas") or 0),
+            last_activity=planning.parse_time(status.get("lastActivityTime")),
+            redis_error=redis_error,
+            conditions=tuple(status.get("conditions") or ()),
+        )
+
+    async def _apply_deployment(
+        self, spec: planning.Spec, owner: kopf.Body, observed: planning.Observed, replicas: int
+    ) -> None:
+        s = self.settings
+        wanted = planning.deployment(
+            spec, s.kube_namespace, replicas, image=s.worker_image, pull_policy=s.worker_image_pull_policy,
+            resources=s.worker_resources, env_configmap=s.worker_env_configmap,
+            env_secret=s.worker_env_secret, service_account=s.worker_service_account,
+        )  # fmt: skip
+        if observed.deployment_replicas is None:
+            kopf.adopt(wanted, owner=owner)  # garbage-collected with its Aggregation
+            await asyncio.to_thread(self.cluster.create_deployment, wanted)
+            return
+        # Replicas and the pod template are ours; re-applying them also undoes manual drift.
+        patch = {"spec": {"replicas": replicas, "template": wanted["spec"]["template"]}}
+        await asyncio.to_thread(self.cluster.patch_deployment, wanted["metadata"]["name"], patch)
+
+    async def retire(self, body: kopf.Body, logger: kopf.Logger, **_: Any) -> None:
+        """The Aggregation is being deleted: pause its jobs in Redis (they stay queued)."""
+        aggr_id = str(body.spec.get("id"))
+        try:
+            await asyncio.to_thread(self.db.retire_aggregation, aggr_id)
+        except StoreError as exc:
+            raise kopf.TemporaryError(f"redis unavailable: {exc}", delay=10) from exc
+        logger.info("aggregation %r paused in Redis; its queued jobs are kept", aggr_id)
+
+    async def adopt_forever(self, stopped: asyncio.Event, logger: logging.Logger) -> None:
+        """Create Aggregations for aggregations found only in Redis, every few intervals."""
+        while not stopped.is_set():
+            try:
+                created = await asyncio.to_thread(self.adopt_once)
+                if created:
+                    logger.info("adopted %d aggregations found only in Redis", created)
+            except (StoreError, ClusterError) as exc:
+                logger.warning("adoption round failed: %s", exc)
+            try:
+                await asyncio.wait_for(stopped.wait(), timeout=self.settings.operator_interval_seconds * 2)
+            except TimeoutError:
+                pass
+
+    def adopt_once(self) -> int:
+        in_redis = self.db.active_aggregations() | self.db.aggregations_in_flight()
+        missing = in_redis - self.cluster.aggregation_ids()
+        created = 0
+        for aggr_id in sorted(missing):
+            aggregation = self.db.aggregation(aggr_id)
+            body = planning.aggregation_resource(aggr_id, aggregation.limit, aggregation.proxy,
+                                                 self.cluster.namespace)  # fmt: skip
+            if self.db.is_paused(aggr_id):
+                body["spec"]["paused"] = True  # deleted while jobs were queued: stays stopped
+            created += self.cluster.create_aggregation(body)
+        return created
+
+
+def register(reconciler: Reconciler, registry: kopf.OperatorRegistry) -> None:
+    interval = reconciler.settings.operator_interval_seconds
+    for decorator in (kopf.on.create, kopf.on.update, kopf.on.resume):
+        decorator(*RESOURCE, registry=registry)(reconciler.reconcile)
+    kopf.timer(*RESOURCE, interval=interval, registry=registry, id="refresh")(reconciler.reconcile)
+    kopf.on.delete(*RESOURCE, registry=registry)(reconciler.retire)
