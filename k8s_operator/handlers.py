@@ -8,6 +8,7 @@ Aggregation for every aggregation that exists only in Redis. Blocking clients ru
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from typing import Any
@@ -98,10 +99,8 @@ class Reconciler:
                     logger.info("adopted %d aggregations found only in Redis", created)
             except (StoreError, ClusterError) as exc:
                 logger.warning("adoption round failed: %s", exc)
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stopped.wait(), timeout=self.settings.operator_interval_seconds * 2)
-            except TimeoutError:
-                pass
 
     def adopt_once(self) -> int:
         in_redis = self.db.active_aggregations() | self.db.aggregations_in_flight()

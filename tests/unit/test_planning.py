@@ -83,7 +83,7 @@ def test_status_counts_and_activity_time() -> None:
     assert {
         k: p.status[k]
         for k in ("pending", "inFlight", "workers", "readyWorkers", "limit", "observedGeneration")
-    } == {  # fmt: skip
+    } == {
         "pending": 5,
         "inFlight": 3,
         "workers": 1,
