@@ -38,15 +38,21 @@ def has_access(settings: Settings) -> bool:
     )
 
 
-def api_client(settings: Settings) -> client.ApiClient:
+def client_configuration(settings: Settings) -> client.Configuration:
+    """From DOWNLOADER_KUBECONFIG when set, else the pod's service account."""
+    configuration = client.Configuration()
     try:
         if settings.kubeconfig:
-            return cast(client.ApiClient, config.new_client_from_config(config_file=settings.kubeconfig))
-        configuration = client.Configuration()
-        config.load_incluster_config(client_configuration=configuration)
-        return client.ApiClient(configuration)
+            config.load_kube_config(config_file=settings.kubeconfig, client_configuration=configuration)
+        else:
+            config.load_incluster_config(client_configuration=configuration)
     except (config.ConfigException, OSError) as exc:
         raise ClusterError(f"no usable Kubernetes configuration: {exc}") from exc
+    return configuration
+
+
+def api_client(settings: Settings) -> client.ApiClient:
+    return client.ApiClient(client_configuration(settings))
 
 
 class Cluster:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 from typing import Any
 
 import kopf
@@ -22,14 +21,27 @@ log = logging.getLogger("downloader.operator")
 
 
 def run(settings: Settings) -> None:
-    if settings.kubeconfig:
-        os.environ["KUBECONFIG"] = settings.kubeconfig  # for kopf's own login via the client
     reconciler = Reconciler(
         settings, Store.from_url(settings.redis_url), cluster.Cluster.from_settings(settings)
     )
     registry = kopf.OperatorRegistry()
     register(reconciler, registry)
     stopped = asyncio.Event()
+
+    @kopf.on.login(registry=registry)
+    def login(**_: Any) -> kopf.ConnectionInfo:
+        # A registry of our own has none of kopf's default login handlers; and ours reads
+        # DOWNLOADER_KUBECONFIG, which the client library's defaults would not.
+        c = cluster.client_configuration(settings)
+        keys = c.api_key or {}
+        raw = keys.get("BearerToken") or keys.get("authorization") or ""  # the key's name varies by version
+        token = str(raw).removeprefix("Bearer ").strip()
+        return kopf.ConnectionInfo(
+            server=c.host, ca_path=c.ssl_ca_cert, insecure=not c.verify_ssl,
+            scheme="Bearer" if token else None, token=token or None,
+            certificate_path=c.cert_file, private_key_path=c.key_file,
+            default_namespace=settings.kube_namespace,
+        )  # fmt: skip
 
     @kopf.on.startup(registry=registry)
     async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:

@@ -1,0 +1,240 @@
+"""The operator on a real control plane (kube-apiserver + etcd, controller-manager, scheduler,
+kwok): Aggregations from the API and from kubectl, worker Deployments sized from limit and
+backlog, status and printer columns, scale, idle and paused, deletion, adoption, restarts.
+
+Real `downloader` processes (api, operator, and host workers) run against one Redis."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import redis
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "integration"))
+
+from procs import Api, Proc, Stack, free_port, job_body  # noqa: E402
+
+pytestmark = pytest.mark.k8s
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.25) -> Any:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:g}s waiting for {what} (last: {last!r})")
+
+
+class Kube:
+    """kubectl in the test's namespace, parsing JSON."""
+
+    def __init__(self, cluster: Any, namespace: str) -> None:
+        self.cluster = cluster
+        self.namespace = namespace
+
+    def run(self, *args: str) -> str:
+        return str(self.cluster.kubectl("-n", self.namespace, *args))
+
+    def get(self, kind: str, name: str) -> dict[str, Any] | None:
+        try:
+            return json.loads(self.run("get", kind, name, "-o", "json"))  # type: ignore[no-any-return]
+        except Exception:  # not found (kubectl exits non-zero)
+            return None
+
+    def aggregation(self, name: str) -> dict[str, Any] | None:
+        return self.get("aggregations.downloader.io", name)
+
+    def deployment(self, name: str) -> dict[str, Any] | None:
+        return self.get("deployment", f"downloader-worker-{name}")
+
+    def apply(self, doc: dict[str, Any], tmp: Path) -> None:
+        path = tmp / f"apply-{time.monotonic_ns()}.json"
+        path.write_text(json.dumps(doc))
+        self.run("apply", "-f", str(path))
+
+
+@pytest.fixture
+def kube(cluster: Any, namespace: str) -> Kube:
+    return Kube(cluster, namespace)
+
+
+@pytest.fixture
+def ops(tmp_path: Path, redis_url: str, cluster: Any, namespace: str) -> Iterator[Stack]:
+    """A process stack whose processes see the cluster (kubeconfig, namespace, fast timers)."""
+    stack = Stack(
+        tmp_path,
+        redis_url,
+        kubeconfig=str(cluster.kubeconfig),
+        kube_namespace=namespace,
+        operator_interval_seconds=1,
+        worker_image="downloader-worker:test",
+    )
+    yield stack
+    stack.stop_all()
+
+
+def start_operator(stack: Stack) -> Proc:
+    """`downloader operator`, ready once its liveness endpoint answers."""
+    port = free_port()
+    proc: Proc = stack.spawn("operator", ["operator"], env=stack.env(operator_liveness_port=port))
+
+    def live() -> bool:
+        proc.check_alive()
+        try:
+            return (
+                httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1, trust_env=False).status_code == 200
+            )
+        except httpx.HTTPError:
+            return False
+
+    wait_for(live, 60, "the operator's liveness endpoint")
+    return proc
+
+
+def aggregation_doc(aggr_id: str, name: str, **spec: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "downloader.io/v1alpha1",
+        "kind": "Aggregation",
+        "metadata": {"name": name},
+        "spec": {"id": aggr_id, "limit": 4, **spec},
+    }
+
+
+def test_an_aggregation_posted_to_the_api_gets_a_resource_and_workers(
+    ops: Stack, kube: Kube, rdb: redis.Redis
+) -> None:
+    start_operator(ops)
+    api: Api = ops.api()
+    job_id = api.post_job(job_body("http://127.0.0.1:9/never.png", "Shop.Example:1", "http://127.0.0.1:9/cb",
+                                   limit=40))  # fmt: skip
+    from downloader.planning import resource_name
+
+    name = resource_name("Shop.Example:1")
+    aggr = wait_for(lambda: kube.aggregation(name), 30, "the API to create the Aggregation")
+    assert aggr["spec"]["id"] == "Shop.Example:1" and aggr["spec"]["limit"] == 40
+    deployment = wait_for(lambda: kube.deployment(name), 30, "the worker Deployment")
+    assert deployment["spec"]["replicas"] == 1  # one queued job, 16 per pod
+    assert deployment["metadata"]["ownerReferences"][0]["kind"] == "Aggregation"
+    args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args == ["worker", "--aggregation", "Shop.Example:1"]
+    wait_for(lambda: (d := kube.deployment(name)) and d.get("status", {}).get("readyReplicas") == 1, 60,
+             "the worker pod to be Ready (kwok)")  # fmt: skip
+    status = wait_for(lambda: (a := kube.aggregation(name)) and a.get("status", {}).get("readyWorkers") == 1
+                      and a["status"], 30, "status to show the ready worker")  # fmt: skip
+    assert status["pending"] == 1 and status["workers"] == 1 and status["limit"] == 40
+    kinds = {c["type"]: c["status"] for c in status["conditions"]}
+    assert kinds == {"Ready": "True", "Active": "True", "Degraded": "False"}
+    assert rdb.hget("aggr:Shop.Example:1", "Limit") == "40"
+    assert rdb.sismember("ManagedAggregations", "Shop.Example:1")
+    assert job_id
+
+
+def test_kubectl_apply_scale_and_printer_columns(
+    ops: Stack, kube: Kube, rdb: redis.Redis, tmp_path: Path
+) -> None:
+    start_operator(ops)
+    kube.apply(aggregation_doc("applied", "applied", limit=64, workerConcurrency=8, maxWorkers=5), tmp_path)
+    wait_for(lambda: rdb.hget("aggr:applied", "Limit") == "64", 30, "aggr:applied written from the spec")
+    for i in range(100):
+        rdb.zadd("jobs:applied", {f"job{i:03d}": 1})  # backlog: ceil(100 / 8) = 13 > maxWorkers 5
+    wait_for(lambda: (d := kube.deployment("applied")) and d["spec"]["replicas"] == 5, 30, "5 workers")
+    kube.run("scale", "aggregation/applied", "--replicas=16")
+    wait_for(lambda: rdb.hget("aggr:applied", "Limit") == "16", 30, "the new limit in Redis")
+    wait_for(lambda: (d := kube.deployment("applied")) and d["spec"]["replicas"] == 2, 30,
+             "workers capped by ceil(16 / 8) = 2")  # fmt: skip
+    wait_for(lambda: (a := kube.aggregation("applied")) and a.get("status", {}).get("readyWorkers") == 2, 60,
+             "2 ready workers in status")  # fmt: skip
+    table = kube.run("get", "aggregations")
+    header, *rows = [line.split() for line in table.strip().splitlines()]
+    assert header == ["NAME", "ID", "LIMIT", "PENDING", "IN-FLIGHT", "WORKERS", "READY", "AGE"]
+    row = next(r for r in rows if r[0] == "applied")
+    assert row[1:7] == ["applied", "16", "100", "0", "2", "2"]
+    assert kube.run("get", "aggr", "applied", "-o", "name").strip() == "aggregation.downloader.io/applied"
+
+
+def test_idle_and_paused_aggregations_scale_to_zero(ops: Stack, kube: Kube, rdb: redis.Redis,
+                                                   tmp_path: Path) -> None:  # fmt: skip
+    start_operator(ops)
+    kube.apply(aggregation_doc("quiet", "quiet", idleSeconds=2), tmp_path)
+    rdb.zadd("jobs:quiet", {"only-job": 1})
+    wait_for(
+        lambda: (d := kube.deployment("quiet")) and d["spec"]["replicas"] == 1, 30, "a worker for the job"
+    )
+    rdb.zrem("jobs:quiet", "only-job")
+    wait_for(
+        lambda: (d := kube.deployment("quiet")) and d["spec"]["replicas"] == 0, 30, "scale to zero when idle"
+    )
+
+    kube.apply(aggregation_doc("held", "held", paused=True), tmp_path)
+    rdb.zadd("jobs:held", {"waiting": 1})
+    wait_for(lambda: rdb.sismember("PausedAggregations", "held"), 30, "held marked paused in Redis")
+    time.sleep(3)  # several operator rounds: a paused aggregation with work never gets workers
+    deployment = kube.deployment("held")
+    assert deployment is not None and deployment["spec"]["replicas"] == 0
+    conditions = {c["type"]: c["reason"] for c in kube.aggregation("held")["status"]["conditions"]}  # type: ignore[index]
+    assert conditions["Active"] == "Paused"
+
+
+def test_a_paused_aggregation_is_not_claimed_by_host_workers(ops: Stack, kube: Kube, rdb: redis.Redis,
+                                                             tmp_path: Path) -> None:  # fmt: skip
+    start_operator(ops)
+    kube.apply(aggregation_doc("frozen", "frozen", paused=True), tmp_path)
+    wait_for(lambda: rdb.sismember("PausedAggregations", "frozen"), 30, "frozen paused in Redis")
+    api = ops.api()
+    api.post_job(job_body("http://127.0.0.1:9/x.png", "frozen", "http://127.0.0.1:9/cb"))
+    ops.worker()  # a real worker on the host, serving every aggregation
+    time.sleep(3)
+    assert rdb.zcard("jobs:frozen") == 1 and rdb.zcard("inflight:frozen") == 0
+    kube.run("patch", "aggregation/frozen", "--type=merge", "-p", '{"spec":{"paused":false}}')
+    wait_for(lambda: rdb.zcard("jobs:frozen") == 0, 30, "the host worker to claim once unpaused")
+
+
+def test_deletion_removes_workers_and_keeps_queued_jobs_paused(ops: Stack, kube: Kube, rdb: redis.Redis,
+                                                               tmp_path: Path) -> None:  # fmt: skip
+    start_operator(ops)
+    kube.apply(aggregation_doc("gone", "gone"), tmp_path)
+    rdb.zadd("jobs:gone", {"queued-1": 1, "queued-2": 1})
+    wait_for(lambda: kube.deployment("gone"), 30, "the worker Deployment")
+    kube.run("delete", "aggregation/gone", "--wait=true", "--timeout=60s")
+    wait_for(lambda: kube.deployment("gone") is None, 60, "the Deployment garbage-collected with its owner")
+    assert rdb.zcard("jobs:gone") == 2
+    assert rdb.sismember("PausedAggregations", "gone")
+    # Adoption sees the queued jobs and brings the aggregation back, still paused.
+    again = wait_for(lambda: kube.aggregation("gone"), 30, "re-adoption of the aggregation with queued jobs")
+    assert again["spec"]["paused"] is True
+
+
+def test_aggregations_only_in_redis_are_adopted(ops: Stack, kube: Kube, rdb: redis.Redis) -> None:
+    rdb.hset("aggr:legacy.host", mapping={"ID": "legacy.host", "Limit": "7", "Proxy": "", "ExpiresAt": ""})
+    rdb.zadd("jobs:legacy.host", {"AbCdEfGhIjKlMn": 1})
+    start_operator(ops)
+    from downloader.planning import resource_name
+
+    aggr = wait_for(lambda: kube.aggregation(resource_name("legacy.host")), 30, "adoption")
+    assert aggr["spec"] == {"id": "legacy.host", "limit": 7, "workerConcurrency": 16, "maxWorkers": 10,
+                            "idleSeconds": 300, "paused": False}  # fmt: skip
+
+
+def test_the_operator_recovers_after_the_api_server_restarts(ops: Stack, kube: Kube, rdb: redis.Redis,
+                                                             cluster: Any, tmp_path: Path) -> None:  # fmt: skip
+    operator = start_operator(ops)
+    kube.apply(aggregation_doc("sturdy", "sturdy"), tmp_path)
+    wait_for(lambda: kube.deployment("sturdy"), 30, "the worker Deployment")
+    cluster.restart_apiserver()
+    operator.check_alive()
+    rdb.zadd("jobs:sturdy", {f"j{i}": 1 for i in range(40)})
+    wait_for(lambda: (d := kube.deployment("sturdy")) and d["spec"]["replicas"] == 1, 60,
+             "scaling after the restart")  # fmt: skip
+    kube.apply(aggregation_doc("after-restart", "after-restart"), tmp_path)
+    wait_for(lambda: rdb.hget("aggr:after-restart", "Limit") == "4", 60, "a new Aggregation handled")
+    operator.check_alive()
