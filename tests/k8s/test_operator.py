@@ -19,7 +19,7 @@ import redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "integration"))
 
-from procs import Api, Proc, Stack, free_port, job_body  # noqa: E402
+from procs import Api, Proc, Stack, free_port, job_body
 
 pytestmark = pytest.mark.k8s
 
