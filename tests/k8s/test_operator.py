@@ -134,6 +134,10 @@ def test_an_aggregation_posted_to_the_api_gets_a_resource_and_workers(
     assert status["pending"] == 1 and status["workers"] == 1 and status["limit"] == 40
     kinds = {c["type"]: c["status"] for c in status["conditions"]}
     assert kinds == {"Ready": "True", "Active": "True", "Degraded": "False"}
+    events = wait_for(lambda: [e for e in json.loads(kube.run("get", "events", "-o", "json"))["items"]
+                               if e["involvedObject"]["kind"] == "Aggregation" and e["reason"] == "Created"],
+                      30, "a Created event on the Aggregation")  # fmt: skip
+    assert "worker Deployment with 1 replicas" in events[0]["message"]
     assert rdb.hget("aggr:Shop.Example:1", "Limit") == "40"
     assert rdb.sismember("ManagedAggregations", "Shop.Example:1")
     assert job_id
@@ -174,6 +178,9 @@ def test_idle_and_paused_aggregations_scale_to_zero(ops: Stack, kube: Kube, rdb:
     wait_for(
         lambda: (d := kube.deployment("quiet")) and d["spec"]["replicas"] == 0, 30, "scale to zero when idle"
     )
+    scaled = [e["message"] for e in json.loads(kube.run("get", "events", "-o", "json"))["items"]
+              if e["reason"] == "Scaled" and e["involvedObject"]["name"] == "quiet"]  # fmt: skip
+    assert "workers 1 -> 0: idle" in scaled
 
     kube.apply(aggregation_doc("held", "held", paused=True), tmp_path)
     rdb.zadd("jobs:held", {"waiting": 1})
