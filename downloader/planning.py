@@ -41,13 +41,17 @@ DEFAULTS: dict[str, Any] = {
 }
 
 
+_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+
+
 def resource_name(aggr_id: str) -> str:
-    """A DNS-1123 name for an aggregation id; a short hash is added when characters had to
-    change (or the id was too long), so two ids never share a name."""
+    """A DNS-1123 subdomain name for an aggregation id (host names such as `shop.example.com`
+    stay as they are); a short hash is added when characters had to change (or the id was
+    too long), so two ids never share a name."""
+    if len(aggr_id) <= NAME_MAX and _SUBDOMAIN.fullmatch(aggr_id):
+        return aggr_id
     cleaned = re.sub(r"[^a-z0-9-]+", "-", aggr_id.lower()).strip("-")
     cleaned = re.sub(r"-{2,}", "-", cleaned)
-    if cleaned == aggr_id and 0 < len(cleaned) <= NAME_MAX:
-        return cleaned
     digest = hashlib.sha256(aggr_id.encode("utf-8")).hexdigest()[:8]
     stem = cleaned[: NAME_MAX - 9].strip("-") or "aggr"
     return f"{stem}-{digest}"

@@ -131,7 +131,9 @@ def test_the_redis_hash_comes_from_the_spec() -> None:
     [
         ("shop", "shop"),
         ("shop-1", "shop-1"),
+        ("shop.example.com", "shop.example.com"),
         ("Shop.Example.com", None),
+        ("a..b", None),
         ("loadtest:3", None),
         ("x" * 80, None),
         ("---", None),
@@ -140,7 +142,7 @@ def test_the_redis_hash_comes_from_the_spec() -> None:
 )
 def test_resource_names_are_dns_1123_and_tell_ids_apart(aggr_id: str, expected: str | None) -> None:
     name = planning.resource_name(aggr_id)
-    assert re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", name), name
+    assert re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*", name), name
     assert len(name) <= planning.NAME_MAX
     if expected is not None:
         assert name == expected
