@@ -116,7 +116,10 @@ class Plan:
 def plan(spec: Spec, observed: Observed, generation: int = 0) -> Plan:
     replicas, why = desired_replicas(spec, observed)
     busy = observed.pending + observed.in_flight > 0
-    last_activity = observed.now if busy else observed.last_activity
+    last_activity = observed.last_activity
+    # Refreshed coarsely: a status that changes every round would be a write every round.
+    if busy and (last_activity is None or observed.now - last_activity >= activity_granularity(spec)):
+        last_activity = observed.now
     conditions = _conditions(spec, observed, replicas, why)
     status: dict[str, Any] = {
         "pending": observed.pending,
@@ -141,6 +144,12 @@ def plan(spec: Spec, observed: Observed, generation: int = 0) -> Plan:
         status=status,
         events=tuple(events),
     )
+
+
+def activity_granularity(spec: Spec) -> float:
+    """How stale `lastActivityTime` may get while busy: 30 s, or less for short idleSeconds
+    (scale-to-zero then comes at most this much early)."""
+    return min(30.0, spec.idle_seconds / 4)
 
 
 def desired_replicas(spec: Spec, observed: Observed) -> tuple[int, str]:

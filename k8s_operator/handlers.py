@@ -32,19 +32,23 @@ class Reconciler:
 
     async def reconcile(self, body: kopf.Body, patch: kopf.Patch, logger: kopf.Logger, **_: Any) -> None:
         spec = planning.Spec.from_dict(body.spec)
-        observed = await self._observe(spec, body)
+        found = await asyncio.to_thread(self.cluster.read_deployment, planning.deployment_name(spec.id))
+        observed = await self._observe(spec, body, found)
         plan = planning.plan(spec, observed, generation=int(body.metadata.get("generation") or 0))
         if not observed.redis_error:
             await asyncio.to_thread(self.db.apply_aggregation, plan.redis_hash, paused=plan.paused)
-        await self._apply_deployment(spec, body, observed, plan.replicas)
-        patch.status.update(plan.status)
+        await self._apply_deployment(spec, body, found, plan.replicas)
+        if not _contains(body.status, plan.status):  # an unchanged status costs no write
+            patch.status.update(plan.status)
         for reason, message in plan.events:
             kopf.info(body, reason=reason, message=message)
         if observed.redis_error:
             kopf.warn(body, reason="RedisUnavailable", message=observed.redis_error)
             logger.warning("redis unavailable: %s", observed.redis_error)
 
-    async def _observe(self, spec: planning.Spec, body: kopf.Body) -> planning.Observed:
+    async def _observe(
+        self, spec: planning.Spec, body: kopf.Body, found: dict[str, Any] | None
+    ) -> planning.Observed:
         status = body.status
         pending = in_flight = 0
         redis_error = ""
@@ -52,7 +56,6 @@ class Reconciler:
             pending, in_flight = await asyncio.to_thread(self.db.backlog, spec.id)
         except StoreError as exc:
             redis_error = str(exc)
-        found = await asyncio.to_thread(self.cluster.read_deployment, planning.deployment_name(spec.id))
         return planning.Observed(
             now=time.time(),
             pending=pending,
@@ -65,7 +68,7 @@ class Reconciler:
         )
 
     async def _apply_deployment(
-        self, spec: planning.Spec, owner: kopf.Body, observed: planning.Observed, replicas: int
+        self, spec: planning.Spec, owner: kopf.Body, found: dict[str, Any] | None, replicas: int
     ) -> None:
         s = self.settings
         wanted = planning.deployment(
@@ -73,9 +76,13 @@ class Reconciler:
             resources=s.worker_resources, env_configmap=s.worker_env_configmap,
             env_secret=s.worker_env_secret, service_account=s.worker_service_account,
         )  # fmt: skip
-        if observed.deployment_replicas is None:
+        if found is None:
             kopf.adopt(wanted, owner=owner)  # garbage-collected with its Aggregation
             await asyncio.to_thread(self.cluster.create_deployment, wanted)
+            return
+        if found["spec"].get("replicas") == replicas and _contains(
+            found["spec"]["template"], wanted["spec"]["template"]
+        ):
             return
         # Replicas and the pod template are ours; re-applying them also undoes manual drift.
         patch = {"spec": {"replicas": replicas, "template": wanted["spec"]["template"]}}
@@ -120,5 +127,19 @@ def register(reconciler: Reconciler, registry: kopf.OperatorRegistry) -> None:
     interval = reconciler.settings.operator_interval_seconds
     for decorator in (kopf.on.create, kopf.on.update, kopf.on.resume):
         decorator(*RESOURCE, registry=registry)(reconciler.reconcile)
-    kopf.timer(*RESOURCE, interval=interval, registry=registry, id="refresh")(reconciler.reconcile)
+    # The first refresh waits one interval: on.create has just reconciled a new resource.
+    kopf.timer(*RESOURCE, interval=interval, initial_delay=interval, registry=registry, id="refresh")(
+        reconciler.reconcile
+    )
     kopf.on.delete(*RESOURCE, registry=registry)(reconciler.retire)
+
+
+def _contains(actual: Any, wanted: Any) -> bool:
+    """Whether `actual` already holds everything in `wanted` (extra defaults in `actual` are
+    fine: the API server fills in fields we never set)."""
+    if isinstance(wanted, dict):
+        return isinstance(actual, dict) and all(_contains(actual.get(k), v) for k, v in wanted.items())
+    if isinstance(wanted, list):
+        return (isinstance(actual, list) and len(actual) == len(wanted)
+                and all(_contains(a, w) for a, w in zip(actual, wanted, strict=True)))  # fmt: skip
+    return bool(actual == wanted)

@@ -175,3 +175,24 @@ def test_a_new_aggregation_resource_keeps_the_exact_id() -> None:
     body = planning.aggregation_resource("Loadtest:3", 0, "", "ns")
     assert body["spec"] == {"id": "Loadtest:3", "limit": 1}
     assert body["metadata"]["annotations"][planning.ID_ANNOTATION] == "Loadtest:3"
+
+
+def test_activity_time_is_refreshed_coarsely_so_a_busy_status_does_not_change_every_round() -> None:
+    s = spec(idleSeconds=300)
+    recent = plan(s, Observed(now=NOW, pending=3, deployment_replicas=1, last_activity=NOW - 10))
+    assert recent.status["lastActivityTime"] == "2027-01-15T07:59:50Z"  # kept: 10 s < 30 s
+    stale = plan(s, Observed(now=NOW, pending=3, deployment_replicas=1, last_activity=NOW - 31))
+    assert stale.status["lastActivityTime"] == "2027-01-15T08:00:00Z"
+    assert planning.activity_granularity(spec(idleSeconds=2)) == 0.5
+
+
+def test_only_real_differences_count_as_drift() -> None:
+    from downloader.operator.handlers import _contains
+
+    wanted = {"replicas": 2, "template": {"spec": {"containers": [{"name": "w", "args": ["a"]}]}}}
+    server = {"replicas": 2, "template": {"spec": {"containers": [{"name": "w", "args": ["a"],
+              "terminationMessagePath": "/dev/termination-log"}], "dnsPolicy": "ClusterFirst"}}}  # fmt: skip
+    assert _contains(server, wanted)
+    assert not _contains({**server, "replicas": 3}, wanted)
+    changed = {"replicas": 2, "template": {"spec": {"containers": [{"name": "w", "args": ["b"]}]}}}
+    assert not _contains(changed, wanted)
