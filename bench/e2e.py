@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import ctypes
 import http.client
 import json
 import math
@@ -38,10 +37,8 @@ import os
 import platform
 import queue
 import random
-import resource
 import shutil
 import signal
-import socket
 import statistics
 import struct
 import subprocess
@@ -53,11 +50,22 @@ import zlib
 from pathlib import Path
 from typing import Any
 
+from hostinfo import (
+    calibrate,
+    cpu_model,
+    free_port,
+    host_busy_seconds,
+    percentile,
+    proc_cpu_seconds,
+    proc_status,
+    self_cpu,
+    set_pdeathsig,
+)
+
 # The repository root must not be importable: its operator/ folder shadows the stdlib module.
 _REPO = Path(__file__).resolve().parent.parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _REPO]
 
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 # The `downloader` executables: next to this interpreter (the project's venv), else the repo's .venv.
 VENV_BIN = Path(sys.executable).parent
 if not (VENV_BIN / "downloader").exists():
@@ -66,46 +74,6 @@ MP = mp.get_context("fork")  # children are forked before any thread of ours sta
 
 
 # --- small helpers ------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def proc_cpu_seconds(pid: int) -> float | None:
-    """utime + stime of `pid` (all its threads) from /proc/<pid>/stat."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = text[text.rindex(")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # fields 14 and 15 of proc(5)
-
-
-def proc_status(pid: int) -> dict[str, int]:
-    """VmHWM / VmRSS in kB and the thread count, from /proc/<pid>/status."""
-    out: dict[str, int] = {}
-    try:
-        lines = Path(f"/proc/{pid}/status").read_text().splitlines()
-    except OSError:
-        return out
-    for line in lines:
-        key, _, value = line.partition(":")
-        if key in ("VmHWM", "VmRSS", "Threads"):
-            out[key] = int(value.split()[0])
-    return out
-
-
-def percentile(values: list[float], p: float) -> float:
-    """Nearest-rank-with-interpolation percentile (p in 0..100)."""
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    k = (len(ordered) - 1) * p / 100
-    lo, hi = math.floor(k), math.ceil(k)
-    return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
 
 
 def summary_ms(values: list[float]) -> dict[str, float]:
@@ -119,12 +87,6 @@ def summary_ms(values: list[float]) -> dict[str, float]:
         "max": round(max(ms), 1),
         "mean": round(statistics.fmean(ms), 1),
     }
-
-
-def set_pdeathsig() -> None:
-    """In a child before exec: get SIGTERM if the benchmark dies without cleaning up."""
-    with contextlib.suppress(Exception):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 # --- test files -----------------------------------------------------------------------------
@@ -569,7 +531,7 @@ class Bench:
         self.calibration_before = calibrate()
         load_before = os.getloadavg()
         cpu0 = {name: proc_cpu_seconds(pid) for name, pid in pids.items()}
-        self_cpu0 = _self_cpu()
+        self_cpu0 = self_cpu()
         host0 = host_busy_seconds()
         self.posted = 0
         t_zero = time.monotonic()
@@ -582,7 +544,7 @@ class Bench:
         complete = self.wait_callbacks()
         t_done = time.monotonic()
         cpu1 = {name: proc_cpu_seconds(pid) for name, pid in pids.items()}
-        self_cpu1 = _self_cpu()
+        self_cpu1 = self_cpu()
         host1 = host_busy_seconds()
         status = {name: proc_status(pid) for name, pid in pids.items()}
         self.stop_profiler(py_spy)
@@ -840,7 +802,7 @@ class Bench:
             "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "host": {
                 "cpus": os.cpu_count(),
-                "cpu_model": _cpu_model(),
+                "cpu_model": cpu_model(),
                 "python": platform.python_version(),
                 "redis": self.redis_version,
                 "calibration_ms_before_after": [self.calibration_before, self.calibration_after],
@@ -960,40 +922,6 @@ class Bench:
             print(f"kept {self.tmp}", file=sys.stderr)
         else:
             shutil.rmtree(self.tmp, ignore_errors=True)
-
-
-def host_busy_seconds() -> float:
-    """CPU seconds the whole host spent not idle (all cores), from /proc/stat."""
-    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    idle = fields[3] + fields[4]  # idle + iowait
-    return (sum(fields[:8]) - idle) / CLK_TCK
-
-
-def calibrate() -> float:
-    """Milliseconds of a fixed pure-Python workload (best of 5): how fast this host's CPU is
-    right now. On a shared VM it moves by tens of percent between runs; compare it across
-    result files before comparing their throughput."""
-    best = float("inf")
-    for _ in range(5):
-        t = time.perf_counter()
-        d: dict[int, int] = {}
-        for i in range(200_000):
-            d[i & 1023] = d.get(i & 1023, 0) + i
-        best = min(best, time.perf_counter() - t)
-    return round(best * 1000, 2)
-
-
-def _self_cpu() -> float:
-    ru = resource.getrusage(resource.RUSAGE_SELF)
-    return ru.ru_utime + ru.ru_stime
-
-
-def _cpu_model() -> str:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor()
 
 
 def _steady_rate(cb_times: list[float]) -> float | None:

@@ -37,7 +37,6 @@ from __future__ import annotations
 import argparse
 import base64
 import contextlib
-import ctypes
 import http.client
 import json
 import math
@@ -47,7 +46,6 @@ import re
 import resource
 import shutil
 import signal
-import socket
 import ssl
 import statistics
 import subprocess
@@ -60,6 +58,18 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from hostinfo import (
+    calibrate,
+    cpu_model,
+    free_port,
+    host_busy_seconds,
+    percentile,
+    proc_cpu_seconds,
+    proc_status,
+    self_cpu,
+    set_pdeathsig,
+)
+
 REPO = Path(__file__).resolve().parent.parent
 K8S_TESTS = REPO / "tests" / "k8s"
 # The `downloader` executable: next to this interpreter (the project's venv), else the repo's .venv.
@@ -67,7 +77,6 @@ VENV_BIN = Path(sys.executable).parent
 if not (VENV_BIN / "downloader").exists():
     VENV_BIN = REPO / ".venv" / "bin"
 
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 GROUP, VERSION, PLURAL = "downloader.io", "v1alpha1", "aggregations"
 WORKER_PREFIX = "downloader-worker-"
 TABLE = "application/json;as=Table;v=v1;g=meta.k8s.io"
@@ -77,48 +86,6 @@ POD_CPU_MILLI, POD_MEMORY_MI = 250, 256
 
 
 # --- small helpers ------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def proc_cpu_seconds(pid: int | None) -> float | None:
-    """utime + stime of `pid` (all its threads) from /proc/<pid>/stat."""
-    if pid is None:
-        return None
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = text[text.rindex(")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # fields 14 and 15 of proc(5)
-
-
-def proc_status(pid: int | None) -> dict[str, int]:
-    """VmHWM / VmRSS in kB and the thread count, from /proc/<pid>/status."""
-    out: dict[str, int] = {}
-    if pid is None:
-        return out
-    try:
-        lines = Path(f"/proc/{pid}/status").read_text().splitlines()
-    except OSError:
-        return out
-    for line in lines:
-        key, _, value = line.partition(":")
-        if key in ("VmHWM", "VmRSS", "Threads"):
-            out[key] = int(value.split()[0])
-    return out
-
-
-def percentile(values: list[float], p: float) -> float:
-    """Percentile with linear interpolation between closest ranks (p in 0..100)."""
-    ordered = sorted(values)
-    k = (len(ordered) - 1) * p / 100
-    lo, hi = math.floor(k), math.ceil(k)
-    return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
 
 
 def milestone(times: list[float | None], count: int) -> dict[str, Any]:
@@ -139,49 +106,10 @@ def milestone(times: list[float | None], count: int) -> dict[str, Any]:
     }
 
 
-def set_pdeathsig() -> None:
-    """In a child before exec: get SIGTERM if the benchmark dies without cleaning up."""
-    with contextlib.suppress(Exception):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
-
-def host_busy_seconds() -> float:
-    """CPU seconds the whole host spent not idle (all cores), from /proc/stat."""
-    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    idle = fields[3] + fields[4]  # idle + iowait
-    return (sum(fields[:8]) - idle) / CLK_TCK
-
-
-def calibrate() -> float:
-    """Milliseconds of a fixed pure-Python workload (best of 5), as in bench/e2e.py: 18-19 ms
-    when this host is quiet."""
-    best = float("inf")
-    for _ in range(5):
-        t = time.perf_counter()
-        d: dict[int, int] = {}
-        for i in range(200_000):
-            d[i & 1023] = d.get(i & 1023, 0) + i
-        best = min(best, time.perf_counter() - t)
-    return round(best * 1000, 2)
-
-
-def _self_cpu() -> float:
-    ru = resource.getrusage(resource.RUSAGE_SELF)
-    return ru.ru_utime + ru.ru_stime
-
-
 def _children_cpu() -> float:
     """CPU of waited-for children: the kubectl runs of the benchmark."""
     ru = resource.getrusage(resource.RUSAGE_CHILDREN)
     return ru.ru_utime + ru.ru_stime
-
-
-def _cpu_model() -> str:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor()
 
 
 def tail(path: Path, size: int = 4000) -> str:
@@ -544,7 +472,7 @@ class Bench:
 
     def cpu_snapshot(self) -> dict[str, float | None]:
         snap = {name: proc_cpu_seconds(pid) for name, pid in self.pids().items()}
-        snap["benchmark"] = _self_cpu()
+        snap["benchmark"] = self_cpu()
         snap["kubectl"] = _children_cpu()
         return snap
 
@@ -784,7 +712,7 @@ class Bench:
             },
             "host": {
                 "cpus": os.cpu_count(),
-                "cpu_model": _cpu_model(),
+                "cpu_model": cpu_model(),
                 "python": platform.python_version(),
                 "redis": self.redis_version,
                 "kubernetes": getattr(self.k8s, "K8S_VERSION", "?"),
