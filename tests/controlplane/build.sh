@@ -104,6 +104,7 @@ sync_go_mod() {
         while read -r line; do printf '\t%s\n' "$line"; done <<<"$want"
         printf ')\n'
     } >>"$tmp"
+    chmod 644 "$tmp"
     mv -f "$tmp" go.mod
     go mod edit -require="k8s.io/kubernetes@$K8S_VERSION"
     go mod tidy
