@@ -12,6 +12,7 @@ import dataclasses
 import datetime
 import hashlib
 import math
+import posixpath
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -207,9 +208,32 @@ def _conditions(spec: Spec, observed: Observed, replicas: int, why: str) -> list
     return out
 
 
-def deployment(spec: Spec, namespace: str, replicas: int, *, image: str, pull_policy: str,
-               resources: Mapping[str, Any], env_configmap: str = "", env_secret: str = "",
-               service_account: str = "") -> dict[str, Any]:  # fmt: skip
+#: The images' working directory: relative settings paths resolve against it.
+IMAGE_WORKDIR = "/data"
+
+
+def in_image(path: str) -> str:
+    return str(posixpath.join(IMAGE_WORKDIR, path))
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkerPod:
+    """How the operator's settings shape every worker pod."""
+
+    image: str
+    pull_policy: str = "IfNotPresent"
+    resources: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    env_configmap: str = ""
+    env_secret: str = ""
+    service_account: str = ""
+    tmp_dir: str = "/data/tmp"
+    storage_root: str = "/data/files"
+    #: PersistentVolumeClaim shared with the notifier (filesystem storage); "" = emptyDir.
+    storage_claim: str = ""
+    uid: int = 10001
+
+
+def deployment(spec: Spec, namespace: str, replicas: int, pod: WorkerPod) -> dict[str, Any]:
     """The worker Deployment of an aggregation (ownerReferences are added by the caller)."""
     name = resource_name(spec.id)
     labels = {
@@ -218,26 +242,53 @@ def deployment(spec: Spec, namespace: str, replicas: int, *, image: str, pull_po
         AGGREGATION_LABEL: name,
     }
     env_from: list[dict[str, Any]] = []
-    if env_configmap:
-        env_from.append({"configMapRef": {"name": env_configmap}})
-    if env_secret:
-        env_from.append({"secretRef": {"name": env_secret}})
+    if pod.env_configmap:
+        env_from.append({"configMapRef": {"name": pod.env_configmap}})
+    if pod.env_secret:
+        env_from.append({"secretRef": {"name": pod.env_secret}})
     container: dict[str, Any] = {
         "name": "worker",
-        "image": image,
-        "imagePullPolicy": pull_policy,
+        "image": pod.image,
+        "imagePullPolicy": pod.pull_policy,
         "args": ["worker", "--aggregation", spec.id],
         "env": [{"name": "DOWNLOADER_WORKER_CONCURRENCY", "value": str(spec.worker_concurrency)}],
         "envFrom": env_from,
-        "resources": dict(resources),
+        "resources": dict(pod.resources),
+        "securityContext": {
+            "readOnlyRootFilesystem": True,
+            "allowPrivilegeEscalation": False,
+            "capabilities": {"drop": ["ALL"]},
+        },
+        # The root filesystem is read-only: downloads and files go to these volumes.
+        "volumeMounts": [
+            {"name": "tmp", "mountPath": "/tmp"},  # noqa: S108 -- a mount point, not a temp file
+            {"name": "downloads", "mountPath": in_image(pod.tmp_dir)},
+            {"name": "files", "mountPath": in_image(pod.storage_root)},
+        ],
     }
+    files: dict[str, Any] = (
+        {"persistentVolumeClaim": {"claimName": pod.storage_claim}} if pod.storage_claim else {"emptyDir": {}}
+    )
     pod_spec: dict[str, Any] = {
         "containers": [container],
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": pod.uid,
+            "runAsGroup": pod.uid,
+            "fsGroup": pod.uid,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "volumes": [
+            {"name": "tmp", "emptyDir": {}},
+            {"name": "downloads", "emptyDir": {}},
+            {"name": "files", **files},
+        ],
         # Longer than the worker's drain (DOWNLOADER_SHUTDOWN_GRACE_SECONDS, 25 s).
         "terminationGracePeriodSeconds": 35,
     }
-    if service_account:
-        pod_spec["serviceAccountName"] = service_account
+    if pod.service_account:
+        pod_spec["serviceAccountName"] = pod.service_account
+        pod_spec["automountServiceAccountToken"] = False  # workers never call the Kubernetes API
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",

@@ -164,6 +164,10 @@ class Settings(BaseSettings):
 
     worker_service_account: str = ""
 
+    worker_storage_claim: str = ""
+    """PersistentVolumeClaim mounted at the storage root of worker pods (filesystem storage
+    shared with the notifier); "" gives each pod an emptyDir (fine with S3 storage)."""
+
     @classmethod
     def settings_customise_sources(
         cls,

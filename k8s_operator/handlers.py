@@ -71,11 +71,13 @@ class Reconciler:
         self, spec: planning.Spec, owner: kopf.Body, found: dict[str, Any] | None, replicas: int
     ) -> None:
         s = self.settings
-        wanted = planning.deployment(
-            spec, s.kube_namespace, replicas, image=s.worker_image, pull_policy=s.worker_image_pull_policy,
-            resources=s.worker_resources, env_configmap=s.worker_env_configmap,
-            env_secret=s.worker_env_secret, service_account=s.worker_service_account,
+        pod = planning.WorkerPod(
+            image=s.worker_image, pull_policy=s.worker_image_pull_policy, resources=s.worker_resources,
+            env_configmap=s.worker_env_configmap, env_secret=s.worker_env_secret,
+            service_account=s.worker_service_account, tmp_dir=str(s.tmp_dir),
+            storage_root=str(s.storage_root), storage_claim=s.worker_storage_claim,
         )  # fmt: skip
+        wanted = planning.deployment(spec, s.kube_namespace, replicas, pod)
         if found is None:
             kopf.adopt(wanted, owner=owner)  # garbage-collected with its Aggregation
             await asyncio.to_thread(self.cluster.create_deployment, wanted)

@@ -156,9 +156,9 @@ def test_ids_differing_only_in_case_get_different_names() -> None:
 
 
 def test_the_worker_deployment_runs_the_aggregations_worker() -> None:
-    body = planning.deployment(spec(), "ns", 3, image="img:1", pull_policy="IfNotPresent",
-                               resources={"requests": {"cpu": "100m"}}, env_configmap="cfg", env_secret="sec",
-                               service_account="sa")  # fmt: skip
+    pod = planning.WorkerPod(image="img:1", resources={"requests": {"cpu": "100m"}}, env_configmap="cfg",
+                             env_secret="sec", service_account="sa", storage_claim="shared-files")  # fmt: skip
+    body = planning.deployment(spec(), "ns", 3, pod)
     assert body["metadata"]["name"] == "downloader-worker-" + planning.resource_name("shop.example.com")
     assert body["spec"]["replicas"] == 3
     pod = body["spec"]["template"]["spec"]
@@ -196,3 +196,18 @@ def test_only_real_differences_count_as_drift() -> None:
     assert not _contains({**server, "replicas": 3}, wanted)
     changed = {"replicas": 2, "template": {"spec": {"containers": [{"name": "w", "args": ["b"]}]}}}
     assert not _contains(changed, wanted)
+
+
+def test_worker_pods_are_hardened_and_write_only_to_volumes() -> None:
+    body = planning.deployment(spec(), "ns", 1, planning.WorkerPod(image="img", storage_claim="files-pvc"))
+    pod = body["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] and pod["securityContext"]["runAsUser"] == 10001
+    container = pod["containers"][0]
+    assert container["securityContext"] == {"readOnlyRootFilesystem": True, "allowPrivilegeEscalation": False,
+                                            "capabilities": {"drop": ["ALL"]}}  # fmt: skip
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    assert mounts == {"tmp": "/tmp", "downloads": "/data/tmp", "files": "/data/files"}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["files"]["persistentVolumeClaim"] == {"claimName": "files-pvc"}
+    no_claim = planning.deployment(spec(), "ns", 1, planning.WorkerPod(image="img"))
+    assert {"name": "files", "emptyDir": {}} in no_claim["spec"]["template"]["spec"]["volumes"]
