@@ -12,6 +12,7 @@ import os
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
 
@@ -69,63 +70,52 @@ class Cluster:
 
     def create_aggregation(self, body: dict[str, Any]) -> bool:
         """Create it; False when it exists already."""
-        try:
-            self.custom.create_namespaced_custom_object(
-                planning.GROUP, planning.VERSION, self.namespace, planning.PLURAL, body
-            )
-        except ApiException as exc:
-            if exc.status == 409:
-                return False
-            raise ClusterError(f"creating Aggregation {body['metadata']['name']}: {_reason(exc)}") from exc
-        except OSError as exc:
-            raise ClusterError(f"creating Aggregation: {exc}") from exc
-        return True
+        created = _call(
+            f"creating Aggregation {body['metadata']['name']}",
+            self.custom.create_namespaced_custom_object,
+            *(planning.GROUP, planning.VERSION, self.namespace, planning.PLURAL, body),
+            tolerate=409,
+        )
+        return created is not _TOLERATED
 
     def aggregation_ids(self) -> set[str]:
-        try:
-            listed = self.custom.list_namespaced_custom_object(
-                planning.GROUP, planning.VERSION, self.namespace, planning.PLURAL
-            )
-        except ApiException as exc:
-            raise ClusterError(f"listing Aggregations: {_reason(exc)}") from exc
-        except OSError as exc:
-            raise ClusterError(f"listing Aggregations: {exc}") from exc
+        listed = _call("listing Aggregations", self.custom.list_namespaced_custom_object,
+                       planning.GROUP, planning.VERSION, self.namespace, planning.PLURAL)  # fmt: skip
         return {str(item.get("spec", {}).get("id")) for item in cast(dict[str, Any], listed).get("items", [])}
 
     # --- worker Deployments -----------------------------------------------------------
 
     def read_deployment(self, name: str) -> dict[str, Any] | None:
-        try:
-            found = self.apps.read_namespaced_deployment(name, self.namespace)
-        except ApiException as exc:
-            if exc.status == 404:
-                return None
-            raise ClusterError(f"reading Deployment {name}: {_reason(exc)}") from exc
-        except OSError as exc:
-            raise ClusterError(f"reading Deployment {name}: {exc}") from exc
+        what = f"reading Deployment {name}"
+        found = _call(what, self.apps.read_namespaced_deployment, name, self.namespace, tolerate=404)
+        if found is _TOLERATED:
+            return None
         return cast(dict[str, Any], self.apps.api_client.sanitize_for_serialization(found))
 
     def create_deployment(self, body: dict[str, Any]) -> None:
-        try:
-            self.apps.create_namespaced_deployment(self.namespace, cast(Any, body))
-        except ApiException as exc:
-            if exc.status == 409:
-                return
-            raise ClusterError(f"creating Deployment {body['metadata']['name']}: {_reason(exc)}") from exc
-        except OSError as exc:
-            raise ClusterError(f"creating Deployment: {exc}") from exc
+        _call(f"creating Deployment {body['metadata']['name']}", self.apps.create_namespaced_deployment,
+              self.namespace, cast(Any, body), tolerate=409)  # fmt: skip
 
     def patch_deployment(self, name: str, patch: dict[str, Any]) -> None:
-        try:
-            self.apps.patch_namespaced_deployment(name, self.namespace, patch)
-        except ApiException as exc:
-            raise ClusterError(f"patching Deployment {name}: {_reason(exc)}") from exc
-        except OSError as exc:
-            raise ClusterError(f"patching Deployment {name}: {exc}") from exc
+        _call(
+            f"patching Deployment {name}", self.apps.patch_namespaced_deployment, name, self.namespace, patch
+        )
 
 
-def _reason(exc: ApiException) -> str:
-    return f"{exc.status} {exc.reason}"
+_TOLERATED = object()
+
+
+def _call(what: str, method: Callable[..., Any], *args: Any, tolerate: int | None = None) -> Any:
+    """One API call; the `tolerate` status (404: absent, 409: exists) returns `_TOLERATED`,
+    any other failure becomes a ClusterError naming `what`."""
+    try:
+        return method(*args)
+    except ApiException as exc:
+        if tolerate is not None and exc.status == tolerate:
+            return _TOLERATED
+        raise ClusterError(f"{what}: {exc.status} {exc.reason}") from exc
+    except OSError as exc:
+        raise ClusterError(f"{what}: {exc}") from exc
 
 
 class Registrar:
