@@ -94,14 +94,13 @@ class Job:
     def has_callback(self) -> bool:
         return bool(self.callback_url or self.callback_dst)
 
-    @property
-    def retry_limit(self) -> int:
-        return DEFAULT_MAX_RETRIES if self.max_retries is None else self.max_retries
+    def retry_limit(self, default: int = DEFAULT_MAX_RETRIES) -> int:
+        """Retries after the first attempt: the job's own max_retries, else `default`."""
+        return default if self.max_retries is None else self.max_retries
 
     @property
     def relative_path(self) -> str:
-        """Where the file lives under the storage root: `<id[0:3]>/<id>`."""
-        return f"{self.id[:3]}/{self.id}"
+        return relative_path(self.id)
 
     def public_download_url(self) -> str:
         """The callback's `download_url`: the stored base joined with the relative path.
@@ -215,6 +214,11 @@ class Aggregation:
             proxy=raw.get("Proxy", ""),
             expires_at=raw.get("ExpiresAt", ""),
         )
+
+
+def relative_path(job_id: str) -> str:
+    """Where a job's file lives under the storage root (and its S3 key): `<id[0:3]>/<id>`."""
+    return f"{job_id[:3]}/{job_id}"
 
 
 def join_url(base: str, relative: str) -> str:

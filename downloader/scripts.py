@@ -53,6 +53,23 @@ table.insert(ids, 1, 'ok')
 return ids
 """
 
+#: KEYS: aggr, then job and jobmeta of each claimed id. ARGV: now, meta ttl.
+#: Marks the claimed jobs InProgress and returns {aggr hash, job hashes...} (flat field/value
+#: lists; empty for a job whose hash is gone, which is left uncreated).
+START_DOWNLOADS = """
+local out = {redis.call('HGETALL', KEYS[1])}
+for i = 2, #KEYS, 2 do
+  local id = redis.call('HGET', KEYS[i], 'ID')
+  if id and id ~= '' then
+    redis.call('HSET', KEYS[i], 'DownloadState', 'InProgress')
+    redis.call('HSET', KEYS[i + 1], 'StartedAt', ARGV[1], 'UpdatedAt', ARGV[1])
+    redis.call('EXPIRE', KEYS[i + 1], ARGV[2])
+  end
+  table.insert(out, redis.call('HGETALL', KEYS[i]))
+end
+return out
+"""
+
 #: KEYS: inflight, leases. ARGV: expiry, token, ids... Extends the leases still held by
 #: `token`; returns the ids whose lease was lost (recovered by someone else).
 RENEW = """

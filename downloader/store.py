@@ -43,6 +43,11 @@ def translated() -> Iterator[None]:
         raise StoreError(f"{type(exc).__name__}: {exc}") from exc
 
 
+def _pairs(flat: Sequence[str]) -> dict[str, str]:
+    """A hash from a script's flat HGETALL reply."""
+    return dict(zip(flat[::2], flat[1::2], strict=True))
+
+
 def _flatten(mapping: Mapping[str, str]) -> list[str]:
     out: list[str] = []
     for k, v in mapping.items():
@@ -108,6 +113,7 @@ class Store:
         self._delete_idle = register(scripts.DELETE_IDLE_AGGREGATION)
         self._enqueue = register(scripts.ENQUEUE)
         self._start_callback = register(scripts.START_CALLBACK)
+        self._start_downloads = register(scripts.START_DOWNLOADS)
         self._rescue = register(scripts.RESCUE_ORPHAN)
 
     @classmethod
@@ -270,22 +276,15 @@ class Store:
     ) -> tuple[Aggregation, dict[str, dict[str, str]]]:
         """Mark claimed jobs InProgress and read them with their aggregation, in one round trip."""
         now = time.time() if now is None else now
+        job_keys: list[str] = []
+        for job_id in ids:
+            job_keys += [keys.job(job_id), keys.job_meta(job_id)]
         with translated():
-            pipe = self.redis.pipeline(transaction=False)
-            pipe.hgetall(keys.aggregation(aggr_id))
-            for job_id in ids:
-                pipe.hgetall(keys.job(job_id))
-            replies = pipe.execute()
-            raw_aggregation = cast(dict[str, str], replies[0])
-            jobs = {job_id: cast(dict[str, str], raw) for job_id, raw in zip(ids, replies[1:], strict=True)}
-            pipe = self.redis.pipeline(transaction=False)
-            for job_id, raw in jobs.items():
-                if raw.get("ID"):
-                    pipe.hset(keys.job(job_id), mapping={"DownloadState": "InProgress"})
-                    pipe.hset(keys.job_meta(job_id), mapping={"StartedAt": repr(now), "UpdatedAt": repr(now)})
-                    pipe.expire(keys.job_meta(job_id), self.meta_ttl)
-            pipe.execute()
-        return Aggregation.from_hash(aggr_id, raw_aggregation), jobs
+            reply = cast(list[list[str]], self._start_downloads(
+                keys=[keys.aggregation(aggr_id), *job_keys], args=[repr(now), self.meta_ttl]
+            ))  # fmt: skip
+        raw_aggregation, *raw_jobs = (_pairs(flat) for flat in reply)
+        return Aggregation.from_hash(aggr_id, raw_aggregation), dict(zip(ids, raw_jobs, strict=True))
 
     def renew(
         self, aggr_id: str, ids: Sequence[str], token: str, lease_seconds: float, now: float | None = None
@@ -403,7 +402,7 @@ class Store:
             reply = cast(list[str] | None, self._start_callback(keys=[keys.job(job_id)]))
         if not reply:
             raise JobNotFound(job_id)
-        return dict(zip(reply[::2], reply[1::2], strict=True))
+        return _pairs(reply)
 
     def renew_callbacks(self, ids: Sequence[str], token: str, lease_seconds: float) -> list[str]:
         """Extend the leases of callbacks being delivered; returns those no longer ours."""

@@ -148,8 +148,7 @@ def decide(job: Job, err: DownloadError, *, now: float, backoff: float, default_
             error=text,
         )
     count = job.download_count + 1
-    limit = default_max_retries if job.max_retries is None else job.max_retries
-    if err.retriable and count <= limit:
+    if err.retriable and count <= job.retry_limit(default_max_retries):
         fields = {
             "DownloadState": State.PENDING.value,
             "DownloadCount": str(count),

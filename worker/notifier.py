@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from downloader import keys, notifying, store
 from downloader.errors import DownloaderError, JobNotFound, NotificationError, StorageError
-from downloader.models import CorruptJobError, Job, State
+from downloader.models import CorruptJobError, Job, State, relative_path
 from downloader.settings import Settings
 from downloader.stats import Stats
 from downloader.storage import FileStorage
@@ -211,7 +211,7 @@ class Notifier:
     def _reap(self) -> None:
         for job_id in self.db.claim_deletions(DELETIONS_PER_ROUND, DELETION_RETRY_SECONDS):
             try:
-                self.storage.delete(f"{job_id[:3]}/{job_id}")
+                self.storage.delete(relative_path(job_id))
             except StorageError as exc:
                 self.stats.incr("reaperFailures")
                 log.warning("deleting the file of job %s failed, retrying later: %s", job_id, exc)

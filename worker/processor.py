@@ -43,7 +43,6 @@ class _AggregationState:
     next_try: float = 0.0
     idle_delay: float = 0.0
     running: dict[str, threading.Event] = dataclasses.field(default_factory=dict)
-    seen_in_scan: bool = True
 
 
 class Processor:
