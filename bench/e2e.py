@@ -55,11 +55,13 @@ from hostinfo import (
     cpu_model,
     free_port,
     host_busy_seconds,
+    interrupt_on_signals,
     percentile,
     proc_cpu_seconds,
     proc_status,
     self_cpu,
     set_pdeathsig,
+    write_result,
 )
 
 # The repository root must not be importable: its operator/ folder shadows the stdlib module.
@@ -1064,12 +1066,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-
-    def on_term(signum: int, _frame: Any) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    signal.signal(signal.SIGTERM, on_term)
-    signal.signal(signal.SIGINT, on_term)  # also when started in the background (SIGINT ignored)
+    interrupt_on_signals()
     bench = Bench(args)
     try:
         result = bench.run()
@@ -1083,10 +1080,7 @@ def main(argv: list[str] | None = None) -> int:
         print_log_tails(bench)
         bench.cleanup()
     print_summary(result)
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
-        print(f"  wrote {args.json}")
+    write_result(args.json, result)
     return 0 if result["results"]["ok"] else 1
 
 

@@ -63,11 +63,13 @@ from hostinfo import (
     cpu_model,
     free_port,
     host_busy_seconds,
+    interrupt_on_signals,
     percentile,
     proc_cpu_seconds,
     proc_status,
     self_cpu,
     set_pdeathsig,
+    write_result,
 )
 
 REPO = Path(__file__).resolve().parent.parent
@@ -952,12 +954,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-
-    def on_term(signum: int, _frame: Any) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    signal.signal(signal.SIGTERM, on_term)
-    signal.signal(signal.SIGINT, on_term)  # also when started in the background (SIGINT ignored)
+    interrupt_on_signals()
     bench = Bench(args)
     result: dict[str, Any] | None = None
     try:
@@ -975,10 +972,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"--- operator log (tail) ---\n{tail(log)}", file=sys.stderr)
         bench.cleanup()
     print_summary(result)
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
-        print(f"  wrote {args.json}")
+    write_result(args.json, result)
     return 0 if result["results"]["ok"] else 1
 
 
