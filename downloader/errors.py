@@ -9,6 +9,7 @@
     │   └── Interrupted           shutdown or a sick disk stopped the attempt: no attempt used
     ├── StorageError              the file could not be stored or deleted
     └── NotificationError         a callback was not delivered
+        └── UnknownDestination    the destination does not exist (Kafka: unknown topic)
 
 `DownloadError` renders the original's text shape, which clients match on
 (`Error while <phase>, <message>, retriable: <bool>, internal: <bool>`).
@@ -79,3 +80,8 @@ class StorageError(DownloaderError):
 
 class NotificationError(DownloaderError):
     """A callback was not delivered; the message is what the client's job will show."""
+
+
+class UnknownDestination(NotificationError):
+    """The destination does not exist (a Kafka topic the brokers do not know); counted in
+    stats as `unknownTopicOrPartition` and retried like any undelivered callback."""

@@ -1,12 +1,16 @@
 """Callbacks: the payload the original sends (reference 4.3) and its HTTP delivery.
 
 The payload keeps the original's ten keys in their order, so existing clients parse it
-unchanged. Kafka joins with the production backends.
+unchanged. A backend delivers one `Message` synchronously: it returns only once the
+destination has it (HTTP 2xx, Kafka delivery report, SQS message id). Kafka and SQS live in
+modules of their own, imported only when enabled.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
+from collections.abc import Mapping
 from typing import Any, Protocol
 
 import requests
@@ -43,11 +47,23 @@ def destination(job: Job) -> tuple[str, str]:
     return job.callback_type, job.callback_dst
 
 
+@dataclasses.dataclass(frozen=True)
+class Message:
+    """One callback: the encoded payload for `destination` (URL, topic or queue URL), and
+    headers (HTTP headers, Kafka message headers, SQS message attributes)."""
+
+    job_id: str
+    destination: str
+    body: bytes
+    headers: Mapping[str, str] = dataclasses.field(default_factory=dict)
+
+
 class Backend(Protocol):
-    def deliver(self, destination: str, body: bytes) -> None:
+    def deliver(self, message: Message) -> None:
         """Return once delivered; raise NotificationError otherwise."""
 
-    def close(self) -> None: ...
+    def close(self) -> None:
+        """Flush and release connections; called once, at shutdown."""
 
 
 class HttpBackend:
@@ -62,10 +78,17 @@ class HttpBackend:
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)
 
-    def deliver(self, destination: str, body: bytes) -> None:
-        headers = {"Content-Type": "application/json", "User-Agent": f"Downloader/{__version__}"}
+    def deliver(self, message: Message) -> None:
+        destination = message.destination
+        headers = {
+            **message.headers,
+            "Content-Type": "application/json",
+            "User-Agent": f"Downloader/{__version__}",
+        }
         try:
-            with self.session.post(destination, data=body, headers=headers, timeout=self.timeout) as resp:
+            with self.session.post(
+                destination, data=message.body, headers=headers, timeout=self.timeout
+            ) as resp:
                 if not 200 <= resp.status_code < 300:
                     raise NotificationError(f"Received Status: {resp.status_code} {resp.reason}".rstrip())
         except requests.RequestException as exc:

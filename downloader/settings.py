@@ -30,7 +30,25 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
 
     redis_url: str = "redis://127.0.0.1:6379/0"
-    """Redis connection URL (`redis://host:port/db`, `rediss://` for TLS, `unix:///path`)."""
+    """Redis connection URL (`redis://host:port/db`, `rediss://` for TLS, `unix:///path`).
+    With Sentinel, only its database number, user and password are used."""
+
+    redis_sentinels: str = ""
+    """Comma-separated `host:port` list of Redis Sentinels; with `redis_master_name` set, every
+    process asks them for the primary and follows failovers (the original's `redis.sentinel`)."""
+
+    redis_master_name: str = ""
+    """The Sentinel-monitored primary's name (the original's `redis.master_name`)."""
+
+    redis_sentinel_password: str = ""
+    """Password of the Sentinels themselves, when they require one (the primary's is in the URL)."""
+
+    redis_wait_replicas: int = pydantic.Field(default=0, ge=0)
+    """After accepting a job, the API waits until this many replicas hold it (Redis WAIT), so a
+    failover right after the 201 cannot lose it. 0 answers at once (async replication)."""
+
+    redis_wait_timeout_ms: int = pydantic.Field(default=1000, ge=1)
+    """Longest such wait; on timeout the job is still accepted and a warning logged."""
 
     storage_backend: Literal["filesystem", "s3"] = "filesystem"
     """Where finished files go. S3 arrives with the production backends."""
@@ -43,8 +61,20 @@ class Settings(BaseSettings):
     as the root makes the move a rename; the disk check watches this directory."""
 
     s3_bucket: str = ""
+    """Bucket of the S3 backend (`storage_backend=s3`); objects are keyed `<id[0:3]>/<id>`."""
+
     s3_region: str = ""
+
     s3_endpoint_url: str = ""
+    """For S3-compatible stores (MinIO, Ceph, moto); "" means AWS itself. Also used for the
+    per-job buckets of `s3_bucket`/`s3_region` requests. Credentials: the standard AWS chain."""
+
+    s3_multipart_threshold_bytes: int = pydantic.Field(default=8 << 20, ge=5 << 20)
+    """Files at least this large are uploaded in parts of this size (S3's minimum part: 5 MiB)."""
+
+    job_retention_seconds: float = pydantic.Field(default=7 * 24 * 3600.0, gt=0)
+    """Jobs without a callback are deleted this long after they finish, with their file when
+    it is in the configured storage (the original kept them forever)."""
 
     download_url: str = "http://localhost/"
     """Base of the callback's `download_url`: the relative path `<id[0:3]>/<id>` is joined to
@@ -78,6 +108,23 @@ class Settings(BaseSettings):
     """How often workers and notifiers write `stats:<component>`."""
 
     kafka_bootstrap_servers: str = ""
+    """Kafka brokers (`host:port,...`); setting it (or `kafka_config`) enables `callback_type: kafka`."""
+
+    kafka_config: dict[str, str | int | float | bool] = pydantic.Field(default_factory=dict)
+    """librdkafka producer settings, verbatim (JSON object; the original's `backends.kafka`).
+    Ours win only where delivery depends on them: idempotence and `acks=all`."""
+
+    kafka_username: str = ""
+    """SASL user name and password (`sasl.username`/`sasl.password`), kept out of config files."""
+
+    kafka_password: str = ""
+
+    sqs_region: str = ""
+    """Region of `callback_type: sqs` queues (the original's `backends.sqs.region`); "" takes
+    it from the queue URL."""
+
+    sqs_endpoint_url: str = ""
+    """For SQS-compatible services; "" means AWS itself."""
 
     worker_concurrency: int = pydantic.Field(default=16, ge=1, le=1024)
     """Downloads one worker process runs at once, over all its aggregations. 16 threads is
@@ -207,6 +254,11 @@ def config_values(doc: dict[str, Any]) -> dict[str, Any]:
     redis = _section(doc, "redis")
     if redis.get("addr"):
         out["redis_url"] = f"redis://{redis['addr']}/0"
+    sentinels = redis.get("sentinel")
+    if redis.get("master_name") and sentinels:
+        # The original enables Sentinel only when both are set (reference 2.6).
+        out["redis_master_name"] = redis["master_name"]
+        out["redis_sentinels"] = ",".join(sentinels) if isinstance(sentinels, list) else str(sentinels)
     api = _section(doc, "api")
     if "heartbeat_path" in api:
         out["heartbeat_path"] = api["heartbeat_path"]
@@ -226,8 +278,11 @@ def config_values(doc: dict[str, Any]) -> dict[str, Any]:
     if isinstance(http, dict) and "timeout" in http:
         out["callback_timeout_seconds"] = http["timeout"]
     kafka = backends.get("kafka")
-    if isinstance(kafka, dict) and kafka.get("bootstrap.servers"):
-        out["kafka_bootstrap_servers"] = kafka["bootstrap.servers"]
+    if isinstance(kafka, dict) and kafka:
+        out["kafka_config"] = kafka
+    sqs = backends.get("sqs")
+    if isinstance(sqs, dict) and sqs.get("region"):
+        out["sqs_region"] = sqs["region"]
     return out
 
 

@@ -1,16 +1,20 @@
-"""Where finished files live: the filesystem backend (`<root>/<id[0:3]>/<id>`).
+"""Where finished files live: the storage protocol, job locations, and the filesystem backend.
 
-A download is moved in atomically (rename, or copy-then-rename across filesystems) so a
-reader never sees half a file, and storing the same job twice is harmless: jobs may run
-twice. S3 joins it with the production backends.
+A job's file is at a `Location`: a key (`[<subpath>/]<id[0:3]>/<id>`) in the configured
+storage, or in the job's own S3 bucket. The filesystem backend moves a download in atomically
+(rename, or copy-then-rename across filesystems) so a reader never sees half a file, and
+storing the same job twice is harmless: jobs may run twice. S3 lives in `aws`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
+import json
 import os
 import shutil
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Protocol
 
@@ -18,11 +22,38 @@ from downloader.errors import StorageError
 
 
 class FileStorage(Protocol):
-    def store(self, tmp_path: Path, relative: str) -> None: ...
+    def store(
+        self, tmp_path: Path, key: str, *, content_type: str = "", metadata: Mapping[str, str] | None = None
+    ) -> None:
+        """Put the file at `key`, replacing what is there; raise StorageError on failure."""
 
-    def delete(self, relative: str) -> None: ...
+    def delete(self, key: str) -> None:
+        """Remove `key`; a missing one is not an error."""
 
-    def check_writable(self) -> None: ...
+    def check_writable(self) -> None:
+        """Fail at start-up (StorageError) when nothing could be stored."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Location:
+    """Where one job's file is: `key` in the configured storage, or in the job's own S3
+    bucket when `bucket` is set. Encoded into Redis so the reaper can delete it after the
+    job's hash is gone."""
+
+    key: str
+    bucket: str = ""
+    region: str = ""
+
+    def encode(self) -> str:
+        return json.dumps([self.key, self.bucket, self.region], separators=(",", ":"))
+
+    @classmethod
+    def decode(cls, raw: str) -> Location:
+        try:
+            key, bucket, region = json.loads(raw)
+        except (ValueError, TypeError) as exc:
+            raise StorageError(f"unreadable file location {raw!r}") from exc
+        return cls(key=str(key), bucket=str(bucket), region=str(region))
 
 
 class FilesystemStorage:
@@ -42,7 +73,11 @@ class FilesystemStorage:
         except OSError as exc:
             raise StorageError(f"Error verifying storage directory {self.root} is writable: {exc}") from exc
 
-    def store(self, tmp_path: Path, relative: str) -> None:
+    def store(
+        self, tmp_path: Path, key: str, *, content_type: str = "", metadata: Mapping[str, str] | None = None
+    ) -> None:
+        """Content type and metadata have no place on a plain filesystem; they are dropped."""
+        relative = key
         final = self.path(relative)
         try:
             final.parent.mkdir(parents=True, exist_ok=True)
@@ -65,7 +100,8 @@ class FilesystemStorage:
         partial.replace(final)
         tmp_path.unlink()
 
-    def delete(self, relative: str) -> None:
+    def delete(self, key: str) -> None:
+        relative = key
         try:
             self.path(relative).unlink(missing_ok=True)
         except OSError as exc:

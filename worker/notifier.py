@@ -130,7 +130,9 @@ class Notifier:
             self._retry_or_fail(job, f"Undefined backend {backend_name} for job {job.job_string()}")
             return
         try:
-            backend.deliver(destination, notifying.encode(notifying.payload(job)))
+            backend.deliver(
+                notifying.Message(job.id, destination, notifying.encode(notifying.payload(job)))
+            )
         except NotificationError as exc:
             self._retry_or_fail(job, str(exc))
             return
