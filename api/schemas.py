@@ -74,8 +74,8 @@ DOWNLOAD_REQUEST_BODY: dict[str, Any] = {
                     },
                     "aggr_proxy": _STRING,
                     "callback_url": {"type": "string", "description": "Deprecated: HTTP callback URL"},
-                    "callback_type": {"type": "string", "description": "Backend: http or kafka"},
-                    "callback_dst": {"type": "string", "description": "URL or Kafka topic"},
+                    "callback_type": {"type": "string", "description": "Backend: http, kafka or sqs"},
+                    "callback_dst": {"type": "string", "description": "URL, Kafka topic or SQS queue URL"},
                     "extra": {"type": "string", "description": "Opaque, echoed in the callback"},
                     "mime_type": {"type": "string", "description": "Comma-separated globs, ! negates"},
                     "max_retries": {"type": "number", "minimum": 0},
@@ -84,6 +84,18 @@ DOWNLOAD_REQUEST_BODY: dict[str, Any] = {
                     "request_headers": {"type": "object", "additionalProperties": {"type": "string"}},
                     "s3_bucket": _STRING,
                     "s3_region": _STRING,
+                    "subpath": {
+                        "type": "string",
+                        "description": "Store under <root>/<subpath>/<id[0:3]>/<id>; no . or .. segments",
+                    },
+                    "callback_error_type": {
+                        "type": "string",
+                        "description": "Backend of failed-download callbacks (default: callback_type)",
+                    },
+                    "callback_error_dst": {
+                        "type": "string",
+                        "description": "Where failed downloads are reported instead of callback_dst",
+                    },
                 },
             }
         }

@@ -23,6 +23,11 @@ INFLIGHT_PREFIX = "inflight:"
 LEASES_PREFIX = "leases:"
 JOB_META_PREFIX = "jobmeta:"
 JOB_ERRORS_PREFIX = "joberrors:"
+JOB_OPTIONS_PREFIX = "jobopts:"
+#: Hash job id -> encoded storage Location of its file, for the reaper: by the time a file
+#: is deleted the job's hash (and so its bucket and subpath) is gone. Entries the original's
+#: notifier queued have none and mean the configured storage's `<id[0:3]>/<id>`.
+DELETION_TARGETS = "JobDeletionTargets"
 CALLBACK_INFLIGHT = "CallbackInflight"
 CALLBACK_LEASES = "CallbackLeases"
 #: Set of aggregation ids whose Aggregation resource says `paused`: no claim succeeds.
@@ -74,6 +79,12 @@ def leases(aggr_id: str) -> str:
 def job_meta(job_id: str) -> str:
     """Hash of what we track per job beyond the original's fields (timestamps, crashes)."""
     return JOB_META_PREFIX + job_id
+
+
+def job_options(job_id: str) -> str:
+    """String (JSON): the request fields the original's hash has no place for (`JobOptions`).
+    No TTL: it lives exactly as long as the job's hash."""
+    return JOB_OPTIONS_PREFIX + job_id
 
 
 def job_errors(job_id: str) -> str:

@@ -2,7 +2,9 @@
 
 `Job` mirrors the Go struct field for field (reference 2.1), with the same string encodings,
 so a hash written by the original API is read unchanged and a hash we write is readable by
-the original (its reader rejects unknown fields: we never add any).
+the original (its reader rejects unknown fields: we never add any). Request fields of the
+original's later branch (`subpath`, `callback_error_*`) are `JobOptions`, kept in a key of
+their own.
 """
 
 from __future__ import annotations
@@ -62,6 +64,33 @@ class CorruptJobError(ValueError):
     """A `job:<id>` hash that cannot be decoded (unknown field or bad number)."""
 
 
+@dataclasses.dataclass(frozen=True)
+class JobOptions:
+    """What a request may ask beyond the original's job fields (reference Appendix B)."""
+
+    subpath: str = ""
+    """Files go under `<root>/<subpath>/<id[0:3]>/<id>` (and the same S3 key and URL)."""
+    callback_error_type: str = ""
+    callback_error_dst: str = ""
+    """Where a failed download is reported instead of the callback destination."""
+
+    def encode(self) -> str:
+        """JSON for Redis; "" when nothing is set, so most jobs store no extra key."""
+        values = {k: v for k, v in dataclasses.asdict(self).items() if v}
+        return json.dumps(values, separators=(",", ":")) if values else ""
+
+    @classmethod
+    def decode(cls, raw: str | None) -> JobOptions:
+        if not raw:
+            return cls()
+        try:
+            values = json.loads(raw)
+            known = {f.name for f in dataclasses.fields(cls)}
+            return cls(**{k: str(v) for k, v in values.items() if k in known})
+        except (ValueError, TypeError, AttributeError) as exc:
+            raise CorruptJobError(f"unreadable job options {raw!r}: {exc}") from exc
+
+
 @dataclasses.dataclass
 class Job:
     id: str
@@ -87,12 +116,29 @@ class Job:
     request_headers: dict[str, str] | None = None
     s3_bucket: str = ""
     s3_region: str = ""
+    options: JobOptions = dataclasses.field(default_factory=JobOptions)
+    """Not part of the hash (see `JobOptions`)."""
 
     # --- derived -----------------------------------------------------------------
 
     @property
     def has_callback(self) -> bool:
-        return bool(self.callback_url or self.callback_dst)
+        """A job with only an error destination counts as having one (as the original's later branch)."""
+        return bool(self.callback_url or self.callback_dst or self.options.callback_error_dst)
+
+    def callback_destination(self, *, succeeded: bool) -> tuple[str, str] | None:
+        """(backend name, destination) of the callback for this outcome, None when there is none.
+
+        Failed downloads go to the error destination when there is one (its type defaults to
+        `callback_type`); otherwise the legacy `callback_url` wins, as in the original.
+        """
+        if not succeeded and self.options.callback_error_dst:
+            return self.options.callback_error_type or self.callback_type, self.options.callback_error_dst
+        if self.callback_url:
+            return "http", self.callback_url
+        if self.callback_dst:
+            return self.callback_type, self.callback_dst
+        return None
 
     def retry_limit(self, default: int = DEFAULT_MAX_RETRIES) -> int:
         """Retries after the first attempt: the job's own max_retries, else `default`."""
@@ -100,7 +146,8 @@ class Job:
 
     @property
     def relative_path(self) -> str:
-        return relative_path(self.id)
+        """Its file's key in storage: `[<subpath>/]<id[0:3]>/<id>`."""
+        return relative_path(self.id, self.options.subpath)
 
     def public_download_url(self) -> str:
         """The callback's `download_url`: the stored base joined with the relative path.
@@ -141,7 +188,8 @@ class Job:
         }
 
     @classmethod
-    def from_hash(cls, raw: Mapping[str, str]) -> Job:
+    def from_hash(cls, raw: Mapping[str, str], options: str | None = None) -> Job:
+        """Decode the original's hash (and our encoded `JobOptions`, when read with it)."""
         unknown = set(raw) - set(JOB_FIELDS)
         if unknown:
             field = sorted(unknown)[0]
@@ -172,6 +220,7 @@ class Job:
                 request_headers=_headers(get("RequestHeaders", "null")),
                 s3_bucket=get("S3Bucket", ""),
                 s3_region=get("S3Region", ""),
+                options=JobOptions.decode(options),
             )
         except (ValueError, TypeError) as exc:
             raise CorruptJobError(f"job {get('ID', '?')}: {exc}") from exc
@@ -216,9 +265,12 @@ class Aggregation:
         )
 
 
-def relative_path(job_id: str) -> str:
-    """Where a job's file lives under the storage root (and its S3 key): `<id[0:3]>/<id>`."""
-    return f"{job_id[:3]}/{job_id}"
+def relative_path(job_id: str, subpath: str = "") -> str:
+    """Where a job's file lives under the storage root (and its S3 key): `<id[0:3]>/<id>`,
+    under `subpath` when the request gave one (validated: no `.`/`..` segments)."""
+    key = f"{job_id[:3]}/{job_id}"
+    subpath = subpath.strip("/")
+    return f"{subpath}/{key}" if subpath else key
 
 
 def join_url(base: str, relative: str) -> str:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections.abc import Mapping
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import requests
 import requests.adapters
@@ -19,6 +19,9 @@ import requests.adapters
 from downloader.errors import NotificationError
 from downloader.models import Job, State
 from downloader.version import __version__
+
+if TYPE_CHECKING:
+    from downloader.settings import Settings
 
 
 def payload(job: Job) -> dict[str, Any]:
@@ -41,10 +44,8 @@ def encode(body: dict[str, Any]) -> bytes:
 
 
 def destination(job: Job) -> tuple[str, str]:
-    """(backend name, destination): the legacy callback_url wins, as in the original."""
-    if job.callback_url:
-        return "http", job.callback_url
-    return job.callback_type, job.callback_dst
+    """(backend name, destination) of a finished job's callback; ("", "") when it has none."""
+    return job.callback_destination(succeeded=job.download_state == State.SUCCESS) or ("", "")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,3 +97,20 @@ class HttpBackend:
 
     def close(self) -> None:
         self.session.close()
+
+
+def build_backends(settings: Settings) -> dict[str, Backend]:
+    """The backends a notifier delivers with: http always; kafka once brokers are configured
+    (the original's `backends.kafka`); sqs always (the queue URL names its region). Kafka's
+    and AWS's clients are imported only when used."""
+    backends: dict[str, Backend] = {
+        "http": HttpBackend(settings.callback_timeout_seconds, settings.notifier_concurrency)
+    }
+    if settings.kafka_bootstrap_servers or settings.kafka_config:
+        from downloader.kafka_backend import KafkaBackend
+
+        backends["kafka"] = KafkaBackend.from_settings(settings)
+    from downloader.aws import SqsBackend
+
+    backends["sqs"] = SqsBackend.from_settings(settings)
+    return backends

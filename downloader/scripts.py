@@ -7,9 +7,9 @@ nothing. Field names are the original's (`job:<id>` hashes stay readable by it).
 
 from __future__ import annotations
 
-#: KEYS: job, aggr, queue, jobmeta. ARGV: score, limit, proxy, meta ttl, aggr id, job id,
-#: wake-up channel, then job field/value pairs. Returns 0 when the id is taken (the caller
-#: draws another). An empty queue that gets a job is announced on the wake-up channel.
+#: KEYS: job, aggr, queue, jobmeta, jobopts. ARGV: score, limit, proxy, meta ttl, aggr id,
+#: job id, wake-up channel, encoded options ("" = none), then job field/value pairs.
+#: Returns 0 when the id is taken (the caller draws another). An empty queue that gets a job is announced on the wake-up channel.
 #: Creating the aggregation and queueing the job in one step closes the original's race
 #: with an idle aggregation's deletion (bug 10.2.5).
 ENQUEUE = """
@@ -18,7 +18,8 @@ if redis.call('EXISTS', KEYS[2]) == 0 then
   redis.call('HSET', KEYS[2], 'ID', ARGV[5], 'Limit', ARGV[2], 'Proxy', ARGV[3], 'ExpiresAt', '')
 end
 local was_empty = redis.call('EXISTS', KEYS[3]) == 0
-redis.call('HSET', KEYS[1], unpack(ARGV, 8))
+redis.call('HSET', KEYS[1], unpack(ARGV, 9))
+if ARGV[8] ~= '' then redis.call('SET', KEYS[5], ARGV[8]) end
 redis.call('ZADD', KEYS[3], ARGV[1], ARGV[6])
 if was_empty then redis.call('PUBLISH', ARGV[7], ARGV[5]) end
 redis.call('HSET', KEYS[4], 'CreatedAt', ARGV[1], 'UpdatedAt', ARGV[1])
@@ -53,12 +54,13 @@ table.insert(ids, 1, 'ok')
 return ids
 """
 
-#: KEYS: aggr, then job and jobmeta of each claimed id. ARGV: now, meta ttl.
-#: Marks the claimed jobs InProgress and returns {aggr hash, job hashes...} (flat field/value
-#: lists; empty for a job whose hash is gone, which is left uncreated).
+#: KEYS: aggr, then job, jobmeta and jobopts of each claimed id. ARGV: now, meta ttl.
+#: Marks the claimed jobs InProgress and returns {aggr hash, then per job: its hash and
+#: {options}} (flat field/value lists; an empty hash for a job whose hash is gone, which is
+#: left uncreated).
 START_DOWNLOADS = """
 local out = {redis.call('HGETALL', KEYS[1])}
-for i = 2, #KEYS, 2 do
+for i = 2, #KEYS, 3 do
   local id = redis.call('HGET', KEYS[i], 'ID')
   if id and id ~= '' then
     redis.call('HSET', KEYS[i], 'DownloadState', 'InProgress')
@@ -66,6 +68,7 @@ for i = 2, #KEYS, 2 do
     redis.call('EXPIRE', KEYS[i + 1], ARGV[2])
   end
   table.insert(out, redis.call('HGETALL', KEYS[i]))
+  table.insert(out, {redis.call('GET', KEYS[i + 2]) or ''})
 end
 return out
 """
@@ -85,19 +88,21 @@ end
 return lost
 """
 
-#: KEYS: inflight, leases, job, target queue, jobmeta, joberrors.
+#: KEYS: inflight, leases, job, target queue, jobmeta, joberrors, deletion targets.
 #: ARGV: id, token, target score ("" = none), now, error text ("" = none), errors kept,
-#: meta ttl, finished ("1"/"0"), then job field/value pairs.
-#: Ends an attempt: writes the outcome and moves the id on (back to its queue, or to the
-#: callback queue), only if the caller still holds the lease. 1 done, 0 lease lost,
+#: meta ttl, finished ("1"/"0"), deletion target ("" = none), then job field/value pairs.
+#: Ends an attempt: writes the outcome and moves the id on (back to its queue, to the
+#: callback queue, or -- a finished job without callback -- to the deletion queue with
+#: its file's location), only if the caller still holds the lease. 1 done, 0 lease lost,
 #: -1 the job hash vanished meanwhile.
 FINISH = """
 if redis.call('HGET', KEYS[2], ARGV[1]) ~= ARGV[2] then return 0 end
 redis.call('ZREM', KEYS[1], ARGV[1])
 redis.call('HDEL', KEYS[2], ARGV[1])
 if redis.call('EXISTS', KEYS[3]) == 0 then return -1 end
-if #ARGV >= 10 then redis.call('HSET', KEYS[3], unpack(ARGV, 9)) end
+if #ARGV >= 11 then redis.call('HSET', KEYS[3], unpack(ARGV, 10)) end
 if ARGV[3] ~= '' then redis.call('ZADD', KEYS[4], ARGV[3], ARGV[1]) end
+if ARGV[9] ~= '' then redis.call('HSET', KEYS[7], ARGV[1], ARGV[9]) end
 redis.call('HSET', KEYS[5], 'UpdatedAt', ARGV[4])
 if ARGV[8] == '1' then redis.call('HSET', KEYS[5], 'FinishedAt', ARGV[4]) end
 redis.call('EXPIRE', KEYS[5], ARGV[7])
@@ -159,14 +164,14 @@ end
 return ids
 """
 
-#: KEYS: job. Counts a callback attempt and marks it InProgress; returns the hash, or
-#: nothing when the job is gone (never creates a hash for a vanished job).
+#: KEYS: job, jobopts. Counts a callback attempt and marks it InProgress; returns
+#: {hash, {options}}, or nothing when the job is gone (never creates a hash for a vanished job).
 START_CALLBACK = """
 local id = redis.call('HGET', KEYS[1], 'ID')
 if not id or id == '' then return false end
 redis.call('HINCRBY', KEYS[1], 'CallbackCount', 1)
 redis.call('HSET', KEYS[1], 'CallbackState', 'InProgress', 'CallbackMeta', '')
-return redis.call('HGETALL', KEYS[1])
+return {redis.call('HGETALL', KEYS[1]), {redis.call('GET', KEYS[2]) or ''}}
 """
 
 #: KEYS: job, queue, inflight, callback queue, callback inflight. ARGV: id, now.
@@ -191,15 +196,17 @@ end
 return false
 """
 
-#: KEYS: callback inflight, callback leases, job, jobmeta, joberrors, deletion queue.
-#: ARGV: id, token, deletion score. The callback was delivered: the job's hash and ours go,
-#: its file is scheduled for deletion. 1 done, 0 lease lost.
+#: KEYS: callback inflight, callback leases, job, jobmeta, joberrors, deletion queue,
+#: jobopts, deletion targets. ARGV: id, token, deletion score, file location.
+#: The callback was delivered: the job's hash and ours go, its file is scheduled for
+#: deletion at its location. 1 done, 0 lease lost.
 CALLBACK_DELIVERED = """
 if redis.call('HGET', KEYS[2], ARGV[1]) ~= ARGV[2] then return 0 end
 redis.call('ZREM', KEYS[1], ARGV[1])
 redis.call('HDEL', KEYS[2], ARGV[1])
-redis.call('DEL', KEYS[3], KEYS[4], KEYS[5])
+redis.call('DEL', KEYS[3], KEYS[4], KEYS[5], KEYS[7])
 redis.call('ZADD', KEYS[6], ARGV[3], ARGV[1])
+redis.call('HSET', KEYS[8], ARGV[1], ARGV[4])
 return 1
 """
 

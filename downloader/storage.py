@@ -14,11 +14,16 @@ import errno
 import json
 import os
 import shutil
-from collections.abc import Mapping
+import threading
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from downloader.errors import StorageError
+from downloader.errors import ConfigurationError, StorageError
+
+if TYPE_CHECKING:
+    from downloader.models import Job
+    from downloader.settings import Settings
 
 
 class FileStorage(Protocol):
@@ -116,3 +121,84 @@ def _fsync_dir(directory: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+class Storages:
+    """The configured storage, and the S3 buckets that single jobs name (`s3_bucket` +
+    `s3_region` override the configured storage for that job, as in the original)."""
+
+    def __init__(
+        self,
+        configured: FileStorage,
+        *,
+        job_bucket: Callable[[str, str], FileStorage] | None = None,
+        metadata: Callable[[str], dict[str, str]] | None = None,
+    ) -> None:
+        self.configured = configured
+        self._job_bucket = job_bucket
+        self._metadata = metadata
+
+    def check_writable(self) -> None:
+        self.configured.check_writable()
+
+    def for_location(self, location: Location) -> FileStorage:
+        if not location.bucket:
+            return self.configured
+        if self._job_bucket is None:
+            raise StorageError(f"no S3 support to reach bucket {location.bucket}")
+        return self._job_bucket(location.bucket, location.region)
+
+    def store(self, job: Job, tmp_path: Path, content_type: str) -> None:
+        """Store a job's download where it belongs, with the sniffed type and, on S3, its
+        `extra` as object metadata (which a filesystem drops)."""
+        location = location_of(job)
+        storage = self.for_location(location)
+        on_s3 = not isinstance(storage, FilesystemStorage)  # a filesystem has no place for metadata
+        metadata = self._metadata(job.extra) if self._metadata is not None and on_s3 else None
+        storage.store(tmp_path, location.key, content_type=content_type, metadata=metadata)
+
+    def delete(self, location: Location) -> None:
+        if location.key:
+            self.for_location(location).delete(location.key)
+
+
+def location_of(job: Job) -> Location:
+    return Location(key=job.relative_path, bucket=job.s3_bucket, region=job.s3_region)
+
+
+def from_settings(settings: Settings) -> Storages:
+    """The storages the settings describe. boto3 is imported only once S3 is used: at start
+    with S3 storage, else at the first job that names its own bucket."""
+    if settings.storage_backend == "filesystem":
+        return Storages(
+            FilesystemStorage(Path(settings.storage_root)),
+            job_bucket=_lazy_job_buckets(settings),
+            metadata=_lazy_metadata,
+        )
+    if not settings.s3_bucket:
+        raise ConfigurationError("DOWNLOADER_STORAGE_BACKEND=s3 needs DOWNLOADER_S3_BUCKET")
+    from downloader import aws
+
+    buckets = aws.S3Storages.from_settings(settings)
+    return Storages(aws.S3Storage.from_settings(settings), job_bucket=buckets.get, metadata=aws.s3_metadata)
+
+
+def _lazy_job_buckets(settings: Settings) -> Callable[[str, str], FileStorage]:
+    buckets: list[Callable[[str, str], FileStorage]] = []
+    lock = threading.Lock()
+
+    def job_bucket(bucket: str, region: str) -> FileStorage:
+        with lock:
+            if not buckets:
+                from downloader import aws
+
+                buckets.append(aws.S3Storages.from_settings(settings).get)
+        return buckets[0](bucket, region)
+
+    return job_bucket
+
+
+def _lazy_metadata(extra: str) -> dict[str, str]:
+    from downloader import aws
+
+    return aws.s3_metadata(extra)

@@ -16,7 +16,7 @@ from collections.abc import Iterator, Mapping
 
 from downloader import gourl, mime
 from downloader.errors import RequestRejected
-from downloader.models import Aggregation, Job, State
+from downloader.models import Aggregation, Job, JobOptions, State
 
 _END_OF_INPUT = "unexpected end of JSON input"
 _LITERALS = {"t": "true", "f": "false", "n": "null"}
@@ -114,6 +114,7 @@ def _job(fields: Mapping[str, object]) -> Job:
     s3_bucket, s3_region = _s3(fields)
     callback_url = _callback_url(fields)
     callback_type, callback_dst = ("", "") if callback_url else _callback_pair(fields, s3_bucket)
+    options = JobOptions(subpath=_subpath(fields), **_error_destination(fields, callback_type))
     extra = fields.get("extra")
     return Job(
         id="",
@@ -131,6 +132,7 @@ def _job(fields: Mapping[str, object]) -> Job:
         request_headers=_request_headers(fields),
         s3_bucket=s3_bucket,
         s3_region=s3_region,
+        options=options,
     )
 
 
@@ -188,6 +190,36 @@ def _callback_pair(fields: Mapping[str, object], s3_bucket: str) -> tuple[str, s
     if dst.startswith("http"):
         _check_request_uri(dst, "Could not parse URL")
     return kind, dst
+
+
+def _subpath(fields: Mapping[str, object]) -> str:
+    """The later branch's `subpath`: repeated slashes are tolerated (and collapsed); a path
+    that cleaning would change otherwise (`.` or `..` segments) is refused, so no job can
+    write outside the storage root or another job's prefix. Leading and trailing slashes
+    are dropped: the path is always relative to the root."""
+    value = fields.get("subpath")
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise _Invalid("subpath must be a string")
+    segments = [segment for segment in value.split("/") if segment]
+    if any(segment in (".", "..") for segment in segments) or "\x00" in value:
+        raise _Invalid(f"Invalid path specified: {value}")
+    return "/".join(segments)
+
+
+def _error_destination(fields: Mapping[str, object], callback_type: str) -> dict[str, str]:
+    """`callback_error_type`/`callback_error_dst`: where failed downloads are reported."""
+    kind, dst = fields.get("callback_error_type"), fields.get("callback_error_dst")
+    kind = kind if isinstance(kind, str) else ""
+    dst = dst if isinstance(dst, str) else ""
+    if not dst:
+        return {}
+    if not (kind or callback_type):
+        raise _Invalid("callback_error_dst needs a callback_error_type (or a callback_type)")
+    if dst.startswith("http"):
+        _check_request_uri(dst, "Could not parse callback error URL")
+    return {"callback_error_type": kind, "callback_error_dst": dst}
 
 
 def _mime_type(fields: Mapping[str, object]) -> str:

@@ -12,7 +12,7 @@ import threading
 import time
 from typing import TYPE_CHECKING
 
-from downloader import imaging, keys, mime
+from downloader import imaging, keys, mime, storage
 from downloader.errors import DownloaderError, DownloadError, Interrupted, StorageError
 from downloader.models import Aggregation, Job, State
 from downloader.store import Outcome
@@ -35,10 +35,18 @@ def run_attempt(proc: Processor, aggregation: Aggregation, job: Job, cancelled: 
             now=time.time(),
             backoff=settings.retry_backoff_seconds,
             default_max_retries=settings.max_retries,
+            retention=settings.job_retention_seconds,
         )
     else:
         proc.stats.incr(f"download.response.{code}")
-        outcome = success(job, code, image_size, settings.download_url, now=time.time())
+        outcome = success(
+            job,
+            code,
+            image_size,
+            settings.download_url,
+            now=time.time(),
+            retention=settings.job_retention_seconds,
+        )
     result = proc.db.finish(job, proc.token, outcome)
     if result == 0:
         log.warning("job %s: lease lost before the outcome was written; another worker owns it", job.id)
@@ -57,7 +65,7 @@ def _download_and_store(
         job_headers=job.request_headers,
         timeout=float(job.download_timeout),
         tmp_dir=proc.settings.tmp_dir,
-        sniff=bool(job.mime_type) or job.extract_image_size,
+        sniff=True,  # the type is stored with the file (S3 Content-Type); libmagic costs ~25 us
         mime_pattern=pattern,
         cancelled=cancelled,
     )
@@ -73,7 +81,7 @@ def _download_and_store(
         if cancelled.is_set():
             raise Interrupted("download cancelled (shutting down or disk full)")
         try:
-            proc.storage.store(fetched.path, job.relative_path)
+            proc.storage.store(job, fetched.path, fetched.mime_type)
         except StorageError as exc:
             # Our storage failing is not the job's fault: retried without using an attempt.
             raise DownloadError(
@@ -113,7 +121,9 @@ def _count_response(proc: Processor, err: DownloadError) -> None:
         proc.stats.incr("failures")
 
 
-def success(job: Job, code: int, image_size: str, download_url: str, *, now: float) -> Outcome:
+def success(
+    job: Job, code: int, image_size: str, download_url: str, *, now: float, retention: float
+) -> Outcome:
     fields = {
         "DownloadState": State.SUCCESS.value,
         "DownloadCount": str(job.download_count + 1),
@@ -122,10 +132,12 @@ def success(job: Job, code: int, image_size: str, download_url: str, *, now: flo
         "ResponseCode": str(code),
         "ImageSize": image_size,
     }
-    return _to_callback(job, fields, now=now, error="")
+    return _finished(job, fields, now=now, error="", retention=retention)
 
 
-def decide(job: Job, err: DownloadError, *, now: float, backoff: float, default_max_retries: int) -> Outcome:
+def decide(
+    job: Job, err: DownloadError, *, now: float, backoff: float, default_max_retries: int, retention: float
+) -> Outcome:
     """What a failed attempt leads to.
 
     * interrupted by us (shutdown, sick disk): back to the queue at once, attempt not counted;
@@ -163,12 +175,19 @@ def decide(job: Job, err: DownloadError, *, now: float, backoff: float, default_
         "ResponseCode": code,
         "ImageSize": "",
     }
-    return _to_callback(job, fields, now=now, error=text)
+    return _finished(job, fields, now=now, error=text, retention=retention)
 
 
-def _to_callback(job: Job, fields: dict[str, str], *, now: float, error: str) -> Outcome:
-    if not job.has_callback:
-        return Outcome(fields=fields, error=error, finished=True)
+def _finished(job: Job, fields: dict[str, str], *, now: float, error: str, retention: float) -> Outcome:
+    """To the callback queue; or, with no callback for this outcome, to the deletion queue
+    after `retention` (the original kept such jobs forever). A file in the job's own bucket
+    is the client's and stays; one in our storage goes with the job."""
+    succeeded = fields["DownloadState"] == State.SUCCESS.value
+    if job.callback_destination(succeeded=succeeded) is None:
+        location = storage.location_of(job)
+        target = storage.Location(key="") if location.bucket else location
+        return Outcome(fields=fields, target=keys.DELETION_QUEUE, score=now + retention, error=error,
+                       finished=True, deletion_target=target.encode())  # fmt: skip
     fields = {**fields, "CallbackState": State.PENDING.value}
     return Outcome(fields=fields, target=keys.CALLBACK_QUEUE, score=now, error=error, finished=True)
 

@@ -13,11 +13,18 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 from downloader import keys, notifying, store
-from downloader.errors import DownloaderError, JobNotFound, NotificationError, StorageError
+from downloader.errors import (
+    DownloaderError,
+    JobNotFound,
+    NotificationError,
+    StorageError,
+    StoreError,
+    UnknownDestination,
+)
 from downloader.models import CorruptJobError, Job, State, relative_path
 from downloader.settings import Settings
 from downloader.stats import Stats
-from downloader.storage import FileStorage
+from downloader.storage import Location, Storages, location_of
 from downloader.worker.housekeeping import Every, loop_until
 from downloader.worker.processor import LOST_LEASE_TEXT
 
@@ -33,7 +40,7 @@ class Notifier:
         self,
         settings: Settings,
         db: store.Store,
-        storage: FileStorage,
+        storage: Storages,
         *,
         backends: dict[str, notifying.Backend] | None = None,
         stats: Stats | None = None,
@@ -43,15 +50,7 @@ class Notifier:
         self.storage = storage
         self.stats = stats or Stats()
         self.token = store.new_token()
-        self.backends = (
-            backends
-            if backends is not None
-            else {
-                "http": notifying.HttpBackend(
-                    settings.callback_timeout_seconds, settings.notifier_concurrency
-                )
-            }
-        )
+        self.backends = backends if backends is not None else notifying.build_backends(settings)
         self.threads = ThreadPoolExecutor(settings.notifier_concurrency, thread_name_prefix="callback")
         self._lock = threading.Lock()
         self._busy = 0
@@ -102,6 +101,9 @@ class Notifier:
     def _deliver_guarded(self, job_id: str) -> None:
         try:
             self._deliver(job_id)
+        except StoreError as exc:  # an outage is expected: one line, no traceback
+            log.warning("callback of job %s: redis unavailable (%s); its lease will expire and it is retried",
+                        job_id, exc)  # fmt: skip
         except Exception:
             log.exception(
                 "callback of job %s failed unexpectedly; its lease will expire and it is retried", job_id
@@ -114,7 +116,8 @@ class Notifier:
 
     def _deliver(self, job_id: str) -> None:
         try:
-            job = Job.from_hash(self.db.start_callback(job_id))
+            claimed = self.db.start_callback(job_id)
+            job = Job.from_hash(claimed.raw, claimed.options)
         except (JobNotFound, CorruptJobError) as exc:
             log.warning("callback of job %s dropped: %s", job_id, exc)
             self.db.drop_callback_claim(job_id, self.token)
@@ -130,14 +133,14 @@ class Notifier:
             self._retry_or_fail(job, f"Undefined backend {backend_name} for job {job.job_string()}")
             return
         try:
-            backend.deliver(
-                notifying.Message(job.id, destination, notifying.encode(notifying.payload(job)))
-            )
+            backend.deliver(notifying.Message(job.id, destination, notifying.encode(notifying.payload(job))))
         except NotificationError as exc:
+            if isinstance(exc, UnknownDestination):
+                self.stats.incr("unknownTopicOrPartition")
             self._retry_or_fail(job, str(exc))
             return
         delete_at = time.time() + self.settings.deletion_delay_seconds
-        if self.db.callback_delivered(job.id, self.token, delete_at):
+        if self.db.callback_delivered(job.id, self.token, delete_at, location_of(job).encode()):
             self.stats.incr("successfulCallbacks")
 
     def _retry_or_fail(self, job: Job, error: str) -> None:
@@ -211,9 +214,14 @@ class Notifier:
                     )
 
     def _reap(self) -> None:
-        for job_id in self.db.claim_deletions(DELETIONS_PER_ROUND, DELETION_RETRY_SECONDS):
+        ids = self.db.claim_deletions(DELETIONS_PER_ROUND, DELETION_RETRY_SECONDS)
+        targets = self.db.deletion_targets(ids)
+        for job_id in ids:
             try:
-                self.storage.delete(relative_path(job_id))
+                location = (
+                    Location.decode(targets[job_id]) if job_id in targets else Location(relative_path(job_id))
+                )
+                self.storage.delete(location)
             except StorageError as exc:
                 self.stats.incr("reaperFailures")
                 log.warning("deleting the file of job %s failed, retrying later: %s", job_id, exc)

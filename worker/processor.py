@@ -17,12 +17,12 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from downloader import diskcheck, keys, store
-from downloader.errors import DownloaderError
+from downloader.errors import DownloaderError, StoreError
 from downloader.fetching import Fetcher, FetchLimits
 from downloader.models import Aggregation, CorruptJobError, Job
 from downloader.settings import Settings
 from downloader.stats import Stats
-from downloader.storage import FileStorage
+from downloader.storage import Storages
 from downloader.worker import attempts
 from downloader.worker.housekeeping import Every, loop_until
 
@@ -52,7 +52,7 @@ class Processor:
         self,
         settings: Settings,
         db: store.Store,
-        storage: FileStorage,
+        storage: Storages,
         *,
         only: frozenset[str] = frozenset(),
         stats: Stats | None = None,
@@ -186,13 +186,13 @@ class Processor:
 
     def _start(self, aggr_id: str, ids: list[str]) -> None:
         aggregation, raw_jobs = self.db.load_claimed(aggr_id, ids)
-        for job_id, raw in raw_jobs.items():
-            if not raw.get("ID"):
+        for job_id, claimed in raw_jobs.items():
+            if not claimed.raw.get("ID"):
                 log.warning("job %s of %s has no hash any more; dropping it from the queue", job_id, aggr_id)
                 self.db.drop_claim(aggr_id, job_id, self.token)
                 continue
             try:
-                job = Job.from_hash(raw)
+                job = Job.from_hash(claimed.raw, claimed.options)
             except CorruptJobError as exc:
                 log.error("job %s is unreadable, left as is: %s", job_id, exc)
                 self.db.drop_claim(aggr_id, job_id, self.token)
@@ -215,6 +215,9 @@ class Processor:
     def _work(self, aggregation: Aggregation, job: Job, cancelled: threading.Event) -> None:
         try:
             attempts.run_attempt(self, aggregation, job, cancelled)
+        except StoreError as exc:  # an outage is expected: one line, no traceback
+            log.warning("job %s: redis unavailable (%s); its lease will expire and it will be retried",
+                        job.id, exc)  # fmt: skip
         except Exception:
             log.exception("unexpected error on job %s; its lease will expire and it will be retried", job.id)
         finally:

@@ -12,7 +12,8 @@ import pytest
 import redis
 
 from downloader import keys
-from downloader.models import JOB_FIELDS, Aggregation, Job, State
+from downloader.models import JOB_FIELDS, Aggregation, Job, JobOptions, State
+from downloader.storage import Location
 from downloader.store import Outcome, Store, new_token
 
 pytestmark = pytest.mark.integration
@@ -160,12 +161,31 @@ def test_callbacks_are_leased_delivered_and_scheduled_for_deletion(db: Store, rd
     token = new_token()
     assert db.claim_callbacks(10, token, 30) == [job_id]
     assert db.claim_callbacks(10, new_token(), 30) == []
-    raw = db.start_callback(job_id)
+    raw = db.start_callback(job_id).raw
     assert raw["CallbackCount"] == "1" and raw["CallbackState"] == "InProgress"
-    assert db.callback_delivered(job_id, token, delete_at=123.0) == 1
+    where = Location(key=f"sub/{job_id[:3]}/{job_id}", bucket="theirs", region="eu-west-1").encode()
+    assert db.callback_delivered(job_id, token, delete_at=123.0, location=where) == 1
     assert not rdb.exists(keys.job(job_id), keys.job_meta(job_id))
     assert rdb.zscore(keys.DELETION_QUEUE, job_id) == 123.0
     assert rdb.zcard(keys.CALLBACK_INFLIGHT) == 0
+    assert db.deletion_targets([job_id, "NoSuchJob12345"]) == {job_id: where}
+    db.deletion_done(job_id)
+    assert db.deletion_targets([job_id]) == {} and rdb.zscore(keys.DELETION_QUEUE, job_id) is None
+
+
+def test_options_live_beside_the_originals_hash_and_go_with_the_job(db: Store, rdb: redis.Redis) -> None:
+    options = JobOptions(subpath="a/b", callback_error_type="http", callback_error_dst="http://errors")
+    job = Job(id="", url="http://h/x", aggr_id="aggr", callback_type="http", callback_dst="http://cb",
+              options=options)  # fmt: skip
+    job_id = db.enqueue(job, Aggregation("aggr", limit=2))
+    assert set(rdb.hkeys(keys.job(job_id))) <= set(JOB_FIELDS)  # the original can still read it
+    ids = db.claim("aggr", 1, new_token(), 30).ids
+    _, claimed = db.load_claimed("aggr", ids)
+    assert Job.from_hash(claimed[job_id].raw, claimed[job_id].options).options == options
+    plain = db.enqueue(
+        Job(id="", url="http://h/y", aggr_id="aggr", callback_url="http://cb"), Aggregation("aggr")
+    )
+    assert not rdb.exists(keys.job_options(plain))  # most jobs store no extra key
 
 
 def test_a_dead_notifiers_callbacks_come_back(db: Store, rdb: redis.Redis) -> None:

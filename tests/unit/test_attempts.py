@@ -6,10 +6,12 @@ import pytest
 
 from downloader import keys
 from downloader.errors import DownloadError, Interrupted
-from downloader.models import Job, State
+from downloader.models import Job, JobOptions, State
+from downloader.storage import Location
 from downloader.worker.attempts import decide, success
 
 NOW = 1_000_000.0
+RETENTION = 7 * 86400.0
 
 
 def job(**fields: object) -> Job:
@@ -42,7 +44,14 @@ def test_error_text_keeps_the_original_shape() -> None:
 
 @pytest.mark.parametrize("count,expected_delay", [(0, 120.0), (1, 240.0)])
 def test_retriable_errors_back_off_linearly(count: int, expected_delay: float) -> None:
-    out = decide(job(download_count=count), server_error(), now=NOW, backoff=120, default_max_retries=2)
+    out = decide(
+        job(download_count=count),
+        server_error(),
+        now=NOW,
+        backoff=120,
+        default_max_retries=2,
+        retention=RETENTION,
+    )
     assert out.target == keys.queue("ag")
     assert out.score == NOW + expected_delay
     assert out.fields["DownloadState"] == State.PENDING
@@ -53,7 +62,14 @@ def test_retriable_errors_back_off_linearly(count: int, expected_delay: float) -
 
 
 def test_out_of_retries_fails_with_the_error_and_queues_the_callback() -> None:
-    out = decide(job(download_count=2), server_error(), now=NOW, backoff=120, default_max_retries=2)
+    out = decide(
+        job(download_count=2),
+        server_error(),
+        now=NOW,
+        backoff=120,
+        default_max_retries=2,
+        retention=RETENTION,
+    )
     assert out.fields["DownloadState"] == State.FAILED
     assert out.fields["DownloadCount"] == "3"
     assert out.fields["DownloadMeta"].endswith("retriable: true, internal: false")
@@ -65,21 +81,26 @@ def test_out_of_retries_fails_with_the_error_and_queues_the_callback() -> None:
 def test_max_retries_means_retries_after_the_first_try(max_retries: int, attempts: int) -> None:
     j = job(max_retries=max_retries)
     for n in range(attempts):
-        out = decide(j, server_error(), now=NOW, backoff=1, default_max_retries=2)
+        out = decide(j, server_error(), now=NOW, backoff=1, default_max_retries=2, retention=RETENTION)
         j.download_count += 1
         expected = State.FAILED if n == attempts - 1 else State.PENDING
         assert out.fields["DownloadState"] == expected, (n, out)
 
 
 def test_terminal_errors_fail_at_once() -> None:
-    out = decide(job(), not_found(), now=NOW, backoff=120, default_max_retries=2)
+    out = decide(job(), not_found(), now=NOW, backoff=120, default_max_retries=2, retention=RETENTION)
     assert out.fields["DownloadState"] == State.FAILED
     assert out.fields["ResponseCode"] == "404"
 
 
 def test_interruptions_do_not_use_an_attempt() -> None:
     out = decide(
-        job(download_count=1), Interrupted("shutting down"), now=NOW, backoff=120, default_max_retries=2
+        job(download_count=1),
+        Interrupted("shutting down"),
+        now=NOW,
+        backoff=120,
+        default_max_retries=2,
+        retention=RETENTION,
     )
     assert out.fields == {"DownloadState": State.PENDING}
     assert out.target == keys.queue("ag") and out.score == NOW
@@ -87,18 +108,38 @@ def test_interruptions_do_not_use_an_attempt() -> None:
 
 def test_internal_errors_back_off_without_counting() -> None:
     err = DownloadError("creating tmp file", "No space left on device", retriable=True, internal=True)
-    out = decide(job(download_count=1), err, now=NOW, backoff=120, default_max_retries=2)
+    out = decide(job(download_count=1), err, now=NOW, backoff=120, default_max_retries=2, retention=RETENTION)
     assert "DownloadCount" not in out.fields
     assert out.score == NOW + 120  # the original retried these with no delay, forever
 
 
-def test_a_job_without_callback_fails_without_queueing_one() -> None:
-    out = decide(job(callback_url=""), not_found(), now=NOW, backoff=1, default_max_retries=2)
-    assert out.target is None and "CallbackState" not in out.fields and out.finished
+def test_a_job_without_callback_is_deleted_with_its_file_after_the_retention_period() -> None:
+    out = decide(
+        job(callback_url=""), not_found(), now=NOW, backoff=1, default_max_retries=2, retention=RETENTION
+    )
+    assert "CallbackState" not in out.fields and out.finished
+    assert (out.target, out.score) == (keys.DELETION_QUEUE, NOW + RETENTION)
+    assert Location.decode(out.deletion_target) == Location("AbC/AbCdEfGhIjKlMn")
+
+
+def test_a_file_in_the_jobs_own_bucket_is_the_clients_and_outlives_the_retention() -> None:
+    j = job(callback_url="", s3_bucket="theirs", s3_region="eu-west-1")
+    out = success(j, 200, "", "http://localhost/foo", now=NOW, retention=RETENTION)
+    assert out.target == keys.DELETION_QUEUE
+    assert Location.decode(out.deletion_target) == Location(key="")
+
+
+def test_a_failed_download_goes_to_the_error_destination_even_without_a_callback_destination() -> None:
+    options = JobOptions(callback_error_type="http", callback_error_dst="http://errors")
+    j = job(callback_url="", s3_bucket="theirs", s3_region="eu-west-1", options=options)
+    failed = decide(j, not_found(), now=NOW, backoff=1, default_max_retries=2, retention=RETENTION)
+    assert failed.target == keys.CALLBACK_QUEUE and failed.fields["CallbackState"] == "Pending"
+    succeeded = success(j, 200, "", "http://localhost/foo", now=NOW, retention=RETENTION)
+    assert succeeded.target == keys.DELETION_QUEUE  # nothing to tell about a success
 
 
 def test_success_records_the_download_and_queues_the_callback() -> None:
-    out = success(job(download_count=1), 200, "10x10", "http://localhost/foo", now=NOW)
+    out = success(job(download_count=1), 200, "10x10", "http://localhost/foo", now=NOW, retention=RETENTION)
     assert out.fields == {
         "DownloadState": "Success",
         "DownloadCount": "2",

@@ -23,7 +23,11 @@ CONFIG = {
         "download_url": "http://localhost/foo",
     },
     "notifier": {"concurrency": 3, "deletion_interval": 2, "stats_interval": 300},
-    "backends": {"http": {"timeout": 7}, "kafka": {"bootstrap.servers": "k:9092"}},
+    "backends": {
+        "http": {"timeout": 7},
+        "kafka": {"bootstrap.servers": "k:9092", "message.send.max.retries": 3},
+        "sqs": {"region": "eu-central-1"},
+    },
 }
 
 
@@ -51,7 +55,18 @@ def test_the_originals_config_json_maps_onto_settings(tmp_path: Path) -> None:
     assert s.stats_interval_seconds == 0.3
     assert s.download_url == "http://localhost/foo"
     assert s.notifier_concurrency == 3 and s.deletion_delay_seconds == 120
-    assert s.callback_timeout_seconds == 7 and s.kafka_bootstrap_servers == "k:9092"
+    assert s.callback_timeout_seconds == 7
+    assert s.kafka_config == {"bootstrap.servers": "k:9092", "message.send.max.retries": 3}
+    assert s.sqs_region == "eu-central-1"
+
+
+def test_sentinel_needs_both_the_master_name_and_sentinels_as_in_the_original(tmp_path: Path) -> None:
+    both = {"redis": {"addr": "r:6379", "master_name": "mymaster", "sentinel": ["s1:26379", "s2:26379"]}}
+    s = settings.load(write(tmp_path, both))
+    assert (s.redis_master_name, s.redis_sentinels) == ("mymaster", "s1:26379,s2:26379")
+    only_name = {"redis": {"addr": "r:6379", "master_name": "mymaster", "sentinel": []}}
+    s = settings.load(write(tmp_path, only_name))
+    assert (s.redis_master_name, s.redis_sentinels) == ("", "")
 
 
 def test_the_environment_wins_over_the_config_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
