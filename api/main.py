@@ -22,7 +22,7 @@ def create_app(settings: Settings, *, serve_files: bool = False) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.settings = settings
-        app.state.store = AsyncStore.from_url(settings.redis_url)
+        app.state.store = AsyncStore.from_settings(settings)
         app.state.registrar = None
         if settings.kube_create_aggregations and cluster.has_access(settings):
             app.state.registrar = cluster.Registrar(cluster.Cluster.from_settings(settings))

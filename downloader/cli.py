@@ -210,25 +210,20 @@ def _processor(settings: Settings, only: frozenset[str]) -> Service:
     from downloader.store import Store
     from downloader.worker.processor import Processor
 
-    return Processor(settings, Store.from_url(settings.redis_url), _storage(settings), only=only)
+    return Processor(settings, Store.from_settings(settings), _storage(settings), only=only)
 
 
 def _notifier(settings: Settings) -> Service:
     from downloader.store import Store
     from downloader.worker.notifier import Notifier
 
-    return Notifier(settings, Store.from_url(settings.redis_url), _storage(settings))
+    return Notifier(settings, Store.from_settings(settings), _storage(settings))
 
 
 def _storage(settings: Settings) -> Any:
-    from downloader.storage import FilesystemStorage
+    from downloader import storage
 
-    if settings.storage_backend != "filesystem":
-        raise ConfigurationError(
-            f"DOWNLOADER_STORAGE_BACKEND={settings.storage_backend} is not available "
-            "in this version; use filesystem"
-        )
-    return FilesystemStorage(Path(settings.storage_root))
+    return storage.from_settings(settings)
 
 
 def _run_until_signalled(services: list[Service]) -> int:

@@ -7,22 +7,31 @@ errors leave this module as `StoreError`.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
+import logging
 import secrets
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import redis
 import redis.asyncio
 
-from downloader import keys, scripts
+from downloader import keys, redis_client, scripts
 from downloader.errors import JobNotFound, StoreError
 from downloader.models import DEFAULT_AGGREGATION_LIMIT, DEFAULT_MAX_RETRIES, Aggregation, Job
 
+if TYPE_CHECKING:
+    from downloader.settings import Settings
+
+log = logging.getLogger("downloader.store")
+
 ID_ATTEMPTS = 3
+#: Backoff of the wakeup listener between failed subscriptions (seconds).
+RESUBSCRIBE_FIRST, RESUBSCRIBE_MAX = 0.5, 10.0
 
 
 def new_job_id() -> str:
@@ -67,6 +76,14 @@ class Claim:
 
 
 @dataclasses.dataclass(frozen=True)
+class ClaimedJob:
+    """A job as a claim reads it: the original's hash, and our encoded `JobOptions`."""
+
+    raw: dict[str, str]
+    options: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
 class Outcome:
     """The end of one download attempt, to be written atomically by `Store.finish`."""
 
@@ -75,6 +92,8 @@ class Outcome:
     score: float = 0.0
     error: str = ""
     finished: bool = False
+    deletion_target: str = ""
+    """Encoded storage Location, recorded when the target is the deletion queue."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,9 +108,8 @@ class JobStatus:
 
 
 def connect(url: str) -> redis.Redis:
-    return redis.Redis.from_url(
-        url, decode_responses=True, health_check_interval=30, socket_keepalive=True, retry_on_timeout=True
-    )
+    """A client straight to `url`; processes use `Store.from_settings` (Sentinel aware)."""
+    return redis_client.connect_url(url)
 
 
 class Store:
@@ -120,6 +138,11 @@ class Store:
     def from_url(cls, url: str) -> Store:
         return cls(connect(url))
 
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Store:
+        """The store every process uses: the URL, or the primary that Sentinel names."""
+        return cls(redis_client.connect(settings))
+
     def close(self) -> None:
         self.redis.close()
 
@@ -145,21 +168,34 @@ class Store:
             }
 
     def listen_wakeups(self, stop: threading.Event, on_wakeup: Callable[[str], None]) -> None:
-        """Call `on_wakeup(aggr_id)` for every announcement until `stop` (resubscribing after
-        Redis outages; what is missed meanwhile the periodic scan finds)."""
+        """Call `on_wakeup(aggr_id)` for every announcement until `stop`, resubscribing after
+        Redis outages with backoff (what is missed meanwhile the periodic scan finds)."""
+        delay = 0.0
         while not stop.is_set():
-            pubsub = self.redis.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
-            try:
-                pubsub.subscribe(keys.WAKEUP_CHANNEL)
-                while not stop.is_set():
-                    message = pubsub.get_message(timeout=0.5)
-                    if message and message.get("type") == "message":
-                        on_wakeup(str(message["data"]))
-            except redis.RedisError:
-                stop.wait(1.0)
-            finally:
-                with contextlib.suppress(redis.RedisError):
-                    pubsub.close()
+            if self._listen_once(stop, on_wakeup):
+                delay = 0.0  # it was subscribed: a new outage starts with a short wait
+            delay = min(RESUBSCRIBE_MAX, max(RESUBSCRIBE_FIRST, delay * 2))
+            stop.wait(delay)
+
+    def _listen_once(self, stop: threading.Event, on_wakeup: Callable[[str], None]) -> bool:
+        """One subscription until `stop` or a Redis error; True if it got subscribed."""
+        pubsub = self.redis.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
+        subscribed = False
+        try:
+            pubsub.subscribe(keys.WAKEUP_CHANNEL)
+            subscribed = True
+            log.debug("subscribed to %s", keys.WAKEUP_CHANNEL)
+            while not stop.is_set():
+                message = pubsub.get_message(timeout=0.5)
+                if message and message.get("type") == "message":
+                    on_wakeup(str(message["data"]))
+        except redis.RedisError as exc:
+            if subscribed:  # one line per outage, not one per retry
+                log.warning("wakeup subscription lost, resubscribing: %s: %s", type(exc).__name__, exc)
+        finally:
+            with contextlib.suppress(redis.RedisError):
+                pubsub.close()
+        return subscribed
 
     def aggregation(self, aggr_id: str) -> Aggregation:
         with translated():
@@ -273,18 +309,22 @@ class Store:
         aggr_id: str,
         ids: Sequence[str],
         now: float | None = None,
-    ) -> tuple[Aggregation, dict[str, dict[str, str]]]:
+    ) -> tuple[Aggregation, dict[str, ClaimedJob]]:
         """Mark claimed jobs InProgress and read them with their aggregation, in one round trip."""
         now = time.time() if now is None else now
         job_keys: list[str] = []
         for job_id in ids:
-            job_keys += [keys.job(job_id), keys.job_meta(job_id)]
+            job_keys += [keys.job(job_id), keys.job_meta(job_id), keys.job_options(job_id)]
         with translated():
             reply = cast(list[list[str]], self._start_downloads(
                 keys=[keys.aggregation(aggr_id), *job_keys], args=[repr(now), self.meta_ttl]
             ))  # fmt: skip
-        raw_aggregation, *raw_jobs = (_pairs(flat) for flat in reply)
-        return Aggregation.from_hash(aggr_id, raw_aggregation), dict(zip(ids, raw_jobs, strict=True))
+        raw_aggregation, *per_job = reply
+        raw_jobs = [
+            ClaimedJob(_pairs(flat), options[0])
+            for flat, options in zip(per_job[::2], per_job[1::2], strict=True)
+        ]
+        return Aggregation.from_hash(aggr_id, _pairs(raw_aggregation)), dict(zip(ids, raw_jobs, strict=True))
 
     def renew(
         self, aggr_id: str, ids: Sequence[str], token: str, lease_seconds: float, now: float | None = None
@@ -315,6 +355,7 @@ class Store:
                         target,
                         keys.job_meta(job.id),
                         keys.job_errors(job.id),
+                        keys.DELETION_TARGETS,
                     ],
                     args=[
                         job.id,
@@ -325,6 +366,7 @@ class Store:
                         keys.JOB_ERRORS_KEPT,
                         self.meta_ttl,
                         "1" if outcome.finished else "0",
+                        outcome.deletion_target,
                         *_flatten(outcome.fields),
                     ],
                 )
@@ -396,13 +438,16 @@ class Store:
                 ),
             )
 
-    def start_callback(self, job_id: str) -> dict[str, str]:
-        """Count the attempt and mark it InProgress; returns the job hash after that."""
+    def start_callback(self, job_id: str) -> ClaimedJob:
+        """Count the attempt and mark it InProgress; returns the job after that."""
         with translated():
-            reply = cast(list[str] | None, self._start_callback(keys=[keys.job(job_id)]))
+            reply = cast(
+                list[list[str]] | None,
+                self._start_callback(keys=[keys.job(job_id), keys.job_options(job_id)]),
+            )
         if not reply:
             raise JobNotFound(job_id)
-        return _pairs(reply)
+        return ClaimedJob(_pairs(reply[0]), reply[1][0])
 
     def renew_callbacks(self, ids: Sequence[str], token: str, lease_seconds: float) -> list[str]:
         """Extend the leases of callbacks being delivered; returns those no longer ours."""
@@ -437,7 +482,8 @@ class Store:
                     found[str(kind)] += 1
         return found
 
-    def callback_delivered(self, job_id: str, token: str, delete_at: float) -> int:
+    def callback_delivered(self, job_id: str, token: str, delete_at: float, location: str) -> int:
+        """`location`: the encoded storage Location the reaper deletes at `delete_at`."""
         with translated():
             return int(
                 self._delivered(
@@ -448,8 +494,10 @@ class Store:
                         keys.job_meta(job_id),
                         keys.job_errors(job_id),
                         keys.DELETION_QUEUE,
+                        keys.job_options(job_id),
+                        keys.DELETION_TARGETS,
                     ],
-                    args=[job_id, token, repr(delete_at)],
+                    args=[job_id, token, repr(delete_at), location],
                 )
             )
 
@@ -527,11 +575,22 @@ class Store:
                 ),
             )
 
+    def deletion_targets(self, ids: Sequence[str]) -> dict[str, str]:
+        """The encoded file Location of each id that has one recorded."""
+        if not ids:
+            return {}
+        with translated():
+            found = cast(list[str | None], self.redis.hmget(keys.DELETION_TARGETS, list(ids)))
+        return {job_id: target for job_id, target in zip(ids, found, strict=True) if target}
+
     def deletion_done(self, job_id: str) -> None:
         with translated():
             pipe = self.redis.pipeline(transaction=True)
             pipe.zrem(keys.DELETION_QUEUE, job_id)
-            pipe.delete(keys.job(job_id), keys.job_meta(job_id), keys.job_errors(job_id))
+            pipe.hdel(keys.DELETION_TARGETS, job_id)
+            pipe.delete(
+                keys.job(job_id), keys.job_meta(job_id), keys.job_errors(job_id), keys.job_options(job_id)
+            )
             pipe.execute()
 
     # --- stats and reads ----------------------------------------------------------
@@ -554,6 +613,7 @@ def enqueue_arguments(
         keys.aggregation(aggregation.id),
         keys.queue(aggregation.id),
         keys.job_meta(job_id),
+        keys.job_options(job_id),
     ]
     a: list[Any] = [
         repr(now),
@@ -563,6 +623,7 @@ def enqueue_arguments(
         aggregation.id,
         job_id,
         keys.WAKEUP_CHANNEL,
+        job.options.encode(),
         *_flatten(fields),
     ]
     return k, a
@@ -571,20 +632,44 @@ def enqueue_arguments(
 class AsyncStore:
     """What the API needs, on redis.asyncio."""
 
-    def __init__(self, client: redis.asyncio.Redis, *, meta_ttl: int = keys.JOB_META_TTL_SECONDS) -> None:
+    def __init__(
+        self,
+        client: redis.asyncio.Redis,
+        *,
+        meta_ttl: int = keys.JOB_META_TTL_SECONDS,
+        wait_replicas: int = 0,
+        wait_timeout_ms: int = 1000,
+    ) -> None:
         self.redis = client
         self.meta_ttl = meta_ttl
+        self.wait_replicas = wait_replicas
+        self.wait_timeout_ms = wait_timeout_ms
+        self._follower: asyncio.Task[None] | None = None
         self._enqueue = client.register_script(scripts.ENQUEUE)
         self._retry = client.register_script(scripts.RETRY_CALLBACK)
 
     @classmethod
     def from_url(cls, url: str) -> AsyncStore:
-        client = redis.asyncio.Redis.from_url(
-            url, decode_responses=True, health_check_interval=30, socket_keepalive=True, retry_on_timeout=True
+        return cls(redis_client.connect_url_async(url))
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> AsyncStore:
+        """Call it inside the event loop: with Sentinel it starts following the primary."""
+        store = cls(
+            redis_client.connect_async(settings),
+            wait_replicas=settings.redis_wait_replicas,
+            wait_timeout_ms=settings.redis_wait_timeout_ms,
         )
-        return cls(client)
+        store._follower = asyncio.get_running_loop().create_task(
+            redis_client.follow_primary_async(store.redis)
+        )
+        return store
 
     async def close(self) -> None:
+        if self._follower is not None:
+            self._follower.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._follower
         await self.redis.aclose()
 
     async def ping(self) -> None:
@@ -598,9 +683,25 @@ class AsyncStore:
             for _ in range(ID_ATTEMPTS):
                 job_id = new_job_id()
                 k, a = enqueue_arguments(job, aggregation, job_id, now, self.meta_ttl)
-                if await self._enqueue(keys=k, args=a):
+                if await self._enqueue_durably(k, a):
                     return job_id
         return None
+
+    async def _enqueue_durably(self, k: list[str], a: list[Any]) -> bool:
+        """Run the enqueue script; with `wait_replicas`, WAIT on the same connection so the
+        201 is only sent once that many replicas hold the job (a failover cannot lose it)."""
+        if not self.wait_replicas:
+            return bool(await self._enqueue(keys=k, args=a))
+        pipe = self.redis.pipeline(transaction=False)
+        await self._enqueue(keys=k, args=a, client=pipe)
+        pipe.wait(self.wait_replicas, self.wait_timeout_ms)
+        created, acked = await pipe.execute()
+        if created and int(acked) < self.wait_replicas:
+            log.warning(
+                "job %s acknowledged by %d of %d replicas within %d ms; a failover now could lose it",
+                k[0], acked, self.wait_replicas, self.wait_timeout_ms,
+            )  # fmt: skip
+        return bool(created)
 
     async def job_hash(self, job_id: str) -> dict[str, str]:
         with translated():
@@ -635,10 +736,11 @@ class AsyncStore:
             pipe.hgetall(keys.job(job_id))
             pipe.hgetall(keys.job_meta(job_id))
             pipe.lrange(keys.job_errors(job_id), 0, -1)
-            raw, meta, errors = await pipe.execute()
+            pipe.get(keys.job_options(job_id))
+            raw, meta, errors, options = await pipe.execute()
             if not raw or not raw.get("ID"):
                 return None
-            job = Job.from_hash(raw)
+            job = Job.from_hash(raw, options)
             pipe = self.redis.pipeline(transaction=False)
             pipe.zscore(keys.queue(job.aggr_id), job_id)
             pipe.zscore(keys.inflight(job.aggr_id), job_id)

@@ -22,7 +22,7 @@ log = logging.getLogger("downloader.operator")
 
 def run(settings: Settings) -> None:
     reconciler = Reconciler(
-        settings, Store.from_url(settings.redis_url), cluster.Cluster.from_settings(settings)
+        settings, Store.from_settings(settings), cluster.Cluster.from_settings(settings)
     )
     registry = kopf.OperatorRegistry()
     register(reconciler, registry)
