@@ -1,7 +1,9 @@
-"""Shared fixtures: a private redis-server for the whole session, flushed before each test.
+"""Shared fixtures: a private redis-server for the whole session, flushed before each test;
+file and callback servers on 127.0.0.1; the `downloader` processes of a test (`stack`).
 
 A missing redis-server fails the tests that need it with the reason (never a skip):
-`scripts/bootstrap` installs it.
+`scripts/bootstrap` installs it. When a test fails, the tails of its processes' logs are
+attached to the report.
 """
 
 from __future__ import annotations
@@ -9,12 +11,18 @@ from __future__ import annotations
 import shutil
 import socket
 import subprocess
+import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
 
 import pytest
 import redis
+
+sys.path.insert(0, str(Path(__file__).resolve().parent / "integration"))
+
+from procs import Stack
+from servers import CallbackServer, FileServer
 
 DATA = Path(__file__).parent / "data"
 
@@ -103,3 +111,39 @@ def rdb(redis_server: RedisServer) -> Iterator[redis.Redis]:
 @pytest.fixture
 def redis_url(rdb: redis.Redis, redis_server: RedisServer) -> str:
     return redis_server.url
+
+
+@pytest.fixture
+def files() -> Iterator[FileServer]:
+    server = FileServer()
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def callbacks() -> Iterator[CallbackServer]:
+    server = CallbackServer()
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def stack(tmp_path: Path, redis_url: str) -> Iterator[Stack]:
+    """Nothing runs yet: a test starts what it needs (`stack.all_three()`, `stack.worker()`...)."""
+    s = Stack(tmp_path, redis_url)
+    yield s
+    s.stop_all()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    report = yield
+    if report.when == "call" and report.failed:
+        s = getattr(item, "funcargs", {}).get("stack")
+        if isinstance(s, Stack) and s.procs:
+            report.sections.append(("process logs", s.log_tails()))
+    return report

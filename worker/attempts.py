@@ -83,18 +83,23 @@ def _download_and_store(
         try:
             proc.storage.store(job, fetched.path, fetched.mime_type)
         except StorageError as exc:
-            # Our storage failing is not the job's fault: retried without using an attempt.
-            raise DownloadError(
-                "storing file to default storage backend",
-                str(exc),
-                retriable=True,
-                internal=True,
-                response_code=fetched.response_code,
-            ) from exc
+            raise _storage_failure(job, exc, fetched.response_code) from exc
     finally:
         with contextlib.suppress(OSError):
             fetched.path.unlink(missing_ok=True)
     return image_size, fetched.response_code
+
+
+def _storage_failure(job: Job, exc: StorageError, response_code: int) -> DownloadError:
+    if job.s3_bucket:
+        # The job's own bucket (missing, or not writable for us) is the client's to fix; botocore
+        # has already retried transient errors. Failed at once, as the original (which lost
+        # this error when `extra` was set, and reported success: bug 10.1.3).
+        return DownloadError("storing file to job specified AWS S3 bucket", str(exc), retriable=False,
+                             response_code=response_code)  # fmt: skip
+    # Our storage failing is not the job's fault: retried without using an attempt.
+    return DownloadError("storing file to default storage backend", str(exc), retriable=True, internal=True,
+                         response_code=response_code)  # fmt: skip
 
 
 def _pattern(job: Job) -> mime.MimePattern | None:

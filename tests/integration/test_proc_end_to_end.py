@@ -765,3 +765,20 @@ def test_an_idle_worker_starts_a_new_aggregation_without_waiting_for_its_scan(
     job_id = api.post_job(job_body(files.url("tiny.png"), aggr_id("wakeup"), callbacks.url))
 
     assert callbacks.wait_for(job_id, timeout=20)["success"] is True
+
+
+def test_a_subpath_puts_the_file_and_its_url_under_it_and_traversal_is_refused(
+    stack: Stack, files: FileServer, callbacks: CallbackServer
+) -> None:
+    api, _, _ = stack.all_three(DOWNLOADER_DELETION_DELAY_SECONDS="3")
+    job_id = api.post_job(job_body(files.url("tiny.png"), aggr_id(), callbacks.url, subpath="shop/2026"))
+    payload = callbacks.wait_for(job_id)
+    key = f"shop/2026/{job_id[:3]}/{job_id}"
+    assert payload["download_url"] == f"{DOWNLOAD_URL_BASE}/{key}"
+    stored = stack.storage_root / key
+    assert stored.read_bytes() == files.content("tiny.png")
+    wait_until(lambda: not stored.exists(), message="the reaper to delete the file under its subpath")
+
+    refused = api.http.post("/download", json=job_body(files.url("tiny.png"), aggr_id(), callbacks.url,
+                                                       subpath="../../etc"))  # fmt: skip
+    assert refused.status_code == 400 and "Invalid path specified: ../../etc" in refused.text

@@ -750,3 +750,72 @@ GO_QUOTES = [
 @pytest.mark.parametrize("text,quoted", [c[1:] for c in GO_QUOTES], ids=[c[0] for c in GO_QUOTES])
 def test_go_quote(text: str, quoted: str) -> None:
     assert gourl.go_quote(text) == quoted
+
+
+# --- the later branch's fields (reference Appendix B) -------------------------------------
+
+
+def job_of(body: dict[str, object]) -> Job:
+    job, _ = validation.parse_download_request(json.dumps(body).encode())
+    return job
+
+
+@pytest.mark.parametrize(
+    ("subpath", "stored"),
+    [
+        ("shop/images", "shop/images"),
+        ("shop//images", "shop/images"),  # repeated slashes are tolerated
+        ("/shop/images/", "shop/images"),  # always relative to the root
+        ("", ""),
+    ],
+)
+def test_a_subpath_is_kept_relative_and_clean(subpath: str, stored: str) -> None:
+    job = job_of(base(subpath=subpath))
+    job.id = "AbCdEfGhIjKlMn"
+    assert job.options.subpath == stored
+    assert job.relative_path == (f"{stored}/AbC/AbCdEfGhIjKlMn" if stored else "AbC/AbCdEfGhIjKlMn")
+
+
+@pytest.mark.parametrize("subpath", ["..", "../etc", "a/../b", "a/./b", "./a", "a/..", "a/\x00b"])
+def test_a_subpath_that_cleaning_would_change_is_refused(subpath: str) -> None:
+    with pytest.raises(RequestRejected) as caught:
+        job_of(base(subpath=subpath))
+    assert caught.value.reason == f"Invalid path specified: {subpath}"
+
+
+def test_a_subpath_must_be_a_string() -> None:
+    with pytest.raises(RequestRejected, match="subpath must be a string"):
+        job_of(base(subpath=["a"]))
+
+
+def test_failed_downloads_may_go_to_an_error_destination_of_the_callbacks_type() -> None:
+    job = job_of(
+        base(callback_url=_MISSING, callback_type="kafka", callback_dst="done", callback_error_dst="failed")
+    )
+    assert (job.options.callback_error_type, job.options.callback_error_dst) == ("", "failed")
+    assert job.callback_destination(succeeded=False) == ("kafka", "failed")
+    assert job.callback_destination(succeeded=True) == ("kafka", "done")
+
+
+def test_an_error_destination_may_name_its_own_type() -> None:
+    job = job_of(base(callback_error_type="sqs", callback_error_dst="https://sqs.eu-west-1.amazonaws.com/1/q"))
+    assert job.callback_destination(succeeded=False) == ("sqs", "https://sqs.eu-west-1.amazonaws.com/1/q")
+    assert job.callback_destination(succeeded=True) == ("http", CALLBACK)
+
+
+def test_an_http_error_destination_must_parse() -> None:
+    with pytest.raises(RequestRejected, match="Could not parse callback error URL"):
+        job_of(base(callback_error_type="http", callback_error_dst="http//nope"))
+
+
+def test_an_error_destination_needs_a_type() -> None:
+    with pytest.raises(RequestRejected, match="callback_error_dst needs a callback_error_type"):
+        job_of(base(callback_error_dst="http://127.0.0.1:9/errors"))
+
+
+def test_a_job_with_its_own_bucket_and_only_an_error_destination_counts_as_having_a_callback() -> None:
+    body = base(callback_url=_MISSING, s3_bucket="b", s3_region="eu-west-1",
+                callback_error_type="http", callback_error_dst="http://127.0.0.1:9/errors")  # fmt: skip
+    job = job_of(body)
+    assert job.has_callback
+    assert job.callback_destination(succeeded=True) is None
