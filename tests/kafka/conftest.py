@@ -1,0 +1,64 @@
+"""Fixtures of the Kafka tests: one real broker for the session, a fresh topic per test, and
+for the end-to-end tests a `stack` whose processes know the broker (the file and callback
+servers come from the top conftest).
+
+The broker (broker.py) starts on first use. A test that stops it restarts it before it ends;
+the `kafka` fixture also starts it again should one have failed half-way.
+"""
+
+from __future__ import annotations
+
+import sys
+import uuid
+from collections.abc import Generator, Iterator
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from broker import KafkaBroker
+from procs import Stack
+
+
+@pytest.fixture(scope="session")
+def kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaBroker]:
+    broker = KafkaBroker(tmp_path_factory.mktemp("kafka"), auto_create_topics=False)
+    broker.start()
+    yield broker
+    broker.stop()
+
+
+@pytest.fixture
+def kafka(kafka_broker: KafkaBroker) -> KafkaBroker:
+    """The session's broker, running."""
+    return kafka_broker.start()
+
+
+@pytest.fixture
+def topic(kafka: KafkaBroker) -> str:
+    """A new topic of one partition, so consumed order is produced order."""
+    name = f"callbacks-{uuid.uuid4().hex[:12]}"
+    kafka.create_topic(name)
+    return name
+
+
+@pytest.fixture
+def stack(tmp_path: Path, redis_url: str, kafka: KafkaBroker) -> Iterator[Stack]:
+    """Nothing runs yet; the processes it starts know the broker."""
+    s = Stack(tmp_path, redis_url, kafka_bootstrap_servers=kafka.bootstrap_servers)
+    yield s
+    s.stop_all()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """A failed test's report ends with the broker's log (the top conftest adds the processes')."""
+    report = yield
+    if report.when == "call" and report.failed:
+        broker = getattr(item, "funcargs", {}).get("kafka")
+        if isinstance(broker, KafkaBroker):
+            report.sections.append(("broker log", broker.log_tail(30)))
+    return report
