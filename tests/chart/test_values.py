@@ -456,3 +456,26 @@ def test_helm_test_pod_gets_the_api_healthz(render: Renderer) -> None:
     assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
     assert pod["spec"]["containers"][0]["args"][-1] == "http://r-downloader-api:80/healthz"
     assert "Pod" not in kinds(render(values={"tests": {"enabled": False}}))
+
+
+def test_sentinel_replaces_the_bundled_redis_and_reaches_every_process(render: Renderer) -> None:
+    docs = render(values={"redis": {"external": {"sentinels": ["s0.redis:26379", "s1.redis:26379"],
+                                                 "masterName": "mymaster", "waitReplicas": 1}}})  # fmt: skip
+    cfg = config(docs)
+    assert cfg["DOWNLOADER_REDIS_SENTINELS"] == "s0.redis:26379,s1.redis:26379"
+    assert cfg["DOWNLOADER_REDIS_MASTER_NAME"] == "mymaster"
+    assert cfg["DOWNLOADER_REDIS_WAIT_REPLICAS"] == "1"
+    assert not [d for d in docs if d["kind"] == "StatefulSet"]  # no bundled Redis
+
+
+def test_sentinel_needs_a_master_name_and_well_formed_addresses(render: Renderer) -> None:
+    assert "masterName is needed" in render.fails(values={"redis": {"external": {"sentinels": ["s0:26379"]}}})
+    assert "sentinels" in render.fails(
+        values={"redis": {"external": {"sentinels": ["no-port"], "masterName": "m"}}}
+    )
+
+
+def test_kafka_producer_settings_pass_through_as_json(render: Renderer) -> None:
+    settings = {"security.protocol": "SASL_SSL", "sasl.mechanisms": "SCRAM-SHA-512", "linger.ms": 5}
+    cfg = config(render(values={"kafka": {"bootstrapServers": "k0:9092", "config": settings}}))
+    assert json.loads(cfg["DOWNLOADER_KAFKA_CONFIG"]) == settings

@@ -77,11 +77,21 @@ Names of the shared objects.
 {{- end }}
 
 {{/*
+"true" when the chart deploys its own Redis: no external URL and no Sentinel.
+*/}}
+{{- define "downloader.redisBundled" -}}
+{{- if not (or .Values.redis.external.url .Values.redis.external.sentinels) }}true{{ end }}
+{{- end }}
+
+{{/*
 DOWNLOADER_REDIS_URL: the external URL, or the bundled Redis' Service.
 */}}
 {{- define "downloader.redisUrl" -}}
 {{- if .Values.redis.external.url }}
 {{- .Values.redis.external.url }}
+{{- else if .Values.redis.external.sentinels }}
+{{- /* Sentinel names the host; the URL only carries the database number. */ -}}
+redis://{{ .Values.redis.external.masterName | default "sentinel" }}/0
 {{- else }}
 {{- printf "redis://%s.%s.svc:6379/0" (include "downloader.redisName" .) .Release.Namespace }}
 {{- end }}
