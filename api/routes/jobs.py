@@ -31,6 +31,8 @@ async def get_job(job_id: str, db: StoreDep) -> JobView:
 
 def view(status: JobStatus, now: float) -> JobView:
     job, meta = status.job, status.meta
+    # Where this job's callback goes, or went: a failed download may have its own destination.
+    backend, destination = job.callback_destination(succeeded=job.download_state != State.FAILED) or ("", "")
     return JobView(
         id=job.id,
         aggr_id=job.aggr_id,
@@ -49,8 +51,8 @@ def view(status: JobStatus, now: float) -> JobView:
             state=str(job.callback_state),
             attempts=job.callback_count,
             error=job.callback_meta,
-            backend="http" if job.callback_url else job.callback_type,
-            destination=job.callback_url or job.callback_dst,
+            backend=backend,
+            destination=destination,
         ),
         errors=status.errors,
         crashes=int(meta.get("Crashes") or 0),
