@@ -73,6 +73,8 @@ class JobOptions:
     callback_error_type: str = ""
     callback_error_dst: str = ""
     """Where a failed download is reported instead of the callback destination."""
+    max_size: int = 0
+    """Largest body this job accepts, in bytes (0: the service's cap); never above that cap."""
 
     def encode(self) -> str:
         """JSON for Redis; "" when nothing is set, so most jobs store no extra key."""
@@ -85,8 +87,8 @@ class JobOptions:
             return cls()
         try:
             values = json.loads(raw)
-            known = {f.name for f in dataclasses.fields(cls)}
-            return cls(**{k: str(v) for k, v in values.items() if k in known})
+            kinds = {f.name: f.default for f in dataclasses.fields(cls)}
+            return cls(**{k: type(kinds[k])(v) for k, v in values.items() if k in kinds})
         except (ValueError, TypeError, AttributeError) as exc:
             raise CorruptJobError(f"unreadable job options {raw!r}: {exc}") from exc
 

@@ -171,6 +171,25 @@ class Settings(BaseSettings):
     """On SIGTERM, in-flight downloads get this long to finish before their leases are given
     back; below Kubernetes' default terminationGracePeriodSeconds (30 s)."""
 
+    # --- safety ---------------------------------------------------------------------
+
+    allow_private_networks: bool = False
+    """Let downloads and callbacks reach loopback, private, link-local (cloud metadata) and
+    other non-public addresses. Off: such destinations fail with "destination address not
+    allowed". `downloader up` turns it on for local use and says so."""
+
+    allowed_networks: str = ""
+    """Comma-separated CIDRs reachable even though they are not public (e.g. an internal
+    callback receiver at 10.2.0.0/16), when `allow_private_networks` is off."""
+
+    callback_signing_keys: str = ""
+    """Comma-separated secrets; every HTTP callback (and Kafka message) is signed with each,
+    so receivers can rotate: add the new key here, move receivers over, drop the old one."""
+
+    api_keys: str = ""
+    """Comma-separated bearer tokens for the API; "" leaves it open. `token=prefix1|prefix2`
+    limits a token to aggregation ids starting with one of the prefixes."""
+
     # --- Kubernetes ----------------------------------------------------------------
 
     kubeconfig: str = ""
