@@ -1,0 +1,49 @@
+"""Fixtures of the Sentinel and Redis-restart tests: a Redis cluster of real processes, and a
+list of what to report when a test fails (its Redis and `downloader` processes' log tails).
+
+`files`, `callbacks` and the process helpers come from the top conftest and tests/integration.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Generator, Iterator
+from pathlib import Path
+from typing import Protocol
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from cluster import Cluster
+
+
+class HasLogs(Protocol):
+    def log_tails(self, lines: int = ...) -> str: ...
+
+
+@pytest.fixture
+def watched() -> list[HasLogs]:
+    """Tests append their Stack and Redis processes; a failure shows their logs."""
+    return []
+
+
+@pytest.fixture
+def cluster(tmp_path: Path, watched: list[HasLogs]) -> Iterator[Cluster]:
+    c = Cluster(tmp_path / "redis")
+    watched.append(c)
+    try:
+        yield c.start()
+    finally:
+        c.stop()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    report = yield
+    if report.when == "call" and report.failed:
+        for thing in getattr(item, "funcargs", {}).get("watched", []):
+            report.sections.append((f"{type(thing).__name__} logs", thing.log_tails()))
+    return report
