@@ -15,7 +15,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from cluster import Cluster
+from sentinel_cluster import Cluster
 
 
 class HasLogs(Protocol):

@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 import redis
 import redis.sentinel
-from cluster import MASTER_NAME, Cluster
-from load import Figures, Poster
 from procs import Stack, aggr_id, job_body
+from sentinel_cluster import MASTER_NAME, Cluster
+from sentinel_load import Figures, Poster
 from servers import CallbackServer, FileServer, wait_until
 
 from downloader import redis_client

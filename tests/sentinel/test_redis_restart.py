@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cluster import RedisProc
-from load import Figures, Poster
 from procs import Stack, aggr_id, job_body
+from sentinel_cluster import RedisProc
+from sentinel_load import Figures, Poster
 from servers import CallbackServer, FileServer, wait_until
 
 pytestmark = pytest.mark.sentinel
