@@ -6,18 +6,23 @@ import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from fastapi.staticfiles import StaticFiles
 
-from downloader import __version__, cluster
-from downloader.api import errors
+from downloader import __version__, apikeys, cluster
+from downloader.api import deps, errors
 from downloader.api.routes import callbacks, downloads, health, jobs, stats
 from downloader.settings import Settings
 from downloader.store import AsyncStore
 
 
 def create_app(settings: Settings, *, serve_files: bool = False) -> FastAPI:
-    """The ASGI app. `serve_files` exposes the storage root at /files/ (used by `downloader up`)."""
+    """The ASGI app. `serve_files` exposes the storage root at /files/ (used by `downloader up`).
+
+    Raises `apikeys.InvalidApiKeys` for an unreadable DOWNLOADER_API_KEYS: better no API than
+    an open one.
+    """
+    keyring = apikeys.parse_api_keys(settings.api_keys)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -37,7 +42,10 @@ def create_app(settings: Settings, *, serve_files: bool = False) -> FastAPI:
         summary="Asynchronous, rate-limited downloads with callbacks",
         lifespan=lifespan,
         redirect_slashes=False,
+        # On every route, so a new one is closed by default; the public ones are listed in deps.
+        dependencies=[Depends(deps.authenticate)],
     )
+    app.state.keyring = keyring
     errors.install(app)
     for module in (downloads, jobs, callbacks, stats, health):
         app.include_router(module.router)

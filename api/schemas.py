@@ -65,22 +65,46 @@ DOWNLOAD_REQUEST_BODY: dict[str, Any] = {
             "schema": {
                 "type": "object",
                 "required": ["url", "aggr_id", "aggr_limit"],
+                # somewhere to report to, or a bucket of its own (where a callback is optional)
+                "anyOf": [
+                    {"required": ["callback_url"]},
+                    {"required": ["callback_type", "callback_dst"]},
+                    {"required": ["s3_bucket", "s3_region"]},
+                ],
                 "properties": {
-                    "url": {"type": "string", "description": "Absolute URL to download"},
+                    "url": {"type": "string", "format": "uri", "description": "Absolute URL to download"},
                     "aggr_id": {"type": "string", "minLength": 1},
                     "aggr_limit": {
                         "type": "number",
-                        "description": "Concurrent downloads of the aggregation across the fleet (> 0)",
+                        "minimum": 1,
+                        "description": "Concurrent downloads of the aggregation across the fleet (truncated)",
                     },
                     "aggr_proxy": _STRING,
-                    "callback_url": {"type": "string", "description": "Deprecated: HTTP callback URL"},
-                    "callback_type": {"type": "string", "description": "Backend: http, kafka or sqs"},
-                    "callback_dst": {"type": "string", "description": "URL, Kafka topic or SQS queue URL"},
+                    "callback_url": {
+                        "type": "string",
+                        "format": "uri",
+                        "description": "Deprecated: HTTP callback URL",
+                    },
+                    "callback_type": {
+                        "type": "string",
+                        "minLength": 1,
+                        "description": "Backend: http, kafka or sqs",
+                    },
+                    "callback_dst": {
+                        "type": "string",
+                        "minLength": 1,
+                        "description": "URL, Kafka topic or SQS queue URL",
+                    },
                     "extra": {"type": "string", "description": "Opaque, echoed in the callback"},
                     "mime_type": {"type": "string", "description": "Comma-separated globs, ! negates"},
                     "max_retries": {"type": "number", "minimum": 0},
                     "extract_image_size": {"type": "boolean"},
-                    "download_timeout": {"type": "number", "exclusiveMinimum": 0},
+                    "download_timeout": {
+                        "type": "number",
+                        "minimum": 1,
+                        "description": "Seconds for the whole download (truncated); a value above"
+                        " DOWNLOADER_DOWNLOAD_TIMEOUT_SECONDS is accepted and capped to it",
+                    },
                     "request_headers": {"type": "object", "additionalProperties": {"type": "string"}},
                     "s3_bucket": _STRING,
                     "s3_region": _STRING,
@@ -95,6 +119,12 @@ DOWNLOAD_REQUEST_BODY: dict[str, Any] = {
                     "callback_error_dst": {
                         "type": "string",
                         "description": "Where failed downloads are reported instead of callback_dst",
+                    },
+                    "max_size": {
+                        "type": "integer",
+                        "minimum": 1,
+                        "description": "Largest body in bytes this job accepts; at most"
+                        " DOWNLOADER_MAX_DOWNLOAD_BYTES (400 above it)",
                     },
                 },
             }

@@ -142,6 +142,11 @@ def cmd_up(args: argparse.Namespace) -> int:
     from downloader.embedded_redis import EmbeddedRedis
 
     overrides: dict[str, Any] = {"download_url": f"http://{_url_host(args.host)}:{args.port}/files/"}
+    if "DOWNLOADER_ALLOW_PRIVATE_NETWORKS" not in os.environ:
+        # Local use: files on localhost and the LAN are what people try first.
+        overrides["allow_private_networks"] = True
+        log.info("allowing downloads and callbacks to private networks (local use; "
+                 "set DOWNLOADER_ALLOW_PRIVATE_NETWORKS=false to refuse them)")  # fmt: skip
     embedded = None
     if "DOWNLOADER_REDIS_URL" not in os.environ and not _config_sets_redis(args.config):
         embedded = EmbeddedRedis(Path("data") / "redis")

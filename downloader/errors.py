@@ -7,6 +7,7 @@
     ├── StoreError                Redis failed or is unreachable (wraps redis.RedisError)
     ├── DownloadError             one download attempt failed: phase, retriable, internal
     │   └── Interrupted           shutdown or a sick disk stopped the attempt: no attempt used
+    ├── DestinationNotAllowed     a download or callback would reach a non-public address
     ├── StorageError              the file could not be stored or deleted
     └── NotificationError         a callback was not delivered
         └── UnknownDestination    the destination does not exist (Kafka: unknown topic)
@@ -72,6 +73,11 @@ class Interrupted(DownloadError):
 
     def __init__(self, why: str) -> None:
         super().__init__("downloading file", why, retriable=True, internal=True)
+
+
+class DestinationNotAllowed(DownloaderError):
+    """A request would reach a non-public address (loopback, private, link-local, ...):
+    refused before any connection. The text starts "destination address not allowed"."""
 
 
 class StorageError(DownloaderError):

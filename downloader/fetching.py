@@ -4,12 +4,15 @@ Failures become `DownloadError`s classified as the original does (reference 3.3-
 its fixes: TLS errors are known by exception type, 3xx/204 answers are not stored as files,
 and every attempt has a total deadline, a redirect cap and a size cap. A watchdog thread
 (`Fetcher.enforce_deadlines`) aborts sockets of attempts that overrun or are cancelled.
+Every request and redirect hop goes through `downloader.outbound`: a non-public destination
+fails terminally in phase DESTINATION_PHASE before anything connects to it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import http
 import http.client
 import http.cookiejar
@@ -23,11 +26,11 @@ from pathlib import Path
 from typing import IO, Any
 
 import requests
-import requests.adapters
 import urllib3.exceptions
 
-from downloader import mime
-from downloader.errors import DownloadError, Interrupted
+from downloader import mime, outbound
+from downloader.errors import DestinationNotAllowed, DownloadError, Interrupted
+from downloader.outbound import Outbound
 from downloader.version import __version__
 
 log = logging.getLogger(__name__)
@@ -36,6 +39,8 @@ CHUNK_BYTES = 64 * 1024
 #: Client errors that say "try again later" rather than "this will never work".
 RETRIABLE_CLIENT_STATUSES = frozenset({408, 425, 429})
 USER_AGENT = f"Downloader/{__version__} (+https://github.com/skroutz/downloader)"
+#: Phase of a download refused by the outbound policy ("destination address not allowed").
+DESTINATION_PHASE = "validating destination"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,6 +57,10 @@ class Fetched:
     response_code: int
     mime_type: str
     size: int
+    sha256: str = ""
+    """Hex digest of the stored bytes, computed while streaming (callback key `sha256`)."""
+    final_url: str = ""
+    """The URL the body came from, after redirects."""
 
 
 @dataclasses.dataclass(eq=False)
@@ -60,15 +69,27 @@ class Attempt:
 
     deadline: float
     cancelled: threading.Event
+    max_bytes: int
     response: requests.Response | None = None
+    waiting_on: socket.socket | None = None
+    """The socket waiting for response headers, before there is a response to abort."""
     why: str = ""
 
 
 class Fetcher:
     """Shared by all download threads of a process: one session (connection pool) per proxy."""
 
-    def __init__(self, limits: FetchLimits, default_headers: Mapping[str, str], pool_size: int) -> None:
+    def __init__(
+        self,
+        limits: FetchLimits,
+        default_headers: Mapping[str, str],
+        pool_size: int,
+        *,
+        outbound: Outbound | None = None,
+    ) -> None:
         self.limits = limits
+        # Without one, the strict default: only public addresses.
+        self.outbound = outbound if outbound is not None else Outbound()
         self.default_headers = dict(default_headers)
         self.pool_size = pool_size
         self._sessions: dict[str, requests.Session] = {}
@@ -91,12 +112,9 @@ class Fetcher:
     def _new_session(self, proxy: str) -> requests.Session:
         session = requests.Session()
         session.headers.clear()  # no python-requests defaults: the server sees only ours
-        session.max_redirects = self.limits.max_redirects
         # Cookies of one download must never leak into another one.
         session.cookies.set_policy(http.cookiejar.DefaultCookiePolicy(allowed_domains=[]))
-        adapter = requests.adapters.HTTPAdapter(pool_connections=64, pool_maxsize=self.pool_size)
-        session.mount("http://", adapter)
-        session.mount("https://", adapter)
+        self.outbound.mount(session, pool_connections=64, pool_maxsize=self.pool_size)
         if proxy:
             session.proxies = {"http": proxy, "https": proxy}
         return session
@@ -133,7 +151,7 @@ class Fetcher:
         for attempt in attempts:
             if attempt.cancelled.is_set() or now >= attempt.deadline:
                 attempt.why = attempt.why or ("cancelled" if attempt.cancelled.is_set() else "deadline")
-                _abort(attempt.response)
+                _abort(attempt)
 
     @contextlib.contextmanager
     def _tracked(self, attempt: Attempt) -> Iterator[Attempt]:
@@ -159,10 +177,15 @@ class Fetcher:
         sniff: bool,
         mime_pattern: mime.MimePattern | None,
         cancelled: threading.Event,
+        max_bytes: int = 0,
     ) -> Fetched:
-        budget = timeout if timeout > 0 else self.limits.total_timeout
-        attempt = Attempt(deadline=time.monotonic() + budget, cancelled=cancelled)
-        with self._tracked(attempt):
+        """One attempt. `timeout` (seconds) and `max_bytes` may lower the service's limits for
+        this job, never raise them; 0 means the service's."""
+        budget = min(timeout, self.limits.total_timeout) if timeout > 0 else self.limits.total_timeout
+        cap = min(max_bytes, self.limits.max_bytes) if max_bytes > 0 else self.limits.max_bytes
+        attempt = Attempt(deadline=time.monotonic() + budget, cancelled=cancelled, max_bytes=cap)
+        waiting = outbound.watching_sockets(lambda sock: setattr(attempt, "waiting_on", sock))
+        with self._tracked(attempt), waiting:
             response = self._request(url, proxy, job_headers, budget, attempt)
             try:
                 attempt.response = response
@@ -175,13 +198,17 @@ class Fetcher:
     ) -> requests.Response:
         headers, decode = self.headers_for(job_headers)
         try:
-            response = self.session(proxy).get(
+            response = self.outbound.send(
+                self.session(proxy),
+                "GET",
                 url,
                 headers=headers,
                 stream=True,
-                allow_redirects=True,
                 timeout=(min(self.limits.connect_timeout, budget), budget),
+                max_redirects=self.limits.max_redirects,
             )
+        except DestinationNotAllowed as exc:
+            raise DownloadError(DESTINATION_PHASE, str(exc), retriable=False) from exc
         except (
             requests.exceptions.MissingSchema,
             requests.exceptions.InvalidSchema,
@@ -210,8 +237,8 @@ class Fetcher:
     ) -> Fetched:
         code = response.status_code
         declared = response.headers.get("Content-Length", "")
-        if declared.isdigit() and int(declared) > self.limits.max_bytes:
-            raise _too_large(self.limits.max_bytes, code)
+        if declared.isdigit() and int(declared) > attempt.max_bytes:
+            raise _too_large(attempt.max_bytes, code)
         path = tmp_dir / f"{job_id}.tmp"
         try:
             out = path.open("wb")
@@ -221,7 +248,7 @@ class Fetcher:
             ) from exc
         try:
             with out:
-                size, detected = self._copy(response, out, attempt, sniff, mime_pattern)
+                size, detected, sha256 = self._copy(response, out, attempt, sniff, mime_pattern)
                 try:
                     out.flush()
                     os.fsync(out.fileno())
@@ -233,7 +260,8 @@ class Fetcher:
             with contextlib.suppress(OSError):
                 path.unlink()
             raise
-        return Fetched(path=path, response_code=code, mime_type=detected, size=size)
+        return Fetched(path=path, response_code=code, mime_type=detected, size=size, sha256=sha256,
+                       final_url=response.url)  # fmt: skip
 
     def _copy(
         self,
@@ -242,16 +270,18 @@ class Fetcher:
         attempt: Attempt,
         sniff: bool,
         mime_pattern: mime.MimePattern | None,
-    ) -> tuple[int, str]:
+    ) -> tuple[int, str, str]:
         code = response.status_code
         head = b""
         detected = ""
         size = 0
+        digest = hashlib.sha256()
         sniffed = not sniff
         for chunk in self._chunks(response, attempt):
             size += len(chunk)
-            if size > self.limits.max_bytes:
-                raise _too_large(self.limits.max_bytes, code)
+            digest.update(chunk)
+            if size > attempt.max_bytes:
+                raise _too_large(attempt.max_bytes, code)
             if not sniffed:
                 head += chunk
                 if len(head) >= mime.SNIFF_BYTES:
@@ -260,7 +290,7 @@ class Fetcher:
             _write(out, chunk, code)
         if not sniffed:
             detected = _check_mime(head, mime_pattern, code)
-        return size, detected
+        return size, detected, digest.hexdigest()
 
     def _chunks(self, response: requests.Response, attempt: Attempt) -> Iterator[bytes]:
         code = response.status_code
@@ -359,12 +389,14 @@ def _raise_if_interrupted(attempt: Attempt, exc: BaseException, code: int = 0) -
         ) from exc
 
 
-def _abort(response: requests.Response | None) -> None:
-    """Unblock a thread stuck in recv() on this response's socket."""
-    if response is None:
-        return
-    connection: Any = getattr(response.raw, "connection", None) or getattr(response.raw, "_connection", None)
-    sock = getattr(connection, "sock", None)
+def _abort(attempt: Attempt) -> None:
+    """Unblock a thread stuck in recv(): on the response's socket, or, while the headers
+    are still arriving, on the socket that waits for them."""
+    sock = attempt.waiting_on
+    if attempt.response is not None:
+        raw: Any = attempt.response.raw
+        connection: Any = getattr(raw, "connection", None) or getattr(raw, "_connection", None)
+        sock = getattr(connection, "sock", None)
     if sock is not None:
         with contextlib.suppress(OSError):
             sock.shutdown(socket.SHUT_RDWR)

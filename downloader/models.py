@@ -87,10 +87,42 @@ class JobOptions:
             return cls()
         try:
             values = json.loads(raw)
-            kinds = {f.name: f.default for f in dataclasses.fields(cls)}
-            return cls(**{k: type(kinds[k])(v) for k, v in values.items() if k in kinds})
+            return cls(
+                subpath=str(values.get("subpath", "")),
+                callback_error_type=str(values.get("callback_error_type", "")),
+                callback_error_dst=str(values.get("callback_error_dst", "")),
+                max_size=int(values.get("max_size", 0)),
+            )
         except (ValueError, TypeError, AttributeError) as exc:
             raise CorruptJobError(f"unreadable job options {raw!r}: {exc}") from exc
+
+
+@dataclasses.dataclass(frozen=True)
+class DownloadResult:
+    """What a successful download measured, for the callback's keys after the original ten.
+    Kept in `jobmeta:<id>` (field `Result`), not in the original's hash."""
+
+    sha256: str = ""
+    size: int = 0
+    content_type: str = ""
+    final_url: str = ""
+
+    def encode(self) -> str:
+        return json.dumps(dataclasses.asdict(self), separators=(",", ":"))
+
+    @classmethod
+    def decode(cls, raw: str | None) -> DownloadResult:
+        """Unreadable or missing (a job finished by the original, or by an older version): empty."""
+        try:
+            values = json.loads(raw or "{}")
+            return cls(
+                sha256=str(values.get("sha256", "")),
+                size=int(values.get("size", 0)),
+                content_type=str(values.get("content_type", "")),
+                final_url=str(values.get("final_url", "")),
+            )
+        except (ValueError, TypeError, AttributeError):
+            return cls()
 
 
 @dataclasses.dataclass

@@ -1,7 +1,7 @@
 """Callbacks: the payload the original sends (reference 4.3) and its HTTP delivery.
 
 The payload keeps the original's ten keys in their order, so existing clients parse it
-unchanged. A backend delivers one `Message` synchronously: it returns only once the
+unchanged; ours follow them. A backend delivers one `Message` synchronously: it returns only once the
 destination has it (HTTP 2xx, Kafka delivery report, SQS message id). Kafka and SQS live in
 modules of their own, imported only when enabled.
 """
@@ -14,17 +14,20 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
 import requests
-import requests.adapters
 
-from downloader.errors import NotificationError
-from downloader.models import Job, State
+from downloader.errors import DestinationNotAllowed, NotificationError
+from downloader.models import DownloadResult, Job, State
+from downloader.outbound import Outbound, Policy
 from downloader.version import __version__
 
 if TYPE_CHECKING:
     from downloader.settings import Settings
 
 
-def payload(job: Job) -> dict[str, Any]:
+def payload(job: Job, result: DownloadResult | None = None) -> dict[str, Any]:
+    """The original's ten keys in its order, then ours: what a successful download measured
+    (`sha256`, `size`, `content_type`, `final_url`; empty on failure) and `attempts`."""
+    measured = result if result is not None and job.download_state == State.SUCCESS else DownloadResult()
     return {
         "success": job.download_state == State.SUCCESS,
         "error": job.download_meta,
@@ -36,6 +39,11 @@ def payload(job: Job) -> dict[str, Any]:
         "response_code": job.response_code,
         "delivered": True,
         "delivery_error": "",
+        "sha256": measured.sha256,
+        "size": measured.size,
+        "content_type": measured.content_type,
+        "final_url": measured.final_url,
+        "attempts": job.download_count,
     }
 
 
@@ -71,13 +79,14 @@ class HttpBackend:
     """POST the payload as JSON; any 2xx delivers. Responses are always closed (the
     original leaked one socket per callback, bug 10.2.10)."""
 
-    def __init__(self, timeout: float, pool_size: int) -> None:
+    def __init__(self, timeout: float, pool_size: int, policy: Policy | None = None) -> None:
         self.timeout = timeout
         self.session = requests.Session()
         self.session.headers.clear()
-        adapter = requests.adapters.HTTPAdapter(pool_connections=32, pool_maxsize=pool_size)
-        self.session.mount("http://", adapter)
-        self.session.mount("https://", adapter)
+        # Callback URLs are the clients' choice: no callback reaches a non-public address
+        # (policy None: the strict default), see downloader.outbound.
+        self.outbound = Outbound(policy)
+        self.outbound.mount(self.session, pool_connections=32, pool_maxsize=pool_size)
 
     def deliver(self, message: Message) -> None:
         destination = message.destination
@@ -87,12 +96,14 @@ class HttpBackend:
             "User-Agent": f"Downloader/{__version__}",
         }
         try:
+            # Redirects are not followed (each hop would need the address checks again, and
+            # Go's POST-to-GET rewriting would not deliver the payload): a 3xx is undelivered.
             with self.session.post(
-                destination, data=message.body, headers=headers, timeout=self.timeout
+                destination, data=message.body, headers=headers, timeout=self.timeout, allow_redirects=False
             ) as resp:
                 if not 200 <= resp.status_code < 300:
                     raise NotificationError(f"Received Status: {resp.status_code} {resp.reason}".rstrip())
-        except requests.RequestException as exc:
+        except (requests.RequestException, DestinationNotAllowed) as exc:
             raise NotificationError(f'Post "{destination}": {exc}') from exc
 
     def close(self) -> None:
@@ -104,7 +115,9 @@ def build_backends(settings: Settings) -> dict[str, Backend]:
     (the original's `backends.kafka`); sqs always (the queue URL names its region). Kafka's
     and AWS's clients are imported only when used."""
     backends: dict[str, Backend] = {
-        "http": HttpBackend(settings.callback_timeout_seconds, settings.notifier_concurrency)
+        "http": HttpBackend(
+            settings.callback_timeout_seconds, settings.notifier_concurrency, Policy.from_settings(settings)
+        )
     }
     if settings.kafka_bootstrap_servers or settings.kafka_config:
         from downloader.kafka_backend import KafkaBackend

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 #: KEYS: job, aggr, queue, jobmeta, jobopts. ARGV: score, limit, proxy, meta ttl, aggr id,
 #: job id, wake-up channel, encoded options ("" = none), then job field/value pairs.
-#: Returns 0 when the id is taken (the caller draws another). An empty queue that gets a job is announced on the wake-up channel.
+#: Returns 0 when the id is taken (the caller draws another). An empty queue that gets a
+#: job is announced on the wake-up channel.
 #: Creating the aggregation and queueing the job in one step closes the original's race
 #: with an idle aggregation's deletion (bug 10.2.5).
 ENQUEUE = """
@@ -90,7 +91,8 @@ return lost
 
 #: KEYS: inflight, leases, job, target queue, jobmeta, joberrors, deletion targets.
 #: ARGV: id, token, target score ("" = none), now, error text ("" = none), errors kept,
-#: meta ttl, finished ("1"/"0"), deletion target ("" = none), then job field/value pairs.
+#: meta ttl, finished ("1"/"0"), deletion target ("" = none), download result ("" = none),
+#: then job field/value pairs.
 #: Ends an attempt: writes the outcome and moves the id on (back to its queue, to the
 #: callback queue, or -- a finished job without callback -- to the deletion queue with
 #: its file's location), only if the caller still holds the lease. 1 done, 0 lease lost,
@@ -100,7 +102,8 @@ if redis.call('HGET', KEYS[2], ARGV[1]) ~= ARGV[2] then return 0 end
 redis.call('ZREM', KEYS[1], ARGV[1])
 redis.call('HDEL', KEYS[2], ARGV[1])
 if redis.call('EXISTS', KEYS[3]) == 0 then return -1 end
-if #ARGV >= 11 then redis.call('HSET', KEYS[3], unpack(ARGV, 10)) end
+if #ARGV >= 12 then redis.call('HSET', KEYS[3], unpack(ARGV, 11)) end
+if ARGV[10] ~= '' then redis.call('HSET', KEYS[5], 'Result', ARGV[10]) end
 if ARGV[3] ~= '' then redis.call('ZADD', KEYS[4], ARGV[3], ARGV[1]) end
 if ARGV[9] ~= '' then redis.call('HSET', KEYS[7], ARGV[1], ARGV[9]) end
 redis.call('HSET', KEYS[5], 'UpdatedAt', ARGV[4])
@@ -164,14 +167,16 @@ end
 return ids
 """
 
-#: KEYS: job, jobopts. Counts a callback attempt and marks it InProgress; returns
-#: {hash, {options}}, or nothing when the job is gone (never creates a hash for a vanished job).
+#: KEYS: job, jobopts, jobmeta. Counts a callback attempt and marks it InProgress; returns
+#: {hash, {options}, {download result}}, or nothing when the job is gone (never creates a
+#: hash for a vanished job).
 START_CALLBACK = """
 local id = redis.call('HGET', KEYS[1], 'ID')
 if not id or id == '' then return false end
 redis.call('HINCRBY', KEYS[1], 'CallbackCount', 1)
 redis.call('HSET', KEYS[1], 'CallbackState', 'InProgress', 'CallbackMeta', '')
-return {redis.call('HGETALL', KEYS[1]), {redis.call('GET', KEYS[2]) or ''}}
+return {redis.call('HGETALL', KEYS[1]), {redis.call('GET', KEYS[2]) or ''},
+        {redis.call('HGET', KEYS[3], 'Result') or ''}}
 """
 
 #: KEYS: job, queue, inflight, callback queue, callback inflight. ARGV: id, now.

@@ -81,6 +81,8 @@ class ClaimedJob:
 
     raw: dict[str, str]
     options: str = ""
+    result: str = ""
+    """Encoded `DownloadResult` (read by the notifier only)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,6 +96,8 @@ class Outcome:
     finished: bool = False
     deletion_target: str = ""
     """Encoded storage Location, recorded when the target is the deletion queue."""
+    result: str = ""
+    """Encoded DownloadResult of a successful download."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -367,6 +371,7 @@ class Store:
                         self.meta_ttl,
                         "1" if outcome.finished else "0",
                         outcome.deletion_target,
+                        outcome.result,
                         *_flatten(outcome.fields),
                     ],
                 )
@@ -443,11 +448,13 @@ class Store:
         with translated():
             reply = cast(
                 list[list[str]] | None,
-                self._start_callback(keys=[keys.job(job_id), keys.job_options(job_id)]),
+                self._start_callback(
+                    keys=[keys.job(job_id), keys.job_options(job_id), keys.job_meta(job_id)]
+                ),
             )
         if not reply:
             raise JobNotFound(job_id)
-        return ClaimedJob(_pairs(reply[0]), reply[1][0])
+        return ClaimedJob(_pairs(reply[0]), reply[1][0], reply[2][0])
 
     def renew_callbacks(self, ids: Sequence[str], token: str, lease_seconds: float) -> list[str]:
         """Extend the leases of callbacks being delivered; returns those no longer ours."""

@@ -3,7 +3,8 @@
 The rules, their order and their reason texts are the original's (reference 1.1): clients
 match on them. The API calls `parse_download_request`; a `RequestRejected` names which of
 the two decodings failed. Two deliberate fixes: numeric `request_headers` values are accepted
-(bug 10.1.7) and a client's `expiresAt` is ignored (bug 10.1.10).
+(bug 10.1.7) and a client's `expiresAt` is ignored (bug 10.1.10). New: `max_size` may lower
+the service's download size cap, never raise it.
 """
 
 from __future__ import annotations
@@ -53,11 +54,14 @@ class _NotJson(Exception):
 # --- public API ------------------------------------------------------------------------
 
 
-def parse_download_request(body: bytes) -> tuple[Job, Aggregation]:
-    """Validate `body` as a Job, then as an Aggregation; the first failing rule raises."""
+def parse_download_request(body: bytes, max_size_cap: int | None = None) -> tuple[Job, Aggregation]:
+    """Validate `body` as a Job, then as an Aggregation; the first failing rule raises.
+
+    `max_size_cap` is the service's largest download: a larger `max_size` is refused.
+    """
     try:
         fields = decode_body(body)
-        job = job_from_fields(fields)
+        job = job_from_fields(fields, max_size_cap)
     except RecursionError:
         # Python's decoder (and our walks over the decoded values) give up on deep nesting.
         raise RequestRejected("Job", _too_deep_message(body)) from None
@@ -85,10 +89,10 @@ def decode_body(body: bytes) -> dict[str, object]:
     return fields
 
 
-def job_from_fields(fields: Mapping[str, object]) -> Job:
+def job_from_fields(fields: Mapping[str, object], max_size_cap: int | None = None) -> Job:
     """A pending `Job` (no id yet) from a decoded body; rules in the original's order."""
     try:
-        return _job(fields)
+        return _job(fields, max_size_cap)
     except _Invalid as exc:
         raise RequestRejected("Job", exc.reason) from None
 
@@ -108,13 +112,19 @@ def aggregation_from_fields(fields: Mapping[str, object]) -> Aggregation:
 # --- the job's fields, in validation order ----------------------------------------------
 
 
-def _job(fields: Mapping[str, object]) -> Job:
+def _job(fields: Mapping[str, object], max_size_cap: int | None) -> Job:
     url = _url(fields)
     aggr_id = _required_id(fields, "aggr_id")
     s3_bucket, s3_region = _s3(fields)
     callback_url = _callback_url(fields)
     callback_type, callback_dst = ("", "") if callback_url else _callback_pair(fields, s3_bucket)
-    options = JobOptions(subpath=_subpath(fields), **_error_destination(fields, callback_type))
+    error_type, error_dst = _error_destination(fields, callback_type)
+    options = JobOptions(
+        subpath=_subpath(fields),
+        callback_error_type=error_type,
+        callback_error_dst=error_dst,
+        max_size=_max_size(fields, max_size_cap),
+    )
     extra = fields.get("extra")
     return Job(
         id="",
@@ -208,18 +218,32 @@ def _subpath(fields: Mapping[str, object]) -> str:
     return "/".join(segments)
 
 
-def _error_destination(fields: Mapping[str, object], callback_type: str) -> dict[str, str]:
+def _error_destination(fields: Mapping[str, object], callback_type: str) -> tuple[str, str]:
     """`callback_error_type`/`callback_error_dst`: where failed downloads are reported."""
     kind, dst = fields.get("callback_error_type"), fields.get("callback_error_dst")
     kind = kind if isinstance(kind, str) else ""
     dst = dst if isinstance(dst, str) else ""
     if not dst:
-        return {}
+        return "", ""
     if not (kind or callback_type):
         raise _Invalid("callback_error_dst needs a callback_error_type (or a callback_type)")
     if dst.startswith("http"):
         _check_request_uri(dst, "Could not parse callback error URL")
-    return {"callback_error_type": kind, "callback_error_dst": dst}
+    return kind, dst
+
+
+def _max_size(fields: Mapping[str, object], cap: int | None) -> int:
+    """Bytes; 0 when absent or null (the service's cap applies). Refused above the cap rather
+    than lowered to it: a client asking for more than it can get should hear so at once."""
+    value = fields.get("max_size")
+    if value is None:
+        return 0
+    number = _number(value)
+    if number is None or not float(number).is_integer() or number <= 0:
+        raise _Invalid("max_size must be a positive integer")
+    if cap is not None and number > cap:
+        raise _Invalid(f"max_size must not exceed {cap}")
+    return int(number)
 
 
 def _mime_type(fields: Mapping[str, object]) -> str:

@@ -21,9 +21,7 @@ log = logging.getLogger("downloader.operator")
 
 
 def run(settings: Settings) -> None:
-    reconciler = Reconciler(
-        settings, Store.from_settings(settings), cluster.Cluster.from_settings(settings)
-    )
+    reconciler = Reconciler(settings, Store.from_settings(settings), cluster.Cluster.from_settings(settings))
     registry = kopf.OperatorRegistry()
     register(reconciler, registry)
     stopped = asyncio.Event()

@@ -7,6 +7,7 @@ unit-tested on its own; `run_attempt` wires fetching, checks and storage around 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import threading
 import time
@@ -14,7 +15,8 @@ from typing import TYPE_CHECKING
 
 from downloader import imaging, keys, mime, storage
 from downloader.errors import DownloaderError, DownloadError, Interrupted, StorageError
-from downloader.models import Aggregation, Job, State
+from downloader.fetching import DESTINATION_PHASE
+from downloader.models import Aggregation, DownloadResult, Job, State
 from downloader.store import Outcome
 
 if TYPE_CHECKING:
@@ -26,7 +28,7 @@ log = logging.getLogger("downloader.worker")
 def run_attempt(proc: Processor, aggregation: Aggregation, job: Job, cancelled: threading.Event) -> None:
     settings = proc.settings
     try:
-        image_size, code = _download_and_store(proc, aggregation, job, cancelled)
+        image_size, code, measured = _download_and_store(proc, aggregation, job, cancelled)
     except DownloadError as err:
         _count_response(proc, err)
         outcome = decide(
@@ -46,6 +48,7 @@ def run_attempt(proc: Processor, aggregation: Aggregation, job: Job, cancelled: 
             settings.download_url,
             now=time.time(),
             retention=settings.job_retention_seconds,
+            measured=measured,
         )
     result = proc.db.finish(job, proc.token, outcome)
     if result == 0:
@@ -56,14 +59,18 @@ def run_attempt(proc: Processor, aggregation: Aggregation, job: Job, cancelled: 
 
 def _download_and_store(
     proc: Processor, aggregation: Aggregation, job: Job, cancelled: threading.Event
-) -> tuple[str, int]:
+) -> tuple[str, int, DownloadResult]:
     pattern = _pattern(job)
     fetched = proc.fetcher.fetch(
         job_id=job.id,
         url=job.url,
         proxy=aggregation.proxy,
         job_headers=job.request_headers,
+        # A job may shorten the service's total timeout and size cap, not raise them (the
+        # original let a stalled server hold a slot of the aggregation for as long as the job
+        # asked); the fetcher takes the lower of the job's and its own.
         timeout=float(job.download_timeout),
+        max_bytes=job.options.max_size,
         tmp_dir=proc.settings.tmp_dir,
         sniff=True,  # the type is stored with the file (S3 Content-Type); libmagic costs ~25 us
         mime_pattern=pattern,
@@ -87,7 +94,10 @@ def _download_and_store(
     finally:
         with contextlib.suppress(OSError):
             fetched.path.unlink(missing_ok=True)
-    return image_size, fetched.response_code
+    measured = DownloadResult(
+        sha256=fetched.sha256, size=fetched.size, content_type=fetched.mime_type, final_url=fetched.final_url
+    )
+    return image_size, fetched.response_code, measured
 
 
 def _storage_failure(job: Job, exc: StorageError, response_code: int) -> DownloadError:
@@ -112,7 +122,9 @@ def _pattern(job: Job) -> mime.MimePattern | None:
 
 
 def _count_response(proc: Processor, err: DownloadError) -> None:
-    if err.phase == "validating mime type":
+    if err.phase == DESTINATION_PHASE:
+        proc.stats.incr("destinationNotAllowed")
+    elif err.phase == "validating mime type":
         proc.stats.incr("download.response.mime")
     elif err.phase == "extracting image-size":
         proc.stats.incr("download.response.image-size")
@@ -127,7 +139,14 @@ def _count_response(proc: Processor, err: DownloadError) -> None:
 
 
 def success(
-    job: Job, code: int, image_size: str, download_url: str, *, now: float, retention: float
+    job: Job,
+    code: int,
+    image_size: str,
+    download_url: str,
+    *,
+    now: float,
+    retention: float,
+    measured: DownloadResult | None = None,
 ) -> Outcome:
     fields = {
         "DownloadState": State.SUCCESS.value,
@@ -137,7 +156,8 @@ def success(
         "ResponseCode": str(code),
         "ImageSize": image_size,
     }
-    return _finished(job, fields, now=now, error="", retention=retention)
+    outcome = _finished(job, fields, now=now, error="", retention=retention)
+    return dataclasses.replace(outcome, result=measured.encode()) if measured is not None else outcome
 
 
 def decide(

@@ -12,8 +12,9 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from downloader import keys, notifying, store
+from downloader import keys, notifying, signing, store
 from downloader.errors import (
+    DestinationNotAllowed,
     DownloaderError,
     JobNotFound,
     NotificationError,
@@ -21,7 +22,7 @@ from downloader.errors import (
     StoreError,
     UnknownDestination,
 )
-from downloader.models import CorruptJobError, Job, State, relative_path
+from downloader.models import CorruptJobError, DownloadResult, Job, State, relative_path
 from downloader.settings import Settings
 from downloader.stats import Stats
 from downloader.storage import Location, Storages, location_of
@@ -50,6 +51,7 @@ class Notifier:
         self.storage = storage
         self.stats = stats or Stats()
         self.token = store.new_token()
+        self.signing_keys = signing.parse_keys(settings.callback_signing_keys)
         self.backends = backends if backends is not None else notifying.build_backends(settings)
         self.threads = ThreadPoolExecutor(settings.notifier_concurrency, thread_name_prefix="callback")
         self._lock = threading.Lock()
@@ -117,7 +119,7 @@ class Notifier:
     def _deliver(self, job_id: str) -> None:
         try:
             claimed = self.db.start_callback(job_id)
-            job = Job.from_hash(claimed.raw, claimed.options)
+            job, result = Job.from_hash(claimed.raw, claimed.options), claimed.result
         except (JobNotFound, CorruptJobError) as exc:
             log.warning("callback of job %s dropped: %s", job_id, exc)
             self.db.drop_callback_claim(job_id, self.token)
@@ -132,16 +134,24 @@ class Notifier:
             self.stats.incr("undefinedBackendWithCallback")
             self._retry_or_fail(job, f"Undefined backend {backend_name} for job {job.job_string()}")
             return
+        body = notifying.encode(notifying.payload(job, DownloadResult.decode(result)))
+        message = notifying.Message(job.id, destination, body, self._headers(job, body))
         try:
-            backend.deliver(notifying.Message(job.id, destination, notifying.encode(notifying.payload(job))))
+            backend.deliver(message)
         except NotificationError as exc:
             if isinstance(exc, UnknownDestination):
                 self.stats.incr("unknownTopicOrPartition")
+            if isinstance(exc.__cause__, DestinationNotAllowed):
+                self.stats.incr("destinationNotAllowed")
             self._retry_or_fail(job, str(exc))
             return
         delete_at = time.time() + self.settings.deletion_delay_seconds
         if self.db.callback_delivered(job.id, self.token, delete_at, location_of(job).encode()):
             self.stats.incr("successfulCallbacks")
+
+    def _headers(self, job: Job, body: bytes) -> dict[str, str]:
+        delivery = signing.delivery_id(job.id, job.download_count)
+        return signing.headers(body, self.signing_keys, delivery)
 
     def _retry_or_fail(self, job: Job, error: str) -> None:
         if job.callback_count >= self.settings.callback_max_attempts:

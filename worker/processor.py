@@ -20,6 +20,7 @@ from downloader import diskcheck, keys, store
 from downloader.errors import DownloaderError, StoreError
 from downloader.fetching import Fetcher, FetchLimits
 from downloader.models import Aggregation, CorruptJobError, Job
+from downloader.outbound import Outbound
 from downloader.settings import Settings
 from downloader.stats import Stats
 from downloader.storage import Storages
@@ -72,6 +73,7 @@ class Processor:
             ),
             settings.default_request_headers,
             pool_size=settings.worker_concurrency,
+            outbound=Outbound.from_settings(settings),
         )
         self.threads = ThreadPoolExecutor(settings.worker_concurrency, thread_name_prefix="download")
         self.disk = diskcheck.DiskMonitor(
@@ -145,7 +147,9 @@ class Processor:
         return names
 
     def _claim(self, aggr_id: str, wanted: int, now: float) -> int:
-        result = self.db.claim(aggr_id, wanted, self.token, self.settings.lease_seconds, now)
+        # The lease starts now, not when this scheduling pass began: a slow pass over many
+        # aggregations would otherwise grant shorter leases than configured.
+        result = self.db.claim(aggr_id, wanted, self.token, self.settings.lease_seconds)
         with self._lock:
             state = self._aggregations.get(aggr_id)
             if state is None:
@@ -265,8 +269,15 @@ class Processor:
         for aggr_id, running in self._held().items():
             lost = self.db.renew(aggr_id, list(running), self.token, self.settings.lease_seconds)
             for job_id in lost:
+                if not self._still_running(aggr_id, job_id):
+                    continue  # it finished between the snapshot and the renewal: its lease went with it
                 log.warning("lost the lease of job %s; abandoning this attempt", job_id)
                 running[job_id].set()
+
+    def _still_running(self, aggr_id: str, job_id: str) -> bool:
+        with self._lock:
+            state = self._aggregations.get(aggr_id)
+            return state is not None and job_id in state.running
 
     def _scan(self) -> None:
         if self.only:

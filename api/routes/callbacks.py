@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Response
 
-from downloader.api.deps import StoreDep
+from downloader.api.deps import GrantDep, StoreDep, require
 from downloader.api.errors import HTTPProblem
+from downloader.apikeys import Grant
 from downloader.errors import StoreError
 from downloader.models import CorruptJobError, Job
 
@@ -26,12 +27,15 @@ async def wrong_method() -> Response:
     responses={
         204: {"description": "Rescheduled"},
         400: {"description": "Unknown job, or its callback is not Failed"},
+        403: {"description": "The API key does not cover the job's aggregation"},
         405: {"description": "Not a POST"},
     },
 )
-async def retry_callback(path: str, db: StoreDep) -> Response:
+async def retry_callback(path: str, db: StoreDep, grant: GrantDep) -> Response:
     # The original takes the last path segment; `/retry/` names the job "retry".
     job_id = path.rstrip("/").rsplit("/", 1)[-1] if path.strip("/") else "retry"
+    if grant.prefixes:
+        await _require_job_aggregation(db, grant, job_id)
     try:
         reply = await db.retry_callback(job_id)
     except StoreError as exc:
@@ -43,6 +47,18 @@ async def retry_callback(path: str, db: StoreDep) -> Response:
             400, f"Error with callback state of the job {await _job_string(db, job_id)}: {reply}"
         )
     return Response(status_code=204)
+
+
+async def _require_job_aggregation(db: StoreDep, grant: Grant, job_id: str) -> None:
+    """403 for a job outside the key's aggregations; an unknown job is left to the original's 400."""
+    try:
+        aggr_id = Job.from_hash(await db.job_hash(job_id)).aggr_id
+    except StoreError as exc:
+        raise HTTPProblem(500, f"Error rescheduling callback for job with id '{job_id}': {exc}") from exc
+    except CorruptJobError:
+        aggr_id = ""
+    if aggr_id:
+        require(grant, aggr_id)
 
 
 async def _job_string(db: StoreDep, job_id: str) -> str:

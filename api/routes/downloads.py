@@ -9,7 +9,7 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 
 from downloader import validation
-from downloader.api.deps import RegistrarDep, SettingsDep, StoreDep
+from downloader.api.deps import GrantDep, RegistrarDep, SettingsDep, StoreDep, require
 from downloader.api.errors import HTTPProblem
 from downloader.api.schemas import DOWNLOAD_REQUEST_BODY, Created
 from downloader.errors import RequestRejected, StoreError
@@ -28,19 +28,22 @@ OTHER_METHODS = ["GET", "PUT", "DELETE", "PATCH", "OPTIONS", "HEAD"]
     openapi_extra={"requestBody": DOWNLOAD_REQUEST_BODY},
     responses={
         400: {"description": "Invalid job or aggregation (plain text reason)"},
+        401: {"description": "API keys are set and the request has no valid one"},
+        403: {"description": "The API key does not cover the body's aggr_id"},
         413: {"description": "Body larger than DOWNLOADER_MAX_REQUEST_BYTES"},
         500: {"description": "Redis failed"},
     },
 )
 async def create_download(
-    request: Request, db: StoreDep, settings: SettingsDep, registrar: RegistrarDep
+    request: Request, db: StoreDep, settings: SettingsDep, registrar: RegistrarDep, grant: GrantDep
 ) -> Response:
     body = await read_bounded(request, settings.max_request_bytes)
     try:
-        job, aggregation = validation.parse_download_request(body)
+        job, aggregation = validation.parse_download_request(body, max_size_cap=settings.max_download_bytes)
     except RequestRejected as exc:
         raw = body.decode("utf-8", errors="replace")
         raise HTTPProblem(400, f"Error unmarshalling body '{raw}' to {exc.target}: {exc.reason}") from exc
+    require(grant, job.aggr_id)
     try:
         job_id = await db.enqueue(job, aggregation)
     except StoreError as exc:

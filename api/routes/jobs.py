@@ -7,7 +7,7 @@ import time
 
 from fastapi import APIRouter
 
-from downloader.api.deps import StoreDep
+from downloader.api.deps import GrantDep, StoreDep, require
 from downloader.api.errors import HTTPProblem
 from downloader.api.schemas import CallbackState, DownloadState, JobView
 from downloader.models import State
@@ -20,12 +20,16 @@ router = APIRouter(tags=["jobs"])
     "/jobs/{job_id}",
     response_model=JobView,
     summary="A job's state, attempts, errors and times",
-    responses={404: {"description": "No such job (unknown, or delivered and deleted)"}},
+    responses={
+        403: {"description": "The API key does not cover the job's aggregation"},
+        404: {"description": "No such job (unknown, or delivered and deleted)"},
+    },
 )
-async def get_job(job_id: str, db: StoreDep) -> JobView:
+async def get_job(job_id: str, db: StoreDep, grant: GrantDep) -> JobView:
     status = await db.job_status(job_id)
     if status is None:
         raise HTTPProblem(404, f"Job {job_id} not found")
+    require(grant, status.job.aggr_id)
     return view(status, now=time.time())
 
 

@@ -6,9 +6,10 @@ import json
 
 from fastapi import APIRouter, Response
 
-from downloader.api.deps import StoreDep
+from downloader.api.deps import GrantDep, StoreDep
 from downloader.api.errors import HTTPProblem
 from downloader.api.schemas import AggregationQueue
+from downloader.keys import QUEUE_PREFIX
 
 router = APIRouter(tags=["stats"])
 
@@ -37,12 +38,13 @@ async def component_stats(component: str, db: StoreDep) -> Response:
 @router.get(
     "/dashboard/aggregations",
     response_model=list[AggregationQueue],
-    summary="Queued jobs per aggregation",
+    summary="Queued jobs per aggregation (those the API key covers)",
 )
-async def aggregations(db: StoreDep) -> Response:
+async def aggregations(db: StoreDep, grant: GrantDep) -> Response:
     try:
         sizes = await db.queue_sizes()
     except Exception as exc:
         raise HTTPProblem(500, f"Error scanning for aggregation keys: {exc}") from exc
-    body = json.dumps([{"name": name, "size": size} for name, size in sizes], separators=(",", ":"))
+    visible = [(name, size) for name, size in sizes if grant.covers(name.removeprefix(QUEUE_PREFIX))]
+    body = json.dumps([{"name": name, "size": size} for name, size in visible], separators=(",", ":"))
     return Response(content=body, media_type="application/json", headers=CORS)

@@ -45,6 +45,8 @@ BASE_SETTINGS = {
     "DOWNLOADER_CALLBACK_TIMEOUT_SECONDS": "5",
     "DOWNLOADER_DEFAULT_REQUEST_HEADERS": json.dumps({"Accept": "*/*", "User-Agent": "Downloader v1"}),
     "DOWNLOADER_LOG_LEVEL": "INFO",
+    # Every test server listens on 127.0.0.1, which the default policy refuses to reach.
+    "DOWNLOADER_ALLOW_PRIVATE_NETWORKS": "true",
 }
 
 

@@ -18,6 +18,7 @@ import pytest
 from downloader import mime
 from downloader.errors import DownloadError, Interrupted
 from downloader.fetching import Fetcher, FetchLimits
+from downloader.outbound import PERMISSIVE, Outbound
 
 pytestmark = pytest.mark.integration
 
@@ -123,6 +124,7 @@ def fetcher() -> Iterator[Fetcher]:
         FetchLimits(connect_timeout=2, total_timeout=10, max_redirects=3, max_bytes=100_000),
         {"User-Agent": "Downloader-Agent", "Accept": "*/*"},
         pool_size=4,
+        outbound=Outbound(PERMISSIVE),  # the servers are on 127.0.0.1 (tests/integration/test_outbound.py)
     )
     yield f
     f.close()

@@ -7,6 +7,7 @@ download_url that does not grow, 3xx/204 as failures, size and time bounds, GET 
 
 from __future__ import annotations
 
+import hashlib
 import io
 import signal
 import threading
@@ -31,6 +32,12 @@ PAYLOAD_KEYS = [
     "response_code",
     "delivered",
     "delivery_error",
+    # ours, after the original's ten
+    "sha256",
+    "size",
+    "content_type",
+    "final_url",
+    "attempts",
 ]
 
 
@@ -77,6 +84,11 @@ def test_an_existing_resource_is_stored_byte_for_byte_and_the_callback_says_wher
         "response_code": 200,
         "delivered": True,
         "delivery_error": "",
+        "sha256": hashlib.sha256(files.content("sample-1.jpg")).hexdigest(),
+        "size": len(files.content("sample-1.jpg")),
+        "content_type": "image/jpeg",
+        "final_url": url,
+        "attempts": 1,
     }
     stored = stack.storage_root / payload["download_url"][len(DOWNLOAD_URL_BASE) + 1 :]
     assert stored.read_bytes() == files.content("sample-1.jpg")

@@ -8,6 +8,7 @@ comes back.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 import uuid
@@ -31,6 +32,12 @@ PAYLOAD_KEYS = [
     "response_code",
     "delivered",
     "delivery_error",
+    # ours, after the original's ten
+    "sha256",
+    "size",
+    "content_type",
+    "final_url",
+    "attempts",
 ]
 
 
@@ -78,6 +85,11 @@ def test_kafka_callbacks_carry_the_originals_payload_for_success_and_failure(
         "response_code": 200,
         "delivered": True,
         "delivery_error": "",
+        "sha256": hashlib.sha256(files.content("sample-1.jpg")).hexdigest(),
+        "size": len(files.content("sample-1.jpg")),
+        "content_type": "image/jpeg",
+        "final_url": found_url,
+        "attempts": 1,
     }
     failure = payloads[missing]
     assert list(failure) == PAYLOAD_KEYS
@@ -92,6 +104,11 @@ def test_kafka_callbacks_carry_the_originals_payload_for_success_and_failure(
         "response_code": 404,
         "delivered": True,
         "delivery_error": "",
+        "sha256": "",
+        "size": 0,
+        "content_type": "",
+        "final_url": "",
+        "attempts": 1,
     }
     # Delivered means done: the jobs are deleted, and counted once each.
     wait_until(lambda: not stack.db.exists(f"job:{found}", f"job:{missing}"), 10, "delivered jobs to go")

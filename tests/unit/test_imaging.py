@@ -6,7 +6,10 @@ from __future__ import annotations
 import os
 import pathlib
 import struct
+import subprocess
+import sys
 import time
+import tracemalloc
 import warnings
 import zlib
 
@@ -142,10 +145,67 @@ def test_a_huge_header_is_measured_without_decoding(tmp_path: pathlib.Path) -> N
     # 10^10 pixels: Pillow's decompression-bomb guard would refuse it, decoding would need 30 GB
     path = write(tmp_path, "huge.png", png_header(100_000, 100_000))
     started = time.monotonic()
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        assert imaging.image_size(path, "image/png") == "100000x100000"
+    tracemalloc.start()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            assert imaging.image_size(path, "image/png") == "100000x100000"
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 2 << 20, peak
     assert time.monotonic() - started < 1.0
+
+
+def zero_png(width: int, height: int) -> bytes:
+    """A complete, valid RGB PNG of zeros: a few hundred KB that decode to width*height*3 bytes."""
+    packer = zlib.compressobj(9)
+    row = b"\x00" * (1 + width * 3)  # filter byte, then the row
+    data = b"".join(packer.compress(row) for _ in range(height)) + packer.flush()
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", ihdr) + png_chunk(b"IDAT", data) + png_chunk(b"IEND", b"")
+    )
+
+
+def icon_around(frame: bytes) -> bytes:
+    """An .ico whose one directory entry (0x0, which means 256x256) holds `frame`."""
+    return struct.pack("<HHH", 0, 1, 1) + struct.pack("<BBBBHHII", 0, 0, 0, 0, 1, 32, len(frame), 22) + frame
+
+
+# Pillow's pixel buffers are allocated in C, where tracemalloc cannot see them: the process's
+# peak resident size, in a fresh interpreter, is what shows a decode.
+_PEAK_RSS = """
+import resource, sys
+from downloader import imaging
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(imaging.image_size(sys.argv[1], sys.argv[2]))
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before)
+"""
+
+
+@pytest.mark.parametrize(
+    ("name", "mime", "expected"),
+    [
+        ("bomb.png", "image/png", "6000x6000"),
+        # Pillow's ICO plugin would decode the frame (108 MB) to learn its size; the
+        # directory says 256x256 and that is what is reported
+        ("bomb.ico", "image/vnd.microsoft.icon", "256x256"),
+    ],
+)
+def test_a_small_file_that_decodes_to_100_mb_is_measured_without_decoding(
+    tmp_path: pathlib.Path, name: str, mime: str, expected: str
+) -> None:
+    frame = zero_png(6000, 6000)
+    path = write(tmp_path, name, icon_around(frame) if name.endswith(".ico") else frame)
+    assert path.stat().st_size < 1 << 20
+    run = subprocess.run(
+        [sys.executable, "-c", _PEAK_RSS, str(path), mime], capture_output=True, text=True, timeout=60
+    )
+    assert run.returncode == 0, run.stderr
+    size, grown_kib = run.stdout.split()
+    assert size == expected
+    assert int(grown_kib) < 16 * 1024, f"peak RSS grew by {grown_kib} KiB: pixels were decoded"
 
 
 @pytest.mark.skipif(not pathlib.Path("/proc/self/fd").is_dir(), reason="needs /proc")

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from downloader import notifying
-from downloader.models import JOB_FIELDS, Aggregation, CorruptJobError, Job, State, join_url
+from downloader.models import JOB_FIELDS, Aggregation, CorruptJobError, DownloadResult, Job, State, join_url
 
 GO_HASH = {
     "ID": "NSb4FOAs9fVaQw",
@@ -104,12 +104,36 @@ def test_payload_has_the_originals_ten_keys_in_order() -> None:
             "ResponseCode": "200",
         }
     )
-    body = notifying.encode(notifying.payload(job))
+    measured = DownloadResult(
+        sha256="ab" * 32, size=1234, content_type="image/png", final_url="http://h/b.png"
+    )
+    body = notifying.encode(notifying.payload(job, measured))
     assert body == (
         b'{"success":true,"error":"","extra":"foobar","image_size":"10x10","resource_url":"http://h/a.png",'
         b'"download_url":"http://localhost/foo/6QE/6QEywYsd0jrKAg","job_id":"6QEywYsd0jrKAg",'
-        b'"response_code":200,"delivered":true,"delivery_error":""}'
+        b'"response_code":200,"delivered":true,"delivery_error":"",'
+        b'"sha256":"' + b"ab" * 32 + b'","size":1234,"content_type":"image/png","final_url":"http://h/b.png",'
+        b'"attempts":0}'
     )
+
+
+def test_a_failed_download_reports_nothing_measured_but_its_attempts() -> None:
+    job = Job.from_hash({**GO_HASH, "ID": "6QEywYsd0jrKAg", "DownloadState": "Failed", "DownloadCount": "3"})
+    measured = DownloadResult(
+        sha256="ab" * 32, size=1234, content_type="image/png", final_url="http://h/b.png"
+    )
+    tail = {k: v for k, v in notifying.payload(job, measured).items() if k not in ORIGINAL_KEYS}
+    assert tail == {"sha256": "", "size": 0, "content_type": "", "final_url": "", "attempts": 3}
+
+
+def test_a_result_that_cannot_be_read_is_empty_not_an_error() -> None:
+    assert DownloadResult.decode("not json") == DownloadResult() == DownloadResult.decode(None)
+    measured = DownloadResult(sha256="x", size=1, content_type="a/b", final_url="u")
+    assert DownloadResult.decode(measured.encode()) == measured
+
+
+ORIGINAL_KEYS = ["success", "error", "extra", "image_size", "resource_url", "download_url", "job_id",
+                 "response_code", "delivered", "delivery_error"]  # fmt: skip
 
 
 def test_the_legacy_callback_url_wins_over_type_and_destination() -> None:

@@ -798,7 +798,9 @@ def test_failed_downloads_may_go_to_an_error_destination_of_the_callbacks_type()
 
 
 def test_an_error_destination_may_name_its_own_type() -> None:
-    job = job_of(base(callback_error_type="sqs", callback_error_dst="https://sqs.eu-west-1.amazonaws.com/1/q"))
+    job = job_of(
+        base(callback_error_type="sqs", callback_error_dst="https://sqs.eu-west-1.amazonaws.com/1/q")
+    )
     assert job.callback_destination(succeeded=False) == ("sqs", "https://sqs.eu-west-1.amazonaws.com/1/q")
     assert job.callback_destination(succeeded=True) == ("http", CALLBACK)
 
@@ -819,3 +821,33 @@ def test_a_job_with_its_own_bucket_and_only_an_error_destination_counts_as_havin
     job = job_of(body)
     assert job.has_callback
     assert job.callback_destination(succeeded=True) is None
+
+
+@pytest.mark.parametrize(
+    ("value", "stored"), [(1, 1), (1000, 1000), (2048.0, 2048), (None, 0), (_MISSING, 0)]
+)
+def test_max_size_is_kept_in_the_jobs_options(value: object, stored: int) -> None:
+    job, _ = validation.parse_download_request(encode(base(max_size=value)), max_size_cap=4096)
+    assert job.options.max_size == stored
+
+
+@pytest.mark.parametrize("value", [0, -1, 1.5, "10", True, [], {}])
+def test_max_size_must_be_a_positive_integer(value: object) -> None:
+    with pytest.raises(RequestRejected) as info:
+        validation.parse_download_request(encode(base(max_size=value)), max_size_cap=4096)
+    assert (info.value.target, info.value.reason) == ("Job", "max_size must be a positive integer")
+
+
+def test_max_size_above_the_services_cap_is_refused_not_lowered() -> None:
+    assert (
+        validation.parse_download_request(encode(base(max_size=4096)), max_size_cap=4096)[0].options.max_size
+        == 4096
+    )
+    with pytest.raises(RequestRejected) as info:
+        validation.parse_download_request(encode(base(max_size=4097)), max_size_cap=4096)
+    assert info.value.reason == "max_size must not exceed 4096"
+
+
+def test_download_timeout_above_any_cap_is_accepted_as_the_original_did() -> None:
+    # the worker caps it at DOWNLOADER_DOWNLOAD_TIMEOUT_SECONDS; refusing would break old clients
+    assert parse(base(download_timeout=10**9))[0].download_timeout == 10**9

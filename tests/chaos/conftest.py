@@ -1,0 +1,35 @@
+"""Fixtures of the chaos tests: a `stack` with the chaos settings, and a small tmpfs.
+
+The helpers live in harness.py (imported by name, like tests/integration's); the session
+Redis, the file and callback servers come from the top conftest.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from harness import CHAOS_SETTINGS, SmallTmpfs
+from procs import Stack
+
+
+@pytest.fixture
+def stack(tmp_path: Path, redis_url: str) -> Iterator[Stack]:
+    """The top conftest's stack, with the settings every chaos test needs."""
+    s = Stack(tmp_path, redis_url, **CHAOS_SETTINGS)
+    yield s
+    s.stop_all()
+
+
+@pytest.fixture
+def small_tmp(tmp_path: Path) -> Iterator[SmallTmpfs]:
+    """An 8 MiB tmpfs mounted at the stack's tmp dir. Request it before `stack` so that it is
+    unmounted after the processes using it have stopped."""
+    fs = SmallTmpfs(tmp_path / "tmp", size="8m").mount()
+    yield fs
+    fs.unmount()
