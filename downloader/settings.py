@@ -190,6 +190,21 @@ class Settings(BaseSettings):
     """Comma-separated bearer tokens for the API; "" leaves it open. `token=prefix1|prefix2`
     limits a token to aggregation ids starting with one of the prefixes."""
 
+    # --- observability ---------------------------------------------------------------
+
+    metrics_port: int = pydantic.Field(default=0, ge=0, le=65535)
+    """Port of `/metrics` (Prometheus) on worker, notifier and operator processes; 0 turns it
+    off (the default, so several processes on one machine do not collide; the chart sets
+    9100). The API serves `/metrics` on its own port."""
+
+    metrics_aggregation_labels: bool = True
+    """Label per-aggregation series with the aggregation id. Turn off with very many
+    aggregations: series stay bounded either way (see downloader/metrics.py)."""
+
+    log_format: Literal["text", "json"] = "text"
+    """`json`: one JSON object per line (time, level, logger, message, and job id,
+    aggregation, event, duration where known), for log pipelines."""
+
     # --- Kubernetes ----------------------------------------------------------------
 
     kubeconfig: str = ""
