@@ -168,6 +168,7 @@ def test_a_callback_to_a_missing_queue_is_retried_then_failed_and_counted(
     )
     assert rdb.hget(keys.job(job_id), "CallbackCount") == "2"
     assert "SendMessage to" in rdb.hget(keys.job(job_id), "CallbackMeta")
+
     def unknown() -> int:
         return int(json.loads(rdb.get("stats:notifier") or "{}").get("unknownTopicOrPartition", 0))
 
