@@ -794,3 +794,22 @@ def test_a_subpath_puts_the_file_and_its_url_under_it_and_traversal_is_refused(
     refused = api.http.post("/download", json=job_body(files.url("tiny.png"), aggr_id(), callbacks.url,
                                                        subpath="../../etc"))  # fmt: skip
     assert refused.status_code == 400 and "Invalid path specified: ../../etc" in refused.text
+
+
+def test_a_jobs_max_size_lowers_the_cap_for_that_job_only(
+    stack: Stack, files: FileServer, callbacks: CallbackServer
+) -> None:
+    api, _, _ = stack.all_three()
+    size = len(files.content("sample-1.jpg"))
+    aggr = aggr_id()
+    small = api.post_job(job_body(files.url("sample-1.jpg"), aggr, callbacks.url, max_size=size - 1))
+    exact = api.post_job(job_body(files.url("sample-1.jpg"), aggr, callbacks.url, max_size=size))
+
+    refused = callbacks.wait_for(small)
+    assert refused["success"] is False and refused["attempts"] == 1  # terminal, not retried
+    assert f"exceeds the limit of {size - 1} bytes" in refused["error"]
+    assert callbacks.wait_for(exact)["success"] is True
+
+    too_big = api.http.post("/download", json=job_body(files.url("sample-1.jpg"), aggr, callbacks.url,
+                                                        max_size=(1 << 30) + 1))  # fmt: skip
+    assert too_big.status_code == 400 and "max_size must not exceed" in too_big.text
