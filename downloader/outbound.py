@@ -487,23 +487,39 @@ class _PinnedConnectionMixin:
             ) from exc
 
 
-class _PinnedHTTPConnection(_PinnedConnectionMixin, urllib3.connection.HTTPConnection):
+class _UrllibName:
+    """urllib3 puts `type(self).__name__` into its error texts, which reach job errors and
+    callback texts: show its public class names there, not our private subclasses'."""
+
+    public_name = ""
+
+    def __str__(self) -> str:
+        return f"{self.public_name}(host={getattr(self, 'host', '')!r}, port={getattr(self, 'port', None)!r})"
+
+
+class _PinnedHTTPConnection(_UrllibName, _PinnedConnectionMixin, urllib3.connection.HTTPConnection):
+    public_name = "HTTPConnection"
+
     def __init__(self, *args: Any, outbound: Outbound, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.outbound = outbound
 
 
-class _PinnedHTTPSConnection(_PinnedConnectionMixin, urllib3.connection.HTTPSConnection):
+class _PinnedHTTPSConnection(_UrllibName, _PinnedConnectionMixin, urllib3.connection.HTTPSConnection):
+    public_name = "HTTPSConnection"
+
     def __init__(self, *args: Any, outbound: Outbound, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.outbound = outbound
 
 
-class _PinnedHTTPPool(urllib3.connectionpool.HTTPConnectionPool):
+class _PinnedHTTPPool(_UrllibName, urllib3.connectionpool.HTTPConnectionPool):
+    public_name = "HTTPConnectionPool"
     ConnectionCls = _PinnedHTTPConnection
 
 
-class _PinnedHTTPSPool(urllib3.connectionpool.HTTPSConnectionPool):
+class _PinnedHTTPSPool(_UrllibName, urllib3.connectionpool.HTTPSConnectionPool):
+    public_name = "HTTPSConnectionPool"
     ConnectionCls = _PinnedHTTPSConnection
 
 

@@ -278,7 +278,9 @@ class StoreWatcher:
         if not self.root.is_dir():
             return
         for path in self.root.glob("*/*"):
-            if path.name not in self.checked:
+            # `<id>.partial` is the storage's own temporary name while it copies across
+            # filesystems (tmp on a tmpfs here); only the atomically renamed `<id>` is stored.
+            if path.name not in self.checked and not path.name.endswith(".partial"):
                 self._check(path)
 
     def _run(self) -> None:
