@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -11,7 +12,7 @@ from fastapi.staticfiles import StaticFiles
 
 from downloader import __version__, apikeys, cluster
 from downloader.api import deps, errors
-from downloader.api.routes import callbacks, downloads, health, jobs, stats
+from downloader.api.routes import callbacks, downloads, health, jobs, metrics, stats, ui
 from downloader.settings import Settings
 from downloader.store import AsyncStore
 
@@ -31,9 +32,13 @@ def create_app(settings: Settings, *, serve_files: bool = False) -> FastAPI:
         app.state.registrar = None
         if settings.kube_create_aggregations and cluster.has_access(settings):
             app.state.registrar = cluster.Registrar(cluster.Cluster.from_settings(settings))
+        heartbeat = asyncio.create_task(ui.heartbeat_forever(app.state.store))  # the dashboard's list
         try:
             yield
         finally:
+            heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await heartbeat
             await app.state.store.close()
 
     app = FastAPI(
@@ -47,8 +52,10 @@ def create_app(settings: Settings, *, serve_files: bool = False) -> FastAPI:
     )
     app.state.keyring = keyring
     errors.install(app)
-    for module in (downloads, jobs, callbacks, stats, health):
+    for module in (downloads, jobs, callbacks, stats, health, ui):
         app.include_router(module.router)
+    metrics.install(app, settings)  # GET /metrics and the request counts
+    app.mount("/static", StaticFiles(directory=ui.STATIC_DIR), name="static")  # the page's assets
     if serve_files:
         root = Path(settings.storage_root)
         root.mkdir(parents=True, exist_ok=True)

@@ -131,3 +131,76 @@ DOWNLOAD_REQUEST_BODY: dict[str, Any] = {
         }
     },
 }
+
+
+# --- GET /ui/overview: what the web page shows -----------------------------------------
+
+
+class InstanceView(BaseModel):
+    id: str = Field(description="The process' instance id (a worker's is its lease token)")
+    host: str
+    pid: int
+    version: str
+    started_at: str | None
+    uptime_seconds: float
+    last_seen_seconds: float = Field(description="Seconds since its last heartbeat")
+
+
+class AggregationRow(BaseModel):
+    id: str
+    limit: int | None = Field(
+        description="Fleet-wide concurrent downloads (aggr:<id> Limit); null once an idle"
+        " aggregation's hash is deleted"
+    )
+    paused: bool
+    pending: int = Field(description="Queued jobs, including those waiting for a retry")
+    in_flight: int = Field(description="Jobs being downloaded now (live leases)")
+    jobs_per_minute: float = Field(description="Finished downloads per minute over the recent window")
+    error_rate: float | None = Field(
+        description="Share of attempts in the recent window that failed or will be retried (null: none)"
+    )
+    succeeded: int = Field(description="Downloads that succeeded in the recent window")
+    failed: int = Field(description="Jobs that ended Failed in the recent window")
+    retried: int = Field(description="Attempts that failed and were queued again in the recent window")
+
+
+class Totals(BaseModel):
+    aggregations: int = Field(description="Aggregations with queued or running jobs")
+    pending: int
+    in_flight: int
+    callbacks_queued: int | None = Field(
+        description="Callbacks waiting or being delivered (null for a scoped key)"
+    )
+    succeeded: int = Field(description="Over the series (last `series_minutes` minutes)")
+    failed: int
+    retried: int
+    jobs_per_minute: float = Field(description="Over the recent window")
+
+
+class MinutePoint(BaseModel):
+    minute: str = Field(description="Start of the minute (ISO 8601, UTC)")
+    succeeded: int
+    failed: int
+    retried: int
+
+
+class FailureView(BaseModel):
+    job_id: str
+    aggr_id: str
+    url: str
+    error: str
+    response_code: int
+    at: str | None
+
+
+class Overview(BaseModel):
+    generated_at: str
+    version: str
+    instances: dict[str, list[InstanceView]] = Field(description="Live instances by role")
+    aggregations: list[AggregationRow] = Field(description="Largest backlog first, at most aggregations_cap")
+    aggregations_cap: int
+    window_minutes: int = Field(description="The recent window of rates and error rates")
+    series_minutes: int
+    totals: Totals
+    series: list[MinutePoint] = Field(description="Finished attempts per minute, oldest first")
+    recent_failures: list[FailureView] = Field(description="Jobs that ended Failed, newest first")

@@ -107,3 +107,29 @@ def aggregation_from_inflight(key: str) -> str:
 QUEUE_PATTERN = QUEUE_PREFIX + "*"
 INFLIGHT_PATTERN = INFLIGHT_PREFIX + "*"
 JOB_PATTERN = JOB_PREFIX + "*"
+
+# --- what the web dashboard reads ------------------------------------------------------
+
+#: Sorted set per role (api, worker, notifier, operator): member = the instance's JSON
+#: (id, host, pid, version, started), score = when it counts as gone. Every process renews
+#: its entry each interval; a process that stops renewing drops out after the TTL.
+INSTANCES_PREFIX = "instances:"
+INSTANCE_ROLES = ("api", "worker", "notifier", "operator")
+INSTANCE_HEARTBEAT_SECONDS = 5.0
+INSTANCE_TTL_SECONDS = 3 * INSTANCE_HEARTBEAT_SECONDS
+#: List (newest first) of JSON records of downloads that ended Failed, capped by LTRIM.
+RECENT_FAILURES = "RecentFailures"
+RECENT_FAILURES_KEPT = 50
+#: Hash per minute (unix seconds // 60) of finished attempts: fields `ok`, `failed`,
+#: `retried` (all aggregations) and `<aggr>:ok`, `<aggr>:failed`, `<aggr>:retried`.
+THROUGHPUT_PREFIX = "throughput:"
+THROUGHPUT_MINUTES = 30
+THROUGHPUT_TTL_SECONDS = (THROUGHPUT_MINUTES + 5) * 60
+
+
+def instances(role: str) -> str:
+    return INSTANCES_PREFIX + role
+
+
+def throughput(minute: int) -> str:
+    return f"{THROUGHPUT_PREFIX}{minute}"

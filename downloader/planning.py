@@ -230,6 +230,9 @@ class WorkerPod:
     storage_root: str = "/data/files"
     #: PersistentVolumeClaim shared with the notifier (filesystem storage); "" = emptyDir.
     storage_claim: str = ""
+    #: /metrics of each worker (container port `metrics`, scraped by the chart's PodMonitor);
+    #: every pod has its own address, so one fixed port never collides. 0 = none.
+    metrics_port: int = 9100
     uid: int = 10001
 
 
@@ -266,6 +269,9 @@ def deployment(spec: Spec, namespace: str, replicas: int, pod: WorkerPod) -> dic
             {"name": "files", "mountPath": in_image(pod.storage_root)},
         ],
     }
+    if pod.metrics_port:
+        container["env"].append({"name": "DOWNLOADER_METRICS_PORT", "value": str(pod.metrics_port)})
+        container["ports"] = [{"name": "metrics", "containerPort": pod.metrics_port, "protocol": "TCP"}]
     files: dict[str, Any] = (
         {"persistentVolumeClaim": {"claimName": pod.storage_claim}} if pod.storage_claim else {"emptyDir": {}}
     )

@@ -10,12 +10,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import json
 import logging
+import os
 import secrets
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import redis
 import redis.asyncio
@@ -23,6 +26,7 @@ import redis.asyncio
 from downloader import keys, redis_client, scripts
 from downloader.errors import JobNotFound, StoreError
 from downloader.models import DEFAULT_AGGREGATION_LIMIT, DEFAULT_MAX_RETRIES, Aggregation, Job
+from downloader.version import __version__
 
 if TYPE_CHECKING:
     from downloader.settings import Settings
@@ -610,6 +614,78 @@ class Store:
         with translated():
             return cast(dict[str, str], self.redis.hgetall(keys.job(job_id)))
 
+    # --- what the web dashboard reads (instances, per-minute counts, recent failures) ---
+
+    def heartbeat(self, instance: Instance, now: float | None = None) -> None:
+        with translated():
+            _heartbeat(self.redis.pipeline(transaction=True), instance, now).execute()
+
+    def record_attempt(self, aggr_id: str, kind: str, failure: str = "", now: float | None = None) -> None:
+        """Count one finished attempt (`ok`, `failed` or `retried`) in its minute; a `failure`
+        record (JSON) goes to the capped list of recent failures. One MULTI round trip."""
+        now = time.time() if now is None else now
+        minute = keys.throughput(int(now // 60))
+        with translated():
+            pipe = self.redis.pipeline(transaction=True)
+            pipe.hincrby(minute, kind, 1)
+            pipe.hincrby(minute, f"{aggr_id}:{kind}", 1)
+            pipe.expire(minute, keys.THROUGHPUT_TTL_SECONDS)
+            if failure:
+                pipe.lpush(keys.RECENT_FAILURES, failure)
+                pipe.ltrim(keys.RECENT_FAILURES, 0, keys.RECENT_FAILURES_KEPT - 1)
+            pipe.execute()
+
+    # --- bulk tools (`downloader enqueue`, `downloader retry`) ------------------------
+
+    def enqueue_many(self, jobs: Sequence[tuple[Job, Aggregation]], now: float | None = None) -> list[str]:
+        """Queue many jobs with the API's script, pipelined in one round trip; their ids in order."""
+        now = time.time() if now is None else now
+        ids = [new_job_id() for _ in jobs]
+        pending = list(range(len(jobs)))
+        with translated():
+            for _ in range(ID_ATTEMPTS):
+                pipe = self.redis.pipeline(transaction=False)
+                for i in pending:
+                    k, a = enqueue_arguments(jobs[i][0], jobs[i][1], ids[i], now, self.meta_ttl)
+                    self._enqueue(keys=k, args=a, client=pipe)
+                created = pipe.execute()
+                pending = [i for i, ok in zip(pending, created, strict=True) if not ok]
+                if not pending:
+                    return ids
+                for i in pending:  # an id collision: only those jobs try again, with new ids
+                    ids[i] = new_job_id()
+        raise StoreError(
+            f"Could not find unique ID after {ID_ATTEMPTS} tries for {jobs[pending[0]][0].job_string()}"
+        )
+
+    def scan_callback_states(self, batch: int = 1000) -> Iterator[list[tuple[str, str, str]]]:
+        """(job id, aggregation, CallbackState) of every `job:*` hash, one SCAN batch at a time."""
+        cursor = 0
+        with translated():
+            while True:
+                cursor, scanned = self.redis.scan(cursor, match=keys.JOB_PATTERN, count=batch)
+                found = cast(list[str], scanned)
+                pipe = self.redis.pipeline(transaction=False)
+                for job_key in found:
+                    pipe.hmget(job_key, ["AggrID", "CallbackState"])
+                rows = pipe.execute() if found else []
+                yield [(k[len(keys.JOB_PREFIX) :], a or "", c or "")
+                       for k, (a, c) in zip(found, rows, strict=True)]  # fmt: skip
+                if cursor == 0:
+                    return
+
+    def retry_callbacks(self, ids: Sequence[str], now: float | None = None) -> list[str | None]:
+        """POST /retry's script for each id, pipelined: "OK", the state when not Failed, or
+        None for a job that does not exist."""
+        now = time.time() if now is None else now
+        retry = self.redis.register_script(scripts.RETRY_CALLBACK)
+        with translated():
+            pipe = self.redis.pipeline(transaction=False)
+            for job_id in ids:
+                retry(keys=[keys.job(job_id), keys.CALLBACK_QUEUE], args=[job_id, repr(now)], client=pipe)
+            replies = pipe.execute() if ids else []
+        return [None if r is None else str(r) for r in replies]
+
 
 def enqueue_arguments(
     job: Job, aggregation: Aggregation, job_id: str, now: float, meta_ttl: int
@@ -753,3 +829,129 @@ class AsyncStore:
             pipe.zscore(keys.inflight(job.aggr_id), job_id)
             queued_at, lease = await pipe.execute()
         return JobStatus(job=job, meta=meta, errors=errors, queued_at=queued_at, lease_expires_at=lease)
+
+    # --- what the web dashboard reads -------------------------------------------------
+
+    async def heartbeat(self, instance: Instance, now: float | None = None) -> None:
+        with translated():
+            await _heartbeat(self.redis.pipeline(transaction=True), instance, now).execute()
+
+    async def instances(self, now: float | None = None) -> dict[str, list[tuple[Instance, float]]]:
+        """Live instances of each role, with when each one's entry expires."""
+        now = time.time() if now is None else now
+        with translated():
+            pipe = self.redis.pipeline(transaction=False)
+            for role in keys.INSTANCE_ROLES:
+                pipe.zrangebyscore(keys.instances(role), repr(now), "+inf", withscores=True)
+            replies = await pipe.execute()
+        return {
+            role: [(Instance.decode(role, member), float(expires)) for member, expires in reply]
+            for role, reply in zip(keys.INSTANCE_ROLES, replies, strict=True)
+        }
+
+    async def backlogs(self, visible: Callable[[str], bool]) -> list[tuple[str, int, int]]:
+        """(aggregation, queued, in flight) of every visible aggregation that has either."""
+        with translated():
+            ids = {keys.aggregation_from_queue(k) async for k in self.redis.scan_iter(
+                match=keys.QUEUE_PATTERN, count=1000)}  # fmt: skip
+            ids |= {keys.aggregation_from_inflight(k) async for k in self.redis.scan_iter(
+                match=keys.INFLIGHT_PATTERN, count=1000)}  # fmt: skip
+            names = sorted(a for a in ids if visible(a))
+            pipe = self.redis.pipeline(transaction=False)
+            for aggr_id in names:
+                pipe.zcard(keys.queue(aggr_id))
+                pipe.zcard(keys.inflight(aggr_id))
+            counts = await pipe.execute()
+        return [(a, int(q), int(f)) for a, q, f in zip(names, counts[::2], counts[1::2], strict=True)]
+
+    async def aggregation_limits(self, aggr_ids: Sequence[str]) -> tuple[dict[str, int | None], set[str]]:
+        """The limit of each aggregation (None once its idle hash is deleted), and the paused ones."""
+        with translated():
+            pipe = self.redis.pipeline(transaction=False)
+            for aggr_id in aggr_ids:
+                pipe.hget(keys.aggregation(aggr_id), "Limit")
+            pipe.smembers(keys.PAUSED_AGGREGATIONS)
+            *limits, paused = await pipe.execute()
+        return {
+            a: Aggregation.from_hash(a, {"Limit": raw}).limit if raw is not None else None
+            for a, raw in zip(aggr_ids, limits, strict=True)
+        }, set(paused)
+
+    async def throughput(self, minutes: Sequence[int], detailed: Sequence[int]) -> dict[int, dict[str, int]]:
+        """Counts per minute: the totals of `minutes`, and every field of those in `detailed`."""
+        with translated():
+            pipe = self.redis.pipeline(transaction=False)
+            for minute in minutes:
+                if minute in detailed:
+                    pipe.hgetall(keys.throughput(minute))
+                else:
+                    pipe.hmget(keys.throughput(minute), list(ATTEMPT_KINDS))
+            replies = await pipe.execute()
+        out: dict[int, dict[str, int]] = {}
+        for minute, reply in zip(minutes, replies, strict=True):
+            pairs = reply.items() if isinstance(reply, dict) else zip(ATTEMPT_KINDS, reply, strict=True)
+            out[minute] = {field: int(value) for field, value in pairs if value is not None}
+        return out
+
+    async def recent_failures(self) -> list[str]:
+        with translated():
+            return cast(list[str], await self.redis.lrange(keys.RECENT_FAILURES, 0, -1))
+
+    async def callbacks_queued(self) -> int:
+        with translated():
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.zcard(keys.CALLBACK_QUEUE)
+            pipe.zcard(keys.CALLBACK_INFLIGHT)
+            queued, delivering = await pipe.execute()
+        return int(queued) + int(delivering)
+
+
+#: The kinds of finished attempts `record_attempt` counts (also the per-minute total fields).
+ATTEMPT_KINDS = ("ok", "failed", "retried")
+
+
+@dataclasses.dataclass(frozen=True)
+class Instance:
+    """One running process as the dashboard lists it: the member of `instances:<role>`."""
+
+    role: str
+    id: str
+    host: str
+    pid: int
+    version: str
+    started: float
+
+    @classmethod
+    def here(cls, role: str, instance_id: str | None = None) -> Instance:
+        return cls(
+            role, instance_id or new_token(), socket.gethostname(), os.getpid(), __version__, time.time()
+        )
+
+    def encode(self) -> str:
+        # Fixed once the process starts: renewing the entry only moves its score.
+        fields = dataclasses.asdict(self)
+        del fields["role"]
+        return json.dumps(fields, sort_keys=True, separators=(",", ":"))
+
+    @classmethod
+    def decode(cls, role: str, member: str) -> Instance:
+        try:
+            raw = json.loads(member)
+            return cls(role, str(raw["id"]), str(raw["host"]), int(raw["pid"]), str(raw["version"]),
+                       float(raw["started"]))  # fmt: skip
+        except (ValueError, KeyError, TypeError):
+            return cls(role, member[:40], "?", 0, "?", 0.0)
+
+
+_Pipeline = TypeVar("_Pipeline", redis.client.Pipeline, redis.asyncio.client.Pipeline)
+
+
+def _heartbeat(pipe: _Pipeline, instance: Instance, now: float | None) -> _Pipeline:
+    """Renew the instance's entry, drop the entries of processes that stopped renewing, and
+    let the whole key go when the last one stops."""
+    now = time.time() if now is None else now
+    key = keys.instances(instance.role)
+    pipe.zadd(key, {instance.encode(): now + keys.INSTANCE_TTL_SECONDS})
+    pipe.zremrangebyscore(key, "-inf", repr(now))
+    pipe.expire(key, int(keys.INSTANCE_TTL_SECONDS) + 1)
+    return pipe

@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import kopf
 
-from downloader import planning
+from downloader import metrics, planning
 from downloader.cluster import Cluster, ClusterError
 from downloader.errors import StoreError
 from downloader.settings import Settings
@@ -35,6 +37,7 @@ class Reconciler:
         found = await asyncio.to_thread(self.cluster.read_deployment, planning.deployment_name(spec.id))
         observed = await self._observe(spec, body, found)
         plan = planning.plan(spec, observed, generation=int(body.metadata.get("generation") or 0))
+        metrics.WORKERS.record(spec.id, plan.replicas, observed.ready_replicas)
         if not observed.redis_error:
             await asyncio.to_thread(self.db.apply_aggregation, plan.redis_hash, paused=plan.paused)
         await self._apply_deployment(spec, body, found, plan.replicas)
@@ -43,6 +46,7 @@ class Reconciler:
         for reason, message in plan.events:
             kopf.info(body, reason=reason, message=message)
         if observed.redis_error:
+            metrics.RECONCILE_ERRORS.labels("redis").inc()
             kopf.warn(body, reason="RedisUnavailable", message=observed.redis_error)
             logger.warning("redis unavailable: %s", observed.redis_error)
 
@@ -93,6 +97,7 @@ class Reconciler:
     async def retire(self, body: kopf.Body, logger: kopf.Logger, **_: Any) -> None:
         """The Aggregation is being deleted: pause its jobs in Redis (they stay queued)."""
         aggr_id = str(body.spec.get("id"))
+        metrics.WORKERS.forget(aggr_id)
         try:
             await asyncio.to_thread(self.db.retire_aggregation, aggr_id)
         except StoreError as exc:
@@ -127,13 +132,36 @@ class Reconciler:
 
 def register(reconciler: Reconciler, registry: kopf.OperatorRegistry) -> None:
     interval = reconciler.settings.operator_interval_seconds
+    reconcile = _counted(reconciler.reconcile)
     for decorator in (kopf.on.create, kopf.on.update, kopf.on.resume):
-        decorator(*RESOURCE, registry=registry)(reconciler.reconcile)
+        decorator(*RESOURCE, registry=registry)(reconcile)
     # The first refresh waits one interval: on.create has just reconciled a new resource.
     kopf.timer(*RESOURCE, interval=interval, initial_delay=interval, registry=registry, id="refresh")(
-        reconciler.reconcile
+        reconcile
     )
     kopf.on.delete(*RESOURCE, registry=registry)(reconciler.retire)
+
+
+def _counted(handler: Callable[..., Awaitable[None]]) -> Callable[..., Awaitable[None]]:
+    """`handler`, counted in the metrics; an escaping error is counted by its cause and
+    re-raised for kopf to retry. `wraps` keeps kopf's handler id (and so its progress)."""
+
+    @functools.wraps(handler)
+    async def counted(**kwargs: Any) -> None:
+        metrics.RECONCILES.inc()
+        try:
+            await handler(**kwargs)
+        except Exception as exc:
+            metrics.RECONCILE_ERRORS.labels(_cause(exc)).inc()
+            raise
+
+    return counted
+
+
+def _cause(exc: Exception) -> str:
+    if isinstance(exc, StoreError):
+        return "redis"
+    return "kubernetes" if isinstance(exc, ClusterError) else "other"
 
 
 def _contains(actual: Any, wanted: Any) -> bool:

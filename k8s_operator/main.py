@@ -7,15 +7,17 @@ kopf re-establishes its watches on its own when the API server restarts.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from typing import Any
 
 import kopf
 
-from downloader import cluster, planning
+from downloader import cluster, keys, planning
+from downloader.errors import StoreError
 from downloader.operator.handlers import Reconciler, register
 from downloader.settings import Settings
-from downloader.store import Store
+from downloader.store import Instance, Store
 
 log = logging.getLogger("downloader.operator")
 
@@ -52,11 +54,13 @@ def run(settings: Settings) -> None:
         settings.watching.server_timeout = 60  # re-list regularly: survives quiet API-server restarts
         settings.networking.error_backoffs = [1, 2, 5, 10]
         memo.adoption = asyncio.create_task(reconciler.adopt_forever(stopped, log))
+        memo.heartbeat = asyncio.create_task(_heartbeat(reconciler.db, stopped))
 
     @kopf.on.cleanup(registry=registry)
     async def stop_adoption(memo: kopf.Memo, **_: Any) -> None:
         stopped.set()
         await memo.adoption
+        await memo.heartbeat
 
     liveness = (
         f"http://0.0.0.0:{settings.operator_liveness_port}/healthz"
@@ -69,3 +73,15 @@ def run(settings: Settings) -> None:
         namespaces=[settings.kube_namespace],
         liveness_endpoint=liveness,
     )
+
+
+async def _heartbeat(db: Store, stopped: asyncio.Event) -> None:
+    """List this operator on the dashboard (`instances:operator`) until it stops."""
+    instance = Instance.here("operator")
+    while not stopped.is_set():
+        try:
+            await asyncio.to_thread(db.heartbeat, instance)
+        except StoreError as exc:
+            log.warning("heartbeat failed: %s", exc)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stopped.wait(), timeout=keys.INSTANCE_HEARTBEAT_SECONDS)

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import logging
 import threading
 import time
 from typing import TYPE_CHECKING
 
-from downloader import imaging, keys, mime, storage
-from downloader.errors import DownloaderError, DownloadError, Interrupted, StorageError
+from downloader import imaging, keys, metrics, mime, storage
+from downloader.errors import DownloaderError, DownloadError, Interrupted, StorageError, StoreError
 from downloader.fetching import DESTINATION_PHASE
 from downloader.models import Aggregation, DownloadResult, Job, State
 from downloader.store import Outcome
@@ -27,9 +28,13 @@ log = logging.getLogger("downloader.worker")
 
 def run_attempt(proc: Processor, aggregation: Aggregation, job: Job, cancelled: threading.Event) -> None:
     settings = proc.settings
+    started = time.monotonic()
+    metrics.JOBS_STARTED.inc()
+    error: DownloadError | None = None
     try:
         image_size, code, measured = _download_and_store(proc, aggregation, job, cancelled)
     except DownloadError as err:
+        error = err
         _count_response(proc, err)
         outcome = decide(
             job,
@@ -51,10 +56,36 @@ def run_attempt(proc: Processor, aggregation: Aggregation, job: Job, cancelled: 
             measured=measured,
         )
     result = proc.db.finish(job, proc.token, outcome)
+    metrics.attempt_done(error, terminal=outcome.fields.get("DownloadState") == State.FAILED.value,
+                         written=result > 0, size=0 if error is not None else measured.size,
+                         seconds=time.monotonic() - started)  # fmt: skip
+    if result > 0:
+        _record(proc, job, outcome)
+    if result > 0:
+        _log_attempt(job, outcome, time.monotonic() - started)
     if result == 0:
-        log.warning("job %s: lease lost before the outcome was written; another worker owns it", job.id)
+        log.warning("job %s: lease lost before the outcome was written; another worker owns it", job.id,
+                    extra={"event": "lease_lost", "job_id": job.id, "aggr_id": job.aggr_id})  # fmt: skip
     elif result < 0:
         log.warning("job %s: its hash vanished while it was downloading", job.id)
+
+
+#: The event of an attempt's log line, by the download state it left.
+_EVENTS = {State.SUCCESS.value: "download_succeeded", State.FAILED.value: "download_failed"}
+
+
+def _log_attempt(job: Job, outcome: Outcome, duration: float) -> None:
+    """One INFO line per finished attempt, with the structured fields of logs.FIELDS."""
+    event = _EVENTS.get(outcome.fields.get("DownloadState", ""), "download_retried")
+    code = outcome.fields.get("ResponseCode", "")
+    response = int(code) if code.isdigit() and int(code) else None  # 0: no answer at all
+    log.info(
+        "job %s of %s: %s in %.3fs (response %s)%s",
+        job.id, job.aggr_id, event.removeprefix("download_"), duration, response or "none",
+        f": {outcome.error}" if outcome.error else "",
+        extra={"event": event, "job_id": job.id, "aggr_id": job.aggr_id, "duration": duration,
+               "response_code": response},
+    )  # fmt: skip
 
 
 def _download_and_store(
@@ -228,3 +259,22 @@ def release(proc: Processor, aggr_id: str, job_id: str) -> None:
             log.info("job %s released back to %s", job_id, keys.queue(aggr_id))
     except DownloaderError as exc:  # the lease expiry recovers it anyway
         log.warning("could not release job %s (its lease will expire): %s", job_id, exc)
+
+
+def _record(proc: Processor, job: Job, outcome: Outcome) -> None:
+    """Feed the dashboard: the attempt in its minute's counts, and a failed job's error in
+    the recent failures. Best effort: the outcome itself is already written."""
+    state = outcome.fields.get("DownloadState")
+    kind = {State.SUCCESS.value: "ok", State.FAILED.value: "failed"}.get(state or "", "retried")
+    if kind == "retried" and not outcome.error:
+        return  # interrupted by us (shutdown, full disk): not the job's doing
+    failure = ""
+    if kind == "failed":
+        # Capped texts: fifty records must stay small whatever the URLs and errors are.
+        failure = json.dumps({"id": job.id, "aggr_id": job.aggr_id, "url": job.url[:2048],
+                              "error": outcome.error[:2048], "code": outcome.fields.get("ResponseCode", ""),
+                              "at": time.time()})  # fmt: skip
+    try:
+        proc.db.record_attempt(job.aggr_id, kind, failure)
+    except StoreError as exc:
+        log.warning("job %s: could not count the attempt for the dashboard: %s", job.id, exc)

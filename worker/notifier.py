@@ -12,7 +12,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from downloader import keys, notifying, signing, store
+from downloader import keys, metrics, notifying, signing, store
 from downloader.errors import (
     DestinationNotAllowed,
     DownloaderError,
@@ -49,8 +49,9 @@ class Notifier:
         self.settings = settings
         self.db = db
         self.storage = storage
-        self.stats = stats or Stats()
+        self.stats = stats or Stats("notifier")
         self.token = store.new_token()
+        self.instance = store.Instance.here("notifier", self.token)  # listed on the dashboard
         self.signing_keys = signing.parse_keys(settings.callback_signing_keys)
         self.backends = backends if backends is not None else notifying.build_backends(settings)
         self.threads = ThreadPoolExecutor(settings.notifier_concurrency, thread_name_prefix="callback")
@@ -136,6 +137,7 @@ class Notifier:
             return
         body = notifying.encode(notifying.payload(job, DownloadResult.decode(result)))
         message = notifying.Message(job.id, destination, body, self._headers(job, body))
+        started = time.monotonic()
         try:
             backend.deliver(message)
         except NotificationError as exc:
@@ -143,29 +145,39 @@ class Notifier:
                 self.stats.incr("unknownTopicOrPartition")
             if isinstance(exc.__cause__, DestinationNotAllowed):
                 self.stats.incr("destinationNotAllowed")
-            self._retry_or_fail(job, str(exc))
+            metrics.callback_attempted(backend_name, time.monotonic() - started, delivered=False)
+            self._retry_or_fail(job, str(exc), time.monotonic() - started)
             return
+        took = time.monotonic() - started
+        metrics.callback_attempted(backend_name, took, delivered=True)
         delete_at = time.time() + self.settings.deletion_delay_seconds
         if self.db.callback_delivered(job.id, self.token, delete_at, location_of(job).encode()):
             self.stats.incr("successfulCallbacks")
+            metrics.CALLBACKS_DELIVERED.labels(metrics.backend_label(backend_name)).inc()
+            log.info("callback of job %s delivered by %s in %.3fs (attempt %d)", job.id, backend_name, took,
+                     job.callback_count, extra=_fields(job, "callback_delivered", took))  # fmt: skip
 
     def _headers(self, job: Job, body: bytes) -> dict[str, str]:
         delivery = signing.delivery_id(job.id, job.download_count)
         return signing.headers(body, self.signing_keys, delivery)
 
-    def _retry_or_fail(self, job: Job, error: str) -> None:
+    def _retry_or_fail(self, job: Job, error: str, duration: float | None = None) -> None:
         if job.callback_count >= self.settings.callback_max_attempts:
-            self._give_up(job, error)
+            self._give_up(job, error, duration)
             return
-        log.warning("callback of job %s failed (attempt %d), retrying: %s", job.id, job.callback_count, error)
+        log.warning("callback of job %s failed (attempt %d), retrying: %s", job.id, job.callback_count, error,
+                    extra=_fields(job, "callback_retried", duration))  # fmt: skip
+        metrics.CALLBACKS_RETRIED.labels(_backend(job)).inc()
         retry_at = time.time() + job.callback_count * self.settings.callback_backoff_seconds
         self.db.callback_undelivered(
             job.id, self.token, {"CallbackState": State.PENDING.value, "CallbackMeta": error}, retry_at
         )
 
-    def _give_up(self, job: Job, error: str) -> None:
-        log.warning("callback of job %s failed for good: %s", job.id, error)
+    def _give_up(self, job: Job, error: str, duration: float | None = None) -> None:
+        log.warning("callback of job %s failed for good: %s", job.id, error,
+                    extra=_fields(job, "callback_failed", duration))  # fmt: skip
         self.stats.incr("failedCallbacks")
+        metrics.CALLBACKS_FAILED.labels(_backend(job)).inc()
         self.db.callback_undelivered(
             job.id, self.token, {"CallbackState": State.FAILED.value, "CallbackMeta": error}, None
         )
@@ -178,9 +190,11 @@ class Notifier:
         recover = Every(self.settings.scan_interval_seconds, first_now=True)
         reap = Every(1.0, first_now=True)
         stats = Every(self.settings.stats_interval_seconds, first_now=True)
+        heartbeat = Every(keys.INSTANCE_HEARTBEAT_SECONDS, first_now=True)
         while not self._stopping.wait(0.1):
             steps = ((renew, self._renew), (recover, self._recover), (reap, self._reap),
-                     (stats, self._publish_stats))  # fmt: skip
+                     (stats, self._publish_stats),
+                     (heartbeat, self._heartbeat))  # fmt: skip
             for due, step in steps:
                 if due():
                     try:
@@ -205,22 +219,28 @@ class Notifier:
         with self._lock:
             held = list(self._delivering)
         for job_id in self.db.renew_callbacks(held, self.token, self.settings.lease_seconds):
-            log.warning("lost the lease of the callback of job %s; it may be delivered twice", job_id)
+            log.warning("lost the lease of the callback of job %s; it may be delivered twice", job_id,
+                        extra={"event": "lease_lost", "job_id": job_id})  # fmt: skip
+            metrics.LEASES_LOST.labels("callback").inc()
 
     def _recover(self) -> None:
-        if self.db.recover_callbacks():
+        recovered = self.db.recover_callbacks()
+        metrics.LEASE_RECOVERIES.labels("callback", "requeued").inc(recovered)
+        if recovered:
             self._wake.set()
         for aggr_id in self.db.aggregations_in_flight():
             for job_id in self.db.expired_leases(aggr_id):
                 result = self.db.recover(
                     aggr_id, job_id, crash_tolerance=self.settings.crash_tolerance, error=LOST_LEASE_TEXT
                 )
+                metrics.lease_recovered("download", result)
                 if result > 0:
                     log.warning(
                         "job %s of %s: its worker was lost; %s",
                         job_id,
                         aggr_id,
                         "queued again" if result == 1 else "failed",
+                        extra={"event": "lease_recovered", "job_id": job_id, "aggr_id": aggr_id},
                     )
 
     def _reap(self) -> None:
@@ -242,3 +262,17 @@ class Notifier:
     def _publish_stats(self) -> None:
         interval = self.settings.stats_interval_seconds
         self.db.write_stats("notifier", self.stats.to_json(), interval * keys.STATS_TTL_INTERVALS)
+
+    def _heartbeat(self) -> None:
+        self.db.heartbeat(self.instance)
+
+
+def _fields(job: Job, event: str, duration: float | None) -> dict[str, object]:
+    """The structured fields of a callback's log line (downloader.logs.FIELDS)."""
+    return {"event": event, "job_id": job.id, "aggr_id": job.aggr_id, "duration": duration,
+            "attempt": job.callback_count}  # fmt: skip
+
+
+def _backend(job: Job) -> str:
+    """The bounded backend label of a job's callback (a job may name any backend)."""
+    return metrics.backend_label(notifying.destination(job)[0])

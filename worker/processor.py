@@ -16,7 +16,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from downloader import diskcheck, keys, store
+from downloader import diskcheck, keys, metrics, store
 from downloader.errors import DownloaderError, StoreError
 from downloader.fetching import Fetcher, FetchLimits
 from downloader.models import Aggregation, CorruptJobError, Job
@@ -62,8 +62,9 @@ class Processor:
         self.db = db
         self.storage = storage
         self.only = only
-        self.stats = stats or Stats()
+        self.stats = stats or Stats("processor")
         self.token = store.new_token()
+        self.instance = store.Instance.here("worker", self.token)  # listed on the dashboard
         self.fetcher = Fetcher(
             FetchLimits(
                 connect_timeout=settings.connect_timeout_seconds,
@@ -246,6 +247,7 @@ class Processor:
         scan = Every(self.settings.scan_interval_seconds, first_now=True)
         stats = Every(self.settings.stats_interval_seconds, first_now=True)
         disk = Every(self.settings.disk_check_interval_seconds, first_now=True)
+        heartbeat = Every(keys.INSTANCE_HEARTBEAT_SECONDS, first_now=True)
         while not self._stopping.wait(0.1):
             self.fetcher.enforce_deadlines()
             for due, step in (
@@ -253,6 +255,7 @@ class Processor:
                 (scan, self._scan),
                 (stats, self._publish_stats),
                 (disk, self._check_disk),
+                (heartbeat, self._heartbeat),
             ):
                 if due():
                     try:
@@ -271,7 +274,9 @@ class Processor:
             for job_id in lost:
                 if not self._still_running(aggr_id, job_id):
                     continue  # it finished between the snapshot and the renewal: its lease went with it
-                log.warning("lost the lease of job %s; abandoning this attempt", job_id)
+                log.warning("lost the lease of job %s; abandoning this attempt", job_id,
+                            extra={"event": "lease_lost", "job_id": job_id, "aggr_id": aggr_id})  # fmt: skip
+                metrics.LEASES_LOST.labels("download").inc()
                 running[job_id].set()
 
     def _still_running(self, aggr_id: str, job_id: str) -> bool:
@@ -306,10 +311,12 @@ class Processor:
             result = self.db.recover(
                 aggr_id, job_id, crash_tolerance=self.settings.crash_tolerance, error=LOST_LEASE_TEXT
             )
+            fields = {"event": "lease_recovered", "job_id": job_id, "aggr_id": aggr_id}
+            metrics.lease_recovered("download", result)
             if result == 1:
-                log.warning("job %s of %s: its worker was lost; queued again", job_id, aggr_id)
+                log.warning("job %s of %s: its worker was lost; queued again", job_id, aggr_id, extra=fields)
             elif result == 2:
-                log.warning("job %s of %s: lost its worker too often; failed", job_id, aggr_id)
+                log.warning("job %s of %s: lost its worker too often; failed", job_id, aggr_id, extra=fields)
 
     def _check_disk(self) -> None:
         try:
@@ -318,6 +325,7 @@ class Processor:
             log.warning("disk check of %s failed: %s", self.settings.tmp_dir, exc)
             return
         change = self.disk.observe(used)
+        metrics.DISK_USED.set(used / 100)
         if change is False:
             log.error("disk %s is %.0f%% full: pausing downloads", self.settings.tmp_dir, used)
             self._paused.set()
@@ -328,10 +336,14 @@ class Processor:
             log.warning("disk %s is %.0f%% full: resuming downloads", self.settings.tmp_dir, used)
             self._paused.clear()
             self._wake.set()
+        metrics.DISK_PAUSED.set(self._paused.is_set())
 
     def _publish_stats(self) -> None:
         interval = self.settings.stats_interval_seconds
         self.db.write_stats("processor", self.stats.to_json(), interval * keys.STATS_TTL_INTERVALS)
+
+    def _heartbeat(self) -> None:
+        self.db.heartbeat(self.instance)
 
     def _publish_final_stats(self) -> None:
         with contextlib.suppress(DownloaderError):

@@ -8,7 +8,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request, Response
 
-from downloader import validation
+from downloader import metrics, validation
 from downloader.api.deps import GrantDep, RegistrarDep, SettingsDep, StoreDep, require
 from downloader.api.errors import HTTPProblem
 from downloader.api.schemas import DOWNLOAD_REQUEST_BODY, Created
@@ -50,6 +50,7 @@ async def create_download(
         raise HTTPProblem(500, f"Error queueing {job.job_string()}: {exc}") from exc
     if job_id is None:
         raise HTTPProblem(500, f"Could not find unique ID after {ID_ATTEMPTS} tries for {job.job_string()}")
+    metrics.JOBS_ENQUEUED.inc()
     if registrar is not None and registrar.wants(aggregation.id):
         # In the background: a slow or absent API server never slows down or fails a POST.
         _background(

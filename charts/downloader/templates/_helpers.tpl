@@ -170,6 +170,14 @@ emptyDirs; the storage root is the shared claim, or an emptyDir.
 {{- end }}
 
 {{/*
+/metrics of the notifier and the operator (DOWNLOADER_METRICS_PORT); the operator gives its
+worker pods the same port (downloader/planning.py). Scraped by the PodMonitor.
+*/}}
+{{- define "downloader.metricsPort" -}}
+9100
+{{- end }}
+
+{{/*
 Pod-level fields shared by the chart's pods; call with (dict "ctx" $ "values" .Values.api).
 */}}
 {{- define "downloader.podPlacement" -}}

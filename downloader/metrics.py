@@ -1,0 +1,426 @@
+"""Every Prometheus metric of the service, defined here and only here, in one registry.
+
+Labels stay bounded: never URLs, hosts or job ids. Per-aggregation series exist only on
+gauges (the Redis backlog, the operator's workers), for at most AGGREGATION_SERIES_MAX
+aggregations (largest first); the rest are summed into aggregation="_other", and with
+`metrics_aggregation_labels` off everything is one aggregation="_all" series.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import Any
+
+import prometheus_client
+import redis
+import redis.asyncio
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from downloader import keys
+from downloader.errors import DownloadError, Interrupted
+from downloader.settings import Settings
+from downloader.version import __version__
+
+log = logging.getLogger("downloader.metrics")
+
+#: Series per aggregation-labelled gauge, plus one "_other": enough for a dashboard's top
+#: list, few enough that 10,000 aggregations cost the same as 20.
+AGGREGATION_SERIES_MAX = 20
+OTHER = "_other"
+ALL = "_all"
+#: The API reads the backlog from Redis at most this often, however often it is scraped.
+BACKLOG_MIN_AGE_SECONDS = 1.0
+#: The operator forgets an aggregation's worker count it has not reconciled for this long.
+WORKERS_STALE_SECONDS = 600.0
+
+FAILURE_REASONS = ("http_4xx", "http_5xx", "network", "tls", "timeout", "too_large", "mime", "image",
+                   "destination_not_allowed", "storage", "other")  # fmt: skip
+CALLBACK_BACKENDS = ("http", "kafka", "sqs")
+HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+# The `_created` series double every counter for nothing a dashboard uses.
+prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
+REGISTRY = CollectorRegistry()
+prometheus_client.ProcessCollector(namespace="downloader", registry=REGISTRY)
+
+BUILD = Info("downloader_build", "Version of the running code.", registry=REGISTRY)
+BUILD.info({"version": __version__})
+
+
+def _counter(name: str, doc: str, labels: Sequence[str] = ()) -> Counter:
+    return Counter(name, doc, labels, registry=REGISTRY)
+
+
+def _histogram(name: str, doc: str, buckets: Sequence[float], labels: Sequence[str] = ()) -> Histogram:
+    return Histogram(name, doc, labels, buckets=buckets, registry=REGISTRY)
+
+
+# --- API ------------------------------------------------------------------------------
+
+JOBS_ENQUEUED = _counter("downloader_jobs_enqueued", "Jobs accepted by POST /download (API).")
+HTTP_REQUESTS = _counter(
+    "downloader_http_requests",
+    "API requests by route template (or 'unmatched'), method and status class.",
+    ["route", "method", "status_class"],
+)
+HTTP_DURATION = _histogram(
+    "downloader_http_request_duration_seconds", "API request latency by route template.",
+    (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5), ["route"],
+)  # fmt: skip
+
+# --- worker ---------------------------------------------------------------------------
+
+JOBS_STARTED = _counter("downloader_jobs_started", "Download attempts started.")
+JOBS_SUCCEEDED = _counter("downloader_jobs_succeeded", "Download attempts that stored the file.")
+JOBS_FAILED = _counter(
+    "downloader_jobs_failed", "Jobs failed for good (no attempt left or not retriable), by reason.",
+    ["reason"],
+)  # fmt: skip
+JOBS_RETRIED = _counter(
+    "downloader_jobs_retried", "Failed attempts whose job was queued again after a backoff, by reason.",
+    ["reason"],
+)  # fmt: skip
+JOBS_GIVEN_BACK = _counter(
+    "downloader_jobs_given_back",
+    "Attempts that ended without an outcome: interrupted (shutdown, full disk) or lease lost.",
+)
+DOWNLOAD_DURATION = _histogram(
+    "downloader_download_duration_seconds", "Duration of download attempts (fetch, checks, store).",
+    (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0), ["outcome"],
+)  # fmt: skip
+DOWNLOAD_SIZE = _histogram(
+    "downloader_download_size_bytes", "Size of downloaded files.",
+    tuple(float(1 << n) for n in range(10, 31, 2)),  # 1 KiB .. 1 GiB, x4
+)  # fmt: skip
+DOWNLOADED_BYTES = _counter("downloader_downloaded_bytes", "Bytes of downloaded files.")
+DOWNLOAD_RESPONSES = _counter(
+    "downloader_download_responses", "HTTP responses to downloads by status class.", ["status_class"]
+)
+DOWNLOADS_IN_PROGRESS = Gauge(
+    "downloader_downloads_in_progress", "Downloads running in this process.", registry=REGISTRY
+)
+DESTINATION_BLOCKED = _counter(
+    "downloader_destination_blocked",
+    "Downloads (processor) and callbacks (notifier) refused: non-public destination (SSRF).",
+    ["component"],
+)
+LEASES_LOST = _counter(
+    "downloader_leases_lost", "Leases this process found taken from it while working.", ["kind"]
+)
+LEASE_RECOVERIES = _counter(
+    "downloader_lease_recoveries",
+    "Expired leases of lost processes given back (requeued) or, after repeated crashes, failed.",
+    ["kind", "result"],
+)
+DISK_PAUSED = Gauge(
+    "downloader_disk_paused", "1 while downloads pause on a full tmp disk.", registry=REGISTRY
+)
+DISK_USED = Gauge("downloader_disk_used_ratio", "Used fraction of the tmp filesystem.", registry=REGISTRY)
+
+# --- notifier -------------------------------------------------------------------------
+
+CALLBACKS_DELIVERED = _counter("downloader_callbacks_delivered", "Callbacks delivered.", ["backend"])
+CALLBACKS_RETRIED = _counter(
+    "downloader_callbacks_retried", "Failed callback attempts scheduled again.", ["backend"]
+)
+CALLBACKS_FAILED = _counter(
+    "downloader_callbacks_failed", "Callbacks given up (attempts used up, or undeliverable).", ["backend"]
+)
+CALLBACK_DURATION = _histogram(
+    "downloader_callback_duration_seconds", "Latency of callback attempts by backend and outcome.",
+    (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0), ["backend", "outcome"],
+)  # fmt: skip
+FILE_DELETIONS = _counter("downloader_file_deletions", "Files the reaper deleted or failed to.", ["result"])
+
+# --- operator -------------------------------------------------------------------------
+
+RECONCILES = _counter("downloader_operator_reconciles", "Reconciles of Aggregation resources.")
+RECONCILE_ERRORS = _counter(
+    "downloader_operator_reconcile_errors", "Reconciles that failed or saw Redis down, by cause.", ["cause"]
+)
+BACKLOG_ERRORS = _counter("downloader_backlog_refresh_errors", "Failed reads of the backlog from Redis.")
+
+
+# --- pure helpers -----------------------------------------------------------------------
+
+
+def status_class(code: int) -> str:
+    return f"{code // 100}xx" if 100 <= code < 600 else "other"
+
+
+def failure_reason(err: DownloadError) -> str:
+    """The bounded reason class of a failed attempt, from its phase, message and status."""
+    phase, message = err.phase, err.message
+    if phase == "validating destination":  # fetching.DESTINATION_PHASE (tests pin it)
+        return "destination_not_allowed"
+    if phase == "validating mime type":
+        return "mime"
+    if phase == "extracting image-size":
+        return "image"
+    if phase.startswith("storing file") or phase in (
+        "creating tmp file",
+        "writing tmp file",
+        "syncing to disk",
+    ):
+        return "storage"
+    if message.startswith("413 Payload Too Large"):
+        return "too_large"
+    if phase == "processing response" and 400 <= err.response_code < 600:
+        return "http_4xx" if err.response_code < 500 else "http_5xx"
+    if message.startswith("TLS Error"):
+        return "tls"
+    lowered = message.lower()
+    if "timeout" in lowered or "timed out" in lowered:
+        return "timeout"
+    if phase in ("performing request", "downloading file"):
+        return "network"
+    return "other"
+
+
+def backend_label(name: str) -> str:
+    """A callback backend as a label: a job may name any backend, the label only known ones."""
+    if not name:
+        return "none"
+    return name if name in CALLBACK_BACKENDS else "other"
+
+
+def bounded(
+    values: Mapping[str, Sequence[int]], *, limit: int = AGGREGATION_SERIES_MAX, per_aggregation: bool = True
+) -> dict[str, tuple[int, ...]]:
+    """At most `limit` aggregations (largest sum first, then by name) keep their own series;
+    the rest are summed into OTHER, so totals over the label stay exact. Without
+    `per_aggregation`, one ALL series holds the sums."""
+    if not values:
+        return {}
+    width = len(next(iter(values.values())))
+    if not per_aggregation:
+        return {ALL: _sums(values.values(), width)}
+    ranked = sorted(values, key=lambda a: (-sum(values[a]), a))
+    out = {a: tuple(values[a]) for a in ranked[:limit]}
+    if len(ranked) > limit:
+        out[OTHER] = _sums((values[a] for a in ranked[limit:]), width)
+    return out
+
+
+def _sums(rows: Iterable[Sequence[int]], width: int) -> tuple[int, ...]:
+    totals = [0] * width
+    for row in rows:
+        for i, v in enumerate(row):
+            totals[i] += v
+    return tuple(totals)
+
+
+# --- recording (called by the worker, notifier, API and operator) -------------------------
+
+
+def attempt_done(error: DownloadError | None, *, terminal: bool, written: bool, size: int,
+                 seconds: float) -> None:  # fmt: skip
+    """One download attempt's outcome; `written` is whether its lease still held."""
+    if isinstance(error, Interrupted) or not written:
+        JOBS_GIVEN_BACK.inc()
+        return
+    if error is None:
+        JOBS_SUCCEEDED.inc()
+        DOWNLOAD_DURATION.labels("success").observe(seconds)
+        DOWNLOAD_SIZE.observe(size)
+        DOWNLOADED_BYTES.inc(size)
+        return
+    DOWNLOAD_DURATION.labels("failure").observe(seconds)
+    (JOBS_FAILED if terminal else JOBS_RETRIED).labels(failure_reason(error)).inc()
+
+
+def callback_attempted(backend: str, seconds: float, *, delivered: bool) -> None:
+    CALLBACK_DURATION.labels(backend_label(backend), "delivered" if delivered else "failed").observe(seconds)
+
+
+def lease_recovered(kind: str, result: int) -> None:
+    """`result` of Store.recover: 1 queued again, 2 failed for good, else nothing happened."""
+    if result in (1, 2):
+        LEASE_RECOVERIES.labels(kind, "requeued" if result == 1 else "failed").inc()
+
+
+def request_done(route: str, method: str, status: int, seconds: float) -> None:
+    HTTP_REQUESTS.labels(route, method if method in HTTP_METHODS else "other", status_class(status)).inc()
+    HTTP_DURATION.labels(route).observe(seconds)
+
+
+# The original's stats names (downloader/stats.py) that also feed a metric: Stats calls these,
+# so the JSON and the metric are one count.
+_STAT_COUNTERS: dict[str, tuple[Counter, str]] = {
+    "reaperSuccessfulDeletions": (FILE_DELETIONS, "deleted"),
+    "reaperFailures": (FILE_DELETIONS, "failed"),
+}
+_RESPONSE_PREFIX = "download.response."
+
+
+def stat_incremented(component: str, name: str, by: int) -> None:
+    if name.startswith(_RESPONSE_PREFIX):
+        code = name[len(_RESPONSE_PREFIX) :]
+        if code.isdigit():  # the others (mime, tls, body, ...) are failure reasons
+            DOWNLOAD_RESPONSES.labels(status_class(int(code))).inc(by)
+    elif name == "destinationNotAllowed":
+        DESTINATION_BLOCKED.labels(component if component in ("processor", "notifier") else "other").inc(by)
+    elif name in _STAT_COUNTERS:
+        counter, label = _STAT_COUNTERS[name]
+        counter.labels(label).inc(by)
+
+
+def stat_gauge_moved(name: str, by: int) -> None:
+    if name == "workers":
+        DOWNLOADS_IN_PROGRESS.inc(by)
+
+
+# --- gauges per aggregation ---------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Backlog:
+    """What Redis holds: queued (`jobs:<aggr>`) and leased (`inflight:<aggr>`) per aggregation."""
+
+    queued: Mapping[str, int]
+    in_flight: Mapping[str, int]
+    callbacks: int = 0
+
+
+class BacklogCollector(Collector):
+    """The last Backlog read, as bounded gauges. The API refreshes it before answering a
+    scrape (`refresh_async`), at most once per BACKLOG_MIN_AGE_SECONDS."""
+
+    def __init__(self) -> None:
+        self.per_aggregation = True
+        self._backlog = Backlog({}, {})
+        self._read_at = -BACKLOG_MIN_AGE_SECONDS
+
+    def update(self, backlog: Backlog) -> None:
+        self._backlog = backlog
+        self._read_at = time.monotonic()
+
+    async def refresh_async(self, client: redis.asyncio.Redis) -> None:
+        # No lock: two scrapes racing both read Redis, which is harmless and rare.
+        if time.monotonic() - self._read_at < BACKLOG_MIN_AGE_SECONDS:
+            return
+        try:
+            self.update(await read_backlog_async(client))
+        except (redis.RedisError, OSError) as exc:  # a scrape still answers, with the last values
+            BACKLOG_ERRORS.inc()
+            log.warning("reading the backlog for /metrics failed: %s", exc)
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        b = self._backlog
+        names = set(b.queued) | set(b.in_flight)
+        rows = {a: (b.queued.get(a, 0), b.in_flight.get(a, 0)) for a in names}
+        depth = _family(
+            "downloader_queue_depth",
+            "Jobs queued per aggregation (retries waiting for their backoff included).",
+        )
+        leased = _family("downloader_in_flight", "Jobs leased by a worker per aggregation.")
+        for label, (queued, in_flight) in bounded(rows, per_aggregation=self.per_aggregation).items():
+            depth.add_metric([label], queued)
+            leased.add_metric([label], in_flight)
+        yield depth
+        yield leased
+        yield GaugeMetricFamily(
+            "downloader_pending_jobs", "Jobs queued over all aggregations.", value=sum(b.queued.values())
+        )
+        yield GaugeMetricFamily(
+            "downloader_aggregations_with_backlog",
+            "Aggregations with queued or leased jobs.",
+            value=len(names),
+        )
+        yield GaugeMetricFamily(
+            "downloader_callbacks_pending",
+            "Callbacks queued (retries waiting for their backoff included).",
+            value=b.callbacks,
+        )
+
+
+def _family(name: str, doc: str) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, doc, labels=["aggregation"])
+
+
+async def read_backlog_async(client: redis.asyncio.Redis) -> Backlog:
+    """SCAN for the queues and in-flight sets, then one pipeline of ZCARDs: a few round trips
+    however many aggregations (the workers SCAN the same keys every second anyway)."""
+    queues = [k async for k in client.scan_iter(match=keys.QUEUE_PATTERN, count=1000)]
+    leased = [k async for k in client.scan_iter(match=keys.INFLIGHT_PATTERN, count=1000)]
+    pipe = client.pipeline(transaction=False)
+    for key in [*queues, *leased, keys.CALLBACK_QUEUE]:
+        pipe.zcard(key)
+    sizes = [s if isinstance(s, int) else 0 for s in await pipe.execute(raise_on_error=False)]
+    n = len(queues)
+    return Backlog(
+        queued={keys.aggregation_from_queue(k): s for k, s in zip(queues, sizes[:n], strict=True)},
+        in_flight={keys.aggregation_from_inflight(k): s for k, s in zip(leased, sizes[n:-1], strict=True)},
+        callbacks=sizes[-1],
+    )
+
+
+class WorkersCollector(Collector):
+    """Worker pods per aggregation as the operator last planned them (desired and ready)."""
+
+    def __init__(self) -> None:
+        self.per_aggregation = True
+        self._lock = threading.Lock()
+        self._rows: dict[str, tuple[int, int, float]] = {}
+
+    def record(self, aggr_id: str, desired: int, ready: int) -> None:
+        with self._lock:
+            self._rows[aggr_id] = (desired, ready, time.monotonic())
+
+    def forget(self, aggr_id: str) -> None:
+        with self._lock:
+            self._rows.pop(aggr_id, None)
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        cutoff = time.monotonic() - WORKERS_STALE_SECONDS
+        with self._lock:
+            self._rows = {a: r for a, r in self._rows.items() if r[2] >= cutoff}
+            rows = {a: (r[0], r[1]) for a, r in self._rows.items()}
+        desired = _family("downloader_operator_workers", "Worker pods the operator wants per aggregation.")
+        ready = _family("downloader_operator_ready_workers", "Ready worker pods per aggregation.")
+        for label, (want, have) in bounded(rows, per_aggregation=self.per_aggregation).items():
+            desired.add_metric([label], want)
+            ready.add_metric([label], have)
+        yield desired
+        yield ready
+
+
+BACKLOG = BacklogCollector()
+WORKERS = WorkersCollector()
+REGISTRY.register(BACKLOG)
+REGISTRY.register(WORKERS)
+
+
+# --- serving ------------------------------------------------------------------------------
+
+
+def configure(settings: Settings) -> None:
+    BACKLOG.per_aggregation = WORKERS.per_aggregation = settings.metrics_aggregation_labels
+
+
+def serve(settings: Settings, component: str) -> Any:
+    """Serve /metrics on `metrics_port` (worker, notifier, operator) from a daemon thread.
+    Returns the server, or None when off or when the port is taken: metrics are not worth
+    a process that does not start."""
+    configure(settings)
+    if not settings.metrics_port:
+        return None
+    try:
+        server, _thread = prometheus_client.start_http_server(settings.metrics_port, registry=REGISTRY)
+    except OSError as exc:
+        log.warning("%s: cannot serve metrics on port %d (%s); running without /metrics",
+                    component, settings.metrics_port, exc.strerror or exc)  # fmt: skip
+        return None
+    log.info("%s: metrics at http://0.0.0.0:%d/metrics", component, settings.metrics_port)
+    return server
+
+
+def exposition() -> tuple[bytes, str]:
+    """The registry in Prometheus' text format, and its content type."""
+    return prometheus_client.generate_latest(REGISTRY), prometheus_client.CONTENT_TYPE_LATEST
