@@ -1,9 +1,9 @@
 """Kafka callbacks end to end: real api, worker and notifier processes, a real Redis and broker.
 
 Jobs ask for `callback_type: kafka` with their topic as `callback_dst`; the tests read the topic
-back as a client would and check the original's ten-key payload (reference 4.3), the failure
-path of a missing topic, and that callbacks made while the broker is down all arrive after it
-comes back.
+back as a client would and check the original's ten-key payload (reference 4.3) and ours after
+it, the signature headers, the failure path of a missing topic, and that callbacks made while
+the broker is down all arrive after it comes back.
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ import pytest
 from broker import KafkaBroker, Record
 from procs import DOWNLOAD_URL_BASE, Stack, aggr_id
 from servers import FileServer, wait_until
+
+from downloader import signing
 
 pytestmark = [pytest.mark.kafka, pytest.mark.integration]
 
@@ -168,3 +170,16 @@ def test_callbacks_made_while_the_broker_is_down_all_arrive_once_it_is_back(
     assert all(payloads[j]["success"] and payloads[j]["extra"] == f"d{i}" for i, j in enumerate(during))
     wait_until(lambda: not any(stack.db.exists(f"job:{j}") for j in during), 10, "delivered jobs to go")
     assert recovered_in < 45
+
+
+def test_kafka_callbacks_carry_the_signature_and_delivery_headers(
+    stack: Stack, files: FileServer, kafka: KafkaBroker, topic: str
+) -> None:
+    api, _, _ = stack.all_three(DOWNLOADER_CALLBACK_SIGNING_KEYS="kafka-secret")
+    job_id = api.post_job(kafka_job(files.url("tiny.png"), topic))
+
+    (record,) = kafka.consume(topic, 1, timeout=30)
+    headers = {name: value.decode() for name, value in record.headers}
+    assert headers["X-Downloader-Delivery"] == f"{job_id}.1"
+    assert signing.verify(headers["X-Downloader-Signature"], record.value or b"", ["kafka-secret"])
+    assert not signing.verify(headers["X-Downloader-Signature"], record.value or b"", ["other"])
