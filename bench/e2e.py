@@ -307,6 +307,8 @@ class Bench:
             DOWNLOADER_TMP_DIR=str(self.tmp / "tmp"),
             DOWNLOADER_DOWNLOAD_URL="http://localhost/files",
             DOWNLOADER_LOG_LEVEL="WARNING",
+            # the file server and the receiver are on 127.0.0.1, which the service refuses by default
+            DOWNLOADER_ALLOW_PRIVATE_NETWORKS="true",
             NO_PROXY="127.0.0.1",
             no_proxy="127.0.0.1",
         )
