@@ -97,6 +97,11 @@ class Processor:
         self._check_disk()  # a worker starting on a full disk must not claim anything first
         keeper = threading.Thread(target=self._housekeeping, name="worker-housekeeping", daemon=True)
         keeper.start()
+        drained = threading.Event()
+        renewer = threading.Thread(
+            target=self._keep_leases, args=(drained,), name="worker-leases", daemon=True
+        )
+        renewer.start()
         listener = threading.Thread(target=self.db.listen_wakeups, args=(self._stopping, self._notice),
                                     name="worker-wakeups", daemon=True)  # fmt: skip
         listener.start()
@@ -110,7 +115,9 @@ class Processor:
             loop_until(self._stopping, self._schedule_once, log)
         finally:
             self._drain()
+            drained.set()
             keeper.join(timeout=5)
+            renewer.join(timeout=5)
             self.fetcher.close()
 
     def stop(self) -> None:
@@ -242,8 +249,17 @@ class Processor:
 
     # --- housekeeping -------------------------------------------------------------
 
+    def _keep_leases(self, drained: threading.Event) -> None:
+        """Renew the leases of running downloads, in a thread of its own: behind a slow scan or
+        stats write a lease could lapse, another worker take the job, and the aggregation's
+        fleet-wide limit be exceeded. Runs until the drain at shutdown is over."""
+        while not drained.wait(self.settings.lease_seconds / 4):
+            try:
+                self._renew()
+            except DownloaderError as exc:
+                log.warning("renewing leases failed: %s", exc)
+
     def _housekeeping(self) -> None:
-        renew = Every(self.settings.lease_seconds / 3)
         scan = Every(self.settings.scan_interval_seconds, first_now=True)
         stats = Every(self.settings.stats_interval_seconds, first_now=True)
         disk = Every(self.settings.disk_check_interval_seconds, first_now=True)
@@ -251,7 +267,6 @@ class Processor:
         while not self._stopping.wait(0.1):
             self.fetcher.enforce_deadlines()
             for due, step in (
-                (renew, self._renew),
                 (scan, self._scan),
                 (stats, self._publish_stats),
                 (disk, self._check_disk),

@@ -33,7 +33,7 @@ AGGREGATIONS = 20
 WORKERS = 3
 FILE_BYTES = 8192
 CHUNKS = 4
-LEASE_SECONDS = 2
+LEASE_SECONDS = 3
 
 
 def test_two_thousand_jobs_survive_random_worker_kills_within_the_fleet_wide_limit(

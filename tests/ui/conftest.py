@@ -17,8 +17,10 @@ from playwright.sync_api import Browser, ConsoleMessage, Page, sync_playwright
 ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts"
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
+    """One Chromium per test module. Not per session: Playwright's sync API runs an asyncio
+    loop in this thread while it is open, and later tests calling asyncio.run() would fail."""
     executable = shutil.which("chromium")
     if executable is None:
         pytest.fail("chromium is not on PATH: apt-get install -y chromium (scripts/bootstrap)", pytrace=False)
