@@ -89,20 +89,22 @@ end
 return lost
 """
 
-#: KEYS: inflight, leases, job, target queue, jobmeta, joberrors, deletion targets.
+#: KEYS: inflight, leases, job, target queue, jobmeta, joberrors, deletion targets,
+#: this minute's throughput hash, recent failures.
 #: ARGV: id, token, target score ("" = none), now, error text ("" = none), errors kept,
 #: meta ttl, finished ("1"/"0"), deletion target ("" = none), download result ("" = none),
-#: then job field/value pairs.
+#: dashboard kind ("ok"/"failed"/"retried", "" = not counted), aggregation id, failure
+#: record ("" = none), throughput ttl, failures kept, then job field/value pairs.
 #: Ends an attempt: writes the outcome and moves the id on (back to its queue, to the
 #: callback queue, or -- a finished job without callback -- to the deletion queue with
-#: its file's location), only if the caller still holds the lease. 1 done, 0 lease lost,
-#: -1 the job hash vanished meanwhile.
+#: its file's location), and counts it for the dashboard, only if the caller still holds
+#: the lease. 1 done, 0 lease lost, -1 the job hash vanished meanwhile.
 FINISH = """
 if redis.call('HGET', KEYS[2], ARGV[1]) ~= ARGV[2] then return 0 end
 redis.call('ZREM', KEYS[1], ARGV[1])
 redis.call('HDEL', KEYS[2], ARGV[1])
 if redis.call('EXISTS', KEYS[3]) == 0 then return -1 end
-if #ARGV >= 12 then redis.call('HSET', KEYS[3], unpack(ARGV, 11)) end
+if #ARGV >= 17 then redis.call('HSET', KEYS[3], unpack(ARGV, 16)) end
 if ARGV[10] ~= '' then redis.call('HSET', KEYS[5], 'Result', ARGV[10]) end
 if ARGV[3] ~= '' then redis.call('ZADD', KEYS[4], ARGV[3], ARGV[1]) end
 if ARGV[9] ~= '' then redis.call('HSET', KEYS[7], ARGV[1], ARGV[9]) end
@@ -113,6 +115,15 @@ if ARGV[5] ~= '' then
   redis.call('RPUSH', KEYS[6], ARGV[5])
   redis.call('LTRIM', KEYS[6], -tonumber(ARGV[6]), -1)
   redis.call('EXPIRE', KEYS[6], ARGV[7])
+end
+if ARGV[11] ~= '' then
+  redis.call('HINCRBY', KEYS[8], ARGV[11], 1)
+  redis.call('HINCRBY', KEYS[8], ARGV[12] .. ':' .. ARGV[11], 1)
+  redis.call('EXPIRE', KEYS[8], ARGV[14])
+end
+if ARGV[13] ~= '' then
+  redis.call('LPUSH', KEYS[9], ARGV[13])
+  redis.call('LTRIM', KEYS[9], 0, tonumber(ARGV[15]) - 1)
 end
 return 1
 """

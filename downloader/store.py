@@ -102,6 +102,10 @@ class Outcome:
     """Encoded storage Location, recorded when the target is the deletion queue."""
     result: str = ""
     """Encoded DownloadResult of a successful download."""
+    counted_as: str = ""
+    """For the dashboard's per-minute counts: "ok", "failed", "retried", or "" (not counted)."""
+    failure: str = ""
+    """JSON record for the dashboard's recent failures ("" for none)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -364,6 +368,8 @@ class Store:
                         keys.job_meta(job.id),
                         keys.job_errors(job.id),
                         keys.DELETION_TARGETS,
+                        keys.throughput(int(now // 60)),
+                        keys.RECENT_FAILURES,
                     ],
                     args=[
                         job.id,
@@ -376,6 +382,11 @@ class Store:
                         "1" if outcome.finished else "0",
                         outcome.deletion_target,
                         outcome.result,
+                        outcome.counted_as,
+                        job.aggr_id,
+                        outcome.failure,
+                        keys.THROUGHPUT_TTL_SECONDS,
+                        keys.RECENT_FAILURES_KEPT,
                         *_flatten(outcome.fields),
                     ],
                 )

@@ -15,7 +15,7 @@ import time
 from typing import TYPE_CHECKING
 
 from downloader import imaging, keys, metrics, mime, storage
-from downloader.errors import DownloaderError, DownloadError, Interrupted, StorageError, StoreError
+from downloader.errors import DownloaderError, DownloadError, Interrupted, StorageError
 from downloader.fetching import DESTINATION_PHASE
 from downloader.models import Aggregation, DownloadResult, Job, State
 from downloader.store import Outcome
@@ -55,12 +55,10 @@ def run_attempt(proc: Processor, aggregation: Aggregation, job: Job, cancelled: 
             retention=settings.job_retention_seconds,
             measured=measured,
         )
-    result = proc.db.finish(job, proc.token, outcome)
+    result = proc.db.finish(job, proc.token, _counted(job, outcome))
     metrics.attempt_done(error, terminal=outcome.fields.get("DownloadState") == State.FAILED.value,
                          written=result > 0, size=0 if error is not None else measured.size,
                          seconds=time.monotonic() - started)  # fmt: skip
-    if result > 0:
-        _record(proc, job, outcome)
     if result > 0:
         _log_attempt(job, outcome, time.monotonic() - started)
     if result == 0:
@@ -261,20 +259,18 @@ def release(proc: Processor, aggr_id: str, job_id: str) -> None:
         log.warning("could not release job %s (its lease will expire): %s", job_id, exc)
 
 
-def _record(proc: Processor, job: Job, outcome: Outcome) -> None:
-    """Feed the dashboard: the attempt in its minute's counts, and a failed job's error in
-    the recent failures. Best effort: the outcome itself is already written."""
+def _counted(job: Job, outcome: Outcome) -> Outcome:
+    """The outcome with what the dashboard counts: the attempt in its minute, and a failed
+    job's error among the recent failures (written by the same script, so only when the
+    outcome itself is)."""
     state = outcome.fields.get("DownloadState")
     kind = {State.SUCCESS.value: "ok", State.FAILED.value: "failed"}.get(state or "", "retried")
     if kind == "retried" and not outcome.error:
-        return  # interrupted by us (shutdown, full disk): not the job's doing
+        return outcome  # interrupted by us (shutdown, full disk): not the job's doing
     failure = ""
     if kind == "failed":
         # Capped texts: fifty records must stay small whatever the URLs and errors are.
         failure = json.dumps({"id": job.id, "aggr_id": job.aggr_id, "url": job.url[:2048],
                               "error": outcome.error[:2048], "code": outcome.fields.get("ResponseCode", ""),
                               "at": time.time()})  # fmt: skip
-    try:
-        proc.db.record_attempt(job.aggr_id, kind, failure)
-    except StoreError as exc:
-        log.warning("job %s: could not count the attempt for the dashboard: %s", job.id, exc)
+    return dataclasses.replace(outcome, counted_as=kind, failure=failure)
