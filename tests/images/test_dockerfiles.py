@@ -384,7 +384,7 @@ def test_runtime_environment(image: tuple[str, Dockerfile]) -> None:
     workdirs = df.final.of("WORKDIR")
     assert workdirs and workdirs[-1].args == "/data"
     exposed = [i.args for i in df.final.of("EXPOSE")]
-    assert exposed == (["8000"] if name == "api" else [])
+    assert exposed == (["8000"] if name == "api" else ["9100"])  # the worker image: its metrics port
 
 
 def test_oci_labels(image: tuple[str, Dockerfile]) -> None:
