@@ -224,12 +224,15 @@ def test_deletion_removes_workers_and_keeps_queued_jobs_paused(ops: Stack, kube:
 def test_aggregations_only_in_redis_are_adopted(ops: Stack, kube: Kube, rdb: redis.Redis) -> None:
     rdb.hset("aggr:legacy.host", mapping={"ID": "legacy.host", "Limit": "7", "Proxy": "", "ExpiresAt": ""})
     rdb.zadd("jobs:legacy.host", {"AbCdEfGhIjKlMn": 1})
-    start_operator(ops)
+    operator = start_operator(ops)
     from downloader.planning import resource_name
 
     aggr = wait_for(lambda: kube.aggregation(resource_name("legacy.host")), 30, "adoption")
     assert aggr["spec"] == {"id": "legacy.host", "limit": 7, "workerConcurrency": 16, "maxWorkers": 10,
                             "idleSeconds": 300, "paused": False}  # fmt: skip
+    # The operator shows on the dashboard like every other role: a heartbeat with its pid.
+    beats = wait_for(lambda: rdb.zrange("instances:operator", 0, -1), 15, "the operator's heartbeat")
+    assert [json.loads(beat)["pid"] for beat in beats] == [operator.pid]
 
 
 def test_the_operator_recovers_after_the_api_server_restarts(ops: Stack, kube: Kube, rdb: redis.Redis,
