@@ -13,19 +13,19 @@ import logging
 import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import prometheus_client
-import redis
-import redis.asyncio
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from downloader import keys
-from downloader.errors import DownloadError, Interrupted
+from downloader.errors import DownloadError, Interrupted, StoreError
 from downloader.settings import Settings
 from downloader.version import __version__
+
+if TYPE_CHECKING:
+    from downloader.store import AsyncStore
 
 log = logging.getLogger("downloader.metrics")
 
@@ -301,15 +301,21 @@ class BacklogCollector(Collector):
         self._backlog = backlog
         self._read_at = time.monotonic()
 
-    async def refresh_async(self, client: redis.asyncio.Redis) -> None:
+    async def refresh_async(self, db: AsyncStore) -> None:
+        """Read the backlog through the store (the workers SCAN the same keys every second
+        anyway): a few round trips however many aggregations."""
         # No lock: two scrapes racing both read Redis, which is harmless and rare.
         if time.monotonic() - self._read_at < BACKLOG_MIN_AGE_SECONDS:
             return
         try:
-            self.update(await read_backlog_async(client))
-        except (redis.RedisError, OSError) as exc:  # a scrape still answers, with the last values
+            rows = await db.backlogs(lambda _: True)
+            callbacks = await db.callbacks_queued()
+        except StoreError as exc:  # a scrape still answers, with the last values
             BACKLOG_ERRORS.inc()
             log.warning("reading the backlog for /metrics failed: %s", exc)
+            return
+        queued = {aggr: q for aggr, q, _ in rows if q}
+        self.update(Backlog(queued, {aggr: f for aggr, _, f in rows if f}, callbacks=callbacks))
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         b = self._backlog
@@ -335,30 +341,13 @@ class BacklogCollector(Collector):
         )
         yield GaugeMetricFamily(
             "downloader_callbacks_pending",
-            "Callbacks queued (retries waiting for their backoff included).",
+            "Callbacks queued or being delivered (retries waiting for their backoff included).",
             value=b.callbacks,
         )
 
 
 def _family(name: str, doc: str) -> GaugeMetricFamily:
     return GaugeMetricFamily(name, doc, labels=["aggregation"])
-
-
-async def read_backlog_async(client: redis.asyncio.Redis) -> Backlog:
-    """SCAN for the queues and in-flight sets, then one pipeline of ZCARDs: a few round trips
-    however many aggregations (the workers SCAN the same keys every second anyway)."""
-    queues = [k async for k in client.scan_iter(match=keys.QUEUE_PATTERN, count=1000)]
-    leased = [k async for k in client.scan_iter(match=keys.INFLIGHT_PATTERN, count=1000)]
-    pipe = client.pipeline(transaction=False)
-    for key in [*queues, *leased, keys.CALLBACK_QUEUE]:
-        pipe.zcard(key)
-    sizes = [s if isinstance(s, int) else 0 for s in await pipe.execute(raise_on_error=False)]
-    n = len(queues)
-    return Backlog(
-        queued={keys.aggregation_from_queue(k): s for k, s in zip(queues, sizes[:n], strict=True)},
-        in_flight={keys.aggregation_from_inflight(k): s for k, s in zip(leased, sizes[n:-1], strict=True)},
-        callbacks=sizes[-1],
-    )
 
 
 class WorkersCollector(Collector):

@@ -89,6 +89,22 @@ end
 return lost
 """
 
+#: The dashboard's count of one finished attempt ("ok", "failed", "retried"; "" counts
+#: nothing) in its minute, and a failure record in the capped list of recent failures.
+_COUNT_ATTEMPT = """
+local function count_attempt(minute, failures, kind, aggr, failure, ttl, kept)
+  if kind ~= '' then
+    redis.call('HINCRBY', minute, kind, 1)
+    redis.call('HINCRBY', minute, aggr .. ':' .. kind, 1)
+    redis.call('EXPIRE', minute, ttl)
+  end
+  if failure ~= '' then
+    redis.call('LPUSH', failures, failure)
+    redis.call('LTRIM', failures, 0, tonumber(kept) - 1)
+  end
+end
+"""
+
 #: KEYS: inflight, leases, job, target queue, jobmeta, joberrors, deletion targets,
 #: this minute's throughput hash, recent failures.
 #: ARGV: id, token, target score ("" = none), now, error text ("" = none), errors kept,
@@ -99,7 +115,9 @@ return lost
 #: callback queue, or -- a finished job without callback -- to the deletion queue with
 #: its file's location), and counts it for the dashboard, only if the caller still holds
 #: the lease. 1 done, 0 lease lost, -1 the job hash vanished meanwhile.
-FINISH = """
+FINISH = (
+    _COUNT_ATTEMPT
+    + """
 if redis.call('HGET', KEYS[2], ARGV[1]) ~= ARGV[2] then return 0 end
 redis.call('ZREM', KEYS[1], ARGV[1])
 redis.call('HDEL', KEYS[2], ARGV[1])
@@ -116,17 +134,21 @@ if ARGV[5] ~= '' then
   redis.call('LTRIM', KEYS[6], -tonumber(ARGV[6]), -1)
   redis.call('EXPIRE', KEYS[6], ARGV[7])
 end
-if ARGV[11] ~= '' then
-  redis.call('HINCRBY', KEYS[8], ARGV[11], 1)
-  redis.call('HINCRBY', KEYS[8], ARGV[12] .. ':' .. ARGV[11], 1)
-  redis.call('EXPIRE', KEYS[8], ARGV[14])
-end
-if ARGV[13] ~= '' then
-  redis.call('LPUSH', KEYS[9], ARGV[13])
-  redis.call('LTRIM', KEYS[9], 0, tonumber(ARGV[15]) - 1)
-end
+count_attempt(KEYS[8], KEYS[9], ARGV[11], ARGV[12], ARGV[13], ARGV[14], ARGV[15])
 return 1
 """
+)
+
+#: KEYS: the minute's throughput hash, recent failures. ARGV: kind, aggregation id, failure
+#: record ("" = none), throughput ttl, failures kept. What FINISH counts, on its own (for
+#: tools and tests that write the dashboard's history).
+RECORD_ATTEMPT = (
+    _COUNT_ATTEMPT
+    + """
+count_attempt(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5])
+return 1
+"""
+)
 
 #: KEYS: inflight, leases, queue, job, jobmeta, callback queue, joberrors.
 #: ARGV: id, now, crash tolerance, default max retries, error text, meta ttl, errors kept.

@@ -145,6 +145,7 @@ class Store:
         self._start_callback = register(scripts.START_CALLBACK)
         self._start_downloads = register(scripts.START_DOWNLOADS)
         self._rescue = register(scripts.RESCUE_ORPHAN)
+        self._record_attempt = register(scripts.RECORD_ATTEMPT)
 
     @classmethod
     def from_url(cls, url: str) -> Store:
@@ -633,18 +634,14 @@ class Store:
 
     def record_attempt(self, aggr_id: str, kind: str, failure: str = "", now: float | None = None) -> None:
         """Count one finished attempt (`ok`, `failed` or `retried`) in its minute; a `failure`
-        record (JSON) goes to the capped list of recent failures. One MULTI round trip."""
+        record (JSON) goes to the capped list of recent failures. What FINISH counts, with the
+        same Lua, for writing the dashboard's history (tests, tools)."""
         now = time.time() if now is None else now
-        minute = keys.throughput(int(now // 60))
         with translated():
-            pipe = self.redis.pipeline(transaction=True)
-            pipe.hincrby(minute, kind, 1)
-            pipe.hincrby(minute, f"{aggr_id}:{kind}", 1)
-            pipe.expire(minute, keys.THROUGHPUT_TTL_SECONDS)
-            if failure:
-                pipe.lpush(keys.RECENT_FAILURES, failure)
-                pipe.ltrim(keys.RECENT_FAILURES, 0, keys.RECENT_FAILURES_KEPT - 1)
-            pipe.execute()
+            self._record_attempt(
+                keys=[keys.throughput(int(now // 60)), keys.RECENT_FAILURES],
+                args=[kind, aggr_id, failure, keys.THROUGHPUT_TTL_SECONDS, keys.RECENT_FAILURES_KEPT],
+            )
 
     # --- bulk tools (`downloader enqueue`, `downloader retry`) ------------------------
 
@@ -917,7 +914,7 @@ class AsyncStore:
         return int(queued) + int(delivering)
 
 
-#: The kinds of finished attempts `record_attempt` counts (also the per-minute total fields).
+#: The kinds of finished attempts FINISH counts (also the per-minute total fields).
 ATTEMPT_KINDS = ("ok", "failed", "retried")
 
 

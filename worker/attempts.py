@@ -68,13 +68,19 @@ def run_attempt(proc: Processor, aggregation: Aggregation, job: Job, cancelled: 
         log.warning("job %s: its hash vanished while it was downloading", job.id)
 
 
-#: The event of an attempt's log line, by the download state it left.
-_EVENTS = {State.SUCCESS.value: "download_succeeded", State.FAILED.value: "download_failed"}
+#: What an attempt came to ("ok", "failed", "retried"), by the download state it left; the
+#: dashboard counts these, and the attempt's log line names its event after them.
+_KINDS = {State.SUCCESS.value: "ok", State.FAILED.value: "failed"}
+_EVENTS = {"ok": "download_succeeded", "failed": "download_failed", "retried": "download_retried"}
+
+
+def _kind(outcome: Outcome) -> str:
+    return _KINDS.get(outcome.fields.get("DownloadState", ""), "retried")
 
 
 def _log_attempt(job: Job, outcome: Outcome, duration: float) -> None:
     """One INFO line per finished attempt, with the structured fields of logs.FIELDS."""
-    event = _EVENTS.get(outcome.fields.get("DownloadState", ""), "download_retried")
+    event = _EVENTS[_kind(outcome)]
     code = outcome.fields.get("ResponseCode", "")
     response = int(code) if code.isdigit() and int(code) else None  # 0: no answer at all
     log.info(
@@ -263,8 +269,7 @@ def _counted(job: Job, outcome: Outcome) -> Outcome:
     """The outcome with what the dashboard counts: the attempt in its minute, and a failed
     job's error among the recent failures (written by the same script, so only when the
     outcome itself is)."""
-    state = outcome.fields.get("DownloadState")
-    kind = {State.SUCCESS.value: "ok", State.FAILED.value: "failed"}.get(state or "", "retried")
+    kind = _kind(outcome)
     if kind == "retried" and not outcome.error:
         return outcome  # interrupted by us (shutdown, full disk): not the job's doing
     failure = ""

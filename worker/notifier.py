@@ -27,7 +27,7 @@ from downloader.settings import Settings
 from downloader.stats import Stats
 from downloader.storage import Location, Storages, location_of
 from downloader.worker.housekeeping import Every, loop_until
-from downloader.worker.processor import LOST_LEASE_TEXT
+from downloader.worker.processor import recover_expired_leases
 
 log = logging.getLogger("downloader.notifier")
 
@@ -229,19 +229,7 @@ class Notifier:
         if recovered:
             self._wake.set()
         for aggr_id in self.db.aggregations_in_flight():
-            for job_id in self.db.expired_leases(aggr_id):
-                result = self.db.recover(
-                    aggr_id, job_id, crash_tolerance=self.settings.crash_tolerance, error=LOST_LEASE_TEXT
-                )
-                metrics.lease_recovered("download", result)
-                if result > 0:
-                    log.warning(
-                        "job %s of %s: its worker was lost; %s",
-                        job_id,
-                        aggr_id,
-                        "queued again" if result == 1 else "failed",
-                        extra={"event": "lease_recovered", "job_id": job_id, "aggr_id": aggr_id},
-                    )
+            recover_expired_leases(self.db, aggr_id, self.settings.crash_tolerance)
 
     def _reap(self) -> None:
         ids = self.db.claim_deletions(DELETIONS_PER_ROUND, DELETION_RETRY_SECONDS)

@@ -322,16 +322,7 @@ class Processor:
             self._recover(aggr_id)
 
     def _recover(self, aggr_id: str) -> None:
-        for job_id in self.db.expired_leases(aggr_id):
-            result = self.db.recover(
-                aggr_id, job_id, crash_tolerance=self.settings.crash_tolerance, error=LOST_LEASE_TEXT
-            )
-            fields = {"event": "lease_recovered", "job_id": job_id, "aggr_id": aggr_id}
-            metrics.lease_recovered("download", result)
-            if result == 1:
-                log.warning("job %s of %s: its worker was lost; queued again", job_id, aggr_id, extra=fields)
-            elif result == 2:
-                log.warning("job %s of %s: lost its worker too often; failed", job_id, aggr_id, extra=fields)
+        recover_expired_leases(self.db, aggr_id, self.settings.crash_tolerance)
 
     def _check_disk(self) -> None:
         try:
@@ -389,3 +380,16 @@ class Processor:
                 attempts.release(self, aggr_id, job_id)
         self.threads.shutdown(wait=False, cancel_futures=True)
         log.info("worker %s stopped", self.token)
+
+
+def recover_expired_leases(db: store.Store, aggr_id: str, crash_tolerance: int) -> None:
+    """Give back the jobs of an aggregation whose leases expired (their worker died or hung);
+    workers do it for the aggregations they serve, the notifier for all of them."""
+    for job_id in db.expired_leases(aggr_id):
+        result = db.recover(aggr_id, job_id, crash_tolerance=crash_tolerance, error=LOST_LEASE_TEXT)
+        fields = {"event": "lease_recovered", "job_id": job_id, "aggr_id": aggr_id}
+        metrics.lease_recovered("download", result)
+        if result == 1:
+            log.warning("job %s of %s: its worker was lost; queued again", job_id, aggr_id, extra=fields)
+        elif result == 2:
+            log.warning("job %s of %s: lost its worker too often; failed", job_id, aggr_id, extra=fields)

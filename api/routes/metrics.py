@@ -24,7 +24,7 @@ router = APIRouter(tags=["metrics"])
     responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format"}},
 )
 async def prometheus_metrics(request: Request) -> Response:
-    await metrics.BACKLOG.refresh_async(request.app.state.store.redis)
+    await metrics.BACKLOG.refresh_async(request.app.state.store)
     body, content_type = metrics.exposition()
     return Response(content=body, media_type=content_type)
 
