@@ -141,9 +141,15 @@ def stack(tmp_path: Path, redis_url: str) -> Iterator[Stack]:
 def pytest_runtest_makereport(
     item: pytest.Item, call: pytest.CallInfo[None]
 ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """A failed test's report ends with the logs of what it ran: every fixture value (or
+    member of a fixture's list) that has `log_tails()` -- processes, brokers, Redis servers."""
     report = yield
     if report.when == "call" and report.failed:
-        s = getattr(item, "funcargs", {}).get("stack")
-        if isinstance(s, Stack) and s.procs:
-            report.sections.append(("process logs", s.log_tails()))
+        seen: set[int] = set()
+        for value in getattr(item, "funcargs", {}).values():
+            for thing in value if isinstance(value, list) else [value]:
+                tails = getattr(thing, "log_tails", None)
+                if callable(tails) and id(thing) not in seen:
+                    seen.add(id(thing))
+                    report.sections.append((f"{type(thing).__name__} logs", tails()))
     return report

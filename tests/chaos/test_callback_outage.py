@@ -12,7 +12,8 @@ import re
 import time
 
 import pytest
-from harness import CallbackFigures, JobPoster, print_figures, wait_delivered, wait_no_leases
+from harness import CallbackFigures, print_figures, wait_delivered, wait_no_leases
+from posting import JobPoster
 from procs import Stack, aggr_id, free_port, job_body
 from servers import CallbackServer, FileServer, wait_until
 

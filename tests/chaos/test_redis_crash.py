@@ -20,13 +20,13 @@ from harness import (
     CHAOS_SETTINGS,
     AofRedis,
     CallbackFigures,
-    JobPoster,
     WorkerKiller,
     print_figures,
     quiet_disconnects,
     wait_delivered,
     wait_no_leases,
 )
+from posting import JobPoster
 from procs import Stack, aggr_id, job_body
 from servers import CallbackServer, FileServer, wait_until
 

@@ -15,7 +15,6 @@ import time
 import pytest
 from harness import (
     CallbackFigures,
-    JobPoster,
     StoreWatcher,
     WorkerKiller,
     print_figures,
@@ -23,6 +22,7 @@ from harness import (
     wait_delivered,
     wait_no_leases,
 )
+from posting import JobPoster
 from procs import Stack, aggr_id, job_body
 from servers import CallbackServer, FileServer
 

@@ -50,6 +50,26 @@ BASE_SETTINGS = {
 }
 
 
+#: The callback payload's keys, in order: the original's ten (reference 4.3), then ours.
+PAYLOAD_KEYS = [
+    "success",
+    "error",
+    "extra",
+    "image_size",
+    "resource_url",
+    "download_url",
+    "job_id",
+    "response_code",
+    "delivered",
+    "delivery_error",
+    "sha256",
+    "size",
+    "content_type",
+    "final_url",
+    "attempts",
+]
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))

@@ -16,31 +16,12 @@ from typing import Any
 
 import pytest
 from PIL import Image
-from procs import DOWNLOAD_URL_BASE, Stack, aggr_id, free_port, job_body
+from procs import DOWNLOAD_URL_BASE, PAYLOAD_KEYS, Stack, aggr_id, free_port, job_body
 from servers import CallbackServer, FileServer, wait_until
 
 from downloader import keys
 
 pytestmark = pytest.mark.integration
-
-PAYLOAD_KEYS = [
-    "success",
-    "error",
-    "extra",
-    "image_size",
-    "resource_url",
-    "download_url",
-    "job_id",
-    "response_code",
-    "delivered",
-    "delivery_error",
-    # ours, after the original's ten
-    "sha256",
-    "size",
-    "content_type",
-    "final_url",
-    "attempts",
-]
 
 
 def download_url(job_id: str) -> str:

@@ -192,6 +192,10 @@ class KafkaBroker:
         self.stop()
         self.start()
 
+    def log_tails(self, lines: int = 30) -> str:
+        """What a failed test's report shows (the top conftest collects it)."""
+        return self.log_tail(lines)
+
     def log_tail(self, lines: int = 60) -> str:
         return tail(self.log, lines)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sys
 import uuid
-from collections.abc import Generator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -49,16 +49,3 @@ def stack(tmp_path: Path, redis_url: str, kafka: KafkaBroker) -> Iterator[Stack]
     s = Stack(tmp_path, redis_url, kafka_bootstrap_servers=kafka.bootstrap_servers)
     yield s
     s.stop_all()
-
-
-@pytest.hookimpl(wrapper=True)
-def pytest_runtest_makereport(
-    item: pytest.Item, call: pytest.CallInfo[None]
-) -> Generator[None, pytest.TestReport, pytest.TestReport]:
-    """A failed test's report ends with the broker's log (the top conftest adds the processes')."""
-    report = yield
-    if report.when == "call" and report.failed:
-        broker = getattr(item, "funcargs", {}).get("kafka")
-        if isinstance(broker, KafkaBroker):
-            report.sections.append(("broker log", broker.log_tail(30)))
-    return report

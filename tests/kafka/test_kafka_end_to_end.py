@@ -16,31 +16,12 @@ from typing import Any
 
 import pytest
 from broker import KafkaBroker, Record
-from procs import DOWNLOAD_URL_BASE, Stack, aggr_id
+from procs import DOWNLOAD_URL_BASE, PAYLOAD_KEYS, Stack, aggr_id
 from servers import FileServer, wait_until
 
 from downloader import signing
 
 pytestmark = [pytest.mark.kafka, pytest.mark.integration]
-
-PAYLOAD_KEYS = [
-    "success",
-    "error",
-    "extra",
-    "image_size",
-    "resource_url",
-    "download_url",
-    "job_id",
-    "response_code",
-    "delivered",
-    "delivery_error",
-    # ours, after the original's ten
-    "sha256",
-    "size",
-    "content_type",
-    "final_url",
-    "attempts",
-]
 
 
 def kafka_job(url: str, topic: str, **fields: Any) -> dict[str, Any]:

@@ -7,7 +7,7 @@ list of what to report when a test fails (its Redis and `downloader` processes' 
 from __future__ import annotations
 
 import sys
-from collections.abc import Generator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Protocol
 
@@ -36,14 +36,3 @@ def cluster(tmp_path: Path, watched: list[HasLogs]) -> Iterator[Cluster]:
         yield c.start()
     finally:
         c.stop()
-
-
-@pytest.hookimpl(wrapper=True)
-def pytest_runtest_makereport(
-    item: pytest.Item, call: pytest.CallInfo[None]
-) -> Generator[None, pytest.TestReport, pytest.TestReport]:
-    report = yield
-    if report.when == "call" and report.failed:
-        for thing in getattr(item, "funcargs", {}).get("watched", []):
-            report.sections.append((f"{type(thing).__name__} logs", thing.log_tails()))
-    return report

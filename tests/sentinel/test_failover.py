@@ -14,9 +14,10 @@ from typing import Any
 import pytest
 import redis
 import redis.sentinel
+from posting import JobPoster
 from procs import Stack, aggr_id, job_body
 from sentinel_cluster import MASTER_NAME, Cluster
-from sentinel_load import Figures, Poster
+from sentinel_load import Figures
 from servers import CallbackServer, FileServer, wait_until
 
 from downloader import redis_client
@@ -69,7 +70,7 @@ def test_a_sentinel_failover_under_load_loses_no_acknowledged_job(
     watched.append(stack)
     try:
         api, worker, notifier = stack.all_three()
-        poster = Poster(api.url, _bodies(files, callbacks, JOBS)).start()
+        poster = JobPoster(api.url, _bodies(files, callbacks, JOBS), pace=0.1).start()
         wait_until(lambda: len(poster.acknowledged) >= KILL_AFTER and files.in_flight > 0, 60,
                    "jobs acknowledged and downloads running")  # fmt: skip
 
@@ -80,7 +81,7 @@ def test_a_sentinel_failover_under_load_loses_no_acknowledged_job(
         cluster.restart_old_primary_as_replica()
         poster.join(120)
 
-        acked = poster.acknowledged
+        acked = list(poster.acknowledged.values())
         for job_id in acked:
             wait_until(lambda j=job_id: callbacks.delivered(j), 120, f"the callback of job {job_id}")
         wait_until(lambda: _no_leases_left(stack.db), 30, "every lease to be released")
@@ -92,7 +93,7 @@ def test_a_sentinel_failover_under_load_loses_no_acknowledged_job(
                "new primary": f"{new[0]}:{new[1]}"},
         )  # fmt: skip
 
-        assert poster.rejected == []
+        assert poster.refused == []
         assert figures.acknowledged == JOBS
         assert figures.lost == []
         assert all(callbacks.wait_for(j)["success"] for j in acked)

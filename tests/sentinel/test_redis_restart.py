@@ -12,9 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from posting import JobPoster
 from procs import Stack, aggr_id, job_body
 from sentinel_cluster import RedisProc
-from sentinel_load import Figures, Poster
+from sentinel_load import Figures
 from servers import CallbackServer, FileServer, wait_until
 
 pytestmark = pytest.mark.sentinel
@@ -41,9 +42,11 @@ def test_a_redis_restart_mid_run_loses_no_acknowledged_job(
             )
             for i in range(JOBS)
         ]
-        poster = Poster(api.url, bodies, threads=4, pace=0.05).start()
+        poster = JobPoster(api.url, bodies, threads=4, pace=0.05).start()
         wait_until(
-            lambda: len(poster.acknowledged) >= RESTART_AFTER, 60, f"{RESTART_AFTER} acknowledged jobs"
+            lambda: len(poster.acknowledged) >= RESTART_AFTER,
+            60,
+            f"{RESTART_AFTER} acknowledged jobs",
         )
 
         server.terminate()  # SIGTERM: Redis flushes its AOF and exits
@@ -53,7 +56,7 @@ def test_a_redis_restart_mid_run_loses_no_acknowledged_job(
         outage = time.monotonic() - down_at
         poster.join(180)
 
-        for job_id in poster.acknowledged:
+        for job_id in poster.acknowledged.values():
             wait_until(lambda j=job_id: callbacks.delivered(j), 120, f"the callback of job {job_id}")
         wait_until(
             lambda: (
@@ -65,10 +68,10 @@ def test_a_redis_restart_mid_run_loses_no_acknowledged_job(
         figures = Figures.count(poster, callbacks)
         figures.report("Redis restart", **{"redis down (s)": f"{outage:.1f}"})
 
-        assert poster.rejected == []
+        assert poster.refused == []
         assert figures.acknowledged == JOBS
         assert figures.lost == []
-        assert all(callbacks.wait_for(j)["success"] for j in poster.acknowledged)
+        assert all(callbacks.wait_for(j)["success"] for j in poster.acknowledged.values())
         # The outage was visible, and said so clearly: 5xx answers, one warning per loop.
         assert poster.errors and all(e.startswith("500 ") for e in poster.errors), poster.errors[:3]
         assert any("Connection" in e for e in poster.errors), poster.errors[:3]
