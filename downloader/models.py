@@ -155,11 +155,6 @@ class Job:
 
     # --- derived -----------------------------------------------------------------
 
-    @property
-    def has_callback(self) -> bool:
-        """A job with only an error destination counts as having one (as the original's later branch)."""
-        return bool(self.callback_url or self.callback_dst or self.options.callback_error_dst)
-
     def callback_destination(self, *, succeeded: bool) -> tuple[str, str] | None:
         """(backend name, destination) of the callback for this outcome, None when there is none.
 

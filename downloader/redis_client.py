@@ -226,10 +226,6 @@ def connect_url(url: str) -> redis.Redis:
     return redis.Redis.from_url(url, retry=_retry(), **_common(0))
 
 
-def connect_url_async(url: str) -> redis.asyncio.Redis:
-    return redis.asyncio.Redis.from_url(url, retry=_async_retry(), **_common(0))
-
-
 def _announce(m: Mode) -> None:
     if m.uses_sentinel:
         log.info(

@@ -119,11 +119,6 @@ class JobStatus:
     lease_expires_at: float | None
 
 
-def connect(url: str) -> redis.Redis:
-    """A client straight to `url`; processes use `Store.from_settings` (Sentinel aware)."""
-    return redis_client.connect_url(url)
-
-
 class Store:
     """Blocking access for workers and notifiers (one instance shared by all threads)."""
 
@@ -149,7 +144,8 @@ class Store:
 
     @classmethod
     def from_url(cls, url: str) -> Store:
-        return cls(connect(url))
+        """Straight to `url` (tests and tools); processes use `from_settings` (Sentinel aware)."""
+        return cls(redis_client.connect_url(url))
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Store:
@@ -738,10 +734,6 @@ class AsyncStore:
         self._follower: asyncio.Task[None] | None = None
         self._enqueue = client.register_script(scripts.ENQUEUE)
         self._retry = client.register_script(scripts.RETRY_CALLBACK)
-
-    @classmethod
-    def from_url(cls, url: str) -> AsyncStore:
-        return cls(redis_client.connect_url_async(url))
 
     @classmethod
     def from_settings(cls, settings: Settings) -> AsyncStore:

@@ -819,7 +819,7 @@ def test_a_job_with_its_own_bucket_and_only_an_error_destination_counts_as_havin
     body = base(callback_url=_MISSING, s3_bucket="b", s3_region="eu-west-1",
                 callback_error_type="http", callback_error_dst="http://127.0.0.1:9/errors")  # fmt: skip
     job = job_of(body)
-    assert job.has_callback
+    assert job.callback_destination(succeeded=False) == ("http", "http://127.0.0.1:9/errors")  # it has one
     assert job.callback_destination(succeeded=True) is None
 
 
