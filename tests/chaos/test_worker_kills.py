@@ -75,7 +75,8 @@ def test_two_thousand_jobs_survive_random_worker_kills_within_the_fleet_wide_lim
     # Leases of the last killed worker expire after LEASE_SECONDS; late duplicates show up too.
     left = wait_no_leases(stack.db, LEASE_SECONDS * 3)
     figures = CallbackFigures.count(callbacks, acked.values())
-    peaks = {a: files.max_in_flight_for(a) for a in aggrs}
+    peaks = {a: files.peak_downloads_for(a) for a in aggrs}
+    aborted = sum(1 for r in files.seen() if r.aborted)
     violations = {a: f"{peaks[a]} > {limits[a]}" for a in aggrs if peaks[a] > limits[a]}
     at_limit = sum(1 for a in aggrs if peaks[a] == limits[a])
     requests = len(files.seen())
@@ -95,6 +96,7 @@ def test_two_thousand_jobs_survive_random_worker_kills_within_the_fleet_wide_lim
             "lost": len(figures.lost),
             "failed jobs": len(figures.failed_payloads),
             "limit violations": len(violations),
+            "requests whose client was gone (not counted)": aborted,
             "aggregations that reached their limit": f"{at_limit} of {AGGREGATIONS}",
             "peak in flight / limit": " ".join(f"{peaks[a]}/{limits[a]}" for a in aggrs),
             "stored files checked / bad": f"{len(watcher.checked)} / {len(watcher.bad)}",

@@ -123,6 +123,10 @@ class Seen:
     started: float
     ended: float | None = None
     status: int = 0
+    served: float | None = None
+    """When the last byte was written (stamped in the serving thread, before any lock)."""
+    aborted: bool = False
+    """The client was gone before the answer was written (e.g. a killed worker)."""
 
     @property
     def name(self) -> str:
@@ -178,6 +182,21 @@ class FileServer(_Base):
         with self._lock:
             return self.max_in_flight_by_tag[tag]
 
+    def peak_downloads_for(self, tag: str) -> int:
+        """The most answers of `tag` being served at one instant, from each answered request's
+        [start, last byte written]. Unlike `max_in_flight_for` it does not count the time a
+        busy server thread takes to get back to its bookkeeping, nor requests whose client was
+        already gone (a killed worker's request the server only reached later)."""
+        with self._lock:
+            spans = [(r.started, r.served) for r in self.requests
+                     if r.query.get("aggr") == tag and r.served is not None]  # fmt: skip
+        events = sorted([(start, 1) for start, _ in spans] + [(end, -1) for _, end in spans])
+        peak = current = 0
+        for _, step in events:  # an end sorts before a start at the same instant
+            current += step
+            peak = max(peak, current)
+        return peak
+
     # --- internals ----------------------------------------------------------------
 
     def _enter(self, seen: Seen, tag: str) -> None:
@@ -229,7 +248,9 @@ class FileServer(_Base):
                 server._enter(seen, tag)
                 try:
                     self._answer(parts.path, query, seen)
+                    seen.served = time.monotonic()
                 except _GONE:
+                    seen.aborted = True
                     self.close_connection = True
                 finally:
                     server._leave(seen, tag)
