@@ -297,7 +297,7 @@ class Fetcher:
         decode = bool(response.raw.decode_content)
         while True:
             if attempt.cancelled.is_set():
-                raise Interrupted("download cancelled (shutting down or disk full)")
+                raise Interrupted("download cancelled (shutting down, disk full or lease not renewed)")
             if time.monotonic() >= attempt.deadline:
                 raise DownloadError(
                     "downloading file", "download timeout exceeded", retriable=True, response_code=code
@@ -382,7 +382,7 @@ def _describe(exc: BaseException) -> str:
 
 def _raise_if_interrupted(attempt: Attempt, exc: BaseException, code: int = 0) -> None:
     if attempt.cancelled.is_set():
-        raise Interrupted("download cancelled (shutting down or disk full)") from exc
+        raise Interrupted("download cancelled (shutting down, disk full or lease not renewed)") from exc
     if attempt.why == "deadline" or time.monotonic() >= attempt.deadline:
         raise DownloadError(
             "downloading file", "download timeout exceeded", retriable=True, response_code=code

@@ -121,7 +121,7 @@ def _download_and_store(
                     "extracting image-size", str(exc), retriable=False, response_code=fetched.response_code
                 ) from exc
         if cancelled.is_set():
-            raise Interrupted("download cancelled (shutting down or disk full)")
+            raise Interrupted("download cancelled (shutting down, disk full or lease not renewed)")
         try:
             proc.storage.store(job, fetched.path, fetched.mime_type)
         except StorageError as exc:

@@ -2,8 +2,9 @@
 
 One scheduler thread claims (Lua, atomic) as many jobs as the process has free download
 threads; the threads run one attempt each (`attempts.run_attempt`) and write its outcome
-fenced by the lease token. A housekeeping thread renews leases, enforces deadlines, finds
-new aggregations, gives back expired leases, checks the disk and publishes stats.
+fenced by the lease token. One thread renews leases; a watchdog stops downloads that overrun
+their deadline or whose lease went unconfirmed too long; housekeeping finds new aggregations,
+gives back expired leases, checks the disk and publishes stats.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import dataclasses
 import logging
 import threading
 import time
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -33,17 +35,41 @@ log = logging.getLogger("downloader.worker")
 MAX_IDLE_DELAY = 1.0
 #: After "full" (every lease of the aggregation is taken), look again this soon.
 FULL_DELAY = 0.2
+#: A download stops by itself once its lease has gone this long (a fraction of the lease)
+#: without a confirmed renewal: before Redis lets the lease expire and another worker takes
+#: the job, so a worker cut off from Redis or stalled never doubles a download.
+FENCE_FRACTION = 0.75
+#: How often the watchdog looks at deadlines and leases (it never waits on the network).
+WATCHDOG_INTERVAL = 0.1
 LOST_LEASE_TEXT = (
     "Error while downloading file, the worker holding the job was lost (killed or stalled "
     "past its lease) too many times, retriable: true, internal: true"
 )
 
 
+@dataclasses.dataclass(eq=False)
+class Download:
+    """A running download as the lease keeper and the watchdog see it."""
+
+    cancelled: threading.Event
+    confirmed: float
+    """time.monotonic() when our lease was last known good: when the claim or the last
+    successful renewal was sent (the lease in Redis runs from no earlier than that)."""
+
+
+def unconfirmed_too_long(downloads: Mapping[str, Download], now: float, lease_seconds: float) -> list[str]:
+    """The downloads still going whose lease is past its fence (see FENCE_FRACTION)."""
+    fence = lease_seconds * FENCE_FRACTION
+    return [
+        job_id for job_id, d in downloads.items() if not d.cancelled.is_set() and now - d.confirmed >= fence
+    ]
+
+
 @dataclasses.dataclass
 class _AggregationState:
     next_try: float = 0.0
     idle_delay: float = 0.0
-    running: dict[str, threading.Event] = dataclasses.field(default_factory=dict)
+    running: dict[str, Download] = dataclasses.field(default_factory=dict)
 
 
 class Processor:
@@ -102,6 +128,8 @@ class Processor:
             target=self._keep_leases, args=(drained,), name="worker-leases", daemon=True
         )
         renewer.start()
+        watchdog = threading.Thread(target=self._watch, args=(drained,), name="worker-watchdog", daemon=True)
+        watchdog.start()
         listener = threading.Thread(target=self.db.listen_wakeups, args=(self._stopping, self._notice),
                                     name="worker-wakeups", daemon=True)  # fmt: skip
         listener.start()
@@ -118,6 +146,7 @@ class Processor:
             drained.set()
             keeper.join(timeout=5)
             renewer.join(timeout=5)
+            watchdog.join(timeout=5)
             self.fetcher.close()
 
     def stop(self) -> None:
@@ -157,6 +186,7 @@ class Processor:
     def _claim(self, aggr_id: str, wanted: int, now: float) -> int:
         # The lease starts now, not when this scheduling pass began: a slow pass over many
         # aggregations would otherwise grant shorter leases than configured.
+        asked = time.monotonic()
         result = self.db.claim(aggr_id, wanted, self.token, self.settings.lease_seconds)
         with self._lock:
             state = self._aggregations.get(aggr_id)
@@ -177,7 +207,7 @@ class Processor:
                 )
                 state.next_try = now + state.idle_delay
         if result.ids:
-            self._start(aggr_id, result.ids)
+            self._start(aggr_id, result.ids, asked)
         return len(result.ids)
 
     def _notice(self, aggr_id: str) -> None:
@@ -196,7 +226,7 @@ class Processor:
         self._wake.wait(min(MAX_IDLE_DELAY, max(0.005, soonest - now)))
         self._wake.clear()
 
-    def _start(self, aggr_id: str, ids: list[str]) -> None:
+    def _start(self, aggr_id: str, ids: list[str], claimed_at: float) -> None:
         aggregation, raw_jobs = self.db.load_claimed(aggr_id, ids)
         for job_id, claimed in raw_jobs.items():
             if not claimed.raw.get("ID"):
@@ -209,16 +239,16 @@ class Processor:
                 log.error("job %s is unreadable, left as is: %s", job_id, exc)
                 self.db.drop_claim(aggr_id, job_id, self.token)
                 continue
-            self._submit(aggregation, job)
+            self._submit(aggregation, job, claimed_at)
 
-    def _submit(self, aggregation: Aggregation, job: Job) -> None:
+    def _submit(self, aggregation: Aggregation, job: Job, claimed_at: float) -> None:
         cancelled = threading.Event()
         with self._lock:
             state = self._aggregations.setdefault(aggregation.id, _AggregationState())
             if not state.running:
                 self.stats.incr("spawnedWorkerPools")
                 self.stats.gauge_add("workerPools", 1, "maxWorkerPools")
-            state.running[job.id] = cancelled
+            state.running[job.id] = Download(cancelled, confirmed=claimed_at)
             self._busy += 1
         self.stats.incr("spawnedWorkers")
         self.stats.gauge_add("workers", 1, "maxWorkers")
@@ -259,13 +289,29 @@ class Processor:
             except DownloaderError as exc:
                 log.warning("renewing leases failed: %s", exc)
 
+    def _watch(self, drained: threading.Event) -> None:
+        """Stop downloads past their deadline or their lease's fence. Never touches Redis, so
+        an unreachable Redis cannot hold it up while leases run out."""
+        while not drained.wait(WATCHDOG_INTERVAL):
+            self._fence()
+            self.fetcher.enforce_deadlines()
+
+    def _fence(self) -> None:
+        now = time.monotonic()
+        for aggr_id, running in self._held().items():
+            for job_id in unconfirmed_too_long(running, now, self.settings.lease_seconds):
+                fields = {"event": "lease_fenced", "job_id": job_id, "aggr_id": aggr_id}
+                log.warning("job %s: its lease was not renewed for %.1fs; stopping the download before "
+                            "another worker may take it", job_id, now - running[job_id].confirmed,
+                            extra=fields)  # fmt: skip
+                running[job_id].cancelled.set()
+
     def _housekeeping(self) -> None:
         scan = Every(self.settings.scan_interval_seconds, first_now=True)
         stats = Every(self.settings.stats_interval_seconds, first_now=True)
         disk = Every(self.settings.disk_check_interval_seconds, first_now=True)
         heartbeat = Every(keys.INSTANCE_HEARTBEAT_SECONDS, first_now=True)
         while not self._stopping.wait(0.1):
-            self.fetcher.enforce_deadlines()
             for due, step in (
                 (scan, self._scan),
                 (stats, self._publish_stats),
@@ -279,20 +325,22 @@ class Processor:
                         log.warning("%s failed: %s", step.__name__, exc)
         self._publish_final_stats()
 
-    def _held(self) -> dict[str, dict[str, threading.Event]]:
+    def _held(self) -> dict[str, dict[str, Download]]:
         with self._lock:
             return {a: dict(s.running) for a, s in self._aggregations.items() if s.running}
 
     def _renew(self) -> None:
         for aggr_id, running in self._held().items():
-            lost = self.db.renew(aggr_id, list(running), self.token, self.settings.lease_seconds)
-            for job_id in lost:
-                if not self._still_running(aggr_id, job_id):
-                    continue  # it finished between the snapshot and the renewal: its lease went with it
-                log.warning("lost the lease of job %s; abandoning this attempt", job_id,
-                            extra={"event": "lease_lost", "job_id": job_id, "aggr_id": aggr_id})  # fmt: skip
-                metrics.LEASES_LOST.labels("download").inc()
-                running[job_id].set()
+            asked = time.monotonic()
+            lost = set(self.db.renew(aggr_id, list(running), self.token, self.settings.lease_seconds))
+            for job_id, download in running.items():
+                if job_id not in lost:
+                    download.confirmed = max(download.confirmed, asked)
+                elif self._still_running(aggr_id, job_id):  # else it finished and its lease went with it
+                    fields = {"event": "lease_lost", "job_id": job_id, "aggr_id": aggr_id}
+                    log.warning("lost the lease of job %s; abandoning this attempt", job_id, extra=fields)
+                    metrics.LEASES_LOST.labels("download").inc()
+                    download.cancelled.set()
 
     def _still_running(self, aggr_id: str, job_id: str) -> bool:
         with self._lock:
@@ -336,8 +384,8 @@ class Processor:
             log.error("disk %s is %.0f%% full: pausing downloads", self.settings.tmp_dir, used)
             self._paused.set()
             for running in self._held().values():
-                for cancelled in running.values():
-                    cancelled.set()
+                for download in running.values():
+                    download.cancelled.set()
         elif change is True:
             log.warning("disk %s is %.0f%% full: resuming downloads", self.settings.tmp_dir, used)
             self._paused.clear()
@@ -367,8 +415,8 @@ class Processor:
         if held:
             log.warning("grace period over: interrupting %d downloads", sum(map(len, held.values())))
             for running in held.values():
-                for cancelled in running.values():
-                    cancelled.set()
+                for download in running.values():
+                    download.cancelled.set()
             self.fetcher.enforce_deadlines()
             self.threads.shutdown(wait=False, cancel_futures=True)
             end = time.monotonic() + 5

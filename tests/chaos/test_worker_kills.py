@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import time
+from typing import cast
 
 import pytest
 from harness import (
@@ -111,6 +112,8 @@ def test_two_thousand_jobs_survive_random_worker_kills_within_the_fleet_wide_lim
     assert figures.lost == []
     assert figures.divergent == [], "one job, two different payloads"
     assert figures.failed_payloads == [], "a kill failed a job"
+    if violations:
+        print(explain_overlaps(stack, files, violations, acked))
     assert violations == {}, f"the fleet-wide limit was exceeded: {violations}"
     # The limit check means something only if the limit was actually reached.
     assert at_limit >= AGGREGATIONS // 2, f"only {at_limit} aggregations ever reached their limit"
@@ -120,3 +123,24 @@ def test_two_thousand_jobs_survive_random_worker_kills_within_the_fleet_wide_lim
         assert stack.stored_path(job_id).read_bytes() == sources[bodies[i]["aggr_id"]], job_id
     assert left == {}, f"leases left behind: {left}"
     assert not list(stack.db.scan_iter(match="jobs:*")), "queues left non-empty"
+
+
+def explain_overlaps(
+    stack: Stack, files: FileServer, violations: dict[str, str], acked: dict[int, str]
+) -> str:
+    """The requests served together at each violating peak, with every log line naming their
+    jobs: which processes held them, and whether a lease was lost or recovered meanwhile."""
+    wall = time.time() - time.monotonic()
+
+    def clock(t: float) -> str:  # as the logs print it
+        return time.strftime("%H:%M:%S", time.localtime(wall + t)) + f",{int((wall + t) % 1 * 1000):03d}"
+
+    logs = {p.log.name: p.log.read_text(errors="replace").splitlines() for p in stack.procs}
+    out = ["", "== overlapping requests at each violating peak =="]
+    for aggr in violations:
+        for r in files.peak_requests_for(aggr):
+            job_id = acked.get(int(r.query["i"]), "?")
+            out.append(f"{aggr} job {job_id} (i={r.query['i']}, port {r.client_port}): "
+                       f"served {clock(r.started)} .. {clock(cast(float, r.served))}")  # fmt: skip
+            out += [f"    {name}: {line}" for name, lines in logs.items() for line in lines if job_id in line]
+    return "\n".join(out)

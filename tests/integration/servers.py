@@ -22,13 +22,15 @@ from __future__ import annotations
 import collections
 import dataclasses
 import json
+import select
+import socket
 import threading
 import time
 import urllib.parse
 from collections.abc import Callable, Iterable, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 DATA = Path(__file__).resolve().parent.parent / "data"
 
@@ -124,9 +126,11 @@ class Seen:
     ended: float | None = None
     status: int = 0
     served: float | None = None
-    """When the last byte was written (stamped in the serving thread, before any lock)."""
+    """When the last write began, the client still connected: stamped just before it, so a
+    busy server thread that gets back late never stretches a request past its true end."""
     aborted: bool = False
     """The client was gone before the answer was written (e.g. a killed worker)."""
+    client_port: int = 0
 
     @property
     def name(self) -> str:
@@ -184,18 +188,28 @@ class FileServer(_Base):
 
     def peak_downloads_for(self, tag: str) -> int:
         """The most answers of `tag` being served at one instant, from each answered request's
-        [start, last byte written]. Unlike `max_in_flight_for` it does not count the time a
-        busy server thread takes to get back to its bookkeeping, nor requests whose client was
+        [start, last write]: a span inside the time its client was downloading, so an overlap
+        here is a true one. Unlike `max_in_flight_for` it does not count the time a busy
+        server thread takes to get back to its bookkeeping, nor requests whose client was
         already gone (a killed worker's request the server only reached later)."""
+        return len(self.peak_requests_for(tag))
+
+    def peak_requests_for(self, tag: str) -> list[Seen]:
+        """The answered requests of `tag` that were being served together at its peak."""
         with self._lock:
-            spans = [(r.started, r.served) for r in self.requests
-                     if r.query.get("aggr") == tag and r.served is not None]  # fmt: skip
-        events = sorted([(start, 1) for start, _ in spans] + [(end, -1) for _, end in spans])
-        peak = current = 0
-        for _, step in events:  # an end sorts before a start at the same instant
-            current += step
-            peak = max(peak, current)
-        return peak
+            answered = [r for r in self.requests if r.query.get("aggr") == tag and r.served is not None]
+        events = sorted([(r.started, 1, n) for n, r in enumerate(answered)]
+                        + [(cast(float, r.served), -1, n) for n, r in enumerate(answered)])  # fmt: skip
+        current: set[int] = set()
+        peak: set[int] = set()
+        for _, step, n in events:  # an end sorts before a start at the same instant
+            if step > 0:
+                current.add(n)
+            else:
+                current.discard(n)
+            if len(current) > len(peak):
+                peak = set(current)
+        return [answered[n] for n in sorted(peak, key=lambda n: answered[n].started)]
 
     # --- internals ----------------------------------------------------------------
 
@@ -244,13 +258,14 @@ class FileServer(_Base):
                 parts = urllib.parse.urlsplit(self.path)
                 query = dict(urllib.parse.parse_qsl(parts.query))
                 tag = query.get("aggr", "")
-                seen = Seen(parts.path, query, list(self.headers.items()), time.monotonic())
+                seen = Seen(parts.path, query, list(self.headers.items()), time.monotonic(),
+                            client_port=self.client_address[1])  # fmt: skip
                 server._enter(seen, tag)
                 try:
                     self._answer(parts.path, query, seen)
-                    seen.served = time.monotonic()
                 except _GONE:
                     seen.aborted = True
+                    seen.served = None
                     self.close_connection = True
                 finally:
                     server._leave(seen, tag)
@@ -284,8 +299,15 @@ class FileServer(_Base):
                     if delay and server.stopping.wait(delay):
                         self.close_connection = True
                         return
+                    if i + chunk >= len(data):
+                        self._last_write(seen)
                     self.wfile.write(data[i : i + chunk])
                     self.wfile.flush()
+
+            def _last_write(self, seen: Seen) -> None:
+                if _peer_gone(self.connection):  # a dead client's socket still takes one write
+                    raise ConnectionResetError("the client is gone")
+                seen.served = time.monotonic()
 
             def _start(self, seen: Seen, status: int, headers: Mapping[str, str]) -> None:
                 seen.status = status
@@ -304,11 +326,22 @@ class FileServer(_Base):
                     headers["Connection"] = "close"
                     self.close_connection = True
                 self._start(seen, status, headers)
+                self._last_write(seen)
                 if body:
                     self.wfile.write(body)
                 self.wfile.flush()
 
         return Handler
+
+
+def _peer_gone(sock: socket.socket) -> bool:
+    """Whether the client closed or reset its end: while it waits for our answer it sends
+    nothing, so anything readable is its hang-up."""
+    try:
+        readable, _, _ = select.select([sock], [], [], 0)
+        return bool(readable) and sock.recv(1, socket.MSG_PEEK) == b""
+    except OSError:
+        return True
 
 
 # --- the callback server ----------------------------------------------------------------

@@ -10,11 +10,13 @@ import re
 import signal
 import threading
 import time
+import urllib.parse
 from typing import Any
 
 import pytest
 from procs import DOWNLOAD_URL_BASE, Proc, Stack, aggr_id, job_body
 from servers import CallbackServer, FileServer, wait_until
+from tcpproxy import StallableRelay
 
 from downloader.models import JOB_FIELDS
 
@@ -23,6 +25,8 @@ pytestmark = pytest.mark.integration
 #: The fields of the original's Job struct (checked against a literal Go hash in
 #: tests/unit/test_models.py): its reader rejects a hash with any other field.
 GO_JOB_FIELDS = list(JOB_FIELDS)
+#: Long enough that the test sees the fence (3/4 of it) act well before the lease expires.
+LEASE_SECONDS = 4
 
 
 def download_url(job_id: str) -> str:
@@ -161,6 +165,49 @@ def test_two_workers_never_run_more_than_the_aggregation_limit_together(
     assert files.max_in_flight_for(aggr) == 3, "the limit was used, which needs both workers"
     assert max_leases <= 3
     assert seen_tokens == tokens, "both workers held leases of the aggregation"
+
+
+def test_a_worker_cut_off_from_redis_stops_its_download_before_another_worker_takes_the_job(
+    stack: Stack, files: FileServer, callbacks: CallbackServer
+) -> None:
+    # The partitioned worker cannot renew its lease; Redis lets it expire and the rest of the
+    # fleet gives the job to another worker. The first must have stopped downloading by then,
+    # or the aggregation runs two downloads under a limit of 1.
+    stack.configure(lease_seconds=LEASE_SECONDS)
+    relay = StallableRelay(*_host_port(stack.redis_url))
+    try:
+        api = stack.api()
+        stack.notifier()  # gives the expired lease back
+        cut_off = stack.worker(redis_url=_via(stack.redis_url, relay.port))
+        aggr = aggr_id("fence")
+        files.add_file("slow.bin", os.urandom(80 * 1024))
+        url = files.url("slow.bin", aggr=aggr, delay=0.1, chunk=1024)  # 80 chunks: about 8 s
+        job_id = api.post_job(job_body(url, aggr, callbacks.url, limit=1))
+        wait_until(lambda: files.seen("slow.bin"), 15, "the first download to start")
+        relay.stall()
+        stalled = time.monotonic()
+        stack.worker()
+        payload = callbacks.wait_for(job_id, timeout=40)
+    finally:
+        relay.close()
+
+    first, *later = files.seen("slow.bin")
+    assert payload["success"] is True, payload
+    assert first.aborted and first.ended is not None, "the cut-off worker's download was stopped"
+    assert first.ended - stalled < LEASE_SECONDS, "it stopped before its lease could expire"
+    assert later and all(first.ended < r.started for r in later), "never two downloads at once"
+    assert stack.stored_path(job_id).read_bytes() == files.content("slow.bin")
+    assert "its lease was not renewed" in cut_off.output()
+
+
+def _host_port(url: str) -> tuple[str, int]:
+    parts = urllib.parse.urlsplit(url)
+    return parts.hostname or "127.0.0.1", parts.port or 6379
+
+
+def _via(url: str, port: int) -> str:
+    parts = urllib.parse.urlsplit(url)
+    return parts._replace(netloc=f"127.0.0.1:{port}").geturl()
 
 
 # --- the original's Redis data -------------------------------------------------------------------
