@@ -21,13 +21,14 @@ from downloader.models import Aggregation, DownloadResult, Job, State
 from downloader.store import Outcome
 
 if TYPE_CHECKING:
-    from downloader.worker.processor import Processor
+    from downloader.worker.processor import Download, Processor
 
 log = logging.getLogger("downloader.worker")
 
 
-def run_attempt(proc: Processor, aggregation: Aggregation, job: Job, cancelled: threading.Event) -> None:
+def run_attempt(proc: Processor, aggregation: Aggregation, job: Job, download: Download) -> None:
     settings = proc.settings
+    cancelled = download.cancelled
     started = time.monotonic()
     metrics.JOBS_STARTED.inc()
     error: DownloadError | None = None
@@ -55,6 +56,7 @@ def run_attempt(proc: Processor, aggregation: Aggregation, job: Job, cancelled: 
             retention=settings.job_retention_seconds,
             measured=measured,
         )
+    download.ending = True  # from here a lease found gone is this write's doing, not a loss
     result = proc.db.finish(job, proc.token, _counted(job, outcome))
     metrics.attempt_done(error, terminal=outcome.fields.get("DownloadState") == State.FAILED.value,
                          written=result > 0, size=0 if error is not None else measured.size,

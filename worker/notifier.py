@@ -123,6 +123,7 @@ class Notifier:
             job, result = Job.from_hash(claimed.raw, claimed.options), claimed.result
         except (JobNotFound, CorruptJobError) as exc:
             log.warning("callback of job %s dropped: %s", job_id, exc)
+            self._settling(job_id)
             self.db.drop_callback_claim(job_id, self.token)
             return
         if job.download_state not in (State.SUCCESS, State.FAILED):
@@ -151,6 +152,7 @@ class Notifier:
         took = time.monotonic() - started
         metrics.callback_attempted(backend_name, took, delivered=True)
         delete_at = time.time() + self.settings.deletion_delay_seconds
+        self._settling(job.id)
         if self.db.callback_delivered(job.id, self.token, delete_at, location_of(job).encode()):
             self.stats.incr("successfulCallbacks")
             metrics.CALLBACKS_DELIVERED.labels(metrics.backend_label(backend_name)).inc()
@@ -169,15 +171,23 @@ class Notifier:
                     extra=_fields(job, "callback_retried", duration))  # fmt: skip
         metrics.CALLBACKS_RETRIED.labels(_backend(job)).inc()
         retry_at = time.time() + job.callback_count * self.settings.callback_backoff_seconds
+        self._settling(job.id)
         self.db.callback_undelivered(
             job.id, self.token, {"CallbackState": State.PENDING.value, "CallbackMeta": error}, retry_at
         )
+
+    def _settling(self, job_id: str) -> None:
+        """The callback's outcome is about to be written, which gives its lease up: no more
+        renewals, and a renewal that finds the lease gone from now on is no loss."""
+        with self._lock:
+            self._delivering.discard(job_id)
 
     def _give_up(self, job: Job, error: str, duration: float | None = None) -> None:
         log.warning("callback of job %s failed for good: %s", job.id, error,
                     extra=_fields(job, "callback_failed", duration))  # fmt: skip
         self.stats.incr("failedCallbacks")
         metrics.CALLBACKS_FAILED.labels(_backend(job)).inc()
+        self._settling(job.id)
         self.db.callback_undelivered(
             job.id, self.token, {"CallbackState": State.FAILED.value, "CallbackMeta": error}, None
         )
@@ -218,7 +228,10 @@ class Notifier:
     def _renew(self) -> None:
         with self._lock:
             held = list(self._delivering)
-        for job_id in self.db.renew_callbacks(held, self.token, self.settings.lease_seconds):
+        lost = self.db.renew_callbacks(held, self.token, self.settings.lease_seconds)
+        with self._lock:
+            lost = [job_id for job_id in lost if job_id in self._delivering]  # others were settled meanwhile
+        for job_id in lost:
             log.warning("lost the lease of the callback of job %s; it may be delivered twice", job_id,
                         extra={"event": "lease_lost", "job_id": job_id})  # fmt: skip
             metrics.LEASES_LOST.labels("callback").inc()

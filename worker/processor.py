@@ -55,6 +55,8 @@ class Download:
     confirmed: float
     """time.monotonic() when our lease was last known good: when the claim or the last
     successful renewal was sent (the lease in Redis runs from no earlier than that)."""
+    ending: bool = False
+    """The attempt is writing its outcome, which gives the lease up."""
 
 
 def unconfirmed_too_long(downloads: Mapping[str, Download], now: float, lease_seconds: float) -> list[str]:
@@ -242,21 +244,21 @@ class Processor:
             self._submit(aggregation, job, claimed_at)
 
     def _submit(self, aggregation: Aggregation, job: Job, claimed_at: float) -> None:
-        cancelled = threading.Event()
+        download = Download(threading.Event(), confirmed=claimed_at)
         with self._lock:
             state = self._aggregations.setdefault(aggregation.id, _AggregationState())
             if not state.running:
                 self.stats.incr("spawnedWorkerPools")
                 self.stats.gauge_add("workerPools", 1, "maxWorkerPools")
-            state.running[job.id] = Download(cancelled, confirmed=claimed_at)
+            state.running[job.id] = download
             self._busy += 1
         self.stats.incr("spawnedWorkers")
         self.stats.gauge_add("workers", 1, "maxWorkers")
-        self.threads.submit(self._work, aggregation, job, cancelled)
+        self.threads.submit(self._work, aggregation, job, download)
 
-    def _work(self, aggregation: Aggregation, job: Job, cancelled: threading.Event) -> None:
+    def _work(self, aggregation: Aggregation, job: Job, download: Download) -> None:
         try:
-            attempts.run_attempt(self, aggregation, job, cancelled)
+            attempts.run_attempt(self, aggregation, job, download)
         except StoreError as exc:  # an outage is expected: one line, no traceback
             log.warning("job %s: redis unavailable (%s); its lease will expire and it will be retried",
                         job.id, exc)  # fmt: skip
@@ -336,7 +338,9 @@ class Processor:
             for job_id, download in running.items():
                 if job_id not in lost:
                     download.confirmed = max(download.confirmed, asked)
-                elif self._still_running(aggr_id, job_id):  # else it finished and its lease went with it
+                elif download.ending or not self._still_running(aggr_id, job_id):
+                    continue  # its outcome was written meanwhile, and the lease went with it
+                else:
                     fields = {"event": "lease_lost", "job_id": job_id, "aggr_id": aggr_id}
                     log.warning("lost the lease of job %s; abandoning this attempt", job_id, extra=fields)
                     metrics.LEASES_LOST.labels("download").inc()

@@ -9,7 +9,9 @@ never exceed that aggregation's limit, kills or not.
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import re
 import time
 from typing import cast
 
@@ -81,6 +83,7 @@ def test_two_thousand_jobs_survive_random_worker_kills_within_the_fleet_wide_lim
     violations = {a: f"{peaks[a]} > {limits[a]}" for a in aggrs if peaks[a] > limits[a]}
     at_limit = sum(1 for a in aggrs if peaks[a] == limits[a])
     requests = len(files.seen())
+    leases = LeaseReports.read(stack)
 
     print_figures(
         "worker kills",
@@ -98,6 +101,8 @@ def test_two_thousand_jobs_survive_random_worker_kills_within_the_fleet_wide_lim
             "failed jobs": len(figures.failed_payloads),
             "limit violations": len(violations),
             "requests whose client was gone (not counted)": aborted,
+            "leases reported lost / of jobs given back": f"{len(leases.lost)} / {len(leases.lost & leases.recovered)}",
+            "downloads stopped by the lease fence": len(leases.fenced),
             "aggregations that reached their limit": f"{at_limit} of {AGGREGATIONS}",
             "peak in flight / limit": " ".join(f"{peaks[a]}/{limits[a]}" for a in aggrs),
             "stored files checked / bad": f"{len(watcher.checked)} / {len(watcher.bad)}",
@@ -112,6 +117,9 @@ def test_two_thousand_jobs_survive_random_worker_kills_within_the_fleet_wide_lim
     assert figures.lost == []
     assert figures.divergent == [], "one job, two different payloads"
     assert figures.failed_payloads == [], "a kill failed a job"
+    assert leases.lost <= leases.recovered, (
+        f"leases reported lost that nobody took: {leases.lost - leases.recovered}"
+    )
     if violations:
         print(explain_overlaps(stack, files, violations, acked))
     assert violations == {}, f"the fleet-wide limit was exceeded: {violations}"
@@ -123,6 +131,25 @@ def test_two_thousand_jobs_survive_random_worker_kills_within_the_fleet_wide_lim
         assert stack.stored_path(job_id).read_bytes() == sources[bodies[i]["aggr_id"]], job_id
     assert left == {}, f"leases left behind: {left}"
     assert not list(stack.db.scan_iter(match="jobs:*")), "queues left non-empty"
+
+
+@dataclasses.dataclass
+class LeaseReports:
+    """What the processes' logs say of download leases: the jobs whose lease a worker found
+    taken, those a process gave back after their lease expired, those a worker stopped."""
+
+    lost: set[str]
+    recovered: set[str]
+    fenced: set[str]
+
+    @classmethod
+    def read(cls, stack: Stack) -> LeaseReports:
+        text = "\n".join(p.log.read_text(errors="replace") for p in stack.procs)
+        return cls(
+            lost=set(re.findall(r"lost the lease of job (\S+);", text)),
+            recovered=set(re.findall(r"job (\S+) of \S+: its worker was lost", text)),
+            fenced=set(re.findall(r"job (\S+): its lease was not renewed", text)),
+        )
 
 
 def explain_overlaps(
