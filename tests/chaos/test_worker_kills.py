@@ -37,6 +37,7 @@ WORKERS = 3
 FILE_BYTES = 8192
 CHUNKS = 4
 LEASE_SECONDS = 3
+BACKLOG = 40 * AGGREGATIONS  # jobs posted before the workers start
 
 
 def test_two_thousand_jobs_survive_random_worker_kills_within_the_fleet_wide_limit(
@@ -62,13 +63,16 @@ def test_two_thousand_jobs_survive_random_worker_kills_within_the_fleet_wide_lim
         bodies.append(job_body(url, a, callbacks.url, limit=limits[a]))
 
     started = time.monotonic()
-    killer = WorkerKiller(stack, WORKERS, every=(2.0, 4.0), seed=20).start()
+    # A backlog in every aggregation before any worker runs, so that each one starts at its
+    # limit however slowly a loaded machine posts the rest: the limit check then means something.
+    backlog = JobPoster(api.url, bodies[:BACKLOG], threads=6).start().join(60).acknowledged
     # Job ids are learnt only from the 201s; a stored file must be one of the sources, whole.
     complete = set(sources.values())
     watcher = StoreWatcher(stack.storage_root, lambda job_id, data: data in complete).start()
+    killer = WorkerKiller(stack, WORKERS, every=(2.0, 4.0), seed=20).start()
     try:
-        poster = JobPoster(api.url, bodies, threads=6).start().join(120)
-        acked = poster.acknowledged
+        rest = JobPoster(api.url, bodies[BACKLOG:], threads=6).start().join(120).acknowledged
+        acked = {**backlog, **{BACKLOG + i: job_id for i, job_id in rest.items()}}
         posted = time.monotonic()
         wait_delivered(callbacks, acked.values(), timeout=170 - (posted - started))
         done = time.monotonic()
@@ -124,7 +128,7 @@ def test_two_thousand_jobs_survive_random_worker_kills_within_the_fleet_wide_lim
         print(explain_overlaps(stack, files, violations, acked))
     assert violations == {}, f"the fleet-wide limit was exceeded: {violations}"
     # The limit check means something only if the limit was actually reached.
-    assert at_limit >= AGGREGATIONS // 2, f"only {at_limit} aggregations ever reached their limit"
+    assert at_limit >= AGGREGATIONS * 3 // 4, f"only {at_limit} aggregations ever reached their limit"
     assert watcher.bad == [], watcher.bad[:5]
     assert watcher.checked == set(acked.values()), "every job's file stored, complete"
     for i, job_id in acked.items():
