@@ -151,9 +151,6 @@ class FileServer(_Base):
         self._canned: dict[str, collections.deque[Canned]] = collections.defaultdict(collections.deque)
         self.requests: list[Seen] = []
         self.in_flight = 0
-        self.max_in_flight = 0
-        self.in_flight_by_tag: collections.Counter[str] = collections.Counter()
-        self.max_in_flight_by_tag: collections.Counter[str] = collections.Counter()
 
     # --- what tests call ---------------------------------------------------------
 
@@ -182,16 +179,12 @@ class FileServer(_Base):
         with self._lock:
             return [r for r in self.requests if name is None or r.name == name]
 
-    def max_in_flight_for(self, tag: str) -> int:
-        with self._lock:
-            return self.max_in_flight_by_tag[tag]
-
     def peak_downloads_for(self, tag: str) -> int:
         """The most answers of `tag` being served at one instant, from each answered request's
         [start, last write]: a span inside the time its client was downloading, so an overlap
-        here is a true one. Unlike `max_in_flight_for` it does not count the time a busy
-        server thread takes to get back to its bookkeeping, nor requests whose client was
-        already gone (a killed worker's request the server only reached later)."""
+        here is a true one. It does not count the time a busy server thread takes to get back
+        to its bookkeeping, nor requests whose client was already gone (a killed worker's
+        request the server only reached later)."""
         return len(self.peak_requests_for(tag))
 
     def peak_requests_for(self, tag: str) -> list[Seen]:
@@ -213,23 +206,15 @@ class FileServer(_Base):
 
     # --- internals ----------------------------------------------------------------
 
-    def _enter(self, seen: Seen, tag: str) -> None:
+    def _enter(self, seen: Seen) -> None:
         with self._lock:
             self.requests.append(seen)
             self.in_flight += 1
-            self.max_in_flight = max(self.max_in_flight, self.in_flight)
-            if tag:
-                self.in_flight_by_tag[tag] += 1
-                self.max_in_flight_by_tag[tag] = max(
-                    self.max_in_flight_by_tag[tag], self.in_flight_by_tag[tag]
-                )
 
-    def _leave(self, seen: Seen, tag: str) -> None:
+    def _leave(self, seen: Seen) -> None:
         with self._lock:
             seen.ended = time.monotonic()
             self.in_flight -= 1
-            if tag:
-                self.in_flight_by_tag[tag] -= 1
 
     def _next_canned(self, name: str) -> Canned | None:
         with self._lock:
@@ -257,10 +242,9 @@ class FileServer(_Base):
             def do_GET(self) -> None:
                 parts = urllib.parse.urlsplit(self.path)
                 query = dict(urllib.parse.parse_qsl(parts.query))
-                tag = query.get("aggr", "")
                 seen = Seen(parts.path, query, list(self.headers.items()), time.monotonic(),
                             client_port=self.client_address[1])  # fmt: skip
-                server._enter(seen, tag)
+                server._enter(seen)
                 try:
                     self._answer(parts.path, query, seen)
                 except _GONE:
@@ -268,7 +252,7 @@ class FileServer(_Base):
                     seen.served = None
                     self.close_connection = True
                 finally:
-                    server._leave(seen, tag)
+                    server._leave(seen)
 
             def _answer(self, path: str, query: dict[str, str], seen: Seen) -> None:
                 hold = float(query.get("hold", 0) or 0)

@@ -357,7 +357,7 @@ def test_a_job_whose_aggregation_hash_is_gone_runs_under_the_default_limit_of_4(
     payloads = [callbacks.wait_for(job_id, timeout=30) for job_id in ids]
 
     assert all(p["success"] for p in payloads)
-    assert files.max_in_flight_for(aggr) == 4, "the original's default limit, not the 1 of the deleted hash"
+    assert files.peak_downloads_for(aggr) == 4, "the original's default limit, not the 1 of the deleted hash"
 
 
 def test_a_delivered_jobs_file_and_hash_are_deleted_after_the_deletion_delay(

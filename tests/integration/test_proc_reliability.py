@@ -161,8 +161,8 @@ def test_two_workers_never_run_more_than_the_aggregation_limit_together(
         watcher.join(5)
 
     assert all(p["success"] for p in payloads)
-    assert files.max_in_flight_for(aggr) <= 3, "the limit holds across the fleet"
-    assert files.max_in_flight_for(aggr) == 3, "the limit was used, which needs both workers"
+    assert files.peak_downloads_for(aggr) <= 3, "the limit holds across the fleet"
+    assert files.peak_downloads_for(aggr) == 3, "the limit was used, which needs both workers"
     assert max_leases <= 3
     assert seen_tokens == tokens, "both workers held leases of the aggregation"
 
@@ -255,7 +255,7 @@ def test_a_job_written_by_the_original_api_is_processed_and_its_limit_honoured(
         assert payload["extra"] == "x"
         assert payload["job_id"] == job_id
         assert payload["download_url"] == download_url(job_id)
-    assert files.max_in_flight_for(aggr) == 1, "the Limit of the original's aggregation hash"
+    assert files.peak_downloads_for(aggr) == 1, "the Limit of the original's aggregation hash"
 
 
 def test_an_aggregation_hash_of_the_original_without_expires_at_works(
