@@ -113,6 +113,11 @@ DESTINATION_BLOCKED = _counter(
 LEASES_LOST = _counter(
     "downloader_leases_lost", "Leases this process found taken from it while working.", ["kind"]
 )
+LEASES_FENCED = _counter(
+    "downloader_leases_fenced",
+    "Downloads a worker stopped itself because their lease went unconfirmed too long (Redis "
+    "unreachable, or the process stalled), before another worker could take the job.",
+)
 LEASE_RECOVERIES = _counter(
     "downloader_lease_recoveries",
     "Expired leases of lost processes given back (requeued) or, after repeated crashes, failed.",

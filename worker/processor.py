@@ -306,6 +306,7 @@ class Processor:
                 log.warning("job %s: its lease was not renewed for %.1fs; stopping the download before "
                             "another worker may take it", job_id, now - running[job_id].confirmed,
                             extra=fields)  # fmt: skip
+                metrics.LEASES_FENCED.inc()
                 running[job_id].cancelled.set()
 
     def _housekeeping(self) -> None:

@@ -13,8 +13,9 @@ import time
 import urllib.parse
 from typing import Any
 
+import httpx
 import pytest
-from procs import DOWNLOAD_URL_BASE, Proc, Stack, aggr_id, job_body
+from procs import DOWNLOAD_URL_BASE, Proc, Stack, aggr_id, free_port, job_body
 from servers import CallbackServer, FileServer, wait_until
 from tcpproxy import StallableRelay
 
@@ -178,7 +179,8 @@ def test_a_worker_cut_off_from_redis_stops_its_download_before_another_worker_ta
     try:
         api = stack.api()
         stack.notifier()  # gives the expired lease back
-        cut_off = stack.worker(redis_url=_via(stack.redis_url, relay.port))
+        metrics_port = free_port()
+        cut_off = stack.worker(redis_url=_via(stack.redis_url, relay.port), metrics_port=metrics_port)
         aggr = aggr_id("fence")
         files.add_file("slow.bin", os.urandom(80 * 1024))
         url = files.url("slow.bin", aggr=aggr, delay=0.1, chunk=1024)  # 80 chunks: about 8 s
@@ -188,6 +190,7 @@ def test_a_worker_cut_off_from_redis_stops_its_download_before_another_worker_ta
         stalled = time.monotonic()
         stack.worker()
         payload = callbacks.wait_for(job_id, timeout=40)
+        scraped = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", trust_env=False).text
     finally:
         relay.close()
 
@@ -198,6 +201,7 @@ def test_a_worker_cut_off_from_redis_stops_its_download_before_another_worker_ta
     assert later and all(first.ended < r.started for r in later), "never two downloads at once"
     assert stack.stored_path(job_id).read_bytes() == files.content("slow.bin")
     assert "its lease was not renewed" in cut_off.output()
+    assert re.search(r"^downloader_leases_fenced_total 1\.0$", scraped, re.MULTILINE), scraped
 
 
 def _host_port(url: str) -> tuple[str, int]:
