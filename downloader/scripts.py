@@ -2,10 +2,20 @@
 
 Each script takes its keys as KEYS (built by `keys`), never builds one itself, and is safe
 to run twice: a claim is fenced by a lease token, so a late or duplicated writer changes
-nothing. Field names are the original's (`job:<id>` hashes stay readable by it).
+nothing. Lease expiries are set and compared on Redis's clock, so processes whose clocks
+disagree cannot shorten each other's leases. Field names are the original's (`job:<id>`
+hashes stay readable by it).
 """
 
 from __future__ import annotations
+
+#: Redis's own clock, in Unix seconds. Every lease expiry is set and compared with it.
+_REDIS_NOW = """
+local function redis_now()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) + tonumber(t[2]) / 1000000
+end
+"""
 
 #: KEYS: job, aggr, queue, jobmeta, jobopts. ARGV: score, limit, proxy, meta ttl, aggr id,
 #: job id, wake-up channel, encoded options ("" = none), then job field/value pairs.
@@ -28,12 +38,14 @@ redis.call('EXPIRE', KEYS[4], ARGV[4])
 return 1
 """
 
-#: KEYS: queue, inflight, leases, aggr, paused set. ARGV: now, lease expiry, wanted, token,
+#: KEYS: queue, inflight, leases, aggr, paused set. ARGV: now, lease seconds, wanted, token,
 #: default limit, aggregation id. Moves up to `wanted` ready ids into inflight, never past
 #: the aggregation's limit counted over every lease of every process. Returns
 #: {status, ids...}; status is "ok", "full", "paused", "empty" or the score of the next job
 #: that will become ready.
-CLAIM = """
+CLAIM = (
+    _REDIS_NOW
+    + """
 if redis.call('SISMEMBER', KEYS[5], ARGV[6]) == 1 then return {'paused'} end
 local limit = tonumber(redis.call('HGET', KEYS[4], 'Limit'))
 if not limit or limit <= 0 then limit = tonumber(ARGV[5]) end
@@ -46,14 +58,16 @@ if #ids == 0 then
   if #head == 0 then return {'empty'} end
   return {head[2]}
 end
+local expiry = redis_now() + tonumber(ARGV[2])
 for _, id in ipairs(ids) do
   redis.call('ZREM', KEYS[1], id)
-  redis.call('ZADD', KEYS[2], ARGV[2], id)
+  redis.call('ZADD', KEYS[2], expiry, id)
   redis.call('HSET', KEYS[3], id, ARGV[4])
 end
 table.insert(ids, 1, 'ok')
 return ids
 """
+)
 
 #: KEYS: aggr, then job, jobmeta and jobopts of each claimed id. ARGV: now, meta ttl.
 #: Marks the claimed jobs InProgress and returns {aggr hash, then per job: its hash and
@@ -74,20 +88,24 @@ end
 return out
 """
 
-#: KEYS: inflight, leases. ARGV: expiry, token, ids... Extends the leases still held by
-#: `token`; returns the ids whose lease was lost (recovered by someone else).
-RENEW = """
+#: KEYS: inflight, leases. ARGV: lease seconds, token, ids... Extends the leases still held
+#: by `token`; returns the ids whose lease was lost (recovered by someone else).
+RENEW = (
+    _REDIS_NOW
+    + """
 local lost = {}
+local expiry = redis_now() + tonumber(ARGV[1])
 for i = 3, #ARGV do
   local id = ARGV[i]
   if redis.call('HGET', KEYS[2], id) == ARGV[2] then
-    redis.call('ZADD', KEYS[1], 'XX', ARGV[1], id)
+    redis.call('ZADD', KEYS[1], 'XX', expiry, id)
   else
     table.insert(lost, id)
   end
 end
 return lost
 """
+)
 
 #: The dashboard's count of one finished attempt ("ok", "failed", "retried"; "" counts
 #: nothing) in its minute, and a failure record in the capped list of recent failures.
@@ -152,13 +170,15 @@ return 1
 
 #: KEYS: inflight, leases, queue, job, jobmeta, callback queue, joberrors.
 #: ARGV: id, now, crash tolerance, default max retries, error text, meta ttl, errors kept.
-#: Gives back the job of a lease that expired (its process died or hung). After
+#: Gives back the job of a lease that expired on Redis's clock (its process died or hung). After
 #: `tolerance` such crashes each further one uses up an attempt, and a job out of attempts
 #: fails, so a job that kills its worker cannot loop forever. 1 requeued, 2 failed,
 #: 0 lease not expired (or already recovered), -1 job hash gone.
-RECOVER = """
+RECOVER = (
+    _REDIS_NOW
+    + """
 local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
-if not score or tonumber(score) > tonumber(ARGV[2]) then return 0 end
+if not score or tonumber(score) > redis_now() then return 0 end
 redis.call('ZREM', KEYS[1], ARGV[1])
 redis.call('HDEL', KEYS[2], ARGV[1])
 if redis.call('EXISTS', KEYS[4]) == 0 then return -1 end
@@ -187,18 +207,23 @@ redis.call('HSET', KEYS[4], 'DownloadState', 'Pending')
 redis.call('ZADD', KEYS[3], ARGV[2], ARGV[1])
 return 1
 """
+)
 
 #: KEYS: callback queue, callback inflight, callback leases.
-#: ARGV: now, lease expiry, wanted, token. Returns the claimed ids.
-CLAIM_CALLBACKS = """
+#: ARGV: now, lease seconds, wanted, token. Returns the claimed ids.
+CLAIM_CALLBACKS = (
+    _REDIS_NOW
+    + """
 local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[3]))
+local expiry = redis_now() + tonumber(ARGV[2])
 for _, id in ipairs(ids) do
   redis.call('ZREM', KEYS[1], id)
-  redis.call('ZADD', KEYS[2], ARGV[2], id)
+  redis.call('ZADD', KEYS[2], expiry, id)
   redis.call('HSET', KEYS[3], id, ARGV[4])
 end
 return ids
 """
+)
 
 #: KEYS: job, jobopts, jobmeta. Counts a callback attempt and marks it InProgress; returns
 #: {hash, {options}, {download result}}, or nothing when the job is gone (never creates a
@@ -264,11 +289,13 @@ return 1
 """
 
 #: KEYS: callback inflight, callback leases, job, callback queue. ARGV: id, now.
-#: An expired callback lease (notifier died mid-delivery) goes back to the queue:
-#: delivery is at least once.
-RECOVER_CALLBACK = """
+#: A callback lease expired on Redis's clock (notifier died mid-delivery) goes back to the
+#: queue: delivery is at least once.
+RECOVER_CALLBACK = (
+    _REDIS_NOW
+    + """
 local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
-if not score or tonumber(score) > tonumber(ARGV[2]) then return 0 end
+if not score or tonumber(score) > redis_now() then return 0 end
 redis.call('ZREM', KEYS[1], ARGV[1])
 redis.call('HDEL', KEYS[2], ARGV[1])
 if redis.call('EXISTS', KEYS[3]) == 0 then return -1 end
@@ -276,6 +303,7 @@ redis.call('HSET', KEYS[3], 'CallbackState', 'Pending')
 redis.call('ZADD', KEYS[4], ARGV[2], ARGV[1])
 return 1
 """
+)
 
 #: KEYS: job, callback queue. ARGV: id, now. POST /retry/<id>: Failed -> Pending.
 #: Returns "OK", or the current callback state when it is not Failed, or false if no job.

@@ -280,6 +280,8 @@ class Store:
     def claim(
         self, aggr_id: str, wanted: int, token: str, lease_seconds: float, now: float | None = None
     ) -> Claim:
+        """Claim up to `wanted` jobs due by `now`; their leases run `lease_seconds` on Redis's
+        clock."""
         now = time.time() if now is None else now
         with translated():
             reply = cast(
@@ -294,7 +296,7 @@ class Store:
                     ],
                     args=[
                         repr(now),
-                        repr(now + lease_seconds),
+                        repr(lease_seconds),
                         wanted,
                         token,
                         DEFAULT_AGGREGATION_LIMIT,
@@ -335,19 +337,17 @@ class Store:
         ]
         return Aggregation.from_hash(aggr_id, _pairs(raw_aggregation)), dict(zip(ids, raw_jobs, strict=True))
 
-    def renew(
-        self, aggr_id: str, ids: Sequence[str], token: str, lease_seconds: float, now: float | None = None
-    ) -> list[str]:
-        """Extend our leases; returns the ids whose lease we no longer hold."""
+    def renew(self, aggr_id: str, ids: Sequence[str], token: str, lease_seconds: float) -> list[str]:
+        """Extend our leases by `lease_seconds` from now on Redis's clock; returns the ids whose
+        lease we no longer hold."""
         if not ids:
             return []
-        now = time.time() if now is None else now
         with translated():
             return cast(
                 list[str],
                 self._renew(
                     keys=[keys.inflight(aggr_id), keys.leases(aggr_id)],
-                    args=[repr(now + lease_seconds), token, *ids],
+                    args=[repr(lease_seconds), token, *ids],
                 ),
             )
 
@@ -404,13 +404,18 @@ class Store:
                 args=[job_id, token, "", "0", "", 1, 1, "0"],
             )
 
-    def expired_leases(self, aggr_id: str, now: float | None = None) -> list[str]:
-        now = time.time() if now is None else now
+    def expired_leases(self, aggr_id: str) -> list[str]:
+        """Leases of the aggregation past their expiry on Redis's clock (`recover` checks again)."""
         with translated():
+            now = self._redis_now()
             return cast(
                 list[str],
                 self.redis.zrangebyscore(keys.inflight(aggr_id), "-inf", repr(now), start=0, num=500),
             )
+
+    def _redis_now(self) -> float:
+        seconds, micros = self.redis.time()
+        return seconds + micros / 1_000_000
 
     def recover(
         self, aggr_id: str, job_id: str, *, crash_tolerance: int, error: str, now: float | None = None
@@ -451,7 +456,7 @@ class Store:
                 list[str],
                 self._claim_callbacks(
                     keys=[keys.CALLBACK_QUEUE, keys.CALLBACK_INFLIGHT, keys.CALLBACK_LEASES],
-                    args=[repr(now), repr(now + lease_seconds), wanted, token],
+                    args=[repr(now), repr(lease_seconds), wanted, token],
                 ),
             )
 
@@ -475,7 +480,7 @@ class Store:
         with translated():
             return cast(list[str], self._renew(
                 keys=[keys.CALLBACK_INFLIGHT, keys.CALLBACK_LEASES],
-                args=[repr(time.time() + lease_seconds), token, *ids],
+                args=[repr(lease_seconds), token, *ids],
             ))  # fmt: skip
 
     def rescue_orphans(self, batch: int = 1000) -> dict[str, int]:
@@ -558,11 +563,13 @@ class Store:
             pipe.execute()
 
     def recover_callbacks(self, now: float | None = None) -> int:
+        """Queue again (at `now`) the callbacks whose lease expired on Redis's clock."""
         now = time.time() if now is None else now
         with translated():
+            due = self._redis_now()
             expired = cast(
                 list[str],
-                self.redis.zrangebyscore(keys.CALLBACK_INFLIGHT, "-inf", repr(now), start=0, num=500),
+                self.redis.zrangebyscore(keys.CALLBACK_INFLIGHT, "-inf", repr(due), start=0, num=500),
             )
             recovered = 0
             for job_id in expired:

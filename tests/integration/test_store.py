@@ -124,12 +124,29 @@ def test_renew_extends_held_leases_and_reports_lost_ones(db: Store, rdb: redis.R
 
 def test_expired_leases_are_requeued_and_crashes_counted(db: Store, rdb: redis.Redis) -> None:
     job_id = queued_job(db, max_retries=0)
-    db.claim("aggr", 1, new_token(), 30, now=time.time() - 100)  # a worker that died long ago
+    db.claim("aggr", 1, new_token(), lease_seconds=-100)  # a worker that died long ago
     assert db.expired_leases("aggr") == [job_id]
     assert db.recover("aggr", job_id, crash_tolerance=1, error="lost") == 1
     assert rdb.zscore("jobs:aggr", job_id) is not None
     assert rdb.hget(keys.job(job_id), "DownloadCount") == "0"  # the first crash is forgiven
     assert db.recover("aggr", job_id, crash_tolerance=1, error="lost") == 0  # nothing expired now
+
+
+def test_leases_run_on_redis_clock_whatever_the_clocks_of_claimer_and_recoverer(
+    db: Store, rdb: redis.Redis
+) -> None:
+    # A recoverer whose clock runs 1,000 s ahead would find the lease long expired on its own
+    # clock; the lease is held for its full 30 s all the same, and renewed on Redis's clock.
+    job_id = queued_job(db)
+    token = new_token()
+    assert db.claim("aggr", 1, token, 30).ids == [job_id]
+    redis_now = float(rdb.time()[0])
+    assert redis_now + 25 < rdb.zscore("inflight:aggr", job_id) <= redis_now + 31
+    assert db.expired_leases("aggr") == []
+    assert db.recover("aggr", job_id, crash_tolerance=1, error="lost", now=time.time() + 1000) == 0
+    assert rdb.hget("leases:aggr", job_id) == token
+    assert db.renew("aggr", [job_id], token, 60) == []
+    assert rdb.zscore("inflight:aggr", job_id) > redis_now + 55
 
 
 def test_a_job_that_keeps_killing_workers_fails_after_its_attempts(db: Store, rdb: redis.Redis) -> None:
@@ -149,7 +166,7 @@ def test_a_job_that_keeps_killing_workers_fails_after_its_attempts(db: Store, rd
 
 def test_recovering_a_vanished_job_just_forgets_it(db: Store, rdb: redis.Redis) -> None:
     job_id = queued_job(db)
-    db.claim("aggr", 1, new_token(), 30, now=time.time() - 100)
+    db.claim("aggr", 1, new_token(), lease_seconds=-100)
     rdb.delete(keys.job(job_id))
     assert db.recover("aggr", job_id, crash_tolerance=1, error="x") == -1
     assert rdb.zcard("inflight:aggr") == 0 and rdb.zcard("jobs:aggr") == 0
@@ -191,7 +208,7 @@ def test_options_live_beside_the_originals_hash_and_go_with_the_job(db: Store, r
 def test_a_dead_notifiers_callbacks_come_back(db: Store, rdb: redis.Redis) -> None:
     job_id = queued_job(db)
     rdb.zadd(keys.CALLBACK_QUEUE, {job_id: 1})
-    db.claim_callbacks(10, new_token(), 30, now=time.time() - 100)
+    db.claim_callbacks(10, new_token(), lease_seconds=-100)  # a notifier that died long ago
     assert db.recover_callbacks() == 1
     assert rdb.zscore(keys.CALLBACK_QUEUE, job_id) is not None
     assert rdb.hget(keys.job(job_id), "CallbackState") == State.PENDING
