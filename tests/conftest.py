@@ -21,7 +21,7 @@ import redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "integration"))
 
-from procs import Stack
+from procs import Stack, stop_process
 from servers import CallbackServer, FileServer
 
 DATA = Path(__file__).parent / "data"
@@ -84,9 +84,7 @@ class RedisServer:
         )
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(10)
+        stop_process(self.proc)
         self.proc = None
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import NoReturn
 
 import pytest
+from procs import stop_process
 
 START_TIMEOUT_SECONDS = 30.0
 
@@ -91,11 +92,5 @@ class MotoServer:
         pytest.fail(f"moto server {why}; log tail:\n{tail}", pytrace=False)
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        stop_process(self.proc)
         self.proc = None

@@ -27,7 +27,7 @@ from typing import Any
 
 import pytest
 import redis
-from procs import Proc, Stack, free_port, tail
+from procs import Proc, Stack, free_port, stop_process, tail
 from servers import CallbackServer, wait_until
 
 #: What every chaos stack runs with. The file and callback servers live on 127.0.0.1, which the
@@ -343,13 +343,7 @@ class AofRedis:
             self.proc.wait(10)
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        stop_process(self.proc)
 
 
 # --- servers that never finish -----------------------------------------------------------------

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import redis
-from procs import free_port, tail
+from procs import free_port, stop_process, tail
 
 MASTER_NAME = "mymaster"
 QUORUM = 2
@@ -92,13 +92,7 @@ class RedisProc:
             self.proc.wait(10)
 
     def terminate(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        stop_process(self.proc, timeout=15)
 
     @property
     def alive(self) -> bool:
