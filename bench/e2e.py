@@ -27,36 +27,39 @@ Run it with the project's venv from a directory other than the repository root (
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import http.client
 import json
 import math
-import multiprocessing as mp
 import os
 import platform
 import queue
-import random
 import shutil
 import signal
 import statistics
-import struct
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-import zlib
 from pathlib import Path
 from typing import Any
 
+from harness import (
+    MP,
+    SetupError,
+    callback_server_main,
+    file_server_main,
+    png_file,
+    steady_rate,
+    summary_ms,
+)
 from hostinfo import (
     calibrate,
     cpu_model,
     free_port,
     host_busy_seconds,
     interrupt_on_signals,
-    percentile,
     proc_cpu_seconds,
     proc_status,
     self_cpu,
@@ -72,152 +75,9 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _REPO]
 VENV_BIN = Path(sys.executable).parent
 if not (VENV_BIN / "downloader").exists():
     VENV_BIN = _REPO / ".venv" / "bin"
-MP = mp.get_context("fork")  # children are forked before any thread of ours starts
-
-
-# --- small helpers ------------------------------------------------------------------------
-
-
-def summary_ms(values: list[float]) -> dict[str, float]:
-    if not values:
-        return {}
-    ms = [v * 1000 for v in values]
-    return {
-        "p50": round(percentile(ms, 50), 1),
-        "p95": round(percentile(ms, 95), 1),
-        "p99": round(percentile(ms, 99), 1),
-        "max": round(max(ms), 1),
-        "mean": round(statistics.fmean(ms), 1),
-    }
-
-
-# --- test files -----------------------------------------------------------------------------
-
-
-def png_file(seed: int, side: int) -> bytes:
-    """A valid RGB PNG of side x side random pixels (incompressible, so its size is ~3*side^2)."""
-    rng = random.Random(seed)
-    row = 3 * side
-    raw = b"".join(b"\x00" + rng.randbytes(row) for _ in range(side))
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    ihdr = struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", ihdr)
-        + chunk(b"IDAT", zlib.compress(raw, 1))
-        + chunk(b"IEND", b"")
-    )
-
-
-# --- the two helper HTTP servers (each in its own process) ----------------------------------
-
-
-async def _serve_http(port_out: Any, stop: Any, on_request: Any, finish: Any) -> None:
-    """A minimal HTTP/1.1 server with keep-alive; `on_request(method, path, body)` -> (status,
-    content type, body). Reports its port through `port_out`, runs until `stop` is set."""
-
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while True:
-                try:
-                    head = await reader.readuntil(b"\r\n\r\n")
-                except (asyncio.IncompleteReadError, asyncio.LimitOverrunError):
-                    return
-                lines = head.split(b"\r\n")
-                method, path, _version = lines[0].split(b" ", 2)
-                length = 0
-                close = False
-                for line in lines[1:]:
-                    name, _, value = line.partition(b":")
-                    name = name.strip().lower()
-                    if name == b"content-length":
-                        length = int(value.strip())
-                    elif name == b"connection" and value.strip().lower() == b"close":
-                        close = True
-                body = await reader.readexactly(length) if length else b""
-                status, ctype, payload = on_request(method, path, body)
-                reason = {200: b"OK", 404: b"Not Found"}.get(status, b"Other")
-                writer.write(
-                    b"HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %d\r\n%s\r\n"
-                    % (status, reason, ctype, len(payload), b"Connection: close\r\n" if close else b"")
-                )
-                writer.write(payload)
-                await writer.drain()
-                if close:
-                    return
-        except (ConnectionError, asyncio.IncompleteReadError, ValueError, asyncio.CancelledError):
-            return  # a client gone, or this server shutting down
-        finally:
-            with contextlib.suppress(Exception):
-                writer.close()
-
-    server = await asyncio.start_server(handle, "127.0.0.1", 0, backlog=1024, reuse_address=True)
-    port_out.put(server.sockets[0].getsockname()[1])
-    async with server:
-        while not stop.is_set():
-            await asyncio.sleep(0.05)
-    finish()
-
-
-def _child_setup() -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops us through `stop`
-    set_pdeathsig()
-    with contextlib.suppress(ImportError):
-        import uvloop
-
-        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-
-
-def file_server_main(files: list[bytes], port_out: Any, stop: Any, report: Any) -> None:
-    _child_setup()
-    first_get: dict[int, float] = {}
-    gets = [0]
-    not_found = [0]
-
-    def on_request(method: bytes, path: bytes, body: bytes) -> tuple[int, bytes, bytes]:
-        now = time.monotonic()
-        gets[0] += 1
-        if path.startswith(b"/f/") and path.endswith(b".png"):
-            try:
-                i = int(path[3:-4])
-                data = files[i]
-            except (ValueError, IndexError):
-                pass
-            else:
-                first_get.setdefault(i, now)
-                return 200, b"image/png", data
-        not_found[0] += 1
-        return 404, b"text/plain", b"not found\n"
-
-    def finish() -> None:
-        report.put({"requests": gets[0], "not_found": not_found[0], "first_get": first_get})
-
-    asyncio.run(_serve_http(port_out, stop, on_request, finish))
-
-
-def callback_server_main(port_out: Any, stop: Any, arrivals: Any) -> None:
-    _child_setup()
-
-    def on_request(method: bytes, path: bytes, body: bytes) -> tuple[int, bytes, bytes]:
-        now = time.monotonic()
-        try:
-            doc = json.loads(body)
-        except ValueError:
-            doc = {"unparsable": body[:200].decode("latin-1")}
-        arrivals.put((now, path.decode("latin-1"), doc))
-        return 200, b"text/plain", b"ok"
-
-    asyncio.run(_serve_http(port_out, stop, on_request, lambda: None))
 
 
 # --- the benchmark ------------------------------------------------------------------------------
-
-
-class SetupError(RuntimeError):
-    pass
 
 
 class Bench:
@@ -838,7 +698,7 @@ class Bench:
                 "first_callback_after_s": None if first_cb_at is None else round(first_cb_at, 3),
                 "e2e_s": round(e2e, 3),
                 "e2e_jobs_per_s": round(len(cb_times) / e2e, 1) if e2e > 0 else 0,
-                "steady_jobs_per_s": _steady_rate(cb_times),
+                "steady_jobs_per_s": steady_rate(cb_times),
                 "cpu_util_while_processing": self.window_util(
                     min(cb_times, default=0), t_last_cb, m["t_zero"]
                 ),
@@ -926,16 +786,6 @@ class Bench:
             print(f"kept {self.tmp}", file=sys.stderr)
         else:
             shutil.rmtree(self.tmp, ignore_errors=True)
-
-
-def _steady_rate(cb_times: list[float]) -> float | None:
-    """Callbacks/s between the 10th and the 90th percentile arrival: the rate once running,
-    without the start-up ramp (aggregation discovery) and the tail."""
-    if len(cb_times) < 20:
-        return None
-    ordered = sorted(cb_times)
-    lo, hi = ordered[len(ordered) // 10], ordered[(len(ordered) * 9) // 10]
-    return round((len(ordered) * 8 / 10) / (hi - lo), 1) if hi > lo else None
 
 
 def print_summary(r: dict[str, Any]) -> None:

@@ -1,0 +1,3 @@
+module downloaderbench/rawclient
+
+go 1.22
