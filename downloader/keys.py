@@ -35,10 +35,26 @@ PAUSED_AGGREGATIONS = "PausedAggregations"
 #: Set of aggregation ids the operator manages: workers never delete their `aggr:` hash.
 MANAGED_AGGREGATIONS = "ManagedAggregations"
 
+#: Set of the aggregation ids that have queued or claimed jobs: the registry every process
+#: reads instead of SCANning the keyspace. ENQUEUE adds an aggregation when its queue gets its
+#: first job; DELETE_IDLE_AGGREGATION removes it when both its queue and its leases are empty.
+#: Queues written by the original's API are added by the adoption sweep.
+AGGREGATIONS = "Aggregations"
+#: Sorted set of aggregation ids with claimed jobs, scored no later than the earliest lease
+#: expiry among them (Redis's clock): lease recovery reads only the members that are due,
+#: whatever the number of aggregations or keys.
+LEASES_DUE = "LeasesDue"
+#: String held (SET NX EX) by the one process of the fleet running the adoption sweep.
+ADOPTION_LOCK = "downloader:adoption"
+
 #: Pub/sub channel (not a key): the API publishes an aggregation id on it when that
 #: aggregation's queue goes from empty to non-empty, so idle workers start at once instead
 #: of at their next scan. Jobs written by the original's API are found by the scan.
 WAKEUP_CHANNEL = "downloader:wakeup"
+
+#: Pub/sub channel: FINISH and the other scripts that fill `CallbackQueue` publish on it when
+#: the queue goes from empty to non-empty, so idle notifiers deliver at once without polling.
+CALLBACK_WAKEUP_CHANNEL = "downloader:callbacks"
 
 #: Stats keys expire after this many stats intervals, so a stopped component disappears
 #: from /stats (the original used 2 intervals; 3 tolerates one late flush on a busy host).

@@ -17,88 +17,137 @@ local function redis_now()
 end
 """
 
-#: KEYS: job, aggr, queue, jobmeta, jobopts. ARGV: score, limit, proxy, meta ttl, aggr id,
-#: job id, wake-up channel, encoded options ("" = none), then job field/value pairs.
-#: Returns 0 when the id is taken (the caller draws another). An empty queue that gets a
-#: job is announced on the wake-up channel.
-#: Creating the aggregation and queueing the job in one step closes the original's race
-#: with an idle aggregation's deletion (bug 10.2.5).
-ENQUEUE = """
-if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-if redis.call('EXISTS', KEYS[2]) == 0 then
-  redis.call('HSET', KEYS[2], 'ID', ARGV[5], 'Limit', ARGV[2], 'Proxy', ARGV[3], 'ExpiresAt', '')
+#: Adds a member to a sorted set, or lowers its score: ZADD LT, which Redis 6.2 has and
+#: older servers do not.
+_ZADD_LOWER = """
+local function zadd_lower(key, score, member)
+  local current = redis.call('ZSCORE', key, member)
+  if not current or tonumber(current) > score then redis.call('ZADD', key, score, member) end
 end
-local was_empty = redis.call('EXISTS', KEYS[3]) == 0
-redis.call('HSET', KEYS[1], unpack(ARGV, 9))
-if ARGV[8] ~= '' then redis.call('SET', KEYS[5], ARGV[8]) end
-redis.call('ZADD', KEYS[3], ARGV[1], ARGV[6])
-if was_empty then redis.call('PUBLISH', ARGV[7], ARGV[5]) end
-redis.call('HSET', KEYS[4], 'CreatedAt', ARGV[1], 'UpdatedAt', ARGV[1])
-redis.call('EXPIRE', KEYS[4], ARGV[4])
+"""
+
+#: Adds ids to a sorted set that its channel's listeners wait on, announcing it when the set
+#: goes from empty to non-empty (one message per burst, not per job).
+_ZADD_ANNOUNCED = """
+local function zadd_announced(key, score, id, channel, message)
+  local was_empty = redis.call('EXISTS', key) == 0
+  redis.call('ZADD', key, score, id)
+  if was_empty and channel ~= '' then redis.call('PUBLISH', channel, message) end
+end
+"""
+
+#: Queues a new job, creating its aggregation if needed. Returns 0 when the id is taken (the
+#: caller draws another). An aggregation whose queue gets its first job is added to the
+#: registry and announced on the wake-up channel. Creating the aggregation and queueing the
+#: job in one step closes the original's race with an idle aggregation's deletion (bug 10.2.5).
+#: A queued job costs Redis what it cost the original: its hash and its queue entry (the
+#: queue's score is its creation time, which the first claim copies to `jobmeta`).
+ENQUEUE = """
+local job, aggr, queue, jobopts, registry = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local score, limit, proxy = ARGV[1], ARGV[2], ARGV[3]
+local aggr_id, job_id, channel, options = ARGV[4], ARGV[5], ARGV[6], ARGV[7]
+local FIELDS_FROM = 8  -- then the job's field/value pairs
+if redis.call('EXISTS', job) == 1 then return 0 end
+if redis.call('EXISTS', aggr) == 0 then
+  redis.call('HSET', aggr, 'ID', aggr_id, 'Limit', limit, 'Proxy', proxy, 'ExpiresAt', '')
+end
+local was_empty = redis.call('EXISTS', queue) == 0
+redis.call('HSET', job, unpack(ARGV, FIELDS_FROM))
+if options ~= '' then redis.call('SET', jobopts, options) end
+redis.call('ZADD', queue, score, job_id)
+if was_empty then
+  redis.call('SADD', registry, aggr_id)
+  redis.call('PUBLISH', channel, aggr_id)
+end
 return 1
 """
 
-#: KEYS: queue, inflight, leases, aggr, paused set. ARGV: now, lease seconds, wanted, token,
-#: default limit, aggregation id. Moves up to `wanted` ready ids into inflight, never past
-#: the aggregation's limit counted over every lease of every process. Returns
-#: {status, ids...}; status is "ok", "full", "paused", "empty" or the score of the next job
-#: that will become ready.
-CLAIM = (
+#: Claims up to `wanted` ready jobs of an aggregation, never past its limit counted over
+#: every lease of every process, marks them InProgress and reads them, in one round trip.
+#: Returns {status, ...}: "paused", "full", "idle" (nothing queued or claimed: the
+#: aggregation leaves the registry, and its hash goes unless the operator manages it, as the
+#: original deleted idle aggregations), "empty" (nothing queued, some claimed), the score of
+#: the next job that becomes ready, or "ok" followed by the aggregation's hash and, per job,
+#: its id, its hash (empty when gone) and {encoded options}.
+CLAIM_DOWNLOADS = (
     _REDIS_NOW
+    + _ZADD_LOWER
     + """
-if redis.call('SISMEMBER', KEYS[5], ARGV[6]) == 1 then return {'paused'} end
-local limit = tonumber(redis.call('HGET', KEYS[4], 'Limit'))
-if not limit or limit <= 0 then limit = tonumber(ARGV[5]) end
-local room = limit - redis.call('ZCARD', KEYS[2])
+local queue, inflight, leases, aggr, paused = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local managed, registry, leases_due = KEYS[6], KEYS[7], KEYS[8]
+local now, lease_seconds, wanted, token = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
+local default_limit, aggr_id, meta_ttl = tonumber(ARGV[5]), ARGV[6], ARGV[7]
+local job_prefix, meta_prefix, options_prefix = ARGV[8], ARGV[9], ARGV[10]
+if redis.call('SISMEMBER', paused, aggr_id) == 1 then return {'paused'} end
+local aggregation = redis.call('HGETALL', aggr)
+local limit
+for i = 1, #aggregation, 2 do
+  if aggregation[i] == 'Limit' then limit = tonumber(aggregation[i + 1]) end
+end
+if not limit or limit <= 0 then limit = default_limit end
+local claimed = redis.call('ZCARD', inflight)
+local room = limit - claimed
 if room <= 0 then return {'full'} end
-local n = math.min(room, tonumber(ARGV[3]))
-local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, n)
+local due = redis.call('ZRANGEBYSCORE', queue, '-inf', now, 'WITHSCORES', 'LIMIT', 0, math.min(room, wanted))
+local ids, queued_at = {}, {}
+for i = 1, #due, 2 do
+  table.insert(ids, due[i])
+  queued_at[due[i]] = due[i + 1]
+end
 if #ids == 0 then
-  local head = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
-  if #head == 0 then return {'empty'} end
-  return {head[2]}
+  local head = redis.call('ZRANGE', queue, 0, 0, 'WITHSCORES')
+  if #head > 0 then return {head[2]} end
+  if claimed > 0 then return {'empty'} end
+  redis.call('SREM', registry, aggr_id)
+  redis.call('ZREM', leases_due, aggr_id)
+  if redis.call('SISMEMBER', managed, aggr_id) == 0 then redis.call('DEL', aggr) end
+  return {'idle'}
 end
-local expiry = redis_now() + tonumber(ARGV[2])
+local expiry = redis_now() + lease_seconds
+local leased, tokens = {}, {}
 for _, id in ipairs(ids) do
-  redis.call('ZREM', KEYS[1], id)
-  redis.call('ZADD', KEYS[2], expiry, id)
-  redis.call('HSET', KEYS[3], id, ARGV[4])
+  table.insert(leased, expiry)
+  table.insert(leased, id)
+  table.insert(tokens, id)
+  table.insert(tokens, token)
 end
-table.insert(ids, 1, 'ok')
-return ids
-"""
-)
-
-#: KEYS: aggr, then job, jobmeta and jobopts of each claimed id. ARGV: now, meta ttl.
-#: Marks the claimed jobs InProgress and returns {aggr hash, then per job: its hash and
-#: {options}} (flat field/value lists; an empty hash for a job whose hash is gone, which is
-#: left uncreated).
-START_DOWNLOADS = """
-local out = {redis.call('HGETALL', KEYS[1])}
-for i = 2, #KEYS, 3 do
-  local id = redis.call('HGET', KEYS[i], 'ID')
-  if id and id ~= '' then
-    redis.call('HSET', KEYS[i], 'DownloadState', 'InProgress')
-    redis.call('HSET', KEYS[i + 1], 'StartedAt', ARGV[1], 'UpdatedAt', ARGV[1])
-    redis.call('EXPIRE', KEYS[i + 1], ARGV[2])
+redis.call('ZREM', queue, unpack(ids))
+redis.call('ZADD', inflight, unpack(leased))
+redis.call('HSET', leases, unpack(tokens))
+zadd_lower(leases_due, expiry, aggr_id)
+local out = {'ok', aggregation}
+for _, id in ipairs(ids) do
+  local job = redis.call('HGETALL', job_prefix .. id)
+  if #job > 0 then
+    redis.call('HSET', job_prefix .. id, 'DownloadState', 'InProgress')
+    if redis.call('HSET', meta_prefix .. id, 'StartedAt', now, 'UpdatedAt', now) == 2 then
+      -- its first claim: the queue's score was its creation time
+      redis.call('HSET', meta_prefix .. id, 'CreatedAt', queued_at[id])
+      redis.call('EXPIRE', meta_prefix .. id, meta_ttl)
+    end
   end
-  table.insert(out, redis.call('HGETALL', KEYS[i]))
-  table.insert(out, {redis.call('GET', KEYS[i + 2]) or ''})
+  table.insert(out, id)
+  table.insert(out, job)
+  table.insert(out, {redis.call('GET', options_prefix .. id) or ''})
 end
 return out
 """
+)
 
-#: KEYS: inflight, leases. ARGV: lease seconds, token, ids... Extends the leases still held
-#: by `token`; returns the ids whose lease was lost (recovered by someone else).
+#: Extends the leases still held by `token`; returns the ids whose lease was lost
+#: (recovered by someone else). Serves downloads and callbacks alike.
 RENEW = (
     _REDIS_NOW
     + """
+local inflight, leases = KEYS[1], KEYS[2]
+local lease_seconds, token = tonumber(ARGV[1]), ARGV[2]
+local IDS_FROM = 3
 local lost = {}
-local expiry = redis_now() + tonumber(ARGV[1])
-for i = 3, #ARGV do
+local expiry = redis_now() + lease_seconds
+for i = IDS_FROM, #ARGV do
   local id = ARGV[i]
-  if redis.call('HGET', KEYS[2], id) == ARGV[2] then
-    redis.call('ZADD', KEYS[1], 'XX', expiry, id)
+  if redis.call('HGET', leases, id) == token then
+    redis.call('ZADD', inflight, 'XX', expiry, id)
   else
     table.insert(lost, id)
   end
@@ -106,6 +155,17 @@ end
 return lost
 """
 )
+
+#: Forgets a claimed id whose job hash is gone or unreadable (there is nothing to run), if
+#: the caller still holds its lease. 1 dropped, 0 lease lost.
+DROP_CLAIM = """
+local inflight, leases = KEYS[1], KEYS[2]
+local id, token = ARGV[1], ARGV[2]
+if redis.call('HGET', leases, id) ~= token then return 0 end
+redis.call('ZREM', inflight, id)
+redis.call('HDEL', leases, id)
+return 1
+"""
 
 #: The dashboard's count of one finished attempt ("ok", "failed", "retried"; "" counts
 #: nothing) in its minute, and a failure record in the capped list of recent failures.
@@ -123,36 +183,39 @@ local function count_attempt(minute, failures, kind, aggr, failure, ttl, kept)
 end
 """
 
-#: KEYS: inflight, leases, job, target queue, jobmeta, joberrors, deletion targets,
-#: this minute's throughput hash, recent failures.
-#: ARGV: id, token, target score ("" = none), now, error text ("" = none), errors kept,
-#: meta ttl, finished ("1"/"0"), deletion target ("" = none), download result ("" = none),
-#: dashboard kind ("ok"/"failed"/"retried", "" = not counted), aggregation id, failure
-#: record ("" = none), throughput ttl, failures kept, then job field/value pairs.
-#: Ends an attempt: writes the outcome and moves the id on (back to its queue, to the
-#: callback queue, or -- a finished job without callback -- to the deletion queue with
-#: its file's location), and counts it for the dashboard, only if the caller still holds
-#: the lease. 1 done, 0 lease lost, -1 the job hash vanished meanwhile.
+#: Ends an attempt, only if the caller still holds the lease: writes the outcome and moves
+#: the id on (back to its queue, to the callback queue -- announced when it was empty -- or,
+#: for a finished job without callback, to the deletion queue with its file's location), and
+#: counts it for the dashboard. 1 done, 0 lease lost, -1 the job hash vanished meanwhile.
 FINISH = (
     _COUNT_ATTEMPT
+    + _ZADD_ANNOUNCED
     + """
-if redis.call('HGET', KEYS[2], ARGV[1]) ~= ARGV[2] then return 0 end
-redis.call('ZREM', KEYS[1], ARGV[1])
-redis.call('HDEL', KEYS[2], ARGV[1])
-if redis.call('EXISTS', KEYS[3]) == 0 then return -1 end
-if #ARGV >= 17 then redis.call('HSET', KEYS[3], unpack(ARGV, 16)) end
-if ARGV[10] ~= '' then redis.call('HSET', KEYS[5], 'Result', ARGV[10]) end
-if ARGV[3] ~= '' then redis.call('ZADD', KEYS[4], ARGV[3], ARGV[1]) end
-if ARGV[9] ~= '' then redis.call('HSET', KEYS[7], ARGV[1], ARGV[9]) end
-redis.call('HSET', KEYS[5], 'UpdatedAt', ARGV[4])
-if ARGV[8] == '1' then redis.call('HSET', KEYS[5], 'FinishedAt', ARGV[4]) end
-redis.call('EXPIRE', KEYS[5], ARGV[7])
-if ARGV[5] ~= '' then
-  redis.call('RPUSH', KEYS[6], ARGV[5])
-  redis.call('LTRIM', KEYS[6], -tonumber(ARGV[6]), -1)
-  redis.call('EXPIRE', KEYS[6], ARGV[7])
+local inflight, leases, job, target, jobmeta = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local joberrors, deletion_targets, minute, failures = KEYS[6], KEYS[7], KEYS[8], KEYS[9]
+local id, token, target_score, now = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local error_text, errors_kept, meta_ttl, finished = ARGV[5], ARGV[6], ARGV[7], ARGV[8]
+local deletion_target, result, counted_as, aggr_id = ARGV[9], ARGV[10], ARGV[11], ARGV[12]
+local failure, throughput_ttl, failures_kept, channel = ARGV[13], ARGV[14], ARGV[15], ARGV[16]
+local FIELDS_FROM = 17  -- then the job's field/value pairs
+if redis.call('HGET', leases, id) ~= token then return 0 end
+redis.call('ZREM', inflight, id)
+redis.call('HDEL', leases, id)
+if redis.call('EXISTS', job) == 0 then return -1 end
+if #ARGV >= FIELDS_FROM + 1 then redis.call('HSET', job, unpack(ARGV, FIELDS_FROM)) end
+if target_score ~= '' then zadd_announced(target, target_score, id, channel, aggr_id) end
+if deletion_target ~= '' then redis.call('HSET', deletion_targets, id, deletion_target) end
+local meta = {'UpdatedAt', now}
+if result ~= '' then table.insert(meta, 'Result'); table.insert(meta, result) end
+if finished == '1' then table.insert(meta, 'FinishedAt'); table.insert(meta, now) end
+redis.call('HSET', jobmeta, unpack(meta))
+redis.call('EXPIRE', jobmeta, meta_ttl)
+if error_text ~= '' then
+  redis.call('RPUSH', joberrors, error_text)
+  redis.call('LTRIM', joberrors, -tonumber(errors_kept), -1)
+  redis.call('EXPIRE', joberrors, meta_ttl)
 end
-count_attempt(KEYS[8], KEYS[9], ARGV[11], ARGV[12], ARGV[13], ARGV[14], ARGV[15])
+count_attempt(minute, failures, counted_as, aggr_id, failure, throughput_ttl, failures_kept)
 return 1
 """
 )
@@ -168,169 +231,272 @@ return 1
 """
 )
 
-#: KEYS: inflight, leases, queue, job, jobmeta, callback queue, joberrors.
-#: ARGV: id, now, crash tolerance, default max retries, error text, meta ttl, errors kept.
-#: Gives back the job of a lease that expired on Redis's clock (its process died or hung). After
-#: `tolerance` such crashes each further one uses up an attempt, and a job out of attempts
-#: fails, so a job that kills its worker cannot loop forever. 1 requeued, 2 failed,
-#: 0 lease not expired (or already recovered), -1 job hash gone.
-RECOVER = (
+#: Gives back the job of a lease that expired on Redis's clock (its process died or hung).
+#: After `tolerance` such crashes each further one uses up an attempt, and a job out of
+#: attempts fails, so a job that kills its worker cannot loop forever. Queues that go from
+#: empty to non-empty are announced. 1 requeued, 2 failed, 0 lease not expired (or already
+#: recovered), -1 job hash gone.
+_RECOVER_JOB = (
     _REDIS_NOW
+    + _ZADD_ANNOUNCED
     + """
-local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
-if not score or tonumber(score) > redis_now() then return 0 end
-redis.call('ZREM', KEYS[1], ARGV[1])
-redis.call('HDEL', KEYS[2], ARGV[1])
-if redis.call('EXISTS', KEYS[4]) == 0 then return -1 end
-local crashes = redis.call('HINCRBY', KEYS[5], 'Crashes', 1)
-redis.call('HSET', KEYS[5], 'UpdatedAt', ARGV[2])
-redis.call('EXPIRE', KEYS[5], ARGV[6])
-if crashes > tonumber(ARGV[3]) then
-  local count = redis.call('HINCRBY', KEYS[4], 'DownloadCount', 1)
-  local maxr = tonumber(redis.call('HGET', KEYS[4], 'MaxRetries')) or tonumber(ARGV[4])
-  redis.call('RPUSH', KEYS[7], ARGV[5])
-  redis.call('LTRIM', KEYS[7], -tonumber(ARGV[7]), -1)
-  redis.call('EXPIRE', KEYS[7], ARGV[6])
-  if count > maxr then
-    redis.call('HSET', KEYS[4], 'DownloadState', 'Failed', 'DownloadMeta', ARGV[5])
-    redis.call('HSET', KEYS[5], 'FinishedAt', ARGV[2])
-    local url = redis.call('HGET', KEYS[4], 'CallbackURL')
-    local dst = redis.call('HGET', KEYS[4], 'CallbackDst')
-    if (url and url ~= '') or (dst and dst ~= '') then
-      redis.call('HSET', KEYS[4], 'CallbackState', 'Pending')
-      redis.call('ZADD', KEYS[6], ARGV[2], ARGV[1])
+local function recover_job(k, a)
+  local score = redis.call('ZSCORE', k.inflight, a.id)
+  if not score or tonumber(score) > redis_now() then return 0 end
+  redis.call('ZREM', k.inflight, a.id)
+  redis.call('HDEL', k.leases, a.id)
+  if redis.call('EXISTS', k.job) == 0 then return -1 end
+  local crashes = redis.call('HINCRBY', k.jobmeta, 'Crashes', 1)
+  redis.call('HSET', k.jobmeta, 'UpdatedAt', a.now)
+  redis.call('EXPIRE', k.jobmeta, a.meta_ttl)
+  if crashes > tonumber(a.tolerance) then
+    local count = redis.call('HINCRBY', k.job, 'DownloadCount', 1)
+    local max_retries = tonumber(redis.call('HGET', k.job, 'MaxRetries')) or tonumber(a.default_max_retries)
+    redis.call('RPUSH', k.joberrors, a.error)
+    redis.call('LTRIM', k.joberrors, -tonumber(a.errors_kept), -1)
+    redis.call('EXPIRE', k.joberrors, a.meta_ttl)
+    if count > max_retries then
+      redis.call('HSET', k.job, 'DownloadState', 'Failed', 'DownloadMeta', a.error)
+      redis.call('HSET', k.jobmeta, 'FinishedAt', a.now)
+      local url = redis.call('HGET', k.job, 'CallbackURL')
+      local dst = redis.call('HGET', k.job, 'CallbackDst')
+      if (url and url ~= '') or (dst and dst ~= '') then
+        redis.call('HSET', k.job, 'CallbackState', 'Pending')
+        zadd_announced(k.callback_queue, a.now, a.id, a.callback_channel, a.aggr_id)
+      end
+      return 2
     end
-    return 2
   end
+  redis.call('HSET', k.job, 'DownloadState', 'Pending')
+  zadd_announced(k.queue, a.now, a.id, a.wakeup_channel, a.aggr_id)
+  return 1
 end
-redis.call('HSET', KEYS[4], 'DownloadState', 'Pending')
-redis.call('ZADD', KEYS[3], ARGV[2], ARGV[1])
-return 1
 """
 )
 
-#: KEYS: callback queue, callback inflight, callback leases.
-#: ARGV: now, lease seconds, wanted, token. Returns the claimed ids.
+#: One job's lease recovery (tools and tests; processes run RECOVER_DUE).
+RECOVER = (
+    _RECOVER_JOB
+    + """
+local k = {inflight = KEYS[1], leases = KEYS[2], queue = KEYS[3], job = KEYS[4], jobmeta = KEYS[5],
+           callback_queue = KEYS[6], joberrors = KEYS[7]}
+local a = {id = ARGV[1], now = ARGV[2], tolerance = ARGV[3], default_max_retries = ARGV[4],
+           error = ARGV[5], meta_ttl = ARGV[6], errors_kept = ARGV[7], aggr_id = ARGV[8],
+           wakeup_channel = ARGV[9], callback_channel = ARGV[10]}
+return recover_job(k, a)
+"""
+)
+
+#: The fleet's lease recovery pass. Reads only the aggregations whose earliest lease may have
+#: expired (`LeasesDue`), gives back their expired leases (as RECOVER), then files each
+#: aggregation again under its new earliest expiry, or drops it when nothing is claimed; then
+#: gives back expired callback leases. Cost follows the expired leases, not the keyspace.
+#: Returns {aggr id, job id, result, ...} of the download leases, then the number of callbacks.
+RECOVER_DUE = (
+    _RECOVER_JOB
+    + """
+local leases_due, callback_queue, callback_inflight = KEYS[1], KEYS[2], KEYS[3]
+local callback_leases = KEYS[4]
+local a = {now = ARGV[1], tolerance = ARGV[2], default_max_retries = ARGV[3], error = ARGV[4],
+           meta_ttl = ARGV[5], errors_kept = ARGV[6], wakeup_channel = ARGV[7],
+           callback_channel = ARGV[8]}
+local max_aggregations, max_leases = tonumber(ARGV[9]), tonumber(ARGV[10])
+local p = {queue = ARGV[11], inflight = ARGV[12], leases = ARGV[13], job = ARGV[14],
+           jobmeta = ARGV[15], joberrors = ARGV[16]}
+local clock = redis_now()
+local out = {}
+local due = redis.call('ZRANGEBYSCORE', leases_due, '-inf', clock, 'LIMIT', 0, max_aggregations)
+for _, aggr_id in ipairs(due) do
+  local inflight = p.inflight .. aggr_id
+  a.aggr_id = aggr_id
+  for _, id in ipairs(redis.call('ZRANGEBYSCORE', inflight, '-inf', clock, 'LIMIT', 0, max_leases)) do
+    a.id = id
+    local k = {inflight = inflight, leases = p.leases .. aggr_id, queue = p.queue .. aggr_id,
+               job = p.job .. id, jobmeta = p.jobmeta .. id, joberrors = p.joberrors .. id,
+               callback_queue = callback_queue}
+    table.insert(out, aggr_id)
+    table.insert(out, id)
+    table.insert(out, recover_job(k, a))
+  end
+  local head = redis.call('ZRANGE', inflight, 0, 0, 'WITHSCORES')
+  if #head == 0 then
+    redis.call('ZREM', leases_due, aggr_id)
+  else
+    redis.call('ZADD', leases_due, head[2], aggr_id)
+  end
+end
+local callbacks = 0
+for _, id in ipairs(redis.call('ZRANGEBYSCORE', callback_inflight, '-inf', clock, 'LIMIT', 0, max_leases)) do
+  redis.call('ZREM', callback_inflight, id)
+  redis.call('HDEL', callback_leases, id)
+  if redis.call('EXISTS', p.job .. id) == 1 then
+    redis.call('HSET', p.job .. id, 'CallbackState', 'Pending')
+    zadd_announced(callback_queue, a.now, id, a.callback_channel, '')
+    callbacks = callbacks + 1
+  end
+end
+table.insert(out, callbacks)
+return out
+"""
+)
+
+#: Claims up to `wanted` due callbacks, counts each attempt and marks it InProgress, and reads
+#: them, in one round trip (a job whose hash is gone comes back empty, never recreated).
+#: Returns {score of the next callback due later, or '', then per job: id, hash, {options},
+#: {download result}}.
 CLAIM_CALLBACKS = (
     _REDIS_NOW
     + """
-local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[3]))
-local expiry = redis_now() + tonumber(ARGV[2])
-for _, id in ipairs(ids) do
-  redis.call('ZREM', KEYS[1], id)
-  redis.call('ZADD', KEYS[2], expiry, id)
-  redis.call('HSET', KEYS[3], id, ARGV[4])
+local queue, inflight, leases = KEYS[1], KEYS[2], KEYS[3]
+local now, lease_seconds, wanted, token = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
+local job_prefix, options_prefix, meta_prefix = ARGV[5], ARGV[6], ARGV[7]
+local ids = redis.call('ZRANGEBYSCORE', queue, '-inf', now, 'LIMIT', 0, wanted)
+if #ids == 0 then
+  local head = redis.call('ZRANGE', queue, 0, 0, 'WITHSCORES')
+  return {head[2] or ''}
 end
-return ids
+local expiry = redis_now() + lease_seconds
+local leased, tokens = {}, {}
+for _, id in ipairs(ids) do
+  table.insert(leased, expiry)
+  table.insert(leased, id)
+  table.insert(tokens, id)
+  table.insert(tokens, token)
+end
+redis.call('ZREM', queue, unpack(ids))
+redis.call('ZADD', inflight, unpack(leased))
+redis.call('HSET', leases, unpack(tokens))
+local out = {''}
+for _, id in ipairs(ids) do
+  local job = job_prefix .. id
+  local hash = redis.call('HGETALL', job)
+  table.insert(out, id)
+  if #hash > 0 then  -- one write for the three fields, and the hash sent back as written
+    local count = 1
+    for i = 1, #hash, 2 do
+      if hash[i] == 'CallbackCount' then count = (tonumber(hash[i + 1]) or 0) + 1 end
+    end
+    redis.call('HSET', job, 'CallbackCount', count, 'CallbackState', 'InProgress', 'CallbackMeta', '')
+    for i = 1, #hash, 2 do
+      if hash[i] == 'CallbackCount' then hash[i + 1] = tostring(count)
+      elseif hash[i] == 'CallbackState' then hash[i + 1] = 'InProgress'
+      elseif hash[i] == 'CallbackMeta' then hash[i + 1] = '' end
+    end
+  end
+  table.insert(out, hash)
+  table.insert(out, {redis.call('GET', options_prefix .. id) or ''})
+  table.insert(out, {redis.call('HGET', meta_prefix .. id, 'Result') or ''})
+end
+return out
 """
 )
 
-#: KEYS: job, jobopts, jobmeta. Counts a callback attempt and marks it InProgress; returns
-#: {hash, {options}, {download result}}, or nothing when the job is gone (never creates a
-#: hash for a vanished job).
-START_CALLBACK = """
-local id = redis.call('HGET', KEYS[1], 'ID')
-if not id or id == '' then return false end
-redis.call('HINCRBY', KEYS[1], 'CallbackCount', 1)
-redis.call('HSET', KEYS[1], 'CallbackState', 'InProgress', 'CallbackMeta', '')
-return {redis.call('HGETALL', KEYS[1]), {redis.call('GET', KEYS[2]) or ''},
-        {redis.call('HGET', KEYS[3], 'Result') or ''}}
-"""
-
-#: KEYS: job, queue, inflight, callback queue, callback inflight. ARGV: id, now.
 #: Puts back a job that no queue knows of: one the original service popped and then lost
 #: (its bug 10.2.1-2), found by the notifier's start-up sweep. Returns "download",
 #: "callback" or false.
-RESCUE_ORPHAN = """
-local state = redis.call('HMGET', KEYS[1], 'ID', 'DownloadState', 'CallbackState')
+RESCUE_ORPHAN = (
+    _ZADD_ANNOUNCED
+    + """
+local job, queue, inflight, callback_queue, callback_inflight = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local registry = KEYS[6]
+local id, now, aggr_id, wakeup_channel, callback_channel = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local state = redis.call('HMGET', job, 'ID', 'DownloadState', 'CallbackState')
 if not state[1] or state[1] == '' then return false end
-if state[3] == 'InProgress' and not redis.call('ZSCORE', KEYS[5], ARGV[1])
-    and not redis.call('ZSCORE', KEYS[4], ARGV[1]) then
-  redis.call('HSET', KEYS[1], 'CallbackState', 'Pending')
-  redis.call('ZADD', KEYS[4], ARGV[2], ARGV[1])
+if state[3] == 'InProgress' and not redis.call('ZSCORE', callback_inflight, id)
+    and not redis.call('ZSCORE', callback_queue, id) then
+  redis.call('HSET', job, 'CallbackState', 'Pending')
+  zadd_announced(callback_queue, now, id, callback_channel, aggr_id)
   return 'callback'
 end
-if (state[2] == 'Pending' or state[2] == 'InProgress') and not redis.call('ZSCORE', KEYS[2], ARGV[1])
-    and not redis.call('ZSCORE', KEYS[3], ARGV[1]) then
-  redis.call('HSET', KEYS[1], 'DownloadState', 'Pending')
-  redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
+if (state[2] == 'Pending' or state[2] == 'InProgress') and not redis.call('ZSCORE', queue, id)
+    and not redis.call('ZSCORE', inflight, id) then
+  redis.call('HSET', job, 'DownloadState', 'Pending')
+  redis.call('SADD', registry, aggr_id)
+  zadd_announced(queue, now, id, wakeup_channel, aggr_id)
   return 'download'
 end
 return false
 """
+)
 
-#: KEYS: callback inflight, callback leases, job, jobmeta, joberrors, deletion queue,
-#: jobopts, deletion targets. ARGV: id, token, deletion score, file location.
 #: The callback was delivered: the job's hash and ours go, its file is scheduled for
 #: deletion at its location. 1 done, 0 lease lost.
 CALLBACK_DELIVERED = """
-if redis.call('HGET', KEYS[2], ARGV[1]) ~= ARGV[2] then return 0 end
-redis.call('ZREM', KEYS[1], ARGV[1])
-redis.call('HDEL', KEYS[2], ARGV[1])
-redis.call('DEL', KEYS[3], KEYS[4], KEYS[5], KEYS[7])
-redis.call('ZADD', KEYS[6], ARGV[3], ARGV[1])
-redis.call('HSET', KEYS[8], ARGV[1], ARGV[4])
+local inflight, leases, job, jobmeta, joberrors = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local deletion_queue, jobopts, deletion_targets = KEYS[6], KEYS[7], KEYS[8]
+local id, token, delete_at, location = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+if redis.call('HGET', leases, id) ~= token then return 0 end
+redis.call('ZREM', inflight, id)
+redis.call('HDEL', leases, id)
+redis.call('DEL', job, jobmeta, joberrors, jobopts)
+redis.call('ZADD', deletion_queue, delete_at, id)
+redis.call('HSET', deletion_targets, id, location)
 return 1
 """
 
-#: KEYS: callback inflight, callback leases, job, callback queue, jobmeta.
-#: ARGV: id, token, retry score ("" = no retry), now, meta ttl, then job field/value pairs.
 #: A failed delivery: record it and either schedule the retry or leave the job Failed.
+#: 1 done, 0 lease lost, -1 job hash gone.
 CALLBACK_UNDELIVERED = """
-if redis.call('HGET', KEYS[2], ARGV[1]) ~= ARGV[2] then return 0 end
-redis.call('ZREM', KEYS[1], ARGV[1])
-redis.call('HDEL', KEYS[2], ARGV[1])
-if redis.call('EXISTS', KEYS[3]) == 0 then return -1 end
-redis.call('HSET', KEYS[3], unpack(ARGV, 6))
-if ARGV[3] ~= '' then redis.call('ZADD', KEYS[4], ARGV[3], ARGV[1]) end
-redis.call('HSET', KEYS[5], 'UpdatedAt', ARGV[4])
-redis.call('EXPIRE', KEYS[5], ARGV[5])
+local inflight, leases, job, callback_queue, jobmeta = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local id, token, retry_score, now, meta_ttl = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local FIELDS_FROM = 6  -- then the job's field/value pairs
+if redis.call('HGET', leases, id) ~= token then return 0 end
+redis.call('ZREM', inflight, id)
+redis.call('HDEL', leases, id)
+if redis.call('EXISTS', job) == 0 then return -1 end
+redis.call('HSET', job, unpack(ARGV, FIELDS_FROM))
+if retry_score ~= '' then redis.call('ZADD', callback_queue, retry_score, id) end
+redis.call('HSET', jobmeta, 'UpdatedAt', now)
+redis.call('EXPIRE', jobmeta, meta_ttl)
 return 1
 """
 
-#: KEYS: callback inflight, callback leases, job, callback queue. ARGV: id, now.
-#: A callback lease expired on Redis's clock (notifier died mid-delivery) goes back to the
-#: queue: delivery is at least once.
-RECOVER_CALLBACK = (
-    _REDIS_NOW
+#: POST /retry/<id>: Failed -> Pending, announced to idle notifiers. Returns "OK", or the
+#: current callback state when it is not Failed, or false if there is no such job.
+RETRY_CALLBACK = (
+    _ZADD_ANNOUNCED
     + """
-local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
-if not score or tonumber(score) > redis_now() then return 0 end
-redis.call('ZREM', KEYS[1], ARGV[1])
-redis.call('HDEL', KEYS[2], ARGV[1])
-if redis.call('EXISTS', KEYS[3]) == 0 then return -1 end
-redis.call('HSET', KEYS[3], 'CallbackState', 'Pending')
-redis.call('ZADD', KEYS[4], ARGV[2], ARGV[1])
-return 1
+local job, callback_queue = KEYS[1], KEYS[2]
+local id, now, channel = ARGV[1], ARGV[2], ARGV[3]
+local state = redis.call('HGET', job, 'CallbackState')
+local job_id = redis.call('HGET', job, 'ID')
+if not job_id or job_id == '' then return false end
+if state ~= 'Failed' then return state or '' end
+redis.call('HSET', job, 'CallbackMeta', '', 'CallbackCount', '0', 'CallbackState', 'Pending')
+zadd_announced(callback_queue, now, id, channel, '')
+return 'OK'
 """
 )
 
-#: KEYS: job, callback queue. ARGV: id, now. POST /retry/<id>: Failed -> Pending.
-#: Returns "OK", or the current callback state when it is not Failed, or false if no job.
-RETRY_CALLBACK = """
-local state = redis.call('HGET', KEYS[1], 'CallbackState')
-local id = redis.call('HGET', KEYS[1], 'ID')
-if not id or id == '' then return false end
-if state ~= 'Failed' then return state or '' end
-redis.call('HSET', KEYS[1], 'CallbackMeta', '', 'CallbackCount', '0', 'CallbackState', 'Pending')
-redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
-return 'OK'
-"""
-
-#: KEYS: deletion queue. ARGV: now, wanted, retry score. Takes due file deletions and
-#: pushes them back to `retry score` at once, so a reaper that dies mid-way or fails to
-#: delete a file retries later instead of dropping the entry (bug 10.2.8).
+#: Takes due file deletions and pushes them back to `retry score` at once, so a reaper that
+#: dies mid-way or fails to delete a file retries later instead of dropping the entry (bug
+#: 10.2.8). Returns {score of the next deletion due later, or '', ids...}.
 CLAIM_DELETIONS = """
-local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
-for _, id in ipairs(ids) do redis.call('ZADD', KEYS[1], ARGV[3], id) end
+local deletion_queue = KEYS[1]
+local now, wanted, retry_score = ARGV[1], tonumber(ARGV[2]), ARGV[3]
+local ids = redis.call('ZRANGEBYSCORE', deletion_queue, '-inf', now, 'LIMIT', 0, wanted)
+if #ids == 0 then
+  local head = redis.call('ZRANGE', deletion_queue, 0, 0, 'WITHSCORES')
+  return {head[2] or ''}
+end
+local pushed = {}
+for _, id in ipairs(ids) do
+  table.insert(pushed, retry_score)
+  table.insert(pushed, id)
+end
+redis.call('ZADD', deletion_queue, unpack(pushed))
+table.insert(ids, 1, '')
 return ids
 """
 
-#: KEYS: queue, inflight, aggr, managed set. ARGV: aggregation id. Deletes the aggregation
-#: hash of an aggregation with no queued and no claimed job, so a later request may set a
-#: new limit (as the original) -- unless the operator manages it (its spec is the truth).
+#: Deletes the hash of an aggregation with no queued and no claimed job, so a later request
+#: may set a new limit (as the original), and takes it off the registry; the hash of an
+#: aggregation the operator manages stays (its spec is the truth). 1 deleted, 0 kept.
 DELETE_IDLE_AGGREGATION = """
-if redis.call('SISMEMBER', KEYS[4], ARGV[1]) == 1 then return 0 end
-if redis.call('ZCARD', KEYS[1]) > 0 or redis.call('ZCARD', KEYS[2]) > 0 then return 0 end
-return redis.call('DEL', KEYS[3])
+local queue, inflight, aggr, managed, registry = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local aggr_id = ARGV[1]
+if redis.call('ZCARD', queue) > 0 or redis.call('ZCARD', inflight) > 0 then return 0 end
+redis.call('SREM', registry, aggr_id)
+if redis.call('SISMEMBER', managed, aggr_id) == 1 then return 0 end
+return redis.call('DEL', aggr)
 """

@@ -161,11 +161,30 @@ class Settings(BaseSettings):
     disk_low_watermark_percent: float = pydantic.Field(default=90.0, ge=0, le=100)
     """...and resume at or below this much."""
 
-    scan_interval_seconds: float = pydantic.Field(default=1.0, gt=0)
-    """How often a worker looks for new aggregations (`jobs:*`) and the notifier for expired leases."""
+    scan_interval_seconds: float = pydantic.Field(default=30.0, gt=0)
+    """How often an idle worker re-reads the registry of aggregations with work, and an idle
+    notifier its callback and deletion queues. A safety net only: a queue that gets its first
+    job, and a callback queue its first callback, are announced on Redis pub/sub, so idle
+    processes start at once without polling."""
+
+    recovery_interval_seconds: float = pydantic.Field(default=0.0, ge=0)
+    """How often each worker and notifier runs the fleet's lease recovery pass (it gives back
+    the jobs of processes that died). 0: a sixth of the lease, at most 10 s."""
+
+    adoption_interval_seconds: float = pydantic.Field(default=300.0, ge=0)
+    """How often one process of the fleet SCANs for queues no registry knows of (written by
+    the original's API, or by versions before the registry), paced to spare Redis. 0: never,
+    for a Redis that only this service writes."""
 
     poll_interval_seconds: float = pydantic.Field(default=0.05, gt=0)
-    """Idle sleep between empty claims: the latency floor of a job that arrives on an idle queue."""
+    """The shortest wait before a worker claims again from an aggregation whose next job is
+    not yet due."""
+
+    @property
+    def recovery_every(self) -> float:
+        if self.recovery_interval_seconds > 0:
+            return self.recovery_interval_seconds
+        return min(10.0, self.lease_seconds / 6)
 
     shutdown_grace_seconds: float = pydantic.Field(default=25.0, ge=0)
     """On SIGTERM, in-flight downloads get this long to finish before their leases are given

@@ -24,7 +24,7 @@ import redis
 import redis.asyncio
 
 from downloader import keys, redis_client, scripts
-from downloader.errors import JobNotFound, StoreError
+from downloader.errors import StoreError
 from downloader.models import DEFAULT_AGGREGATION_LIMIT, DEFAULT_MAX_RETRIES, Aggregation, Job
 from downloader.version import __version__
 
@@ -69,17 +69,6 @@ def _flatten(mapping: Mapping[str, str]) -> list[str]:
 
 
 @dataclasses.dataclass(frozen=True)
-class Claim:
-    """What one claim attempt on an aggregation gave: ids, or why none."""
-
-    ids: list[str]
-    full: bool = False
-    paused: bool = False
-    next_ready: float | None = None
-    empty: bool = False
-
-
-@dataclasses.dataclass(frozen=True)
 class ClaimedJob:
     """A job as a claim reads it: the original's hash, and our encoded `JobOptions`."""
 
@@ -87,6 +76,47 @@ class ClaimedJob:
     options: str = ""
     result: str = ""
     """Encoded `DownloadResult` (read by the notifier only)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Claim:
+    """What one claim attempt on an aggregation gave: its jobs, marked InProgress and read in
+    the same step (an empty hash: the job is gone), or why none."""
+
+    jobs: dict[str, ClaimedJob] = dataclasses.field(default_factory=dict)
+    aggregation: Aggregation | None = None
+    full: bool = False
+    paused: bool = False
+    next_ready: float | None = None
+    empty: bool = False
+    """Nothing is queued (`idle`: nothing is claimed either, and it left the registry)."""
+    idle: bool = False
+
+    @property
+    def ids(self) -> list[str]:
+        return list(self.jobs)
+
+
+@dataclasses.dataclass(frozen=True)
+class CallbackClaim:
+    """Callbacks claimed for delivery (their attempt counted; None: the job is gone), and when
+    the next one is due if none is due now."""
+
+    jobs: dict[str, ClaimedJob | None]
+    next_due: float | None = None
+
+    @property
+    def ids(self) -> list[str]:
+        return list(self.jobs)
+
+
+@dataclasses.dataclass(frozen=True)
+class Recovered:
+    """What a lease recovery pass did: (aggregation, job, RECOVER's result) of each expired
+    download lease, and how many callbacks went back to their queue."""
+
+    downloads: list[tuple[str, str, int]]
+    callbacks: int
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,21 +156,21 @@ class Store:
         self.redis = client
         self.meta_ttl = meta_ttl
         register = client.register_script
-        self._claim = register(scripts.CLAIM)
+        self._claim = register(scripts.CLAIM_DOWNLOADS)
         self._renew = register(scripts.RENEW)
         self._finish = register(scripts.FINISH)
+        self._drop_claim = register(scripts.DROP_CLAIM)
         self._recover = register(scripts.RECOVER)
+        self._recover_due = register(scripts.RECOVER_DUE)
         self._claim_callbacks = register(scripts.CLAIM_CALLBACKS)
         self._delivered = register(scripts.CALLBACK_DELIVERED)
         self._undelivered = register(scripts.CALLBACK_UNDELIVERED)
-        self._recover_callback = register(scripts.RECOVER_CALLBACK)
         self._claim_deletions = register(scripts.CLAIM_DELETIONS)
         self._delete_idle = register(scripts.DELETE_IDLE_AGGREGATION)
         self._enqueue = register(scripts.ENQUEUE)
-        self._start_callback = register(scripts.START_CALLBACK)
-        self._start_downloads = register(scripts.START_DOWNLOADS)
         self._rescue = register(scripts.RESCUE_ORPHAN)
         self._record_attempt = register(scripts.RECORD_ATTEMPT)
+        self._retry_callback = register(scripts.RETRY_CALLBACK)
 
     @classmethod
     def from_url(cls, url: str) -> Store:
@@ -161,44 +191,82 @@ class Store:
 
     # --- discovery --------------------------------------------------------------
 
-    def active_aggregations(self) -> set[str]:
-        """Aggregations with queued jobs: those whose `jobs:<id>` set exists."""
+    def registered_aggregations(self) -> set[str]:
+        """The aggregations with queued or claimed jobs (the registry; no keyspace SCAN)."""
         with translated():
-            return {
-                keys.aggregation_from_queue(k)
-                for k in self.redis.scan_iter(match=keys.QUEUE_PATTERN, count=1000)
-            }
+            return cast(set[str], self.redis.smembers(keys.AGGREGATIONS))
 
-    def aggregations_in_flight(self) -> set[str]:
+    def take_adoption_turn(self, interval_seconds: float) -> bool:
+        """True for the one process of the fleet whose turn it is to run the adoption sweep
+        (at most once per interval, whoever asks first)."""
         with translated():
-            return {
-                keys.aggregation_from_inflight(k)
-                for k in self.redis.scan_iter(match=keys.INFLIGHT_PATTERN, count=1000)
-            }
+            return bool(self.redis.set(keys.ADOPTION_LOCK, new_token(), nx=True,
+                                       px=max(1, int(interval_seconds * 1000))))  # fmt: skip
 
-    def listen_wakeups(self, stop: threading.Event, on_wakeup: Callable[[str], None]) -> None:
-        """Call `on_wakeup(aggr_id)` for every announcement until `stop`, resubscribing after
-        Redis outages with backoff (what is missed meanwhile the periodic scan finds)."""
+    def adopt_unregistered(self, batch: int = 1000, pause: float = 0.01) -> int:
+        """Register the queues and leases no registry knows of: queues written by the original's
+        API, and those of versions before the registry. The only keyspace SCAN, paced
+        (`pause` between batches) so that even millions of keys cost Redis little."""
+        adopted = 0
+        with translated():
+            for pattern, name_of in (
+                (keys.QUEUE_PATTERN, keys.aggregation_from_queue),
+                (keys.INFLIGHT_PATTERN, keys.aggregation_from_inflight),
+            ):
+                cursor = 0
+                while True:
+                    cursor, found = self.redis.scan(cursor, match=pattern, count=batch)
+                    ids = [name_of(k) for k in cast(list[str], found)]
+                    if ids:
+                        pipe = self.redis.pipeline(transaction=False)
+                        pipe.sadd(keys.AGGREGATIONS, *ids)
+                        if pattern == keys.INFLIGHT_PATTERN:
+                            pipe.zadd(keys.LEASES_DUE, dict.fromkeys(ids, 0), nx=True)
+                        adopted += int(pipe.execute()[0])
+                    if cursor == 0:
+                        break
+                    time.sleep(pause)
+        return adopted
+
+    def listen_wakeups(
+        self,
+        stop: threading.Event,
+        on_wakeup: Callable[[str], None],
+        *,
+        channel: str = keys.WAKEUP_CHANNEL,
+        on_subscribed: Callable[[], None] | None = None,
+    ) -> None:
+        """Call `on_wakeup(message)` for every announcement on `channel` until `stop`,
+        resubscribing after Redis outages with backoff. `on_subscribed` runs after every
+        subscription: what was announced while unsubscribed is lost, so the caller looks again."""
         delay = 0.0
         while not stop.is_set():
-            if self._listen_once(stop, on_wakeup):
+            if self._listen_once(stop, on_wakeup, channel, on_subscribed):
                 delay = 0.0  # it was subscribed: a new outage starts with a short wait
             delay = min(RESUBSCRIBE_MAX, max(RESUBSCRIBE_FIRST, delay * 2))
             stop.wait(delay)
 
-    def _listen_once(self, stop: threading.Event, on_wakeup: Callable[[str], None]) -> bool:
+    def _listen_once(
+        self,
+        stop: threading.Event,
+        on_wakeup: Callable[[str], None],
+        channel: str,
+        on_subscribed: Callable[[], None] | None,
+    ) -> bool:
         """One subscription until `stop` or a Redis error; True if it got subscribed."""
         pubsub = self.redis.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
         subscribed = False
         try:
-            pubsub.subscribe(keys.WAKEUP_CHANNEL)
+            pubsub.subscribe(channel)
             subscribed = True
-            log.debug("subscribed to %s", keys.WAKEUP_CHANNEL)
+            log.debug("subscribed to %s", channel)
+            if on_subscribed is not None:
+                on_subscribed()
             while not stop.is_set():
                 message = pubsub.get_message(timeout=0.5)
                 if message and message.get("type") == "message":
                     on_wakeup(str(message["data"]))
-        except redis.RedisError as exc:
+        except (redis.RedisError, StoreError) as exc:
             if subscribed:  # one line per outage, not one per retry
                 log.warning("wakeup subscription lost, resubscribing: %s: %s", type(exc).__name__, exc)
         finally:
@@ -220,6 +288,7 @@ class Store:
                         keys.inflight(aggr_id),
                         keys.aggregation(aggr_id),
                         keys.MANAGED_AGGREGATIONS,
+                        keys.AGGREGATIONS,
                     ],
                     args=[aggr_id],
                 )
@@ -270,7 +339,7 @@ class Store:
         with translated():
             for _ in range(ID_ATTEMPTS):
                 job_id = new_job_id()
-                k, a = enqueue_arguments(job, aggregation, job_id, now, self.meta_ttl)
+                k, a = enqueue_arguments(job, aggregation, job_id, now)
                 if self._enqueue(keys=k, args=a):
                     return job_id
         raise StoreError(f"Could not find unique ID after {ID_ATTEMPTS} tries for {job.job_string()}")
@@ -280,62 +349,30 @@ class Store:
     def claim(
         self, aggr_id: str, wanted: int, token: str, lease_seconds: float, now: float | None = None
     ) -> Claim:
-        """Claim up to `wanted` jobs due by `now`; their leases run `lease_seconds` on Redis's
-        clock."""
+        """Claim up to `wanted` jobs due by `now`, mark them InProgress and read them, in one
+        round trip; their leases run `lease_seconds` on Redis's clock."""
         now = time.time() if now is None else now
         with translated():
-            reply = cast(
-                list[str],
-                self._claim(
-                    keys=[
-                        keys.queue(aggr_id),
-                        keys.inflight(aggr_id),
-                        keys.leases(aggr_id),
-                        keys.aggregation(aggr_id),
-                        keys.PAUSED_AGGREGATIONS,
-                    ],
-                    args=[
-                        repr(now),
-                        repr(lease_seconds),
-                        wanted,
-                        token,
-                        DEFAULT_AGGREGATION_LIMIT,
-                        aggr_id,
-                    ],
-                ),
-            )
+            reply = cast(list[Any], self._claim(
+                keys=[keys.queue(aggr_id), keys.inflight(aggr_id), keys.leases(aggr_id),
+                      keys.aggregation(aggr_id), keys.PAUSED_AGGREGATIONS, keys.MANAGED_AGGREGATIONS,
+                      keys.AGGREGATIONS, keys.LEASES_DUE],
+                args=[repr(now), repr(lease_seconds), wanted, token, DEFAULT_AGGREGATION_LIMIT, aggr_id,
+                      self.meta_ttl, keys.JOB_PREFIX, keys.JOB_META_PREFIX, keys.JOB_OPTIONS_PREFIX],
+            ))  # fmt: skip
         status = reply[0]
         if status == "ok":
-            return Claim(ids=list(reply[1:]))
-        if status == "full":
-            return Claim(ids=[], full=True)
-        if status == "paused":
-            return Claim(ids=[], paused=True)
-        if status == "empty":
-            return Claim(ids=[], empty=True)
-        return Claim(ids=[], next_ready=float(status))
-
-    def load_claimed(
-        self,
-        aggr_id: str,
-        ids: Sequence[str],
-        now: float | None = None,
-    ) -> tuple[Aggregation, dict[str, ClaimedJob]]:
-        """Mark claimed jobs InProgress and read them with their aggregation, in one round trip."""
-        now = time.time() if now is None else now
-        job_keys: list[str] = []
-        for job_id in ids:
-            job_keys += [keys.job(job_id), keys.job_meta(job_id), keys.job_options(job_id)]
-        with translated():
-            reply = cast(list[list[str]], self._start_downloads(
-                keys=[keys.aggregation(aggr_id), *job_keys], args=[repr(now), self.meta_ttl]
-            ))  # fmt: skip
-        raw_aggregation, *per_job = reply
-        raw_jobs = [
-            ClaimedJob(_pairs(flat), options[0])
-            for flat, options in zip(per_job[::2], per_job[1::2], strict=True)
-        ]
-        return Aggregation.from_hash(aggr_id, _pairs(raw_aggregation)), dict(zip(ids, raw_jobs, strict=True))
+            jobs: dict[str, ClaimedJob] = {}
+            for job_id, flat, options in zip(reply[2::3], reply[3::3], reply[4::3], strict=True):
+                raw = _pairs(flat)
+                if raw:
+                    raw["DownloadState"] = "InProgress"  # as the script just wrote it
+                jobs[job_id] = ClaimedJob(raw, options[0])
+            return Claim(jobs, Aggregation.from_hash(aggr_id, _pairs(reply[1])))
+        if status in ("full", "paused", "empty", "idle"):
+            return Claim(full=status == "full", paused=status == "paused",
+                         empty=status in ("empty", "idle"), idle=status == "idle")  # fmt: skip
+        return Claim(next_ready=float(status))
 
     def renew(self, aggr_id: str, ids: Sequence[str], token: str, lease_seconds: float) -> list[str]:
         """Extend our leases by `lease_seconds` from now on Redis's clock; returns the ids whose
@@ -354,55 +391,26 @@ class Store:
     def finish(self, job: Job, token: str, outcome: Outcome, now: float | None = None) -> int:
         now = time.time() if now is None else now
         target = outcome.target or keys.queue(job.aggr_id)
+        channel = {
+            keys.CALLBACK_QUEUE: keys.CALLBACK_WAKEUP_CHANNEL,
+            keys.queue(job.aggr_id): keys.WAKEUP_CHANNEL,
+        }
         with translated():
-            return int(
-                self._finish(
-                    keys=[
-                        keys.inflight(job.aggr_id),
-                        keys.leases(job.aggr_id),
-                        keys.job(job.id),
-                        target,
-                        keys.job_meta(job.id),
-                        keys.job_errors(job.id),
-                        keys.DELETION_TARGETS,
-                        keys.throughput(int(now // 60)),
-                        keys.RECENT_FAILURES,
-                    ],
-                    args=[
-                        job.id,
-                        token,
-                        repr(outcome.score) if outcome.target else "",
-                        repr(now),
-                        outcome.error,
-                        keys.JOB_ERRORS_KEPT,
-                        self.meta_ttl,
-                        "1" if outcome.finished else "0",
-                        outcome.deletion_target,
-                        outcome.result,
-                        outcome.counted_as,
-                        job.aggr_id,
-                        outcome.failure,
-                        keys.THROUGHPUT_TTL_SECONDS,
-                        keys.RECENT_FAILURES_KEPT,
-                        *_flatten(outcome.fields),
-                    ],
-                )
-            )
+            return int(self._finish(
+                keys=[keys.inflight(job.aggr_id), keys.leases(job.aggr_id), keys.job(job.id), target,
+                      keys.job_meta(job.id), keys.job_errors(job.id), keys.DELETION_TARGETS,
+                      keys.throughput(int(now // 60)), keys.RECENT_FAILURES],
+                args=[job.id, token, repr(outcome.score) if outcome.target else "", repr(now), outcome.error,
+                      keys.JOB_ERRORS_KEPT, self.meta_ttl, "1" if outcome.finished else "0",
+                      outcome.deletion_target, outcome.result, outcome.counted_as, job.aggr_id,
+                      outcome.failure, keys.THROUGHPUT_TTL_SECONDS, keys.RECENT_FAILURES_KEPT,
+                      channel.get(target, ""), *_flatten(outcome.fields)],
+            ))  # fmt: skip
 
     def drop_claim(self, aggr_id: str, job_id: str, token: str) -> None:
         """Forget a claimed id whose job hash is gone or unreadable (nothing to run)."""
         with translated():
-            self._finish(
-                keys=[
-                    keys.inflight(aggr_id),
-                    keys.leases(aggr_id),
-                    keys.job(job_id),
-                    keys.queue(aggr_id),
-                    keys.job_meta(job_id),
-                    keys.job_errors(job_id),
-                ],
-                args=[job_id, token, "", "0", "", 1, 1, "0"],
-            )
+            self._drop_claim(keys=[keys.inflight(aggr_id), keys.leases(aggr_id)], args=[job_id, token])
 
     def expired_leases(self, aggr_id: str) -> list[str]:
         """Leases of the aggregation past their expiry on Redis's clock (`recover` checks again)."""
@@ -420,58 +428,64 @@ class Store:
     def recover(
         self, aggr_id: str, job_id: str, *, crash_tolerance: int, error: str, now: float | None = None
     ) -> int:
+        """Give back one job whose lease expired on Redis's clock (processes run `recover_due`)."""
         now = time.time() if now is None else now
         with translated():
-            return int(
-                self._recover(
-                    keys=[
-                        keys.inflight(aggr_id),
-                        keys.leases(aggr_id),
-                        keys.queue(aggr_id),
-                        keys.job(job_id),
-                        keys.job_meta(job_id),
-                        keys.CALLBACK_QUEUE,
-                        keys.job_errors(job_id),
-                    ],
-                    args=[
-                        job_id,
-                        repr(now),
-                        crash_tolerance,
-                        DEFAULT_MAX_RETRIES,
-                        error,
-                        self.meta_ttl,
-                        keys.JOB_ERRORS_KEPT,
-                    ],
-                )
-            )
+            return int(self._recover(
+                keys=[keys.inflight(aggr_id), keys.leases(aggr_id), keys.queue(aggr_id), keys.job(job_id),
+                      keys.job_meta(job_id), keys.CALLBACK_QUEUE, keys.job_errors(job_id)],
+                args=[job_id, repr(now), crash_tolerance, DEFAULT_MAX_RETRIES, error, self.meta_ttl,
+                      keys.JOB_ERRORS_KEPT, aggr_id, keys.WAKEUP_CHANNEL, keys.CALLBACK_WAKEUP_CHANNEL],
+            ))  # fmt: skip
+
+    def recover_due(
+        self,
+        *,
+        crash_tolerance: int,
+        error: str,
+        max_aggregations: int = 100,
+        max_leases: int = 500,
+        now: float | None = None,
+    ) -> Recovered:
+        """One pass of the fleet's lease recovery: download leases of the aggregations whose
+        earliest lease is due, then callback leases; expired ones go back to their queues
+        (queued again at `now`)."""
+        now = time.time() if now is None else now
+        with translated():
+            reply = cast(list[Any], self._recover_due(
+                keys=[keys.LEASES_DUE, keys.CALLBACK_QUEUE, keys.CALLBACK_INFLIGHT, keys.CALLBACK_LEASES],
+                args=[repr(now), crash_tolerance, DEFAULT_MAX_RETRIES, error, self.meta_ttl,
+                      keys.JOB_ERRORS_KEPT, keys.WAKEUP_CHANNEL, keys.CALLBACK_WAKEUP_CHANNEL,
+                      max_aggregations, max_leases, keys.QUEUE_PREFIX, keys.INFLIGHT_PREFIX,
+                      keys.LEASES_PREFIX, keys.JOB_PREFIX, keys.JOB_META_PREFIX, keys.JOB_ERRORS_PREFIX],
+            ))  # fmt: skip
+        *flat, callbacks = reply
+        downloads = [
+            (str(a), str(j), int(r)) for a, j, r in zip(flat[::3], flat[1::3], flat[2::3], strict=True)
+        ]
+        return Recovered(downloads, int(callbacks))
 
     # --- callbacks --------------------------------------------------------------
 
     def claim_callbacks(
         self, wanted: int, token: str, lease_seconds: float, now: float | None = None
-    ) -> list[str]:
+    ) -> CallbackClaim:
+        """Claim up to `wanted` callbacks due by `now`, count their attempt and read them."""
         now = time.time() if now is None else now
         with translated():
-            return cast(
-                list[str],
-                self._claim_callbacks(
-                    keys=[keys.CALLBACK_QUEUE, keys.CALLBACK_INFLIGHT, keys.CALLBACK_LEASES],
-                    args=[repr(now), repr(lease_seconds), wanted, token],
-                ),
+            reply = cast(list[Any], self._claim_callbacks(
+                keys=[keys.CALLBACK_QUEUE, keys.CALLBACK_INFLIGHT, keys.CALLBACK_LEASES],
+                args=[repr(now), repr(lease_seconds), wanted, token, keys.JOB_PREFIX,
+                      keys.JOB_OPTIONS_PREFIX, keys.JOB_META_PREFIX],
+            ))  # fmt: skip
+        next_due, *per_job = reply
+        jobs: dict[str, ClaimedJob | None] = {
+            job_id: ClaimedJob(_pairs(flat), options[0], result[0]) if flat else None
+            for job_id, flat, options, result in zip(
+                per_job[::4], per_job[1::4], per_job[2::4], per_job[3::4], strict=True
             )
-
-    def start_callback(self, job_id: str) -> ClaimedJob:
-        """Count the attempt and mark it InProgress; returns the job after that."""
-        with translated():
-            reply = cast(
-                list[list[str]] | None,
-                self._start_callback(
-                    keys=[keys.job(job_id), keys.job_options(job_id), keys.job_meta(job_id)]
-                ),
-            )
-        if not reply:
-            raise JobNotFound(job_id)
-        return ClaimedJob(_pairs(reply[0]), reply[1][0], reply[2][0])
+        }
+        return CallbackClaim(jobs, float(next_due) if next_due else None)
 
     def renew_callbacks(self, ids: Sequence[str], token: str, lease_seconds: float) -> list[str]:
         """Extend the leases of callbacks being delivered; returns those no longer ours."""
@@ -499,8 +513,8 @@ class Store:
                     continue
                 kind = self._rescue(
                     keys=[job_key, keys.queue(aggr), keys.inflight(aggr), keys.CALLBACK_QUEUE,
-                          keys.CALLBACK_INFLIGHT],
-                    args=[job_id, now],
+                          keys.CALLBACK_INFLIGHT, keys.AGGREGATIONS],
+                    args=[job_id, now, aggr, keys.WAKEUP_CHANNEL, keys.CALLBACK_WAKEUP_CHANNEL],
                 )  # fmt: skip
                 if kind:
                     found[str(kind)] += 1
@@ -562,44 +576,19 @@ class Store:
             pipe.hdel(keys.CALLBACK_LEASES, job_id)
             pipe.execute()
 
-    def recover_callbacks(self, now: float | None = None) -> int:
-        """Queue again (at `now`) the callbacks whose lease expired on Redis's clock."""
-        now = time.time() if now is None else now
-        with translated():
-            due = self._redis_now()
-            expired = cast(
-                list[str],
-                self.redis.zrangebyscore(keys.CALLBACK_INFLIGHT, "-inf", repr(due), start=0, num=500),
-            )
-            recovered = 0
-            for job_id in expired:
-                recovered += (
-                    int(
-                        self._recover_callback(
-                            keys=[
-                                keys.CALLBACK_INFLIGHT,
-                                keys.CALLBACK_LEASES,
-                                keys.job(job_id),
-                                keys.CALLBACK_QUEUE,
-                            ],
-                            args=[job_id, repr(now)],
-                        )
-                    )
-                    > 0
-                )
-        return recovered
-
     # --- file deletion ----------------------------------------------------------
 
-    def claim_deletions(self, wanted: int, retry_after: float, now: float | None = None) -> list[str]:
+    def claim_deletions(
+        self, wanted: int, retry_after: float, now: float | None = None
+    ) -> tuple[list[str], float | None]:
+        """File deletions due by `now` (pushed back by `retry_after` until done), and when the
+        next one is due if none is due now."""
         now = time.time() if now is None else now
         with translated():
-            return cast(
-                list[str],
-                self._claim_deletions(
-                    keys=[keys.DELETION_QUEUE], args=[repr(now), wanted, repr(now + retry_after)]
-                ),
-            )
+            next_due, *ids = cast(list[str], self._claim_deletions(
+                keys=[keys.DELETION_QUEUE], args=[repr(now), wanted, repr(now + retry_after)]
+            ))  # fmt: skip
+        return ids, float(next_due) if next_due else None
 
     def deletion_targets(self, ids: Sequence[str]) -> dict[str, str]:
         """The encoded file Location of each id that has one recorded."""
@@ -609,14 +598,19 @@ class Store:
             found = cast(list[str | None], self.redis.hmget(keys.DELETION_TARGETS, list(ids)))
         return {job_id: target for job_id, target in zip(ids, found, strict=True) if target}
 
-    def deletion_done(self, job_id: str) -> None:
+    def deletions_done(self, ids: Sequence[str]) -> None:
+        """Forget the deletions of `ids` (their files are gone) and whatever is left of their
+        jobs: three commands however many. Not atomic, and need not be: an entry left by a
+        crash half-way is deleted again later, which is harmless."""
+        if not ids:
+            return
+        per_job = (keys.job, keys.job_meta, keys.job_errors, keys.job_options)
+        doomed = [key_of(job_id) for job_id in ids for key_of in per_job]
         with translated():
-            pipe = self.redis.pipeline(transaction=True)
-            pipe.zrem(keys.DELETION_QUEUE, job_id)
-            pipe.hdel(keys.DELETION_TARGETS, job_id)
-            pipe.delete(
-                keys.job(job_id), keys.job_meta(job_id), keys.job_errors(job_id), keys.job_options(job_id)
-            )
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.zrem(keys.DELETION_QUEUE, *ids)
+            pipe.hdel(keys.DELETION_TARGETS, *ids)
+            pipe.delete(*doomed)
             pipe.execute()
 
     # --- stats and reads ----------------------------------------------------------
@@ -633,7 +627,9 @@ class Store:
 
     def heartbeat(self, instance: Instance, now: float | None = None) -> None:
         with translated():
-            _heartbeat(self.redis.pipeline(transaction=True), instance, now).execute()
+            added, _ = _heartbeat(self.redis.pipeline(transaction=False), instance, now).execute()
+            if added:
+                _prune_instances(self.redis.pipeline(transaction=False), instance.role, now).execute()
 
     def record_attempt(self, aggr_id: str, kind: str, failure: str = "", now: float | None = None) -> None:
         """Count one finished attempt (`ok`, `failed` or `retried`) in its minute; a `failure`
@@ -657,7 +653,7 @@ class Store:
             for _ in range(ID_ATTEMPTS):
                 pipe = self.redis.pipeline(transaction=False)
                 for i in pending:
-                    k, a = enqueue_arguments(jobs[i][0], jobs[i][1], ids[i], now, self.meta_ttl)
+                    k, a = enqueue_arguments(jobs[i][0], jobs[i][1], ids[i], now)
                     self._enqueue(keys=k, args=a, client=pipe)
                 created = pipe.execute()
                 pending = [i for i, ok in zip(pending, created, strict=True) if not ok]
@@ -689,31 +685,34 @@ class Store:
         """POST /retry's script for each id, pipelined: "OK", the state when not Failed, or
         None for a job that does not exist."""
         now = time.time() if now is None else now
-        retry = self.redis.register_script(scripts.RETRY_CALLBACK)
         with translated():
             pipe = self.redis.pipeline(transaction=False)
             for job_id in ids:
-                retry(keys=[keys.job(job_id), keys.CALLBACK_QUEUE], args=[job_id, repr(now)], client=pipe)
+                self._retry_callback(
+                    keys=[keys.job(job_id), keys.CALLBACK_QUEUE],
+                    args=[job_id, repr(now), keys.CALLBACK_WAKEUP_CHANNEL],
+                    client=pipe,
+                )
             replies = pipe.execute() if ids else []
         return [None if r is None else str(r) for r in replies]
 
 
 def enqueue_arguments(
-    job: Job, aggregation: Aggregation, job_id: str, now: float, meta_ttl: int
+    job: Job, aggregation: Aggregation, job_id: str, now: float
 ) -> tuple[list[str], list[Any]]:
+    """The KEYS and ARGV of ENQUEUE (the API, `downloader enqueue` and tests share it)."""
     fields = dataclasses.replace(job, id=job_id).to_hash()
     k = [
         keys.job(job_id),
         keys.aggregation(aggregation.id),
         keys.queue(aggregation.id),
-        keys.job_meta(job_id),
         keys.job_options(job_id),
+        keys.AGGREGATIONS,
     ]
     a: list[Any] = [
         repr(now),
         aggregation.limit,
         aggregation.proxy,
-        meta_ttl,
         aggregation.id,
         job_id,
         keys.WAKEUP_CHANNEL,
@@ -772,7 +771,7 @@ class AsyncStore:
         with translated():
             for _ in range(ID_ATTEMPTS):
                 job_id = new_job_id()
-                k, a = enqueue_arguments(job, aggregation, job_id, now, self.meta_ttl)
+                k, a = enqueue_arguments(job, aggregation, job_id, now)
                 if await self._enqueue_durably(k, a):
                     return job_id
         return None
@@ -801,7 +800,10 @@ class AsyncStore:
         """ "OK" when rescheduled, the callback state when it is not Failed, None if no job."""
         now = time.time() if now is None else now
         with translated():
-            reply = await self._retry(keys=[keys.job(job_id), keys.CALLBACK_QUEUE], args=[job_id, repr(now)])
+            reply = await self._retry(
+                keys=[keys.job(job_id), keys.CALLBACK_QUEUE],
+                args=[job_id, repr(now), keys.CALLBACK_WAKEUP_CHANNEL],
+            )
         return None if reply is None else str(reply)
 
     async def stats(self, component: str) -> str | None:
@@ -809,15 +811,18 @@ class AsyncStore:
             return cast(str | None, await self.redis.get(keys.stats(component)))
 
     async def queue_sizes(self) -> list[tuple[str, int]]:
-        """(`jobs:<aggr>`, queued ids) for every aggregation with a queue, in SCAN order."""
+        """(`jobs:<aggr>`, queued ids) for every registered aggregation with a queue."""
         with translated():
-            names = [k async for k in self.redis.scan_iter(match=keys.QUEUE_PATTERN, count=1000)]
+            registered = sorted(cast(set[str], await self.redis.smembers(keys.AGGREGATIONS)))
+            names = [keys.queue(aggr_id) for aggr_id in registered]
             pipe = self.redis.pipeline(transaction=False)
             for name in names:
                 pipe.zcard(name)
             sizes = await pipe.execute(raise_on_error=False)
         return [
-            (name, size if isinstance(size, int) else -1) for name, size in zip(names, sizes, strict=True)
+            (name, size if isinstance(size, int) else -1)
+            for name, size in zip(names, sizes, strict=True)
+            if size != 0  # claimed jobs only: no queue
         ]
 
     async def job_status(self, job_id: str) -> JobStatus | None:
@@ -841,7 +846,9 @@ class AsyncStore:
 
     async def heartbeat(self, instance: Instance, now: float | None = None) -> None:
         with translated():
-            await _heartbeat(self.redis.pipeline(transaction=True), instance, now).execute()
+            added, _ = await _heartbeat(self.redis.pipeline(transaction=False), instance, now).execute()
+            if added:
+                await _prune_instances(self.redis.pipeline(transaction=False), instance.role, now).execute()
 
     async def instances(self, now: float | None = None) -> dict[str, list[tuple[Instance, float]]]:
         """Live instances of each role, with when each one's entry expires."""
@@ -859,17 +866,15 @@ class AsyncStore:
     async def backlogs(self, visible: Callable[[str], bool]) -> list[tuple[str, int, int]]:
         """(aggregation, queued, in flight) of every visible aggregation that has either."""
         with translated():
-            ids = {keys.aggregation_from_queue(k) async for k in self.redis.scan_iter(
-                match=keys.QUEUE_PATTERN, count=1000)}  # fmt: skip
-            ids |= {keys.aggregation_from_inflight(k) async for k in self.redis.scan_iter(
-                match=keys.INFLIGHT_PATTERN, count=1000)}  # fmt: skip
+            ids = cast(set[str], await self.redis.smembers(keys.AGGREGATIONS))
             names = sorted(a for a in ids if visible(a))
             pipe = self.redis.pipeline(transaction=False)
             for aggr_id in names:
                 pipe.zcard(keys.queue(aggr_id))
                 pipe.zcard(keys.inflight(aggr_id))
             counts = await pipe.execute()
-        return [(a, int(q), int(f)) for a, q, f in zip(names, counts[::2], counts[1::2], strict=True)]
+        rows = zip(names, counts[::2], counts[1::2], strict=True)
+        return [(a, int(q), int(f)) for a, q, f in rows if q or f]
 
     async def aggregation_limits(self, aggr_ids: Sequence[str]) -> tuple[dict[str, int | None], set[str]]:
         """The limit of each aggregation (None once its idle hash is deleted), and the paused ones."""
@@ -954,11 +959,18 @@ _Pipeline = TypeVar("_Pipeline", redis.client.Pipeline, redis.asyncio.client.Pip
 
 
 def _heartbeat(pipe: _Pipeline, instance: Instance, now: float | None) -> _Pipeline:
-    """Renew the instance's entry, drop the entries of processes that stopped renewing, and
-    let the whole key go when the last one stops."""
+    """Renew the instance's entry and let the whole key go when the last process stops
+    renewing. Two commands per beat: an idle process costs Redis next to nothing."""
     now = time.time() if now is None else now
     key = keys.instances(instance.role)
     pipe.zadd(key, {instance.encode(): now + keys.INSTANCE_TTL_SECONDS})
-    pipe.zremrangebyscore(key, "-inf", repr(now))
     pipe.expire(key, int(keys.INSTANCE_TTL_SECONDS) + 1)
+    return pipe
+
+
+def _prune_instances(pipe: _Pipeline, role: str, now: float | None) -> _Pipeline:
+    """Drop the entries of processes that stopped renewing: done when a process starts
+    (its first beat adds its entry), so stale entries never pile up across restarts."""
+    now = time.time() if now is None else now
+    pipe.zremrangebyscore(keys.instances(role), "-inf", repr(now))
     return pipe

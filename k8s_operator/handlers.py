@@ -117,7 +117,7 @@ class Reconciler:
                 await asyncio.wait_for(stopped.wait(), timeout=self.settings.operator_interval_seconds * 2)
 
     def adopt_once(self) -> int:
-        in_redis = self.db.active_aggregations() | self.db.aggregations_in_flight()
+        in_redis = self.db.registered_aggregations()
         missing = in_redis - self.cluster.aggregation_ids()
         created = 0
         for aggr_id in sorted(missing):

@@ -1,4 +1,6 @@
-"""Small timing and process helpers shared by the worker and the notifier loops."""
+"""Timing helpers and the fleet-wide chores shared by the worker and the notifier loops:
+lease recovery (a pass over what is due, never over the keyspace) and the rare, paced
+adoption sweep for queues no registry knows of."""
 
 from __future__ import annotations
 
@@ -7,7 +9,17 @@ import threading
 import time
 from collections.abc import Callable
 
-from downloader.errors import StoreError
+from downloader import metrics
+from downloader.errors import DownloaderError, StoreError
+from downloader.settings import Settings
+from downloader.store import Store
+
+log = logging.getLogger("downloader.housekeeping")
+
+LOST_LEASE_TEXT = (
+    "Error while downloading file, the worker holding the job was lost (killed or stalled "
+    "past its lease) too many times, retriable: true, internal: true"
+)
 
 
 class Every:
@@ -35,3 +47,38 @@ def loop_until(stopping: threading.Event, step: Callable[[], None], log: logging
         except StoreError as exc:
             log.warning("redis unavailable, retrying: %s", exc)
             stopping.wait(1.0)
+
+
+def recover_expired_leases(db: Store, crash_tolerance: int) -> int:
+    """Give back the jobs and callbacks whose leases expired on Redis's clock (their process
+    died or hung); any process may run it, as often as it likes. Returns how many."""
+    done = db.recover_due(crash_tolerance=crash_tolerance, error=LOST_LEASE_TEXT)
+    metrics.LEASE_RECOVERIES.labels("callback", "requeued").inc(done.callbacks)
+    for aggr_id, job_id, result in done.downloads:
+        fields = {"event": "lease_recovered", "job_id": job_id, "aggr_id": aggr_id}
+        metrics.lease_recovered("download", result)
+        if result == 1:
+            log.warning("job %s of %s: its worker was lost; queued again", job_id, aggr_id, extra=fields)
+        elif result == 2:
+            log.warning("job %s of %s: lost its worker too often; failed", job_id, aggr_id, extra=fields)
+    return len(done.downloads) + done.callbacks
+
+
+def adopt_forever(
+    db: Store, settings: Settings, stopping: threading.Event, on_adopted: Callable[[], None]
+) -> None:
+    """Every `adoption_interval_seconds`, if it is this process's turn in the fleet, register
+    the queues no registry knows of (see `Store.adopt_unregistered`); `on_adopted` runs when
+    some were found. Runs in a thread of its own: a paced sweep of millions of keys is slow."""
+    interval = settings.adoption_interval_seconds
+    if interval <= 0:
+        return
+    while True:
+        try:
+            if db.take_adoption_turn(interval) and db.adopt_unregistered():
+                log.info("adopted aggregations written outside the registry")
+                on_adopted()
+        except DownloaderError as exc:
+            log.warning("adoption sweep failed: %s", exc)
+        if stopping.wait(interval):
+            return

@@ -1,8 +1,9 @@
 """The notifier: delivers callbacks, retries them, deletes delivered jobs' files, recovers leases.
 
 Callbacks are claimed from `CallbackQueue` under a lease like downloads, so a notifier that
-dies mid-delivery loses nothing (delivery is at least once). The housekeeping thread also
-gives back expired download leases of every aggregation and runs the file reaper.
+dies mid-delivery loses nothing (delivery is at least once). An idle notifier waits for the
+queue's pub/sub announcement or its next due retry, never polling. The housekeeping thread
+also runs the fleet's lease recovery and the file reaper (woken when a deletion is due).
 """
 
 from __future__ import annotations
@@ -26,8 +27,7 @@ from downloader.models import CorruptJobError, DownloadResult, Job, State, relat
 from downloader.settings import Settings
 from downloader.stats import Stats
 from downloader.storage import Location, Storages, location_of
-from downloader.worker.housekeeping import Every, loop_until
-from downloader.worker.processor import recover_expired_leases
+from downloader.worker.housekeeping import Every, adopt_forever, loop_until, recover_expired_leases
 
 log = logging.getLogger("downloader.notifier")
 
@@ -60,10 +60,16 @@ class Notifier:
         self._delivering: set[str] = set()
         self._wake = threading.Event()
         self._stopping = threading.Event()
+        self._next_reap = 0.0
 
     def run(self) -> None:
         keeper = threading.Thread(target=self._housekeeping, name="notifier-housekeeping", daemon=True)
         keeper.start()
+        threading.Thread(target=self.db.listen_wakeups, args=(self._stopping, self._notice),
+                         kwargs={"channel": keys.CALLBACK_WAKEUP_CHANNEL, "on_subscribed": self._wake.set},
+                         name="notifier-wakeups", daemon=True).start()  # fmt: skip
+        threading.Thread(target=adopt_forever, args=(self.db, self.settings, self._stopping, self._wake.set),
+                         name="notifier-adoption", daemon=True).start()  # fmt: skip
         log.info(
             "notifier %s delivering with %d threads (backends: %s)",
             self.token,
@@ -90,20 +96,28 @@ class Notifier:
             self._wake.wait(0.5)
             self._wake.clear()
             return
-        ids = self.db.claim_callbacks(free, self.token, self.settings.lease_seconds)
-        if not ids:
-            self._wake.wait(self.settings.poll_interval_seconds)
+        claim = self.db.claim_callbacks(free, self.token, self.settings.lease_seconds)
+        if not claim.jobs:
+            # Until announced (a callback queue that was empty got one, a retry or recovery
+            # was queued), or until the next retry is due.
+            wait = self.settings.scan_interval_seconds
+            if claim.next_due is not None:
+                wait = min(wait, max(0.005, claim.next_due - time.time()))
+            self._wake.wait(wait)
             self._wake.clear()
             return
         with self._lock:
-            self._busy += len(ids)
-            self._delivering.update(ids)
-        for job_id in ids:
-            self.threads.submit(self._deliver_guarded, job_id)
+            self._busy += len(claim.jobs)
+            self._delivering.update(claim.jobs)
+        for job_id, claimed in claim.jobs.items():
+            self.threads.submit(self._deliver_guarded, job_id, claimed)
 
-    def _deliver_guarded(self, job_id: str) -> None:
+    def _notice(self, _message: str) -> None:
+        self._wake.set()
+
+    def _deliver_guarded(self, job_id: str, claimed: store.ClaimedJob | None) -> None:
         try:
-            self._deliver(job_id)
+            self._deliver(job_id, claimed)
         except StoreError as exc:  # an outage is expected: one line, no traceback
             log.warning("callback of job %s: redis unavailable (%s); its lease will expire and it is retried",
                         job_id, exc)  # fmt: skip
@@ -117,9 +131,10 @@ class Notifier:
                 self._delivering.discard(job_id)
             self._wake.set()
 
-    def _deliver(self, job_id: str) -> None:
+    def _deliver(self, job_id: str, claimed: store.ClaimedJob | None) -> None:
         try:
-            claimed = self.db.start_callback(job_id)
+            if claimed is None:
+                raise JobNotFound(job_id)
             job, result = Job.from_hash(claimed.raw, claimed.options), claimed.result
         except (JobNotFound, CorruptJobError) as exc:
             log.warning("callback of job %s dropped: %s", job_id, exc)
@@ -152,6 +167,7 @@ class Notifier:
         took = time.monotonic() - started
         metrics.callback_attempted(backend_name, took, delivered=True)
         delete_at = time.time() + self.settings.deletion_delay_seconds
+        self._next_reap = min(self._next_reap, delete_at)
         self._settling(job.id)
         if self.db.callback_delivered(job.id, self.token, delete_at, location_of(job).encode()):
             self.stats.incr("successfulCallbacks")
@@ -175,6 +191,7 @@ class Notifier:
         self.db.callback_undelivered(
             job.id, self.token, {"CallbackState": State.PENDING.value, "CallbackMeta": error}, retry_at
         )
+        self._wake.set()  # the dispatcher learns when the retry is due
 
     def _settling(self, job_id: str) -> None:
         """The callback's outcome is about to be written, which gives its lease up: no more
@@ -197,8 +214,8 @@ class Notifier:
     def _housekeeping(self) -> None:
         self._rescue_orphans()
         renew = Every(self.settings.lease_seconds / 3)
-        recover = Every(self.settings.scan_interval_seconds, first_now=True)
-        reap = Every(1.0, first_now=True)
+        recover = Every(self.settings.recovery_every, first_now=True)
+        reap = self._reap_due
         stats = Every(self.settings.stats_interval_seconds, first_now=True)
         heartbeat = Every(keys.INSTANCE_HEARTBEAT_SECONDS, first_now=True)
         while not self._stopping.wait(0.1):
@@ -237,16 +254,23 @@ class Notifier:
             metrics.LEASES_LOST.labels("callback").inc()
 
     def _recover(self) -> None:
-        recovered = self.db.recover_callbacks()
-        metrics.LEASE_RECOVERIES.labels("callback", "requeued").inc(recovered)
-        if recovered:
+        if recover_expired_leases(self.db, self.settings.crash_tolerance):
             self._wake.set()
-        for aggr_id in self.db.aggregations_in_flight():
-            recover_expired_leases(self.db, aggr_id, self.settings.crash_tolerance)
+
+    def _reap_due(self) -> bool:
+        return time.time() >= self._next_reap
 
     def _reap(self) -> None:
-        ids = self.db.claim_deletions(DELETIONS_PER_ROUND, DELETION_RETRY_SECONDS)
+        # Until the next deletion we know of is due; at the latest after the scan interval, for
+        # entries that others (the original's notifier) add without telling us.
+        self._next_reap = time.time() + self.settings.scan_interval_seconds
+        ids, next_due = self.db.claim_deletions(DELETIONS_PER_ROUND, DELETION_RETRY_SECONDS)
+        if len(ids) == DELETIONS_PER_ROUND:
+            self._next_reap = time.time()  # more are due
+        elif next_due is not None:
+            self._next_reap = min(self._next_reap, next_due)
         targets = self.db.deletion_targets(ids)
+        done: list[str] = []
         for job_id in ids:
             try:
                 location = (
@@ -257,8 +281,10 @@ class Notifier:
                 self.stats.incr("reaperFailures")
                 log.warning("deleting the file of job %s failed, retrying later: %s", job_id, exc)
                 continue
-            self.db.deletion_done(job_id)
-            self.stats.incr("reaperSuccessfulDeletions")
+            done.append(job_id)
+        self.db.deletions_done(done)
+        if done:
+            self.stats.incr("reaperSuccessfulDeletions", len(done))
 
     def _publish_stats(self) -> None:
         interval = self.settings.stats_interval_seconds

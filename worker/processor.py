@@ -1,10 +1,12 @@
 """The download loop: claim jobs within each aggregation's fleet-wide limit, download, record.
 
 One scheduler thread claims (Lua, atomic) as many jobs as the process has free download
-threads; the threads run one attempt each (`attempts.run_attempt`) and write its outcome
-fenced by the lease token. One thread renews leases; a watchdog stops downloads that overrun
-their deadline or whose lease went unconfirmed too long; housekeeping finds new aggregations,
-gives back expired leases, checks the disk and publishes stats.
+threads, from the aggregations it knows to have work: the registry, and those announced on
+pub/sub; an aggregation found empty is left alone until announced again, so an idle worker
+sends Redis next to nothing. The threads run one attempt each (`attempts.run_attempt`) and
+write its outcome fenced by the lease token. One thread renews leases; a watchdog stops
+downloads that overrun their deadline or whose lease went unconfirmed too long; housekeeping
+re-reads the registry, recovers expired leases, checks the disk and publishes stats.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import dataclasses
 import logging
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -27,24 +29,24 @@ from downloader.settings import Settings
 from downloader.stats import Stats
 from downloader.storage import Storages
 from downloader.worker import attempts
-from downloader.worker.housekeeping import Every, loop_until
+from downloader.worker.housekeeping import Every, adopt_forever, loop_until, recover_expired_leases
 
 log = logging.getLogger("downloader.worker")
 
-#: Longest a scheduler waits before looking at an aggregation that said "empty" again.
-MAX_IDLE_DELAY = 1.0
-#: After "full" (every lease of the aggregation is taken), look again this soon.
+#: After "full" (every lease of the aggregation is taken, some by other processes), look
+#: again this soon; our own downloads' ends retry at once.
 FULL_DELAY = 0.2
+#: A paused aggregation (its Aggregation resource says so) is looked at again this often.
+PAUSED_DELAY = 5.0
+#: next_try of an aggregation with nothing queued: only an announcement or the registry
+#: brings it back.
+NEVER = float("inf")
 #: A download stops by itself once its lease has gone this long (a fraction of the lease)
 #: without a confirmed renewal: before Redis lets the lease expire and another worker takes
 #: the job, so a worker cut off from Redis or stalled never doubles a download.
 FENCE_FRACTION = 0.75
 #: How often the watchdog looks at deadlines and leases (it never waits on the network).
 WATCHDOG_INTERVAL = 0.1
-LOST_LEASE_TEXT = (
-    "Error while downloading file, the worker holding the job was lost (killed or stalled "
-    "past its lease) too many times, retriable: true, internal: true"
-)
 
 
 @dataclasses.dataclass(eq=False)
@@ -70,7 +72,9 @@ def unconfirmed_too_long(downloads: Mapping[str, Download], now: float, lease_se
 @dataclasses.dataclass
 class _AggregationState:
     next_try: float = 0.0
-    idle_delay: float = 0.0
+    noticed: int = 0
+    """`Processor._notices` when it was last announced: an announcement that arrives while a
+    claim finds the queue empty must not be lost."""
     running: dict[str, Download] = dataclasses.field(default_factory=dict)
 
 
@@ -112,9 +116,12 @@ class Processor:
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stopping = threading.Event()
+        self._reread = threading.Event()
+        """Set when the registry must be read again now (after a (re)subscription)."""
         self._paused = threading.Event()
         self._busy = 0
         self._rotation = 0
+        self._notices = 0
 
     # --- lifecycle ----------------------------------------------------------------
 
@@ -133,8 +140,12 @@ class Processor:
         watchdog = threading.Thread(target=self._watch, args=(drained,), name="worker-watchdog", daemon=True)
         watchdog.start()
         listener = threading.Thread(target=self.db.listen_wakeups, args=(self._stopping, self._notice),
+                                    kwargs={"on_subscribed": self._reread.set},
                                     name="worker-wakeups", daemon=True)  # fmt: skip
         listener.start()
+        if not self.only:
+            adoption = (self.db, self.settings, self._stopping, self._reread.set)
+            threading.Thread(target=adopt_forever, args=adoption, name="worker-adoption", daemon=True).start()
         log.info(
             "worker %s serving %s with %d download threads",
             self.token,
@@ -189,57 +200,62 @@ class Processor:
         # The lease starts now, not when this scheduling pass began: a slow pass over many
         # aggregations would otherwise grant shorter leases than configured.
         asked = time.monotonic()
+        notices_before = self._notices
         result = self.db.claim(aggr_id, wanted, self.token, self.settings.lease_seconds)
         with self._lock:
             state = self._aggregations.get(aggr_id)
             if state is None:
                 state = self._aggregations[aggr_id] = _AggregationState()
-            if result.ids:
-                state.idle_delay = 0.0
+            if result.jobs:
                 state.next_try = 0.0
             elif result.full:
                 state.next_try = now + FULL_DELAY
             elif result.paused:
-                state.next_try = now + MAX_IDLE_DELAY
+                state.next_try = now + PAUSED_DELAY
             elif result.next_ready is not None:
-                state.next_try = min(result.next_ready, now + MAX_IDLE_DELAY)
-            else:
-                state.idle_delay = min(
-                    MAX_IDLE_DELAY, max(self.settings.poll_interval_seconds, state.idle_delay * 2)
-                )
-                state.next_try = now + state.idle_delay
-        if result.ids:
-            self._start(aggr_id, result.ids, asked)
-        return len(result.ids)
+                state.next_try = max(result.next_ready, now + self.settings.poll_interval_seconds)
+            elif state.noticed > notices_before:  # announced since we asked: look again
+                state.next_try = 0.0
+            else:  # nothing queued: wait for an announcement
+                state.next_try = NEVER
+                if not state.running and aggr_id not in self.only:
+                    del self._aggregations[aggr_id]
+        if result.jobs:
+            assert result.aggregation is not None
+            self._start(result.aggregation, result.jobs, asked)
+        return len(result.jobs)
 
     def _notice(self, aggr_id: str) -> None:
-        """An aggregation's queue just got its first job: look at it now, not at the next scan."""
+        """An aggregation's queue just got its first job: look at it now."""
         if self.only and aggr_id not in self.only:
             return
         with self._lock:
+            self._notices += 1
             state = self._aggregations.setdefault(aggr_id, _AggregationState())
-            state.next_try = 0.0
-            state.idle_delay = 0.0
+            state.next_try, state.noticed = 0.0, self._notices
         self._wake.set()
 
     def _sleep_until_next(self, now: float) -> None:
         with self._lock:
-            soonest = min((s.next_try for s in self._aggregations.values()), default=now + MAX_IDLE_DELAY)
-        self._wake.wait(min(MAX_IDLE_DELAY, max(0.005, soonest - now)))
+            soonest = min((s.next_try for s in self._aggregations.values()), default=NEVER)
+        # NEVER: nothing to do until an announcement (or the registry's re-read) wakes us.
+        self._wake.wait(min(self.settings.scan_interval_seconds, max(0.005, soonest - now)))
         self._wake.clear()
 
-    def _start(self, aggr_id: str, ids: list[str], claimed_at: float) -> None:
-        aggregation, raw_jobs = self.db.load_claimed(aggr_id, ids)
-        for job_id, claimed in raw_jobs.items():
+    def _start(
+        self, aggregation: Aggregation, jobs: Mapping[str, store.ClaimedJob], claimed_at: float
+    ) -> None:
+        for job_id, claimed in jobs.items():
             if not claimed.raw.get("ID"):
-                log.warning("job %s of %s has no hash any more; dropping it from the queue", job_id, aggr_id)
-                self.db.drop_claim(aggr_id, job_id, self.token)
+                log.warning("job %s of %s has no hash any more; dropping it from the queue", job_id,
+                            aggregation.id)  # fmt: skip
+                self.db.drop_claim(aggregation.id, job_id, self.token)
                 continue
             try:
                 job = Job.from_hash(claimed.raw, claimed.options)
             except CorruptJobError as exc:
                 log.error("job %s is unreadable, left as is: %s", job_id, exc)
-                self.db.drop_claim(aggr_id, job_id, self.token)
+                self.db.drop_claim(aggregation.id, job_id, self.token)
                 continue
             self._submit(aggregation, job, claimed_at)
 
@@ -310,13 +326,15 @@ class Processor:
                 running[job_id].cancelled.set()
 
     def _housekeeping(self) -> None:
-        scan = Every(self.settings.scan_interval_seconds, first_now=True)
+        reread = Every(self.settings.scan_interval_seconds, first_now=True)
+        recover = Every(self.settings.recovery_every, first_now=True)
         stats = Every(self.settings.stats_interval_seconds, first_now=True)
         disk = Every(self.settings.disk_check_interval_seconds, first_now=True)
         heartbeat = Every(keys.INSTANCE_HEARTBEAT_SECONDS, first_now=True)
         while not self._stopping.wait(0.1):
             for due, step in (
-                (scan, self._scan),
+                (self._reread_due(reread), self._read_registry),
+                (recover, self._recover),
                 (stats, self._publish_stats),
                 (disk, self._check_disk),
                 (heartbeat, self._heartbeat),
@@ -352,30 +370,24 @@ class Processor:
             state = self._aggregations.get(aggr_id)
             return state is not None and job_id in state.running
 
-    def _scan(self) -> None:
-        if self.only:
-            found = set(self.only)
-        else:
-            found = self.db.active_aggregations() | self.db.aggregations_in_flight()
+    def _reread_due(self, every: Every) -> Callable[[], bool]:
+        return lambda: every() or self._reread.is_set()
+
+    def _read_registry(self) -> None:
+        """Look again at every aggregation with work: announcements are not stored, so one
+        sent while we were not subscribed would otherwise be missed until the next one."""
+        self._reread.clear()
+        found = set(self.only) if self.only else self.db.registered_aggregations()
         with self._lock:
             for aggr_id in found:
-                if aggr_id not in self._aggregations:
-                    self._aggregations[aggr_id] = _AggregationState()
-                    self._wake.set()
-            gone = [
-                a
-                for a, s in self._aggregations.items()
-                if a not in found and not s.running and a not in self.only
-            ]
-            for aggr_id in gone:
-                del self._aggregations[aggr_id]
-        for aggr_id in gone:
-            self.db.delete_idle_aggregation(aggr_id)
-        for aggr_id in found:
-            self._recover(aggr_id)
+                state = self._aggregations.setdefault(aggr_id, _AggregationState())
+                if state.next_try == NEVER:
+                    state.next_try = 0.0
+        self._wake.set()
 
-    def _recover(self, aggr_id: str) -> None:
-        recover_expired_leases(self.db, aggr_id, self.settings.crash_tolerance)
+    def _recover(self) -> None:
+        if recover_expired_leases(self.db, self.settings.crash_tolerance):
+            self._wake.set()
 
     def _check_disk(self) -> None:
         try:
@@ -433,16 +445,3 @@ class Processor:
                 attempts.release(self, aggr_id, job_id)
         self.threads.shutdown(wait=False, cancel_futures=True)
         log.info("worker %s stopped", self.token)
-
-
-def recover_expired_leases(db: store.Store, aggr_id: str, crash_tolerance: int) -> None:
-    """Give back the jobs of an aggregation whose leases expired (their worker died or hung);
-    workers do it for the aggregations they serve, the notifier for all of them."""
-    for job_id in db.expired_leases(aggr_id):
-        result = db.recover(aggr_id, job_id, crash_tolerance=crash_tolerance, error=LOST_LEASE_TEXT)
-        fields = {"event": "lease_recovered", "job_id": job_id, "aggr_id": aggr_id}
-        metrics.lease_recovered("download", result)
-        if result == 1:
-            log.warning("job %s of %s: its worker was lost; queued again", job_id, aggr_id, extra=fields)
-        elif result == 2:
-            log.warning("job %s of %s: lost its worker too often; failed", job_id, aggr_id, extra=fields)

@@ -35,6 +35,8 @@ async def get_job(job_id: str, db: StoreDep, grant: GrantDep) -> JobView:
 
 def view(status: JobStatus, now: float) -> JobView:
     job, meta = status.job, status.meta
+    if not meta and status.queued_at is not None:  # never claimed: its queue entry's score
+        meta = {"CreatedAt": repr(status.queued_at), "UpdatedAt": repr(status.queued_at)}
     # Where this job's callback goes, or went: a failed download may have its own destination.
     backend, destination = job.callback_destination(succeeded=job.download_state != State.FAILED) or ("", "")
     return JobView(

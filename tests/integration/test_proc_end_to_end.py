@@ -379,8 +379,9 @@ def test_a_delivered_jobs_file_and_hash_are_deleted_after_the_deletion_delay(
     wait_until(lambda: stack.stats("notifier").get("reaperSuccessfulDeletions", 0) >= 1, 5, "reaper stats")
     notifier.check_alive()
     # Nothing of the job is left: no side key, no lease, and its idle aggregation is gone too.
-    # (The dashboard's heartbeats and per-minute counts are no job's; they expire by themselves.)
-    dashboard = (keys.INSTANCES_PREFIX, keys.THROUGHPUT_PREFIX)
+    # (The dashboard's heartbeats and per-minute counts are no job's, nor is the adoption
+    # sweep's turn; they expire by themselves.)
+    dashboard = (keys.INSTANCES_PREFIX, keys.THROUGHPUT_PREFIX, keys.ADOPTION_LOCK)
     wait_until(
         lambda: (
             {k for k in stack.db.scan_iter() if not k.startswith(dashboard)}

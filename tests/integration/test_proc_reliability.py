@@ -237,11 +237,16 @@ def _go_job(job_id: str, url: str, aggr: str, callback: str, extra: str = "x") -
     return job
 
 
+#: A mixed fleet (the original's API still writing jobs) runs the adoption sweep often: the
+#: original announces nothing and writes no registry, so its queues are found by SCAN only.
+MIXED_FLEET = {"adoption_interval_seconds": 0.5}
+
+
 def test_a_job_written_by_the_original_api_is_processed_and_its_limit_honoured(
     stack: Stack, files: FileServer, callbacks: CallbackServer
 ) -> None:
-    stack.worker()
-    stack.notifier()
+    stack.worker(**MIXED_FLEET)
+    stack.notifier(**MIXED_FLEET)
     aggr = aggr_id("go")
     ids = [go_job_id() for _ in range(3)]
     for i, job_id in enumerate(ids):
@@ -265,8 +270,8 @@ def test_a_job_written_by_the_original_api_is_processed_and_its_limit_honoured(
 def test_an_aggregation_hash_of_the_original_without_expires_at_works(
     stack: Stack, files: FileServer, callbacks: CallbackServer
 ) -> None:
-    stack.worker()
-    stack.notifier()
+    stack.worker(**MIXED_FLEET)
+    stack.notifier(**MIXED_FLEET)
     aggr = aggr_id("go-noexp")
     job_id = go_job_id()
     stack.db.hset(f"job:{job_id}", mapping=_go_job(job_id, files.url("tiny.png"), aggr, callbacks.url))

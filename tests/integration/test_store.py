@@ -103,7 +103,7 @@ def test_finish_is_fenced_by_the_lease_token(db: Store, rdb: redis.Redis) -> Non
     job = Job.from_hash(rdb.hgetall(keys.job(job_id)))
     done = Outcome(fields={"DownloadState": "Success"}, target=keys.CALLBACK_QUEUE, score=1.0, finished=True)
     assert db.finish(job, new_token(), done) == 0  # somebody else's token changes nothing
-    assert rdb.hget(keys.job(job_id), "DownloadState") == "Pending"
+    assert rdb.hget(keys.job(job_id), "DownloadState") == "InProgress"  # as the claim left it
     assert db.finish(job, token, done) == 1
     assert db.finish(job, token, done) == 0  # running it twice is harmless
     assert rdb.hget(keys.job(job_id), "DownloadState") == "Success"
@@ -176,9 +176,10 @@ def test_callbacks_are_leased_delivered_and_scheduled_for_deletion(db: Store, rd
     job_id = queued_job(db)
     rdb.zadd(keys.CALLBACK_QUEUE, {job_id: 1})
     token = new_token()
-    assert db.claim_callbacks(10, token, 30) == [job_id]
-    assert db.claim_callbacks(10, new_token(), 30) == []
-    raw = db.start_callback(job_id).raw
+    claim = db.claim_callbacks(10, token, 30)
+    assert claim.ids == [job_id]
+    assert db.claim_callbacks(10, new_token(), 30).ids == []
+    raw = claim.jobs[job_id].raw
     assert raw["CallbackCount"] == "1" and raw["CallbackState"] == "InProgress"
     where = Location(key=f"sub/{job_id[:3]}/{job_id}", bucket="theirs", region="eu-west-1").encode()
     assert db.callback_delivered(job_id, token, delete_at=123.0, location=where) == 1
@@ -186,7 +187,7 @@ def test_callbacks_are_leased_delivered_and_scheduled_for_deletion(db: Store, rd
     assert rdb.zscore(keys.DELETION_QUEUE, job_id) == 123.0
     assert rdb.zcard(keys.CALLBACK_INFLIGHT) == 0
     assert db.deletion_targets([job_id, "NoSuchJob12345"]) == {job_id: where}
-    db.deletion_done(job_id)
+    db.deletions_done([job_id])
     assert db.deletion_targets([job_id]) == {} and rdb.zscore(keys.DELETION_QUEUE, job_id) is None
 
 
@@ -196,8 +197,7 @@ def test_options_live_beside_the_originals_hash_and_go_with_the_job(db: Store, r
               options=options)  # fmt: skip
     job_id = db.enqueue(job, Aggregation("aggr", limit=2))
     assert set(rdb.hkeys(keys.job(job_id))) <= set(JOB_FIELDS)  # the original can still read it
-    ids = db.claim("aggr", 1, new_token(), 30).ids
-    _, claimed = db.load_claimed("aggr", ids)
+    claimed = db.claim("aggr", 1, new_token(), 30).jobs
     assert Job.from_hash(claimed[job_id].raw, claimed[job_id].options).options == options
     plain = db.enqueue(
         Job(id="", url="http://h/y", aggr_id="aggr", callback_url="http://cb"), Aggregation("aggr")
@@ -209,7 +209,7 @@ def test_a_dead_notifiers_callbacks_come_back(db: Store, rdb: redis.Redis) -> No
     job_id = queued_job(db)
     rdb.zadd(keys.CALLBACK_QUEUE, {job_id: 1})
     db.claim_callbacks(10, new_token(), lease_seconds=-100)  # a notifier that died long ago
-    assert db.recover_callbacks() == 1
+    assert db.recover_due(crash_tolerance=1, error="x").callbacks == 1
     assert rdb.zscore(keys.CALLBACK_QUEUE, job_id) is not None
     assert rdb.hget(keys.job(job_id), "CallbackState") == State.PENDING
 
@@ -235,10 +235,12 @@ def test_undelivered_callback_is_retried_or_failed(db: Store, rdb: redis.Redis) 
 def test_deletions_are_pushed_back_until_done(db: Store, rdb: redis.Redis) -> None:
     rdb.zadd(keys.DELETION_QUEUE, {"RIPinRedis": 1, "RIPGhost": 1, "Later": time.time() + 100})
     rdb.hset(keys.job("RIPinRedis"), "ID", "RIPinRedis")
-    assert sorted(db.claim_deletions(10, retry_after=60)) == ["RIPGhost", "RIPinRedis"]
-    assert db.claim_deletions(10, retry_after=60) == []  # pushed back: a crash retries later
-    db.deletion_done("RIPinRedis")
-    db.deletion_done("RIPGhost")
+    ids, _ = db.claim_deletions(10, retry_after=60)
+    assert sorted(ids) == ["RIPGhost", "RIPinRedis"]
+    ids, next_due = db.claim_deletions(10, retry_after=60)
+    assert ids == []  # pushed back: a crash retries later
+    assert next_due == pytest.approx(time.time() + 60, abs=5)  # the reaper sleeps until then
+    db.deletions_done(["RIPinRedis", "RIPGhost"])
     assert rdb.zrange(keys.DELETION_QUEUE, 0, -1) == ["Later"]
     assert not rdb.exists(keys.job("RIPinRedis"))
 
@@ -253,8 +255,10 @@ def test_an_idle_aggregation_is_deleted_only_when_nothing_is_queued_or_held(
     assert not db.delete_idle_aggregation("aggr")
     job = Job.from_hash(rdb.hgetall(keys.job(job_id)))
     db.finish(job, token, Outcome(fields={"DownloadState": "Success"}, finished=True))
+    assert rdb.sismember(keys.AGGREGATIONS, "aggr")
     assert db.delete_idle_aggregation("aggr")  # TestRemoveAggregationWithNoJobs
     assert not rdb.exists("aggr:aggr")
+    assert not rdb.sismember(keys.AGGREGATIONS, "aggr")
 
 
 def test_stats_expire(db: Store, rdb: redis.Redis) -> None:
@@ -263,11 +267,9 @@ def test_stats_expire(db: Store, rdb: redis.Redis) -> None:
     assert 0 < rdb.pttl("stats:processor") <= 200
 
 
-def test_starting_a_callback_of_a_vanished_job_creates_nothing(db: Store, rdb: redis.Redis) -> None:
-    from downloader.errors import JobNotFound
-
-    with pytest.raises(JobNotFound):
-        db.start_callback("GoneGoneGone12")
+def test_claiming_a_callback_of_a_vanished_job_creates_nothing(db: Store, rdb: redis.Redis) -> None:
+    rdb.zadd(keys.CALLBACK_QUEUE, {"GoneGoneGone12": 1})
+    assert db.claim_callbacks(10, new_token(), 30).jobs == {"GoneGoneGone12": None}
     assert not rdb.exists(keys.job("GoneGoneGone12"))
 
 
@@ -317,3 +319,103 @@ def test_a_queue_that_gets_its_first_job_is_announced_once(db: Store, rdb: redis
         got.append(message["data"])
     pubsub.close()
     assert got == ["first", "second"]
+
+
+def test_the_registry_holds_exactly_the_aggregations_with_work(db: Store, rdb: redis.Redis) -> None:
+    job_id = queued_job(db, aggr="busy")
+    assert db.registered_aggregations() == {"busy"}
+    token = new_token()
+    assert db.claim("busy", 1, token, 30).ids == [job_id]
+    claim = db.claim("busy", 1, new_token(), 30)
+    assert claim.empty and not claim.idle  # nothing queued, one claimed: still registered
+    assert db.registered_aggregations() == {"busy"}
+    db.finish(Job.from_hash(rdb.hgetall(keys.job(job_id))), token, Outcome(fields={}, finished=True))
+    claim = db.claim("busy", 1, new_token(), 30)
+    assert claim.idle  # nothing queued or claimed: it leaves the registry, its hash goes
+    assert db.registered_aggregations() == set() and not rdb.exists("aggr:busy")
+    assert rdb.zscore(keys.LEASES_DUE, "busy") is None  # no lease left to recover
+
+
+def test_a_managed_idle_aggregation_leaves_the_registry_but_keeps_its_hash(
+    db: Store, rdb: redis.Redis
+) -> None:
+    db.apply_aggregation({"ID": "managed", "Limit": "3", "Proxy": ""}, paused=False)
+    rdb.sadd(keys.AGGREGATIONS, "managed")
+    assert db.claim("managed", 1, new_token(), 30).idle
+    assert not rdb.sismember(keys.AGGREGATIONS, "managed")
+    assert rdb.hget("aggr:managed", "Limit") == "3"
+
+
+def test_a_claim_reads_its_jobs_in_the_same_round_trip(db: Store, rdb: redis.Redis) -> None:
+    ids = {queued_job(db, limit=5, extra=f"e{n}") for n in range(3)}
+    calls_before = rdb.info("commandstats")
+    claim = db.claim("aggr", 5, new_token(), 30)
+    calls = rdb.info("commandstats")
+    assert set(claim.jobs) == ids
+    assert claim.aggregation is not None and claim.aggregation.limit == 5
+    assert {c.raw["Extra"] for c in claim.jobs.values()} == {"e0", "e1", "e2"}
+    assert all(c.raw["DownloadState"] == "InProgress" for c in claim.jobs.values())
+    assert all(rdb.hget(keys.job(i), "DownloadState") == "InProgress" for i in ids)
+    sent = {name for name in calls if calls[name]["calls"] != calls_before.get(name, {}).get("calls")}
+    assert sent & {"cmdstat_evalsha", "cmdstat_eval"}, sent
+    assert (
+        calls.get("cmdstat_evalsha", {}).get("calls", 0)
+        - calls_before.get("cmdstat_evalsha", {}).get("calls", 0)
+        + calls.get("cmdstat_eval", {}).get("calls", 0)
+        - calls_before.get("cmdstat_eval", {}).get("calls", 0)
+        == 1
+    )
+
+
+def test_recovery_visits_only_aggregations_whose_leases_are_due(db: Store, rdb: redis.Redis) -> None:
+    dead = queued_job(db, aggr="dead")
+    alive = queued_job(db, aggr="alive")
+    db.claim("dead", 1, new_token(), lease_seconds=-100)  # its worker died long ago
+    db.claim("alive", 1, new_token(), lease_seconds=300)
+    assert rdb.zscore(keys.LEASES_DUE, "alive") > time.time() + 250
+    done = db.recover_due(crash_tolerance=1, error="lost")
+    assert done.downloads == [("dead", dead, 1)] and done.callbacks == 0
+    assert rdb.zscore("jobs:dead", dead) is not None
+    assert rdb.zscore("inflight:alive", alive) is not None
+    assert rdb.zscore(keys.LEASES_DUE, "dead") is None  # nothing claimed there any more
+    assert db.recover_due(crash_tolerance=1, error="lost").downloads == []
+
+
+def test_a_renewed_lease_is_filed_again_under_its_new_expiry(db: Store, rdb: redis.Redis) -> None:
+    job_id = queued_job(db)
+    token = new_token()
+    db.claim("aggr", 1, token, lease_seconds=1)
+    assert db.renew("aggr", [job_id], token, 300) == []
+    rdb.zadd(keys.LEASES_DUE, {"aggr": 0})  # as if its first expiry had come
+    assert db.recover_due(crash_tolerance=1, error="lost").downloads == []
+    assert rdb.zscore(keys.LEASES_DUE, "aggr") == pytest.approx(rdb.zscore("inflight:aggr", job_id))
+
+
+def test_queues_written_outside_the_registry_are_adopted(db: Store, rdb: redis.Redis) -> None:
+    rdb.zadd("jobs:by-the-original", {"OrigJob123456": 1})
+    rdb.zadd("inflight:held-before-upgrade", {"OldJob1234567": 1})
+    queued_job(db, aggr="ours")
+    assert db.take_adoption_turn(60) and not db.take_adoption_turn(60)  # one process per interval
+    assert db.adopt_unregistered(batch=1, pause=0) == 2
+    assert db.registered_aggregations() == {"by-the-original", "held-before-upgrade", "ours"}
+    assert rdb.zscore(keys.LEASES_DUE, "held-before-upgrade") == 0  # checked by the next pass
+
+
+def test_a_callback_queue_that_gets_its_first_callback_is_announced(db: Store, rdb: redis.Redis) -> None:
+    pubsub = rdb.pubsub(ignore_subscribe_messages=True)
+    pubsub.subscribe(keys.CALLBACK_WAKEUP_CHANNEL)
+    assert pubsub.get_message(timeout=1) is None
+    first, second = queued_job(db, limit=5), queued_job(db, limit=5)
+    token = new_token()
+    db.claim("aggr", 2, token, 30)
+    for job_id in (first, second):
+        job = Job.from_hash(rdb.hgetall(keys.job(job_id)))
+        outcome = Outcome(fields={"DownloadState": "Success", "CallbackState": "Pending"},
+                          target=keys.CALLBACK_QUEUE, score=1.0, finished=True)  # fmt: skip
+        assert db.finish(job, token, outcome) == 1
+    got = []
+    while (message := pubsub.get_message(timeout=0.5)) is not None:
+        got.append(message["data"])
+    pubsub.close()
+    assert got == ["aggr"]  # one announcement for the burst
+    assert rdb.zcard(keys.CALLBACK_QUEUE) == 2
