@@ -1,4 +1,5 @@
-"""One download attempt: GET the URL with requests, stream it to `<tmp>/<id>.tmp`, sniff and fsync.
+"""One download attempt: GET the URL (urllib3, through `downloader.outbound`), stream it to
+`<tmp>/<id>.tmp`, sniff and fsync.
 
 Failures become `DownloadError`s classified as the original does (reference 3.3-3.4), with
 its fixes: TLS errors are known by exception type, 3xx/204 answers are not stored as files,
@@ -15,7 +16,6 @@ import dataclasses
 import hashlib
 import http
 import http.client
-import http.cookiejar
 import logging
 import os
 import socket
@@ -25,12 +25,12 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any
 
-import requests
+import urllib3
 import urllib3.exceptions
 
 from downloader import mime, outbound
 from downloader.errors import DestinationNotAllowed, DownloadError, Interrupted
-from downloader.outbound import Outbound
+from downloader.outbound import Client, Outbound, Response
 from downloader.version import __version__
 
 log = logging.getLogger(__name__)
@@ -70,14 +70,17 @@ class Attempt:
     deadline: float
     cancelled: threading.Event
     max_bytes: int
-    response: requests.Response | None = None
+    response: Response | None = None
     waiting_on: socket.socket | None = None
     """The socket waiting for response headers, before there is a response to abort."""
     why: str = ""
 
+    def waiting(self, sock: socket.socket) -> None:
+        self.waiting_on = sock
+
 
 class Fetcher:
-    """Shared by all download threads of a process: one session (connection pool) per proxy."""
+    """Shared by all download threads of a process: one client (connection pools) per proxy."""
 
     def __init__(
         self,
@@ -92,32 +95,30 @@ class Fetcher:
         self.outbound = outbound if outbound is not None else Outbound()
         self.default_headers = dict(default_headers)
         self.pool_size = pool_size
-        self._sessions: dict[str, requests.Session] = {}
+        # Only the defaults' headers, what almost every job sends: built once.
+        self._plain_headers = self._merge_headers(None)
+        self._clients: dict[str, Client] = {}
         self._lock = threading.Lock()
         self._attempts: set[Attempt] = set()
+        self._timeouts: dict[float, urllib3.Timeout] = {}
 
     def close(self) -> None:
         with self._lock:
-            for session in self._sessions.values():
-                session.close()
-            self._sessions.clear()
+            for client in self._clients.values():
+                client.close()
+            self._clients.clear()
 
-    def session(self, proxy: str) -> requests.Session:
-        with self._lock:
-            session = self._sessions.get(proxy)
-            if session is None:
-                session = self._sessions[proxy] = self._new_session(proxy)
-            return session
-
-    def _new_session(self, proxy: str) -> requests.Session:
-        session = requests.Session()
-        session.headers.clear()  # no python-requests defaults: the server sees only ours
-        # Cookies of one download must never leak into another one.
-        session.cookies.set_policy(http.cookiejar.DefaultCookiePolicy(allowed_domains=[]))
-        self.outbound.mount(session, pool_connections=64, pool_maxsize=self.pool_size)
-        if proxy:
-            session.proxies = {"http": proxy, "https": proxy}
-        return session
+    def client(self, proxy: str) -> Client:
+        client = self._clients.get(proxy)
+        if client is None:
+            with self._lock:
+                client = self._clients.get(proxy)
+                if client is None:
+                    # No cookies are kept: one download's must never reach another one.
+                    client = self._clients[proxy] = self.outbound.client(
+                        proxy=proxy, pool_connections=64, pool_maxsize=self.pool_size
+                    )
+        return client
 
     def headers_for(self, job_headers: Mapping[str, str] | None) -> tuple[dict[str, str], bool]:
         """Defaults, then the job's per key (case-insensitive); and whether we decode the body.
@@ -125,6 +126,12 @@ class Fetcher:
         As the original (Go's transport): we ask for gzip and decompress it ourselves unless
         the caller chose Accept-Encoding, in which case the bytes are stored as sent.
         """
+        if not job_headers:
+            headers, decode = self._plain_headers
+            return dict(headers), decode
+        return self._merge_headers(job_headers)
+
+    def _merge_headers(self, job_headers: Mapping[str, str] | None) -> tuple[dict[str, str], bool]:
         merged: dict[str, str] = {}
         lower: dict[str, str] = {}
         for source in (self.default_headers, job_headers or {}):
@@ -153,16 +160,6 @@ class Fetcher:
                 attempt.why = attempt.why or ("cancelled" if attempt.cancelled.is_set() else "deadline")
                 _abort(attempt)
 
-    @contextlib.contextmanager
-    def _tracked(self, attempt: Attempt) -> Iterator[Attempt]:
-        with self._lock:
-            self._attempts.add(attempt)
-        try:
-            yield attempt
-        finally:
-            with self._lock:
-                self._attempts.discard(attempt)
-
     # --- one attempt ------------------------------------------------------------
 
     def fetch(
@@ -184,58 +181,65 @@ class Fetcher:
         budget = min(timeout, self.limits.total_timeout) if timeout > 0 else self.limits.total_timeout
         cap = min(max_bytes, self.limits.max_bytes) if max_bytes > 0 else self.limits.max_bytes
         attempt = Attempt(deadline=time.monotonic() + budget, cancelled=cancelled, max_bytes=cap)
-        waiting = outbound.watching_sockets(lambda sock: setattr(attempt, "waiting_on", sock))
-        with self._tracked(attempt), waiting:
+        with self._lock:
+            self._attempts.add(attempt)
+        outbound.watch_header_waits(attempt.waiting)
+        try:
             response = self._request(url, proxy, job_headers, budget, attempt)
             try:
                 attempt.response = response
                 return self._receive(job_id, response, attempt, tmp_dir, sniff, mime_pattern)
             finally:
-                response.close()
+                outbound.close(response)
+        finally:
+            outbound.watch_header_waits(None)
+            with self._lock:
+                self._attempts.discard(attempt)
+
+    def _timeout(self, budget: float) -> urllib3.Timeout:
+        timeout = self._timeouts.get(budget)
+        if timeout is None:
+            if len(self._timeouts) > 64:
+                self._timeouts.clear()  # jobs with timeouts of their own: keep a few only
+            timeout = urllib3.Timeout(connect=min(self.limits.connect_timeout, budget), read=budget)
+            self._timeouts[budget] = timeout
+        return timeout
 
     def _request(
         self, url: str, proxy: str, job_headers: Mapping[str, str] | None, budget: float, attempt: Attempt
-    ) -> requests.Response:
+    ) -> Response:
         headers, decode = self.headers_for(job_headers)
         try:
-            response = self.outbound.send(
-                self.session(proxy),
+            response = self.client(proxy).request(
                 "GET",
                 url,
                 headers=headers,
-                stream=True,
-                timeout=(min(self.limits.connect_timeout, budget), budget),
+                timeout=self._timeout(budget),
                 max_redirects=self.limits.max_redirects,
             )
         except DestinationNotAllowed as exc:
             raise DownloadError(DESTINATION_PHASE, str(exc), retriable=False) from exc
-        except (
-            requests.exceptions.MissingSchema,
-            requests.exceptions.InvalidSchema,
-            requests.exceptions.InvalidURL,
-            requests.exceptions.InvalidHeader,
-            ValueError,
-        ) as exc:
+        except ValueError as exc:  # outbound.InvalidRequest too: URL, scheme, header, proxy URL
             raise DownloadError("creating request", str(exc), retriable=False) from exc
-        except requests.exceptions.SSLError as exc:
+        except outbound.TLSError as exc:
             raise DownloadError("performing request", f"TLS Error occured: {exc}", retriable=False) from exc
-        except requests.exceptions.RequestException as exc:
+        except outbound.RequestError as exc:
             _raise_if_interrupted(attempt, exc)
             raise DownloadError("performing request", _describe(exc), retriable=True) from exc
-        response.raw.decode_content = decode
+        response.decode_content = decode
         _check_status(response)
         return response
 
     def _receive(
         self,
         job_id: str,
-        response: requests.Response,
+        response: Response,
         attempt: Attempt,
         tmp_dir: Path,
         sniff: bool,
         mime_pattern: mime.MimePattern | None,
     ) -> Fetched:
-        code = response.status_code
+        code = response.status
         declared = response.headers.get("Content-Length", "")
         if declared.isdigit() and int(declared) > attempt.max_bytes:
             raise _too_large(attempt.max_bytes, code)
@@ -261,17 +265,17 @@ class Fetcher:
                 path.unlink()
             raise
         return Fetched(path=path, response_code=code, mime_type=detected, size=size, sha256=sha256,
-                       final_url=response.url)  # fmt: skip
+                       final_url=response.url or "")  # fmt: skip
 
     def _copy(
         self,
-        response: requests.Response,
+        response: Response,
         out: IO[bytes],
         attempt: Attempt,
         sniff: bool,
         mime_pattern: mime.MimePattern | None,
     ) -> tuple[int, str, str]:
-        code = response.status_code
+        code = response.status
         head = b""
         detected = ""
         size = 0
@@ -292,20 +296,23 @@ class Fetcher:
             detected = _check_mime(head, mime_pattern, code)
         return size, detected, digest.hexdigest()
 
-    def _chunks(self, response: requests.Response, attempt: Attempt) -> Iterator[bytes]:
-        code = response.status_code
-        decode = bool(response.raw.decode_content)
+    def _chunks(self, response: Response, attempt: Attempt) -> Iterator[bytes]:
+        code = response.status
+        decode = bool(response.decode_content)
+        read1 = response.read1
+        cancelled = attempt.cancelled
+        deadline = attempt.deadline
         while True:
-            if attempt.cancelled.is_set():
+            if cancelled.is_set():
                 raise Interrupted("download cancelled (shutting down, disk full or lease not renewed)")
-            if time.monotonic() >= attempt.deadline:
+            if time.monotonic() >= deadline:
                 raise DownloadError(
                     "downloading file", "download timeout exceeded", retriable=True, response_code=code
                 )
             try:
                 # read1: whatever has arrived, so the deadline is looked at between small reads
-                chunk = response.raw.read1(CHUNK_BYTES, decode_content=decode)
-            except (urllib3.exceptions.HTTPError, requests.exceptions.RequestException, OSError) as exc:
+                chunk = read1(CHUNK_BYTES, decode_content=decode)
+            except (urllib3.exceptions.HTTPError, OSError) as exc:
                 _raise_if_interrupted(attempt, exc, code)
                 raise DownloadError(
                     "downloading file", _describe(exc), retriable=True, response_code=code
@@ -315,13 +322,13 @@ class Fetcher:
             yield chunk
 
 
-def _check_status(response: requests.Response) -> None:
-    code = response.status_code
+def _check_status(response: Response) -> None:
+    code = response.status
     if 200 <= code < 300 and code not in (204, 205):
         return
     status = f"{code} {response.reason or _phrase(code)}"
     retriable = code >= 500 or code in RETRIABLE_CLIENT_STATUSES
-    response.close()
+    outbound.close(response)
     raise DownloadError(
         "processing response", f"Received status code {status}", retriable=retriable, response_code=code
     )
@@ -394,8 +401,8 @@ def _abort(attempt: Attempt) -> None:
     are still arriving, on the socket that waits for them."""
     sock = attempt.waiting_on
     if attempt.response is not None:
-        raw: Any = attempt.response.raw
-        connection: Any = getattr(raw, "connection", None) or getattr(raw, "_connection", None)
+        response: Any = attempt.response
+        connection: Any = getattr(response, "connection", None) or getattr(response, "_connection", None)
         sock = getattr(connection, "sock", None)
     if sock is not None:
         with contextlib.suppress(OSError):

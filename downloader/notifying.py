@@ -13,11 +13,11 @@ import json
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
-import requests
+import urllib3
 
 from downloader.errors import DestinationNotAllowed, NotificationError
 from downloader.models import DownloadResult, Job, State
-from downloader.outbound import Outbound, Policy
+from downloader.outbound import Outbound, Policy, RequestError
 from downloader.version import __version__
 
 if TYPE_CHECKING:
@@ -76,38 +76,36 @@ class Backend(Protocol):
 
 
 class HttpBackend:
-    """POST the payload as JSON; any 2xx delivers. Responses are always closed (the
-    original leaked one socket per callback, bug 10.2.10)."""
+    """POST the payload as JSON; any 2xx delivers. The answer is read and its connection
+    kept for the next callback (the original leaked one socket per callback, bug 10.2.10)."""
 
     def __init__(self, timeout: float, pool_size: int, policy: Policy | None = None) -> None:
         self.timeout = timeout
-        self.session = requests.Session()
-        self.session.headers.clear()
+        self._timeout = urllib3.Timeout(connect=timeout, read=timeout)
         # Callback URLs are the clients' choice: no callback reaches a non-public address
         # (policy None: the strict default), see downloader.outbound.
         self.outbound = Outbound(policy)
-        self.outbound.mount(self.session, pool_connections=32, pool_maxsize=pool_size)
+        self.client = self.outbound.client(pool_connections=32, pool_maxsize=pool_size)
 
     def deliver(self, message: Message) -> None:
         destination = message.destination
-        headers = {
-            **message.headers,
-            "Content-Type": "application/json",
-            "User-Agent": f"Downloader/{__version__}",
-        }
+        headers = {**message.headers, "Content-Type": "application/json", "User-Agent": _USER_AGENT}
         try:
             # Redirects are not followed (each hop would need the address checks again, and
             # Go's POST-to-GET rewriting would not deliver the payload): a 3xx is undelivered.
-            with self.session.post(
-                destination, data=message.body, headers=headers, timeout=self.timeout, allow_redirects=False
-            ) as resp:
-                if not 200 <= resp.status_code < 300:
-                    raise NotificationError(f"Received Status: {resp.status_code} {resp.reason}".rstrip())
-        except (requests.RequestException, DestinationNotAllowed) as exc:
+            resp = self.client.exchange(
+                "POST", destination, headers=headers, body=message.body, timeout=self._timeout
+            )
+        except (RequestError, DestinationNotAllowed) as exc:
             raise NotificationError(f'Post "{destination}": {exc}') from exc
+        if not 200 <= resp.status < 300:
+            raise NotificationError(f"Received Status: {resp.status} {resp.reason}".rstrip())
 
     def close(self) -> None:
-        self.session.close()
+        self.client.close()
+
+
+_USER_AGENT = f"Downloader/{__version__}"
 
 
 def build_backends(settings: Settings) -> dict[str, Backend]:

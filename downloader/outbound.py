@@ -7,56 +7,76 @@ metadata endpoints and internal services (server-side request forgery). So:
   injectable), refuses the whole destination if ANY address is not public (`check_address`),
   and connects to those checked addresses themselves. Nothing resolves the name a second time,
   so a DNS answer that changes between check and connect (DNS rebinding) cannot slip through.
-* How: `GuardedAdapter` (a requests HTTPAdapter) builds its urllib3 pools with connection
-  classes whose `_new_conn` (the one place urllib3 turns host:port into a socket) is replaced
-  by resolve-check-connect. The connection's `host` stays the URL's hostname, so the Host
+* How: a `Client` drives urllib3 directly (no requests on these hot paths: its per-request
+  machinery cost several times urllib3's own). Its pool manager builds pools whose connection
+  classes replace `_new_conn` (the one place urllib3 turns host:port into a socket) by
+  resolve-check-connect. The connection's `host` stays the URL's hostname, so the Host
   header, TLS SNI and certificate verification all still use the name, not the address.
   Keep-alive connections are reused only for the same scheme/host/port, i.e. an already
   checked address. A refusal is raised before any socket exists: the target sees nothing.
-* Redirects are followed by hand (`Outbound.send`): each hop is a new request through the same
-  adapter (so re-resolved and re-checked), only http/https at every hop, at most
-  `max_redirects` hops; credentials are dropped when the host changes, as requests does.
-* Proxies (an aggregation's proxy, or HTTP(S)_PROXY from the environment): the proxy resolves
-  the target, so its address cannot be pinned. The proxy itself is the operator's choice and is
-  not checked. Before a request goes through a proxy we check the target as WE resolve it: an
-  IP-literal target is checked exactly; a hostname is best effort (the proxy may resolve it
-  differently, and a name we cannot resolve is left to the proxy).
-* TLS: one SSLContext (CA bundle loaded once) is shared by all pools of an `Outbound`; loading
-  the bundle per connection costs ~60 ms of CPU (DESIGN.md). It trusts `ca_file`, else the
-  bundle requests would use (REQUESTS_CA_BUNDLE, CURL_CA_BUNDLE, else certifi's).
+* Redirects are followed by hand (`Client.request`): each hop is a new request through the same
+  pools (so re-resolved and re-checked), only http/https at every hop, at most
+  `max_redirects` hops; credentials are dropped when the host changes. Callbacks
+  (`Client.exchange`) never follow redirects.
+* What requests did to a request is kept, so jobs and callbacks see the same URLs, headers and
+  error texts as before: URL preparation (`prepare_url`: IDNA, requoting, the same error
+  texts), header validation, Basic auth from `user:password@` in the URL, Content-Length of a
+  body, and errors that carry urllib3's texts unchanged (`RequestError` and its subclasses,
+  classified as requests' exception classes were). No cookies are kept: the session's jar
+  refused every cookie, so none was ever sent back.
+* Proxies (an aggregation's proxy, or HTTP(S)_PROXY/ALL_PROXY from the environment, which wins
+  per scheme unless NO_PROXY matches, as requests chose): the proxy resolves the target, so its
+  address cannot be pinned. The proxy itself is the operator's choice and is not checked.
+  Before a request goes through a proxy we check the target as WE resolve it: an IP-literal
+  target is checked exactly; a hostname is best effort (the proxy may resolve it
+  differently, and a name we cannot resolve is left to the proxy). The environment is read
+  once, when a `Client` is made.
+* TLS: one SSLContext (CA bundle loaded once) is shared by all pools of an `Outbound`, and
+  verifies HTTPS proxies as well; loading the bundle per connection costs ~60 ms of CPU
+  (DESIGN.md). It trusts `ca_file`, else REQUESTS_CA_BUNDLE, CURL_CA_BUNDLE, else certifi's.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import dataclasses
 import ipaddress
 import os
+import re
 import socket
 import ssl
 import threading
+import urllib.request
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Union
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import quote, unquote, urljoin, urlparse, urlsplit, urlunparse
 
 import certifi
-import requests
-import requests.adapters
-import requests.exceptions
-import requests.utils
 import urllib3
 import urllib3.connection
 import urllib3.connectionpool
 import urllib3.exceptions
 import urllib3.util.connection
 import urllib3.util.ssl_
+from urllib3.exceptions import (
+    ClosedPoolError,
+    ConnectTimeoutError,
+    DecodeError,
+    LocationParseError,
+    LocationValueError,
+    MaxRetryError,
+    NewConnectionError,
+    ProtocolError,
+    ReadTimeoutError,
+    ResponseError,
+)
+from urllib3.util.url import parse_url
 
 from downloader.errors import ConfigurationError, DestinationNotAllowed
 
 if TYPE_CHECKING:
-    from requests.adapters import _HostParams, _PoolKwargs
-
     from downloader.settings import Settings
 
 IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]  # noqa: UP007 (a runtime alias)
@@ -241,11 +261,60 @@ def _literal(host: str) -> IPAddress | None:
         return None
 
 
+# --- errors ----------------------------------------------------------------------------------
+
+
+class RequestError(OSError):
+    """A request that failed, carrying urllib3's error (its text unchanged: requests wrapped
+    urllib3's errors the same way, and these texts reach job errors and callback texts).
+    The subclasses are the classes of requests that the callers told apart."""
+
+    def __init__(self, error: object) -> None:
+        super().__init__(error)
+
+
+class ConnectionFailed(RequestError):
+    """Connecting, sending or receiving the response head failed (requests' ConnectionError)."""
+
+
+class TLSError(ConnectionFailed):
+    """A TLS handshake or certificate failure (requests' SSLError)."""
+
+
+class ProxyFailed(ConnectionFailed):
+    """The proxy could not be reached or refused the tunnel (requests' ProxyError)."""
+
+
+class RequestTimeout(RequestError):
+    """A connect or read timeout (requests' Timeout)."""
+
+
+class ConnectTimeout(ConnectionFailed, RequestTimeout):
+    """Connecting timed out."""
+
+
+class ReadTimeout(RequestTimeout):
+    """The response head did not arrive in time."""
+
+
+class BodyError(RequestError):
+    """The body of a response read in full (a callback's) was cut or undecodable."""
+
+
+class TooManyRedirects(RequestError):
+    """More redirects than allowed."""
+
+
+class InvalidRequest(RequestError, ValueError):
+    """The request cannot be made as given: URL, scheme, header or proxy URL (requests'
+    InvalidURL, MissingSchema, InvalidSchema, InvalidHeader, InvalidProxyURL)."""
+
+
 # --- the layer -----------------------------------------------------------------------------
 
 
 class Outbound:
-    """Resolution, checks, pinned connections, TLS context and redirects for one process."""
+    """Resolution, checks, pinned connections and the TLS context for one process."""
 
     def __init__(
         self,
@@ -262,11 +331,9 @@ class Outbound:
     def from_settings(cls, settings: Settings) -> Outbound:
         return cls(Policy.from_settings(settings))
 
-    def mount(self, session: requests.Session, *, pool_connections: int, pool_maxsize: int) -> None:
-        """Route the session's http and https requests through this layer."""
-        adapter = GuardedAdapter(self, pool_connections=pool_connections, pool_maxsize=pool_maxsize)
-        session.mount("http://", adapter)
-        session.mount("https://", adapter)
+    def client(self, *, proxy: str = "", pool_connections: int, pool_maxsize: int) -> Client:
+        """Connection pools through this layer; requests go through `proxy` when given."""
+        return Client(self, proxy=proxy, pool_connections=pool_connections, pool_maxsize=pool_maxsize)
 
     # --- resolution and checks ---
 
@@ -309,54 +376,263 @@ class Outbound:
             where = "" if _literal(host) is not None else f" for host {host}"
             raise DestinationNotAllowed(f"{NOT_ALLOWED}: {plain} ({reason}){where}")
 
-    # --- requests with redirects followed by hand ---
 
-    def send(
+Timeout = Union[float, tuple[float, float], urllib3.Timeout]  # noqa: UP007 (a runtime alias)
+Response = urllib3.BaseHTTPResponse
+
+#: requests' default for its adapters: no retries, and read errors raised as they are.
+_NO_RETRIES = urllib3.Retry(0, read=False)
+#: Chunk size of a body read in full, as requests' `Response.content` read it.
+_CONTENT_CHUNK = 10 * 1024
+#: A redirect's body is read (so its connection can be reused) up to this much, then dropped.
+_REDIRECT_BODY_CAP = 64 * 1024
+
+
+class Client:
+    """Connection pools for requests through one `Outbound`: a pinning pool manager for
+    direct requests, and one proxy manager per proxy URL. Thread-safe; shared by threads."""
+
+    def __init__(
+        self, outbound: Outbound, *, proxy: str = "", pool_connections: int, pool_maxsize: int
+    ) -> None:
+        self.outbound = outbound
+        self._pool_kw: dict[str, Any] = {
+            "num_pools": pool_connections,
+            "maxsize": pool_maxsize,
+            "block": False,
+            # The shared context holds the CA bundle; a path here would reload it per connection.
+            "cert_reqs": "CERT_REQUIRED",
+            "ssl_context": outbound.ssl_context,
+        }
+        self._direct = _PinningPoolManager(outbound, **self._pool_kw)
+        self._proxies: dict[str, str] = {"http": proxy, "https": proxy} if proxy else {}
+        self._environ = _proxy_environment()
+        self._no_proxy = os.environ.get("no_proxy") or os.environ.get("NO_PROXY")
+        self._managers: dict[str, urllib3.PoolManager] = {}
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        self._direct.clear()
+        with self._lock:
+            for manager in self._managers.values():
+                manager.clear()
+            self._managers.clear()
+
+    def request(
         self,
-        session: requests.Session,
         method: str,
         url: str,
         *,
         headers: Mapping[str, str],
-        timeout: float | tuple[float, float],
-        stream: bool = False,
-        data: bytes | None = None,
+        timeout: Timeout,
+        body: bytes | None = None,
         max_redirects: int = 0,
-    ) -> requests.Response:
-        """One request, following up to `max_redirects` redirects, each hop checked anew.
+    ) -> Response:
+        """One request, following up to `max_redirects` redirects, each hop checked anew; the
+        response's body is left to read (`url` is the URL it came from, as prepared).
 
-        Raises DestinationNotAllowed, requests' InvalidSchema for a scheme other than http or
-        https at any hop, TooManyRedirects beyond the cap, and requests' other errors.
+        Raises DestinationNotAllowed, InvalidRequest for a scheme other than http or https at
+        any hop, TooManyRedirects beyond the cap, and the other RequestErrors.
         """
-        hop_headers = dict(headers)
+        hop_headers = headers
         for hop in range(max_redirects + 1):
             _require_http(url, redirected=hop > 0)
-            response = session.request(
-                method, url, headers=hop_headers, data=data, timeout=timeout, stream=stream,
-                allow_redirects=False,
-            )  # fmt: skip
-            target = session.get_redirect_target(response)
+            response = self.open(method, url, headers=hop_headers, timeout=timeout, body=body)
+            target = redirect_target(response)
             if target is None:
                 return response
-            response.close()  # not drained: a hostile body could be endless
-            next_url = requests.utils.requote_uri(urljoin(url, target))
-            if session.should_strip_auth(url, next_url):  # type: ignore[no-untyped-call]
+            _drain(response)
+            next_url = requote_uri(urljoin(url, target))
+            if should_strip_auth(url, next_url):
                 hop_headers = {k: v for k, v in hop_headers.items() if k.title() not in CREDENTIAL_HEADERS}
-            method, data, hop_headers = _redirected_method(response.status_code, method, data, hop_headers)
+            method, body, hop_headers = _redirected_method(response.status, method, body, hop_headers)
             url = next_url
-        raise requests.exceptions.TooManyRedirects(f"Exceeded {max_redirects} redirects.")
+        raise TooManyRedirects(f"Exceeded {max_redirects} redirects.")
+
+    def exchange(
+        self,
+        method: str,
+        url: str,
+        *,
+        headers: Mapping[str, str],
+        timeout: Timeout,
+        body: bytes | None = None,
+    ) -> Response:
+        """One request, redirects not followed, its response body read in full and its
+        connection back in the pool: look at `status` and `reason`."""
+        response = self.open(method, url, headers=headers, timeout=timeout, body=body)
+        try:
+            _read_all(response)
+        finally:
+            close(response)
+        return response
+
+    def open(
+        self,
+        method: str,
+        url: str,
+        *,
+        headers: Mapping[str, str],
+        timeout: Timeout,
+        body: bytes | None = None,
+    ) -> Response:
+        """One hop, as requests' Session.request(allow_redirects=False, stream=True) sent it."""
+        prepared = prepare_url(url)
+        body = body or None  # requests sent an empty body as none
+        send_headers = _prepare_headers(headers, method, body, prepared)
+        proxy = self._select_proxy(prepared) if self._proxies or self._environ else None
+        if not prepared.lower().startswith(("http://", "https://")):
+            raise InvalidRequest(f"No connection adapters were found for {prepared!r}")
+        if proxy:
+            self.outbound.check_through_proxy(prepared)
+        parts = urlsplit(prepared)
+        scheme = parts.scheme.lower()
+        try:
+            port = parts.port
+        except ValueError as exc:
+            raise InvalidRequest(exc) from exc
+        try:
+            if proxy:
+                pool = self._proxy_pool(proxy, scheme, parts.hostname, port)
+            else:
+                pool = self._direct.connection_from_host(parts.hostname, port, scheme)
+        except LocationValueError as exc:
+            raise InvalidRequest(exc) from exc
+        target = (parts.path or "/") + ("?" + parts.query if parts.query else "")
+        if proxy and scheme != "https" and not urlparse(proxy).scheme.lower().startswith("socks"):
+            target = _defragauth(prepared)  # a forward proxy takes the absolute URL
+        if not isinstance(timeout, urllib3.Timeout):
+            connect, read = timeout if isinstance(timeout, tuple) else (timeout, timeout)
+            timeout = urllib3.Timeout(connect=connect, read=read)
+        response = _urlopen(pool, method, target, body, send_headers, timeout)
+        response.url = prepared
+        return response
+
+    # --- proxies ---
+
+    def _select_proxy(self, url: str) -> str | None:
+        proxies = self._proxies
+        if self._environ and not _bypass_proxies(url, self._environ, self._no_proxy):
+            proxies = {**proxies, **self._environ}  # requests let the environment win
+        return select_proxy(url, proxies) if proxies else None
+
+    def _proxy_pool(self, proxy: str, scheme: str, host: str | None, port: int | None) -> Any:
+        proxy = prepend_scheme_if_needed(proxy, "http")
+        if not parse_url(proxy).host:
+            raise InvalidRequest("Please check proxy URL. It is malformed and could be missing the host.")
+        manager = self._managers.get(proxy)
+        if manager is None:
+            with self._lock:
+                manager = self._managers.get(proxy)
+                if manager is None:
+                    manager = self._managers[proxy] = self._proxy_manager(proxy)
+        return manager.connection_from_host(host, port, scheme)
+
+    def _proxy_manager(self, proxy: str) -> urllib3.PoolManager:
+        if proxy.lower().startswith("socks"):
+            try:
+                from urllib3.contrib.socks import SOCKSProxyManager
+            except ImportError as exc:
+                raise InvalidRequest("Missing dependencies for SOCKS support.") from exc
+            username, password = get_auth_from_url(proxy)
+            return SOCKSProxyManager(proxy, username=username, password=password, **self._pool_kw)
+        headers: dict[str, str] = {}
+        username, password = get_auth_from_url(proxy)
+        if username:
+            headers["Proxy-Authorization"] = basic_auth(username, password)
+        # An HTTPS proxy is verified with the shared context too (requests left it to the
+        # system's store, and refused plain-HTTP targets behind one).
+        return urllib3.ProxyManager(
+            proxy, proxy_headers=headers, proxy_ssl_context=self.outbound.ssl_context, **self._pool_kw
+        )
+
+
+def close(response: Response) -> None:
+    """Done with a response: an unfinished body closes its connection (requests' Response.close)."""
+    response.close()
+    response.release_conn()
+
+
+def _urlopen(
+    pool: Any, method: str, target: str, body: bytes | None, headers: dict[str, str], timeout: urllib3.Timeout
+) -> Response:
+    """urllib3's urlopen as requests' HTTPAdapter.send called it, its errors as it raised them."""
+    try:
+        response: Response = pool.urlopen(
+            method, target, body=body, headers=headers, redirect=False, assert_same_host=False,
+            preload_content=False, decode_content=False, retries=_NO_RETRIES, timeout=timeout, chunked=False,
+        )  # fmt: skip
+        return response
+    except (ProtocolError, OSError) as exc:
+        raise ConnectionFailed(exc) from exc
+    except MaxRetryError as exc:
+        reason = exc.reason
+        if isinstance(reason, ConnectTimeoutError) and not isinstance(reason, NewConnectionError):
+            raise ConnectTimeout(exc) from exc
+        if isinstance(reason, ResponseError):
+            raise RequestError(exc) from exc
+        if isinstance(reason, urllib3.exceptions.ProxyError):
+            raise ProxyFailed(exc) from exc
+        if isinstance(reason, urllib3.exceptions.SSLError):
+            raise TLSError(exc) from exc
+        raise ConnectionFailed(exc) from exc
+    except ClosedPoolError as exc:
+        raise ConnectionFailed(exc) from exc
+    except urllib3.exceptions.ProxyError as exc:
+        raise ProxyFailed(exc) from exc
+    except urllib3.exceptions.SSLError as exc:
+        raise TLSError(exc) from exc
+    except ReadTimeoutError as exc:
+        raise ReadTimeout(exc) from exc
+    except urllib3.exceptions.InvalidHeader as exc:
+        raise InvalidRequest(exc) from exc
+
+
+def _read_all(response: Response, *, lenient: bool = False) -> None:
+    """Read a body to its end as requests' `Response.content` did; `lenient`: ignoring a body
+    cut short or undecodable (a redirect's, whose body is of no use)."""
+    try:
+        for _ in response.stream(_CONTENT_CHUNK, decode_content=True):
+            pass
+    except (ProtocolError, DecodeError) as exc:
+        if not lenient:
+            raise BodyError(exc) from exc
+    except ReadTimeoutError as exc:
+        raise ConnectionFailed(exc) from exc
+    except urllib3.exceptions.SSLError as exc:
+        raise TLSError(exc) from exc
+
+
+def _drain(response: Response) -> None:
+    """A redirect's body: read (small ones, so the connection goes back to the pool), or dropped."""
+    try:
+        length = response.length_remaining
+        if length is not None and length <= _REDIRECT_BODY_CAP:
+            _read_all(response, lenient=True)
+    finally:
+        close(response)
+
+
+def redirect_target(response: Response) -> str | None:
+    """The Location of a redirect (requests' rule: a redirect status with a Location)."""
+    if response.status in REDIRECT_STATUSES:
+        location = response.headers.get("location")
+        if location is not None:
+            # http.client decodes headers as latin-1; servers mostly send UTF-8.
+            return location.encode("latin1").decode("utf8")
+    return None
 
 
 def _require_http(url: str, *, redirected: bool) -> None:
     reason = check_url(url)
     if reason is not None:
         prefix = "redirect to " if redirected else ""
-        raise requests.exceptions.InvalidSchema(f"{prefix}{url}: {reason}")
+        raise InvalidRequest(f"{prefix}{url}: {reason}")
 
 
 def _redirected_method(
-    status: int, method: str, data: bytes | None, headers: dict[str, str]
-) -> tuple[str, bytes | None, dict[str, str]]:
+    status: int, method: str, data: bytes | None, headers: Mapping[str, str]
+) -> tuple[str, bytes | None, Mapping[str, str]]:
     """Browsers' (and Go's) rule: 303, and 301/302 after a POST, continue as a GET without body."""
     if (status == 303 and method != "HEAD") or (status in (301, 302) and method == "POST"):
         body_headers = ("Content-Type", "Content-Length", "Transfer-Encoding")
@@ -364,58 +640,290 @@ def _redirected_method(
     return method, data, headers
 
 
-# --- requests/urllib3 plumbing -----------------------------------------------------------------
+# --- what requests did to a request (its texts kept) ---------------------------------------------
+
+_VALID_HEADER_NAME = re.compile(r"^[^:\s][^:\r\n]*\Z")
+_VALID_HEADER_VALUE = re.compile(r"^\S[^\r\n]*\Z|^\Z")
+_VALID_BYTES = {
+    _VALID_HEADER_NAME: re.compile(rb"^[^:\s][^:\r\n]*\Z"),
+    _VALID_HEADER_VALUE: re.compile(rb"^\S[^\r\n]*\Z|^\Z"),
+}
+_UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
+_DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
-class GuardedAdapter(requests.adapters.HTTPAdapter):
-    """An HTTPAdapter whose direct connections are pinned and whose proxied ones are pre-checked."""
+#: URLs that preparing leaves as they are: lower-case scheme and host (a name or IPv4 address,
+#: no userinfo), a port without leading zeros, a non-empty path and maybe a non-empty query of
+#: characters that need no quoting, no '%' escapes, no fragment (and no dot segments, checked
+#: apart). Most URLs are such; the others take the full steps.
+_SIMPLE_URL = re.compile(
+    r"https?://[a-z0-9_-][a-z0-9._-]*(?::([1-9][0-9]{0,4}))?"
+    r"/[A-Za-z0-9._~!$&'()*+,;=:@/-]*(?:\?[A-Za-z0-9._~!$&'()*+,;=:@/?-]+)?\Z"
+)
 
-    def __init__(self, outbound: Outbound, *, pool_connections: int, pool_maxsize: int) -> None:
-        self.outbound = outbound  # set first: HTTPAdapter.__init__ calls init_poolmanager
-        super().__init__(pool_connections=pool_connections, pool_maxsize=pool_maxsize)
 
-    def init_poolmanager(
-        self, connections: int, maxsize: int, block: bool = False, **pool_kwargs: Any
-    ) -> None:
-        self._pool_connections = connections
-        self._pool_maxsize = maxsize
-        self._pool_block = block
-        self.poolmanager = _PinningPoolManager(
-            self.outbound, num_pools=connections, maxsize=maxsize, block=block, **pool_kwargs
+def prepare_url(url: str) -> str:
+    """The URL as requests prepared it: parsed by urllib3, the host IDNA-encoded, `/` for an
+    empty path, requoted; errors with requests' texts. Other schemes are returned as given."""
+    simple = _SIMPLE_URL.match(url)
+    if simple is not None and "/." not in url and int(simple.group(1) or 0) <= 65535:
+        return url  # what the steps below make of it: nothing to normalize or quote
+    url = url.lstrip()
+    if ":" in url and not url.lower().startswith("http"):
+        return url
+    try:
+        scheme, auth, host, port, path, query, fragment = parse_url(url)
+    except LocationParseError as exc:
+        raise InvalidRequest(*exc.args) from exc
+    if not scheme:
+        raise InvalidRequest(f"Invalid URL {url!r}: No scheme supplied. Perhaps you meant https://{url}?")
+    if not host:
+        raise InvalidRequest(f"Invalid URL {url!r}: No host supplied")
+    if not host.isascii():
+        try:
+            host = _idna_encode(host)
+        except UnicodeError as exc:
+            raise InvalidRequest("URL has an invalid label.") from exc
+    elif host.startswith(("*", ".")):
+        raise InvalidRequest("URL has an invalid label.")
+    netloc = f"{auth}@{host}" if auth else host
+    if port:
+        netloc += f":{port}"
+    return requote_uri(urlunparse((scheme, netloc, path or "/", "", query, fragment)))
+
+
+def _idna_encode(host: str) -> str:
+    import idna
+
+    try:
+        return idna.encode(host, uts46=True).decode("utf-8")
+    except idna.IDNAError as exc:
+        raise UnicodeError from exc
+
+
+def requote_uri(uri: str) -> str:
+    """Percent-encode what must be, leaving reserved characters and valid escapes (requests')."""
+    try:
+        return quote(_unquote_unreserved(uri), safe="!#$%&'()*+,/:;=?@[]~")
+    except ValueError:
+        # An invalid escape: quote the '%' too.
+        return quote(uri, safe="!#$&'()*+,/:;=?@[]~")
+
+
+def _unquote_unreserved(uri: str) -> str:
+    if "%" not in uri:
+        return uri
+    parts = uri.split("%")
+    for i in range(1, len(parts)):
+        h = parts[i][0:2]
+        if len(h) == 2 and h.isalnum():
+            c = chr(int(h, 16))  # ValueError: not hexadecimal
+            parts[i] = c + parts[i][2:] if c in _UNRESERVED else f"%{parts[i]}"
+        else:
+            parts[i] = f"%{parts[i]}"
+    return "".join(parts)
+
+
+def _prepare_headers(headers: Mapping[str, str], method: str, body: bytes | None, url: str) -> dict[str, str]:
+    """Validated headers, with Content-Length of a body and Basic auth of the URL's userinfo."""
+    prepared: dict[str, str] = {}
+    for name, value in headers.items():
+        _validate_header_part(name, value, name, _VALID_HEADER_NAME, "name")
+        _validate_header_part(name, value, value, _VALID_HEADER_VALUE, "value")
+        prepared[name] = value
+    if len(prepared) > 1 and len({name.lower() for name in prepared}) < len(prepared):
+        prepared = _fold_case(prepared)  # requests kept one header per case-insensitive name
+    if body is not None:
+        _set_header(prepared, "Content-Length", str(len(body)))
+    elif method not in ("GET", "HEAD") and _get_header(prepared, "Content-Length") is None:
+        _set_header(prepared, "Content-Length", "0")
+    if "@" in url:
+        username, password = get_auth_from_url(url)
+        if username or password:
+            _set_header(prepared, "Authorization", basic_auth(username, password))
+    return prepared
+
+
+def _validate_header_part(
+    name: object, value: object, part: object, valid: re.Pattern[str], kind: str
+) -> None:
+    matched: object
+    if isinstance(part, str):
+        matched = valid.match(part)
+    elif isinstance(part, bytes):
+        matched = _VALID_BYTES[valid].match(part)
+    else:
+        raise InvalidRequest(
+            f"Header part ({part!r}) from {(name, value)} must be of type str or bytes, not {type(part)}"
+        )
+    if not matched:
+        raise InvalidRequest(
+            "Invalid leading whitespace, reserved character(s), or return character(s) "
+            f"in header {kind}: {part!r}"
         )
 
-    def send(
-        self,
-        request: requests.PreparedRequest,
-        stream: bool = False,
-        timeout: Any = None,
-        verify: Any = True,
-        cert: Any = None,
-        proxies: Mapping[str, str] | None = None,
-    ) -> requests.Response:
-        url = request.url or ""
-        if requests.utils.select_proxy(url, proxies):
-            self.outbound.check_through_proxy(url)
-        return super().send(
-            request, stream=stream, timeout=timeout, verify=verify, cert=cert, proxies=proxies
-        )
 
-    def build_connection_pool_key_attributes(
-        self, request: requests.PreparedRequest, verify: Any, cert: Any = None
-    ) -> tuple[_HostParams, _PoolKwargs]:
-        host_params, pool_kwargs = super().build_connection_pool_key_attributes(request, verify, cert)
-        if verify is not False:
-            # The shared context holds the CA bundle; a path here would reload it per connection.
-            pool_kwargs["ssl_context"] = self.outbound.ssl_context
-            pool_kwargs.pop("ca_certs", None)
-            pool_kwargs.pop("ca_cert_dir", None)
-        return host_params, pool_kwargs
+def _fold_case(headers: Mapping[str, str]) -> dict[str, str]:
+    folded: dict[str, tuple[str, str]] = {}
+    for name, value in headers.items():
+        key = name.lower()
+        folded[key] = (name, value)
+    return dict(folded.values())
 
-    def cert_verify(self, conn: Any, url: str, verify: Any, cert: Any) -> None:
-        super().cert_verify(conn, url, verify, cert)  # type: ignore[no-untyped-call]
-        if verify is not False and url.lower().startswith("https"):
-            conn.ca_certs = None  # as above: requests sets the bundle's path on every pool
-            conn.ca_cert_dir = None
+
+def _get_header(headers: Mapping[str, str], name: str) -> str | None:
+    lower = name.lower()
+    for key, value in headers.items():
+        if key.lower() == lower:
+            return value
+    return None
+
+
+def _set_header(headers: dict[str, str], name: str, value: str) -> None:
+    """Set `name`, replacing a header of any case in its place (requests' CaseInsensitiveDict)."""
+    lower = name.lower()
+    for key in headers:
+        if key.lower() == lower:
+            if key == name:
+                headers[key] = value
+            else:
+                items = [(name, value) if k == key else (k, v) for k, v in headers.items()]
+                headers.clear()
+                headers.update(items)
+            return
+    headers[name] = value
+
+
+def get_auth_from_url(url: str) -> tuple[str, str]:
+    """(username, password) of the URL's userinfo, ("", "") unless both are there."""
+    parsed = urlparse(url)
+    if parsed.username is None or parsed.password is None:
+        return "", ""
+    return unquote(parsed.username), unquote(parsed.password)
+
+
+def basic_auth(username: str, password: str) -> str:
+    raw = b":".join((username.encode("latin1"), password.encode("latin1")))
+    return "Basic " + base64.b64encode(raw).strip().decode("ascii")
+
+
+def should_strip_auth(old_url: str, new_url: str) -> bool:
+    """Whether a redirect from `old_url` to `new_url` leaves the credentials behind (requests' rule)."""
+    old, new = urlparse(old_url), urlparse(new_url)
+    if old.hostname != new.hostname:
+        return True
+    # http -> https on the standard ports keeps them.
+    if old.scheme == "http" and old.port in (80, None) and new.scheme == "https" and new.port in (443, None):
+        return False
+    changed_port = old.port != new.port
+    changed_scheme = old.scheme != new.scheme
+    default_port = (_DEFAULT_PORTS.get(old.scheme), None)
+    if not changed_scheme and old.port in default_port and new.port in default_port:
+        return False
+    return changed_port or changed_scheme
+
+
+def select_proxy(url: str, proxies: Mapping[str, str]) -> str | None:
+    """The proxy for `url`: keyed by scheme://host, scheme, all://host or all (requests' rule)."""
+    parts = urlparse(url)
+    if parts.hostname is None:
+        return proxies.get(parts.scheme, proxies.get("all"))
+    for key in (f"{parts.scheme}://{parts.hostname}", parts.scheme, f"all://{parts.hostname}", "all"):
+        if key in proxies:
+            return proxies[key]
+    return None
+
+
+def prepend_scheme_if_needed(url: str, new_scheme: str) -> str:
+    parsed = parse_url(url)
+    scheme, auth, _host, _port, path, query, fragment = parsed
+    netloc = parsed.netloc
+    if not netloc:
+        netloc, path = path, netloc
+    if auth:
+        netloc = f"{auth}@{netloc}"
+    return urlunparse((scheme or new_scheme, netloc or "", path or "", "", query, fragment))
+
+
+def _defragauth(url: str) -> str:
+    scheme, netloc, path, params, query, _fragment = urlparse(url)
+    if not netloc:
+        netloc, path = path, netloc
+    netloc = netloc.rsplit("@", 1)[-1]
+    return urlunparse((scheme, netloc, path, params, query, ""))
+
+
+def _proxy_environment() -> dict[str, str]:
+    """The *_PROXY variables (urllib's reading of them, as requests read them), or {} when
+    none of them could proxy an http(s) URL (NO_PROXY alone, FTP_PROXY...)."""
+    proxies = urllib.request.getproxies_environment()
+    usable = any(key in ("http", "https", "all") or key.startswith(("http://", "https://", "all://"))
+                 for key in proxies)  # fmt: skip
+    return dict(proxies) if usable else {}
+
+
+def _bypass_proxies(url: str, environ: Mapping[str, str], no_proxy: str | None) -> bool:
+    """Whether NO_PROXY exempts `url` from the environment's proxies (requests' rule)."""
+    hostname = urlparse(url).hostname
+    if hostname is None:
+        return True
+    if no_proxy:
+        hosts = [host for host in no_proxy.replace(" ", "").split(",") if host]
+        if _is_ipv4_address(hostname):
+            for proxy_ip in hosts:
+                if _is_valid_cidr(proxy_ip):
+                    if _address_in_network(hostname, proxy_ip):
+                        return True
+                elif hostname == proxy_ip:
+                    return True
+        else:
+            port = urlparse(url).port
+            host_with_port = f"{hostname}:{port}" if port else hostname
+            for host in hosts:
+                host = host.lstrip(".")
+                if hostname == host or host_with_port == host:
+                    return True
+                host = "." + host
+                if hostname.endswith(host) or host_with_port.endswith(host):
+                    return True
+    try:
+        return bool(_proxy_bypass_environment(hostname, dict(environ)))
+    except (TypeError, socket.gaierror):
+        return False
+
+
+#: urllib's NO_PROXY matching (what requests asked urllib on Linux), given the variables read
+#: at start; not in the type stubs.
+_proxy_bypass_environment: Callable[[str, dict[str, str]], Any] = urllib.request.proxy_bypass_environment  # type: ignore[attr-defined]
+
+
+def _is_ipv4_address(text: str) -> bool:
+    try:
+        socket.inet_aton(text)
+    except OSError:
+        return False
+    return True
+
+
+def _is_valid_cidr(text: str) -> bool:
+    if text.count("/") != 1:
+        return False
+    address, _, bits = text.partition("/")
+    try:
+        mask = int(bits)
+    except ValueError:
+        return False
+    return 1 <= mask <= 32 and _is_ipv4_address(address)
+
+
+def _address_in_network(ip: str, net: str) -> bool:
+    address, _, bits = net.partition("/")
+    mask = (0xFFFFFFFF << (32 - int(bits))) & 0xFFFFFFFF
+    as_int = int.from_bytes(socket.inet_aton(ip), "big")
+    return (as_int & mask) == (int.from_bytes(socket.inet_aton(address), "big") & mask)
+
+
+# --- urllib3 plumbing --------------------------------------------------------------------------
 
 
 class _PinningPoolManager(urllib3.PoolManager):
@@ -423,6 +931,37 @@ class _PinningPoolManager(urllib3.PoolManager):
         super().__init__(**kwargs)
         self.outbound = outbound
         self.pool_classes_by_scheme = {"http": _PinnedHTTPPool, "https": _PinnedHTTPSPool}
+        # (host, port, scheme) -> (pool key, request context): urllib3 builds both anew for
+        # every request (~10 us); the pools themselves stay in its LRU container.
+        self._keys: dict[tuple[str | None, int | None, str | None], tuple[Any, dict[str, Any]]] = {}
+
+    def connection_from_host(
+        self,
+        host: str | None,
+        port: int | None = None,
+        scheme: str | None = "http",
+        pool_kwargs: dict[str, Any] | None = None,
+    ) -> urllib3.HTTPConnectionPool:
+        if pool_kwargs is not None:
+            return super().connection_from_host(host, port, scheme, pool_kwargs)
+        asked = (host, port, scheme)
+        cached = self._keys.get(asked)
+        if cached is None:
+            if not host:
+                raise LocationValueError("No host specified.")
+            context = self._merge_pool_kwargs(None)
+            context["scheme"] = scheme or "http"
+            if port is None:
+                port = urllib3.connectionpool.port_by_scheme.get(context["scheme"].lower(), 80)
+            context["port"] = port
+            context["host"] = host
+            key_fn = self.key_fn_by_scheme.get(context["scheme"].lower())
+            if key_fn is None:
+                raise urllib3.exceptions.URLSchemeUnknown(context["scheme"])
+            if len(self._keys) >= 1024:
+                self._keys.clear()
+            cached = self._keys[asked] = (key_fn(context), context)
+        return self.connection_from_pool_key(cached[0], request_context=cached[1])
 
     def _new_pool(
         self, scheme: str, host: str, port: int, request_context: dict[str, Any] | None = None
@@ -435,17 +974,22 @@ class _PinningPoolManager(urllib3.PoolManager):
 _waiting = threading.local()
 
 
+def watch_header_waits(on_wait: Callable[[socket.socket], None] | None) -> None:
+    """From now on in this thread (None: no longer), `on_wait(sock)` is called with the socket
+    of every direct request about to wait for its response headers, so a watchdog can shut a
+    server down that trickles its headers: until they are complete there is no response to
+    abort, and a byte per second never trips a per-read timeout."""
+    _waiting.hook = on_wait
+
+
 @contextlib.contextmanager
 def watching_sockets(on_wait: Callable[[socket.socket], None]) -> Iterator[None]:
-    """Within this block, `on_wait(sock)` is called (in this thread) with the socket of every
-    request about to wait for its response headers, so a watchdog can shut a server down
-    that trickles its headers: until they are complete there is no response to abort, and a
-    byte per second never trips a per-read timeout."""
-    _waiting.hook = on_wait
+    """`watch_header_waits` for the duration of a block."""
+    watch_header_waits(on_wait)
     try:
         yield
     finally:
-        _waiting.hook = None
+        watch_header_waits(None)
 
 
 class _PinnedConnectionMixin:

@@ -215,6 +215,20 @@ def test_redirects_are_followed_up_to_the_cap(fetcher: Fetcher, server: Server, 
     assert err.phase == "performing request" and "redirect" in str(err).lower()
 
 
+def test_urls_and_redirect_targets_are_prepared_as_before(
+    fetcher: Fetcher, server: Server, tmp_path: Path
+) -> None:
+    """As requests prepared them: scheme and host lower-cased, spaces and non-ASCII quoted,
+    a Location's fragment kept; `final_url` is the URL as prepared."""
+    server.routes["/a%20b"] = send(PNG)
+    server.routes["/to-frag"] = send(b"", 302, {"Location": "/a b#part"})
+    url = server.url("/a b").replace("http://127.0.0.1", "HTTP://127.0.0.1")
+    assert fetch(fetcher, url, tmp_path).final_url == server.url("/a%20b")
+    assert fetch(fetcher, server.url("/to-frag"), tmp_path).final_url == server.url("/a%20b#part")
+    got = fetch(fetcher, server.url("/a b?q=é"), tmp_path)
+    assert got.final_url == server.url("/a%20b?q=%C3%A9") and got.path.read_bytes() == PNG
+
+
 def test_a_cut_body_is_an_unexpected_eof(fetcher: Fetcher, server: Server, tmp_path: Path) -> None:
     err = error_of(lambda: fetch(fetcher, server.url("/eof"), tmp_path, pattern="type/missmatch"))
     assert err.retriable and "unexpected EOF" in str(err)  # the read error wins over the mime check

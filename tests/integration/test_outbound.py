@@ -8,9 +8,11 @@ what they need. Everything else is real: sockets, HTTP, TLS.
 
 from __future__ import annotations
 
+import base64
 import datetime
 import http.server
 import ipaddress
+import select
 import socket
 import ssl
 import threading
@@ -30,6 +32,7 @@ from downloader.errors import DestinationNotAllowed, DownloadError, Notification
 from downloader.fetching import Fetched, Fetcher, FetchLimits
 from downloader.notifying import HttpBackend, Message
 from downloader.outbound import PERMISSIVE, Outbound, Policy
+from downloader.version import __version__
 
 pytestmark = pytest.mark.integration
 
@@ -70,7 +73,8 @@ Answer = tuple[int, Mapping[str, str], bytes]
 
 class Server:
     """Threaded HTTP(S) server on 127.0.0.1 answering canned (status, headers, body) per
-    path; records each request's path and headers and, with TLS, the SNI names asked for."""
+    path; records each request's path and headers and, with TLS, the SNI names asked for.
+    As a proxy, it tunnels CONNECT host:port to 127.0.0.1:port."""
 
     def __init__(self, routes: Mapping[str, Answer] | None = None, tls: ssl.SSLContext | None = None) -> None:
         self.routes: dict[str, Answer] = dict(routes or {})
@@ -99,6 +103,14 @@ class Server:
             def do_POST(self) -> None:
                 self.do_GET()
 
+            def do_CONNECT(self) -> None:
+                owner.seen.append((self.path, {k.lower(): v for k, v in self.headers.items()}))
+                upstream = socket.create_connection(("127.0.0.1", int(self.path.rpartition(":")[2])))
+                self.send_response(200)
+                self.end_headers()
+                _tunnel(self.connection, upstream)
+                self.close_connection = True
+
         self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
         if tls is not None:
@@ -113,6 +125,25 @@ class Server:
     def close(self) -> None:
         self.httpd.shutdown()
         self.httpd.server_close()
+
+
+def _tunnel(a: socket.socket, b: socket.socket) -> None:
+    try:
+        while True:
+            ready = [s for s in (a, b) if isinstance(s, ssl.SSLSocket) and s.pending()]
+            if not ready:
+                ready, _, _ = select.select([a, b], [], [], 10)
+                if not ready:
+                    return
+            for s in ready:
+                data = s.recv(65536)
+                if not data:
+                    return
+                (b if s is a else a).sendall(data)
+    except OSError:
+        return
+    finally:
+        b.close()
 
 
 def redirect(location: str, status: int = 302) -> Answer:
@@ -292,14 +323,12 @@ def test_credentials_do_not_follow_a_redirect_to_another_host(tmp_path: Path) ->
     first, second = Server(), Server({"/x": (200, {}, PNG)})
     dns = FakeDNS({"a.test": [["127.0.0.1"]], "b.test": [["127.0.0.1"]]})
     first.routes["/go"] = redirect(f"http://b.test:{second.port}/x", 307)
-    outbound = Outbound(LOOPBACK_ONLY, resolver=dns)
-    session = requests.Session()
-    outbound.mount(session, pool_connections=2, pool_maxsize=2)
+    client = Outbound(LOOPBACK_ONLY, resolver=dns).client(pool_connections=2, pool_maxsize=2)
     try:
         headers = {"Authorization": "Bearer s3cret", "X-Job": "1"}
         url = f"http://a.test:{first.port}/go"
-        with outbound.send(session, "GET", url, headers=headers, timeout=5, max_redirects=3) as resp:
-            assert resp.status_code == 200 and resp.url == f"http://b.test:{second.port}/x"
+        with client.request("GET", url, headers=headers, timeout=5, max_redirects=3) as resp:
+            assert resp.status == 200 and resp.url == f"http://b.test:{second.port}/x"
     finally:
         first.close()
         second.close()
@@ -346,12 +375,69 @@ def test_targets_behind_a_proxy_are_checked_as_we_resolve_them(tmp_path: Path) -
     assert proxy.paths() == ["http://public.test/a.png", "http://unknown.test/a.png"]
 
 
+def test_an_https_proxy_is_verified_with_our_ca_and_carries_both_schemes(
+    pki_all: tuple[Path, ssl.SSLContext, ssl.SSLContext], tmp_path: Path
+) -> None:
+    ca_file, origin_tls, proxy_tls = pki_all
+    origin = Server({"/x": (200, {}, PNG)}, tls=origin_tls)
+    proxy = Server(tls=proxy_tls)
+    proxy.default = (200, {}, PNG)  # a forward proxy for http targets; CONNECT for https ones
+    dns = FakeDNS({"files.test": [["127.0.0.1"]], "plain.test": [["127.0.0.1"]]})
+    via = f"https://127.0.0.1:{proxy.port}"
+    fetcher = make_fetcher(Outbound(LOOPBACK_ONLY, resolver=dns, ca_file=str(ca_file)))
+    untrusting = make_fetcher(Outbound(LOOPBACK_ONLY, resolver=dns))  # the default bundle only
+    try:
+        plain = fetch(fetcher, "http://plain.test/a.png", tmp_path, proxy=via).path.read_bytes()
+        secure = fetch(fetcher, f"https://files.test:{origin.port}/x", tmp_path, proxy=via).path.read_bytes()
+        with pytest.raises(DownloadError) as info:
+            fetch(untrusting, "http://plain.test/a.png", tmp_path, proxy=via)
+    finally:
+        origin.close()
+        proxy.close()
+    assert plain == PNG and secure == PNG
+    assert proxy.paths() == ["http://plain.test/a.png", f"files.test:{origin.port}"]
+    assert origin.paths() == ["/x"] and origin.sni == ["files.test"]  # TLS to the origin, inside the tunnel
+    err = info.value
+    assert (
+        err.retriable and "Unable to connect to proxy" in str(err) and "CERTIFICATE_VERIFY_FAILED" in str(err)
+    )
+
+
+def test_environment_proxies_win_over_the_aggregations_unless_no_proxy_matches(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """As requests chose: HTTP_PROXY and friends first, then the aggregation's proxy; NO_PROXY
+    exempts a host from the environment's. Read when the fetcher first uses a proxy."""
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.lower(), raising=False)
+    from_env, aggregations = Server(), Server()
+    from_env.default = aggregations.default = (200, {}, PNG)
+    monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{from_env.port}")
+    monkeypatch.setenv("NO_PROXY", "direct.test")
+    dns = FakeDNS({"a.test": [["93.184.215.14"]], "direct.test": [["93.184.215.14"]]})
+    fetcher = make_fetcher(Outbound(resolver=dns))
+    backend = HttpBackend(5, 2)
+    try:
+        via = f"http://127.0.0.1:{aggregations.port}"
+        fetch(fetcher, "http://a.test/1.png", tmp_path, proxy=via)
+        fetch(fetcher, "http://direct.test/2.png", tmp_path, proxy=via)
+        backend.deliver(Message("AbCdEfGhIjKlMn", "http://93.184.215.14/cb", b"{}"))
+    finally:
+        backend.close()
+        from_env.close()
+        aggregations.close()
+    assert from_env.paths() == ["http://a.test/1.png", "http://93.184.215.14/cb"]
+    assert aggregations.paths() == ["http://direct.test/2.png"]
+
+
 # --- TLS ------------------------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, ssl.SSLContext]:
-    """A CA file, and a server context with a certificate for files.test signed by it."""
+def pki_all(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, ssl.SSLContext, ssl.SSLContext]:
+    """A CA file, a server context with a certificate for files.test signed by it, and one for
+    the address 127.0.0.1 (a proxy's) signed by it."""
     d = tmp_path_factory.mktemp("pki")
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Outbound Test CA")])
@@ -367,27 +453,40 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, ssl.SSLContext]
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
         .sign(ca_key, hashes.SHA256())
     )  # fmt: skip
-    key = ec.generate_private_key(ec.SECP256R1())
-    leaf = (
-        x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "files.test")]))
-        .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(hours=1)).not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName("files.test")]), critical=False)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )  # fmt: skip
     (d / "ca.pem").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-    (d / "cert.pem").write_bytes(leaf.public_bytes(serialization.Encoding.PEM))
-    (d / "key.pem").write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+
+    def server_context(name: str, san: x509.GeneralName) -> ssl.SSLContext:
+        key = ec.generate_private_key(ec.SECP256R1())
+        leaf = (
+            x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+            .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(hours=1)).not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([san]), critical=False)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
+                           critical=False)
+            .sign(ca_key, hashes.SHA256())
+        )  # fmt: skip
+        (d / f"{name}.pem").write_bytes(leaf.public_bytes(serialization.Encoding.PEM))
+        (d / f"{name}.key").write_bytes(
+            key.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            )
         )
-    )
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.load_cert_chain(d / "cert.pem", d / "key.pem")
-    return d / "ca.pem", ctx
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(d / f"{name}.pem", d / f"{name}.key")
+        return ctx
+
+    files = server_context("files.test", x509.DNSName("files.test"))
+    proxy = server_context("127.0.0.1", x509.IPAddress(ipaddress.ip_address("127.0.0.1")))
+    return d / "ca.pem", files, proxy
+
+
+@pytest.fixture
+def pki(pki_all: tuple[Path, ssl.SSLContext, ssl.SSLContext]) -> tuple[Path, ssl.SSLContext]:
+    """A CA file, and a server context with a certificate for files.test signed by it."""
+    return pki_all[0], pki_all[1]
 
 
 def test_https_to_a_pinned_address_verifies_the_hostname(
@@ -406,11 +505,11 @@ def test_https_to_a_pinned_address_verifies_the_hostname(
         err = refused(lambda: fetch(fetcher, f"https://127.0.0.1:{srv.port}/x", tmp_path))
         assert "TLS Error occured" in str(err)
         # Every connection uses the one context built at start (the CA bundle is loaded once).
-        session = requests.Session()
-        outbound.mount(session, pool_connections=1, pool_maxsize=1)
+        client = outbound.client(pool_connections=1, pool_maxsize=1)
         url = f"https://files.test:{srv.port}/x"
-        with outbound.send(session, "GET", url, headers={}, timeout=5, stream=True) as resp:
-            assert resp.raw.connection.sock.context is outbound.ssl_context
+        with client.request("GET", url, headers={}, timeout=5) as resp:
+            assert resp.connection is not None and resp.connection.sock is not None
+            assert resp.connection.sock.context is outbound.ssl_context  # type: ignore[attr-defined]
     finally:
         srv.close()
     assert got.path.read_bytes() == PNG
@@ -418,6 +517,45 @@ def test_https_to_a_pinned_address_verifies_the_hostname(
         srv.sni[0] == "files.test" and srv.sni[1] == "other.test" and srv.sni[2] is None
     )  # no SNI for an IP
     assert srv.seen[0] == ("/x", {**srv.seen[0][1], "host": f"files.test:{srv.port}"})
+
+
+def test_userinfo_becomes_basic_auth_that_stays_behind_on_another_host(tmp_path: Path) -> None:
+    first, second = Server(), Server({"/x": (200, {}, PNG)})
+    dns = FakeDNS({"a.test": [["127.0.0.1"]], "b.test": [["127.0.0.1"]]})
+    first.routes["/go"] = redirect(f"http://b.test:{second.port}/x")
+    try:
+        got = fetch(make_fetcher(Outbound(LOOPBACK_ONLY, resolver=dns)), f"http://us%C3%A9r:p%40ss@a.test:{first.port}/go",
+                    tmp_path)  # fmt: skip
+    finally:
+        first.close()
+        second.close()
+    assert (
+        first.seen[0][1]["authorization"]
+        == "Basic " + base64.b64encode("usér:p@ss".encode("latin1")).decode()
+    )
+    assert "authorization" not in second.seen[0][1]
+    assert got.final_url == f"http://b.test:{second.port}/x" and got.path.read_bytes() == PNG
+
+
+def test_transport_errors_keep_urllib3s_texts_with_its_public_class_names(tmp_path: Path) -> None:
+    """What jobs and callbacks have always shown (requests passed urllib3's texts on)."""
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    port = closed.getsockname()[1]
+    closed.close()  # nobody listens: connection refused
+    cause = (f"HTTPConnectionPool(host='127.0.0.1', port={port}): Max retries exceeded with url: /x (Caused by "
+             f"NewConnectionError(\"HTTPConnection(host='127.0.0.1', port={port}): Failed to establish a new "
+             f"connection: [Errno 111] Connection refused\"))")  # fmt: skip
+    with pytest.raises(DownloadError) as download:
+        fetch(make_fetcher(Outbound(PERMISSIVE)), f"http://127.0.0.1:{port}/x", tmp_path)
+    assert str(download.value) == f"Error while performing request, {cause}, retriable: true, internal: false"
+    backend = HttpBackend(5, 2, PERMISSIVE)
+    try:
+        with pytest.raises(NotificationError) as callback:
+            backend.deliver(Message("AbCdEfGhIjKlMn", f"http://127.0.0.1:{port}/x", b"{}"))
+    finally:
+        backend.close()
+    assert str(callback.value) == f'Post "http://127.0.0.1:{port}/x": {cause}'
 
 
 # --- callbacks -------------------------------------------------------------------------------------
@@ -449,6 +587,38 @@ def test_callback_redirects_are_not_followed(listener: RawListener) -> None:
         srv.close()
     assert str(info.value) == "Received Status: 307 Temporary Redirect"
     assert listener.connections() == 0 and srv.paths() == ["/cb", "/cb"]
+
+
+def test_a_callback_request_is_what_it_was(server: Server) -> None:
+    """The POST as requests sent it: our headers, the body's length, identity encoding, the
+    Host; a non-2xx answer is read and named; unsupported URLs get requests' texts."""
+    backend = HttpBackend(5, 2, LOOPBACK_ONLY)
+    url = f"http://127.0.0.1:{server.port}/x"
+    body = b'{"job_id":"AbCdEfGhIjKlMn"}'
+    try:
+        backend.deliver(Message("AbCdEfGhIjKlMn", url, body, {"X-Downloader-Delivery": "AbCdEfGhIjKlMn.1"}))
+        with pytest.raises(NotificationError) as missing:
+            backend.deliver(Message("AbCdEfGhIjKlMn", f"http://127.0.0.1:{server.port}/nope", body))
+        with pytest.raises(NotificationError) as other_scheme:
+            backend.deliver(Message("AbCdEfGhIjKlMn", "ftp://127.0.0.1/cb", body))
+        with pytest.raises(NotificationError) as no_scheme:
+            backend.deliver(Message("AbCdEfGhIjKlMn", "/cb", body))
+    finally:
+        backend.close()
+    path, headers = server.seen[0]
+    assert path == "/x" and headers == {
+        "host": f"127.0.0.1:{server.port}",
+        "accept-encoding": "identity",
+        "x-downloader-delivery": "AbCdEfGhIjKlMn.1",
+        "content-type": "application/json",
+        "user-agent": f"Downloader/{__version__}",
+        "content-length": str(len(body)),
+    }
+    assert str(missing.value) == "Received Status: 404 Not Found"
+    assert str(other_scheme.value) == \
+        "Post \"ftp://127.0.0.1/cb\": No connection adapters were found for 'ftp://127.0.0.1/cb'"  # fmt: skip
+    assert str(no_scheme.value) == \
+        "Post \"/cb\": Invalid URL '/cb': No scheme supplied. Perhaps you meant https:///cb?"  # fmt: skip
 
 
 def test_a_refusal_is_immediate(tmp_path: Path) -> None:
