@@ -54,6 +54,7 @@ def create_app(settings: Settings, *, serve_files: bool = False) -> FastAPI:
     errors.install(app)
     for module in (downloads, jobs, callbacks, stats, health, ui):
         app.include_router(module.router)
+    downloads.install(app)  # POST /download ahead of the router (before the metrics: inside them)
     metrics.install(app, settings)  # GET /metrics and the request counts
     app.mount("/static", StaticFiles(directory=ui.STATIC_DIR), name="static")  # the page's assets
     if serve_files:

@@ -114,19 +114,14 @@ def _settings(args: argparse.Namespace, **overrides: Any) -> Settings:
 def cmd_api(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from downloader.api import server as api_server
     from downloader.api.main import create_app
 
     settings = _settings(args)
     _on_signals(lambda: None)  # uvicorn stops itself and re-raises into this handler: exit 0
-    uvicorn.run(
-        create_app(settings),
-        host=args.host,
-        port=args.port,
-        access_log=False,
-        log_level="warning",
-        log_config=None,  # its records go through our handler (JSON, redaction)
-        timeout_graceful_shutdown=10,
-    )
+    app = create_app(settings)
+    api_server.freeze_startup_objects()
+    uvicorn.run(app, host=args.host, port=args.port, **api_server.options(graceful_seconds=10))
     return 0
 
 
@@ -146,6 +141,7 @@ def cmd_notifier(args: argparse.Namespace) -> int:
 def cmd_up(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from downloader.api import server as api_server
     from downloader.api.main import create_app
     from downloader.embedded_redis import EmbeddedRedis
 
@@ -165,8 +161,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         services: list[Service] = [_processor(settings, frozenset()), _notifier(settings)]
         server = uvicorn.Server(
             uvicorn.Config(create_app(settings, serve_files=True), host=args.host, port=args.port,
-                           access_log=False, log_level="warning", log_config=None,
-                           timeout_graceful_shutdown=5)
+                           **api_server.options(graceful_seconds=5))
         )  # fmt: skip
         failures: list[DownloaderError] = []
 

@@ -8,6 +8,7 @@ emulated: nothing here builds a URL object.
 
 from __future__ import annotations
 
+import re
 import string
 
 _SIMPLE_ESCAPES = {
@@ -28,6 +29,16 @@ _HEX = frozenset(string.hexdigits)
 # Characters a host may hold unescaped (Go's shouldEscape in encodeHost mode).
 _HOST_CHARS = frozenset(string.ascii_letters + string.digits + "!$&'()*+,;=:[]<>\"-_.~")
 _USERINFO_CHARS = frozenset(string.ascii_letters + string.digits + "-._:~!$&'()*+,;=%@")
+# The URLs jobs carry nearly always: scheme://host[:port][/path][?query] in plain ASCII, no
+# userinfo, no IPv6 literal, no %-escape (in the path: no "%" at all), no control character.
+# `_request_uri_error` accepts all of them; matching this one regex (in C) decides it at once,
+# the character walks below are left to every other URL, and write their error texts.
+_PLAIN_URL = re.compile(
+    r"[A-Za-z][A-Za-z0-9+.\-]*://"  # scheme (Go's getScheme), authority follows
+    r"[A-Za-z0-9\-._~!$&'()*+,;=]*(?::[0-9]*)?"  # host (only _HOST_CHARS), optional port
+    r"(?:/[^%?\x00-\x1f\x7f]*)?"  # path: anything but an escape, up to the query
+    r"(?:\?[^\x00-\x1f\x7f]*)?"  # query: not checked beyond control characters
+)
 
 
 def go_quote(text: str) -> str:
@@ -65,6 +76,13 @@ def parse_request_uri(raw: str) -> None:
 
 
 def _request_uri_error(raw: str) -> str | None:
+    if _PLAIN_URL.fullmatch(raw):
+        return None
+    return _request_uri_error_slow(raw)
+
+
+def _request_uri_error_slow(raw: str) -> str | None:
+    """Go's checks, in its order, for any string: the reason of the first that fails."""
     if any(c < " " or c == "\x7f" for c in raw):
         return "net/url: invalid control character in URL"
     if not raw:

@@ -251,8 +251,28 @@ def lease_recovered(kind: str, result: int) -> None:
 
 
 def request_done(route: str, method: str, status: int, seconds: float) -> None:
-    HTTP_REQUESTS.labels(route, method if method in HTTP_METHODS else "other", status_class(status)).inc()
-    HTTP_DURATION.labels(route).observe(seconds)
+    key = (route, method, status)
+    series = _REQUEST_SERIES.get(key)
+    if series is None:
+        series = _request_series(route, method, status)
+    count, duration = series
+    count.inc()
+    duration.observe(seconds)
+
+
+#: The two series each (route template, method, status) moves, found once: `labels()` costs a
+#: lock and several lookups per call, on every API request. Capped, as methods are the
+#: client's (the labels themselves are bounded: unknown methods count as "other").
+_REQUEST_SERIES: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
+_REQUEST_SERIES_MAX = 4096
+
+
+def _request_series(route: str, method: str, status: int) -> tuple[Counter, Histogram]:
+    label = method if method in HTTP_METHODS else "other"
+    series = HTTP_REQUESTS.labels(route, label, status_class(status)), HTTP_DURATION.labels(route)
+    if len(_REQUEST_SERIES) < _REQUEST_SERIES_MAX:
+        _REQUEST_SERIES[(route, method, status)] = series
+    return series
 
 
 # The original's stats names (downloader/stats.py) that also feed a metric: Stats calls these,

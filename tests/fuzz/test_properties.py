@@ -1,6 +1,7 @@
 """Hypothesis properties of the request parsers: whatever a client sends, the answer is a job
 or a `RequestRejected` (the API's 400), never another exception; jobs survive their Redis
-encoding; mime patterns parse or raise `InvalidPattern`, and matching never raises.
+encoding; mime patterns parse or raise `InvalidPattern`, and matching never raises; the URL
+check's fast path agrees with Go's checks done in full.
 
 EXAMPLES per property keeps this file under ~10 s.
 """
@@ -14,7 +15,7 @@ import string
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from downloader import mime, validation
+from downloader import gourl, mime, validation
 from downloader.errors import RequestRejected
 from downloader.models import Job
 
@@ -167,3 +168,22 @@ def test_floats_are_what_json_can_carry() -> None:
     # NaN and infinities are not JSON: Python writes them, the parser refuses them
     for constant in (math.nan, math.inf, -math.inf):
         assert outcome(json.dumps({"aggr_limit": constant}).encode()) is None
+
+
+# The characters that matter to Go's URL checks, and a few that do not.
+URL_SOUP = st.lists(
+    st.sampled_from(["http", "https", "x+y", "1a", "://", ":", "/", "//", "?", "#", "%", "%41", "%zz", "%2",
+                     "@", "[", "]", "[::1]", "80", "a", "Z", "-", ".", "_", "~", "!", "$", "&", "'", "(", "*",
+                     ",", ";", "=", " ", "<", '"', "\\", "\t", "\x7f", "\x00", "é", "ü", "\ufffd"]),
+    max_size=14,
+).map("".join)  # fmt: skip
+
+
+@fuzz
+@given(st.one_of(URL_SOUP, st.text(max_size=30), st.from_regex(gourl._PLAIN_URL, fullmatch=True)))
+def test_the_url_fast_path_agrees_with_the_full_checks(raw: str) -> None:
+    fast = gourl._PLAIN_URL.fullmatch(raw) is not None
+    full = gourl._request_uri_error_slow(raw)
+    if fast:
+        assert full is None, (raw, full)
+    assert gourl._request_uri_error(raw) == full

@@ -290,3 +290,68 @@ def test_unreadable_api_keys_stop_the_app_from_starting(redis_url: str) -> None:
     with pytest.raises(InvalidApiKeys) as info:
         client_for(redis_url, api_keys="good,padded=")
     assert "padded" not in str(info.value) and "good" not in str(info.value)
+
+
+# --- POST /download ahead of the router (downloads.DownloadFastPath) -------------------------
+
+
+def without_fast_path(redis_url: str, **settings: object) -> TestClient:
+    """The app with POST /download left to FastAPI's router and its documented APIRoute."""
+    app = create_app(Settings(redis_url=redis_url, **settings))  # type: ignore[arg-type]
+    app.user_middleware = [m for m in app.user_middleware if m.cls is not downloads.DownloadFastPath]
+    return TestClient(app)
+
+
+def answers(client: TestClient) -> list[tuple[int, str, str, str]]:
+    """(status, content type, body with the job id masked, challenge) of a set of POSTs."""
+    posts = [
+        ({**VALID, "aggr_id": "shop-1"}, bearer(SHOP)),
+        ({**VALID, "aggr_id": "x"}, bearer(SHOP)),
+        ({**VALID, "aggr_id": "x"}, bearer("wrong")),
+        ({**VALID, "aggr_id": "x"}, {}),
+        ({**VALID, "url": "ftp://x/%zz"}, bearer(ADMIN)),
+        ({**VALID, "extra": "x" * 5000}, bearer(ADMIN)),
+    ]
+    out = []
+    for body, headers in posts:
+        resp = client.post("/download", content=json.dumps(body), headers=headers)
+        text = resp.text
+        if resp.status_code == 201:
+            assert len(resp.json()["id"]) == 14
+            text = text.replace(resp.json()["id"], "<id>")
+        out.append(
+            (resp.status_code, resp.headers["content-type"], text, resp.headers.get("www-authenticate", ""))
+        )
+    out.append((client.put("/download", headers=bearer(ADMIN)).status_code, "", "", ""))
+    return out
+
+
+def test_the_fast_path_answers_as_the_documented_route(redis_url: str) -> None:
+    keys = {"api_keys": f"{ADMIN}, {SHOP}=shop-", "max_request_bytes": 4096}
+    with client_for(redis_url, **keys) as fast, without_fast_path(redis_url, **keys) as routed:
+        got = answers(fast)
+        assert got == answers(routed)
+    assert [a[0] for a in got] == [201, 403, 401, 401, 400, 413, 405]
+    assert got[0][1:3] == ("application/json", '{"id":"<id>"}')
+
+
+def test_the_fast_path_counts_its_requests_under_the_route_template(api: TestClient) -> None:
+    def count() -> float:
+        for line in api.get("/metrics").text.splitlines():
+            if line.startswith(
+                'downloader_http_requests_total{method="POST",route="/download",status_class="2xx"}'
+            ):
+                return float(line.rsplit(" ", 1)[1])
+        return 0.0
+
+    before = count()
+    assert api.post("/download", content=json.dumps(VALID)).status_code == 201
+    assert api.post("/download", content=b"{").status_code == 400
+    assert count() == before + 1
+
+
+def test_the_fast_path_serves_behind_a_root_path(redis_url: str) -> None:
+    app = create_app(Settings(redis_url=redis_url))  # type: ignore[call-arg]
+    with TestClient(app, root_path="/api") as client:
+        assert client.post("/api/download", content=json.dumps(VALID)).status_code == 201
+        assert client.post("/api/download/", content=json.dumps(VALID)).status_code == 404

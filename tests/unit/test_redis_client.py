@@ -114,3 +114,46 @@ def test_the_mode_and_sentinels_are_logged_without_passwords(caplog: pytest.LogC
     assert "direct connection to redis://:***@127.0.0.1:6399/0" in caplog.text
     assert "Sentinel mode, primary 'm' via sentinels 127.0.0.1:1" in caplog.text
     assert "secret" not in caplog.text
+
+
+# --- the asyncio client's commands are serialized by hiredis -------------------------------
+
+PACKED = [
+    ("EVALSHA", "0" * 40, 2, "job:x", "jobs:a", "1701000000.25", 4, "", "é ü", b"\x00\xff"),
+    ("SET", "k", 1.5),
+    ("HSET", "h", "f", -7, "g", 12345678901234567890),
+    ("CONFIG GET", "maxmemory"),
+    (b"CLIENT SETNAME", b"x"),
+    ("PING",),
+    ("SET", "k", bytearray(b"ab")),
+    ("SET", "k", memoryview(b"cd")),
+]
+
+
+@pytest.mark.parametrize("url", ["redis://127.0.0.1:6399/0", "rediss://127.0.0.1:6399/0"])
+@pytest.mark.parametrize("args", PACKED, ids=[str(a[0]) for a in PACKED])
+def test_the_async_client_packs_commands_as_redis_py_does(url: str, args: tuple[object, ...]) -> None:
+    client = redis_client.connect_async(settings(redis_url=url))
+    pool = client.connection_pool
+    ours = pool.make_connection()
+    theirs = pool.connection_class.__mro__[1](**pool.connection_kwargs)  # the class the URL chose
+    assert type(ours).__name__ == "Hiredis" + type(theirs).__name__
+    assert b"".join(ours.pack_command(*args)) == b"".join(theirs.pack_command(*args))
+    asyncio.run(client.aclose())
+
+
+def test_values_redis_py_refuses_are_refused_alike() -> None:
+    client = redis_client.connect_async(settings())
+    conn = client.connection_pool.make_connection()
+    for bad in (True, None, object()):
+        with pytest.raises(redis.DataError):
+            conn.pack_command("SET", "k", bad)
+    asyncio.run(client.aclose())
+
+
+def test_the_sentinel_client_packs_with_hiredis_too() -> None:
+    client = redis_client.connect_async(settings(redis_sentinels="127.0.0.1:1", redis_master_name="m"))
+    cls = client.connection_pool.connection_class
+    assert cls.__name__ == "HiredisSentinelManagedConnection"
+    assert issubclass(cls, redis.asyncio.sentinel.SentinelManagedConnection)
+    asyncio.run(client.aclose())
