@@ -117,6 +117,9 @@ class Reconciler:
                 await asyncio.wait_for(stopped.wait(), timeout=self.settings.operator_interval_seconds * 2)
 
     def adopt_once(self) -> int:
+        interval = self.settings.adoption_interval_seconds
+        if interval > 0 and self.db.take_adoption_turn(interval):
+            self.db.adopt_unregistered()  # the original's queues join the registry first
         in_redis = self.db.registered_aggregations()
         missing = in_redis - self.cluster.aggregation_ids()
         created = 0

@@ -17,6 +17,8 @@ import httpx
 import pytest
 import redis
 
+from downloader import keys
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "integration"))
 
 from procs import Api, Proc, Stack, free_port, job_body
@@ -211,6 +213,7 @@ def test_deletion_removes_workers_and_keeps_queued_jobs_paused(ops: Stack, kube:
     start_operator(ops)
     kube.apply(aggregation_doc("gone", "gone"), tmp_path)
     rdb.zadd("jobs:gone", {"queued-1": 1, "queued-2": 1})
+    rdb.sadd(keys.AGGREGATIONS, "gone")  # as our API queues them (the original's are adopted by SCAN)
     wait_for(lambda: kube.deployment("gone"), 30, "the worker Deployment")
     kube.run("delete", "aggregation/gone", "--wait=true", "--timeout=60s")
     wait_for(lambda: kube.deployment("gone") is None, 60, "the Deployment garbage-collected with its owner")
