@@ -325,8 +325,9 @@ class KafkaBroker:
             "format",
             "--config",
             str(self.workdir / "server.properties"),
-            "--cluster-id",
-            _cluster_id(),
+            # One argument: an id drawn with a leading "-" (1 in 64) read as an option, and
+            # the broker never started (seen once in CI: every Kafka test errored).
+            f"--cluster-id={_cluster_id()}",
             "--standalone",
         ]
         done = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
