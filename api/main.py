@@ -16,6 +16,10 @@ from downloader.api.routes import callbacks, downloads, health, jobs, metrics, s
 from downloader.settings import Settings
 from downloader.store import AsyncStore
 
+#: Longest a shutdown waits for a heartbeat in progress (one on a dead Redis waits for its
+#: socket timeout) before cancelling it.
+HEARTBEAT_STOP_SECONDS = 5.0
+
 
 def create_app(settings: Settings, *, serve_files: bool = False) -> FastAPI:
     """The ASGI app. `serve_files` exposes the storage root at /files/ (used by `downloader up`).
@@ -32,13 +36,14 @@ def create_app(settings: Settings, *, serve_files: bool = False) -> FastAPI:
         app.state.registrar = None
         if settings.kube_create_aggregations and cluster.has_access(settings):
             app.state.registrar = cluster.Registrar(cluster.Cluster.from_settings(settings))
-        heartbeat = asyncio.create_task(ui.heartbeat_forever(app.state.store))  # the dashboard's list
+        stopping = asyncio.Event()  # the dashboard's list of API processes, kept until shutdown
+        heartbeat = asyncio.create_task(ui.heartbeat_forever(app.state.store, stopping))
         try:
             yield
         finally:
-            heartbeat.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await heartbeat
+            stopping.set()  # lets a beat in progress finish (see heartbeat_forever)
+            with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+                await asyncio.wait_for(heartbeat, HEARTBEAT_STOP_SECONDS)
             await app.state.store.close()
 
     app = FastAPI(
