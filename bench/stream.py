@@ -852,7 +852,8 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps(doc, indent=1))
     print("```")
     write_result(args.json, doc)
-    return 0
+    runs = doc["raw"] + doc["ours_big"] + doc["ours_concurrent"]
+    return 0 if all(r["ok"] for r in runs) else 1
 
 
 if __name__ == "__main__":
