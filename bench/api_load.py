@@ -42,6 +42,7 @@ from typing import Any
 
 from hostinfo import (
     CLK_TCK,
+    VENV_BIN,
     calibrate,
     cpu_model,
     free_port,
@@ -52,12 +53,6 @@ from hostinfo import (
     set_pdeathsig,
     write_result,
 )
-
-_REPO = Path(__file__).resolve().parent.parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _REPO]
-VENV_BIN = Path(sys.executable).parent
-if not (VENV_BIN / "downloader").exists():
-    VENV_BIN = _REPO / ".venv" / "bin"
 
 # wrk's Lua: the requests are formatted once per thread, `done` prints one JSON line.
 LUA = r"""

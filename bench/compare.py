@@ -73,6 +73,8 @@ from harness import (
     verify_jobs,
 )
 from hostinfo import (
+    REPO,
+    VENV_BIN,
     calibrate,
     cpu_model,
     host_busy_seconds,
@@ -82,14 +84,6 @@ from hostinfo import (
     self_cpu,
 )
 from original import GoOriginal, Ours
-
-# The repository root must not be importable: its operator/ folder shadows the stdlib module.
-REPO = Path(__file__).resolve().parent.parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != REPO]
-
-VENV_BIN = Path(sys.executable).parent
-if not (VENV_BIN / "downloader").exists():
-    VENV_BIN = REPO / ".venv" / "bin"
 
 ROLES = ("api", "worker", "notifier", "redis")
 

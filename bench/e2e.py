@@ -55,6 +55,7 @@ from harness import (
     summary_ms,
 )
 from hostinfo import (
+    VENV_BIN,
     calibrate,
     cpu_model,
     free_port,
@@ -66,16 +67,6 @@ from hostinfo import (
     set_pdeathsig,
     write_result,
 )
-
-# The repository root must not be importable: its operator/ folder shadows the stdlib module.
-_REPO = Path(__file__).resolve().parent.parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _REPO]
-
-# The `downloader` executables: next to this interpreter (the project's venv), else the repo's .venv.
-VENV_BIN = Path(sys.executable).parent
-if not (VENV_BIN / "downloader").exists():
-    VENV_BIN = _REPO / ".venv" / "bin"
-
 
 # --- the benchmark ------------------------------------------------------------------------------
 

@@ -1,6 +1,7 @@
-"""Measuring helpers shared by the benchmarks: ports, /proc readings, host noise, percentiles.
+"""Measuring helpers shared by the benchmarks: ports, /proc readings, host noise, percentiles,
+and where the repository and the measured venv are.
 
-Both `e2e.py` and `operator_bench.py` run as scripts from this folder and import it by name.
+The benchmarks run as scripts from this folder and import it by name.
 """
 
 from __future__ import annotations
@@ -14,9 +15,20 @@ import platform
 import resource
 import signal
 import socket
+import sys
 import time
 from pathlib import Path
 from typing import Any
+
+#: The repository. Its root must not be importable (its operator/ folder shadows the stdlib
+#: module), so importing this module drops it from sys.path.
+REPO = Path(__file__).resolve().parent.parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != REPO]
+
+#: The `downloader` executables: next to this interpreter (the venv measured), else the repo's.
+VENV_BIN = Path(sys.executable).parent
+if not (VENV_BIN / "downloader").exists():
+    VENV_BIN = REPO / ".venv" / "bin"
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PR_SET_PDEATHSIG = 1

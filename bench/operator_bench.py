@@ -59,6 +59,8 @@ from pathlib import Path
 from typing import Any
 
 from hostinfo import (
+    REPO,
+    VENV_BIN,
     calibrate,
     cpu_model,
     free_port,
@@ -72,12 +74,7 @@ from hostinfo import (
     write_result,
 )
 
-REPO = Path(__file__).resolve().parent.parent
 K8S_TESTS = REPO / "tests" / "k8s"
-# The `downloader` executable: next to this interpreter (the project's venv), else the repo's .venv.
-VENV_BIN = Path(sys.executable).parent
-if not (VENV_BIN / "downloader").exists():
-    VENV_BIN = REPO / ".venv" / "bin"
 
 GROUP, VERSION, PLURAL = "downloader.io", "v1alpha1", "aggregations"
 WORKER_PREFIX = "downloader-worker-"

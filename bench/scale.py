@@ -59,6 +59,7 @@ from harness import (
     start_redis,
 )
 from hostinfo import (
+    VENV_BIN,
     calibrate,
     cpu_model,
     free_port,
@@ -70,15 +71,6 @@ from hostinfo import (
     write_result,
 )
 from original import GoOriginal
-
-# The repository root must not be importable: its operator/ folder shadows the stdlib module.
-_REPO = Path(__file__).resolve().parent.parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _REPO]
-
-# The `downloader` executables: next to this interpreter (the venv measured), else the repo's.
-VENV_BIN = Path(sys.executable).parent
-if not (VENV_BIN / "downloader").exists():
-    VENV_BIN = _REPO / ".venv" / "bin"
 
 DEFAULT_ORIGINAL = "/work/shared/bench/original/downloader-go"
 WAKEUP_CHANNEL = "downloader:wakeup"  # keys.WAKEUP_CHANNEL: every worker subscribes to it

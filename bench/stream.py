@@ -46,6 +46,7 @@ from typing import Any
 
 from harness import MP, Procs, SetupError, child_setup, environ_without_downloader, http_ok, start_redis
 from hostinfo import (
+    VENV_BIN,
     calibrate,
     cpu_model,
     free_port,
@@ -56,14 +57,6 @@ from hostinfo import (
     set_pdeathsig,
     write_result,
 )
-
-# The repository root must not be importable: its operator/ folder shadows the stdlib module.
-_REPO = Path(__file__).resolve().parent.parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _REPO]
-
-VENV_BIN = Path(sys.executable).parent
-if not (VENV_BIN / "downloader").exists():
-    VENV_BIN = _REPO / ".venv" / "bin"
 
 BLOCK = 1 << 20
 CHUNK = 64 * 1024
