@@ -1,6 +1,11 @@
 """Dependencies of the routes: the settings and the Redis store built by the lifespan, and the
 caller's API-key grant (`authenticate`, which the app runs before every route).
 
+The key itself is checked by `Gate`, an ASGI layer in front of everything the app serves:
+its routes, but also FastAPI's documentation pages and the mounted file trees (/files/),
+which run no route dependency. Whatever is not listed public needs a key, including paths
+that match nothing (no probing of what exists). `authenticate` hands the Gate's grant on.
+
 All of them are `async def`: FastAPI runs a plain `def` dependency in its thread pool, a
 thread hand-off per dependency and request that cost more than the rest of a POST.
 """
@@ -10,7 +15,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import Depends, Request
-from starlette.types import Scope
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from downloader.api import errors
 from downloader.apikeys import ALL, Grant, KeyRing
@@ -19,9 +24,12 @@ from downloader.settings import Settings
 from downloader.store import AsyncStore
 
 #: Routes that answer without an API key: probes, metrics and the web page with its assets
-#: (the page asks its user for a key and sends it with its data requests).
+#: (the page asks its user for a key and sends it with its data requests). Everything else,
+#: /openapi.json, /docs, /redoc and /files/ included, needs one (README, "API keys").
 PUBLIC_PATHS = frozenset({"/hb", "/healthz", "/readyz", "/metrics", "/"})
 PUBLIC_PREFIXES = ("/static/",)
+#: Where `Gate` leaves the caller's grant in the ASGI scope.
+GRANT_SCOPE_KEY = "downloader.grant"
 
 
 async def get_settings(request: Request) -> Settings:
@@ -40,11 +48,22 @@ async def get_registrar(request: Request) -> Registrar | None:
 
 
 async def authenticate(request: Request) -> Grant:
-    """The grant of the request's bearer token; 401 without a valid one while keys are set."""
-    keyring: KeyRing = request.app.state.keyring
-    if not keyring.enabled or _is_public(request.scope):
+    """The grant of the request's bearer token; 401 without a valid one while keys are set.
+
+    The Gate in front has checked the token already and left its grant in the scope; it is
+    looked up again only for a request that did not pass the Gate (an app assembled without it).
+    """
+    grant: Grant | None = request.scope.get(GRANT_SCOPE_KEY)
+    if grant is not None:
+        return grant
+    return grant_for(request.app.state.keyring, request.scope)
+
+
+def grant_for(keyring: KeyRing, scope: Scope) -> Grant:
+    """The grant of a request (HTTP or websocket scope); raises the 401 HTTPProblem."""
+    if not keyring.enabled or _is_public(scope):
         return ALL
-    return grant_of(keyring, request.headers.get("authorization", ""))
+    return grant_of(keyring, header(scope, b"authorization"))
 
 
 def grant_of(keyring: KeyRing, authorization: str) -> Grant:
@@ -57,6 +76,31 @@ def grant_of(keyring: KeyRing, authorization: str) -> Grant:
     if grant is None:
         raise errors.unauthorized(presented=True)
     return grant
+
+
+class Gate:
+    """ASGI layer: while API keys are set, every request but the public ones needs a valid
+    key, whatever answers it (route, mount, FastAPI's own pages, or nothing at all).
+
+    Refusals are the 401 answers of `errors.unauthorized`; a websocket is closed with 1008
+    (policy violation) before it is accepted. The grant is left in the scope for the routes.
+    """
+
+    def __init__(self, app: ASGIApp, keyring: KeyRing) -> None:
+        self.app = app
+        self.keyring = keyring
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] in ("http", "websocket"):
+            try:
+                scope[GRANT_SCOPE_KEY] = grant_for(self.keyring, scope)
+            except errors.HTTPProblem as exc:
+                if scope["type"] == "websocket":
+                    await send({"type": "websocket.close", "code": 1008, "reason": exc.text})
+                    return
+                await errors.plain_error(exc.status, exc.text, exc.headers)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 def require(grant: Grant, aggr_id: str) -> None:
@@ -74,6 +118,15 @@ def route_path(scope: Scope) -> str:
     if path == root:
         return ""
     return path[len(root) :] if path[len(root)] == "/" else path
+
+
+def header(scope: Scope, name: bytes) -> str:
+    """The first value of a header (`name` in lower case, as ASGI servers give them), "" if
+    absent; decoded as Starlette's `Headers` does."""
+    for key, value in scope["headers"]:
+        if key == name:
+            return str(value.decode("latin-1"))
+    return ""
 
 
 def _is_public(scope: Scope) -> bool:

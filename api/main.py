@@ -11,7 +11,7 @@ from fastapi import Depends, FastAPI
 from fastapi.staticfiles import StaticFiles
 
 from downloader import __version__, apikeys, cluster
-from downloader.api import deps, errors
+from downloader.api import deps, errors, files
 from downloader.api.routes import callbacks, downloads, health, jobs, metrics, stats, ui
 from downloader.settings import Settings
 from downloader.store import AsyncStore
@@ -52,18 +52,23 @@ def create_app(settings: Settings, *, serve_files: bool = False) -> FastAPI:
         summary="Asynchronous, rate-limited downloads with callbacks",
         lifespan=lifespan,
         redirect_slashes=False,
-        # On every route, so a new one is closed by default; the public ones are listed in deps.
+        # The grant the Gate found, on every route; the public ones are listed in deps.
         dependencies=[Depends(deps.authenticate)],
     )
     app.state.keyring = keyring
     errors.install(app)
     for module in (downloads, jobs, callbacks, stats, health, ui):
         app.include_router(module.router)
+    if keyring.enabled:
+        # The key check in front of everything but POST /download, which checks it itself:
+        # added first, so it sits inside the fast path (and inside the metrics, which count its
+        # 401s). Without keys everything is open: no layer to pass.
+        app.add_middleware(deps.Gate, keyring=keyring)
     downloads.install(app)  # POST /download ahead of the router (before the metrics: inside them)
     metrics.install(app, settings)  # GET /metrics and the request counts
     app.mount("/static", StaticFiles(directory=ui.STATIC_DIR), name="static")  # the page's assets
     if serve_files:
         root = Path(settings.storage_root)
         root.mkdir(parents=True, exist_ok=True)
-        app.mount("/files", StaticFiles(directory=root), name="files")
+        app.mount("/files", files.StoredFiles(directory=root), name="files")
     return app

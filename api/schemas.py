@@ -38,7 +38,8 @@ class JobView(BaseModel):
     aggr_id: str
     url: str
     state: str = Field(
-        description="queued, waiting_retry, in_progress, succeeded, failed, callback_pending, callback_failed"
+        description="queued, waiting_retry, in_progress, succeeded, failed, callback_pending, "
+        "callback_failed, dead_lettered (its stored hash cannot be read: set aside, see dead_letter)"
     )
     download: DownloadState
     callback: CallbackState
@@ -50,6 +51,9 @@ class JobView(BaseModel):
     finished_at: str | None
     next_attempt_at: str | None = Field(description="When a queued job becomes eligible")
     lease_expires_at: str | None = Field(description="While a worker holds the job")
+    dead_letter: str | None = Field(
+        default=None, description="Why a worker set the job aside unread (state dead_lettered)"
+    )
 
 
 class AggregationQueue(BaseModel):

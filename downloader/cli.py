@@ -4,6 +4,11 @@ and the tools enqueue (a file of URLs) and retry (Failed callbacks).
 It sits above every other layer: it reads settings, builds the pieces and runs them under
 signal handling (first SIGTERM/SIGINT drains, a second one exits at once). A bad setting
 ends the process with one line on stderr and exit status 2.
+
+`up` takes, in this order, what can fail at once (settings, the data directory's lock, the
+listening socket), so a failure there starts nothing; then Redis, then the worker, notifier
+and API; on a signal or a failure of any part it stops them all, waits for their drain,
+and stops its Redis last.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import argparse
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
 import time
@@ -44,8 +50,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "version":
         print(f"Downloader Version {__version__}")
         return 0
-    _configure_logging()
     try:
+        _configure_logging()
         handler: Callable[[argparse.Namespace], int] = COMMANDS[args.command]
         return handler(args)
     except ConfigurationError as exc:
@@ -54,6 +60,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except DownloaderError as exc:
         print(f"downloader: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # Ctrl-C before the signal handlers were in place
+        print("downloader: interrupted", file=sys.stderr)
+        return 130
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -95,11 +104,18 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
 def _configure_logging() -> None:
     # Before the settings load (their errors are logged too): the two variables directly.
-    logs.configure(
-        os.environ.get("DOWNLOADER_LOG_LEVEL", "INFO"), os.environ.get("DOWNLOADER_LOG_FORMAT", "text")
-    )
+    level = os.environ.get("DOWNLOADER_LOG_LEVEL", "INFO")
+    if not isinstance(logging.getLevelName(level.strip().upper()), int):
+        # It used to mean INFO without a word.
+        raise ConfigurationError(
+            f"invalid setting DOWNLOADER_LOG_LEVEL: {level!r} is none of {', '.join(LOG_LEVELS)}"
+        )
+    logs.configure(level, os.environ.get("DOWNLOADER_LOG_FORMAT", "text"))
 
 
 def _settings(args: argparse.Namespace, **overrides: Any) -> Settings:
@@ -118,6 +134,7 @@ def cmd_api(args: argparse.Namespace) -> int:
     from downloader.api.main import create_app
 
     settings = _settings(args)
+    _check_api(settings)
     _on_signals(lambda: None)  # uvicorn stops itself and re-raises into this handler: exit 0
     app = create_app(settings)
     api_server.freeze_startup_objects()
@@ -127,6 +144,7 @@ def cmd_api(args: argparse.Namespace) -> int:
 
 def cmd_worker(args: argparse.Namespace) -> int:
     settings = _settings(args)
+    _check_tmp_dir(settings)
     metrics.serve(settings, "worker")
     processor = _processor(settings, frozenset(args.aggregation))
     return _run_until_signalled([processor])
@@ -139,60 +157,131 @@ def cmd_notifier(args: argparse.Namespace) -> int:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
+    from downloader.embedded_redis import EmbeddedRedis
+
+    overrides: dict[str, Any] = {"download_url": f"http://{_url_host(args.host)}:{args.port}/files/"}
+    local = "DOWNLOADER_ALLOW_PRIVATE_NETWORKS" not in os.environ
+    if local:
+        # Local use: files on localhost and the LAN are what people try first.
+        overrides["allow_private_networks"] = True
+    embedded = None
+    if "DOWNLOADER_REDIS_URL" not in os.environ and not _config_sets_redis(args.config):
+        embedded = EmbeddedRedis(Path("data") / "redis")
+        overrides["redis_url"] = embedded.url
+    settings = _settings(args, **overrides)
+    _check_tmp_dir(settings)
+    _check_api(settings, serve_files=True)
+    if local:
+        log.info("allowing downloads and callbacks to private networks (local use; "
+                 "set DOWNLOADER_ALLOW_PRIVATE_NETWORKS=false to refuse them)")  # fmt: skip
+    listeners: list[socket.socket] = []
+    try:
+        if embedded is not None:
+            embedded.lock(Path("data"))
+        listeners = _listen(args.host, args.port)
+        if embedded is not None:
+            embedded.start()
+            log.info("embedded redis-server at %s (data in %s)", embedded.url, embedded.data_dir)
+        return _serve_up(args, settings, listeners)
+    finally:
+        for listener in listeners:
+            listener.close()
+        if embedded is not None:
+            if embedded.proc is not None:
+                # Last: the drain of the worker and the notifier wrote their results to it.
+                log.info("stopping the embedded redis-server")
+                embedded.stop()
+            embedded.unlock()
+
+
+def _serve_up(args: argparse.Namespace, settings: Settings, listeners: list[socket.socket]) -> int:
+    """Worker and notifier in threads, the API in the main thread, until a signal or until
+    one of them fails; then all of them drain."""
     import uvicorn
 
     from downloader.api import server as api_server
     from downloader.api.main import create_app
-    from downloader.embedded_redis import EmbeddedRedis
 
-    overrides: dict[str, Any] = {"download_url": f"http://{_url_host(args.host)}:{args.port}/files/"}
-    if "DOWNLOADER_ALLOW_PRIVATE_NETWORKS" not in os.environ:
-        # Local use: files on localhost and the LAN are what people try first.
-        overrides["allow_private_networks"] = True
-        log.info("allowing downloads and callbacks to private networks (local use; "
-                 "set DOWNLOADER_ALLOW_PRIVATE_NETWORKS=false to refuse them)")  # fmt: skip
-    embedded = None
-    if "DOWNLOADER_REDIS_URL" not in os.environ and not _config_sets_redis(args.config):
-        embedded = EmbeddedRedis(Path("data") / "redis")
-        overrides["redis_url"] = embedded.start()
-        log.info("embedded redis-server at %s (data in %s)", embedded.url, embedded.data_dir)
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(settings, serve_files=True), **api_server.options(graceful_seconds=5))
+    )
+    services: list[Service] = [_processor(settings, frozenset()), _notifier(settings)]
+    failures: list[str] = []
+
+    def stop_all() -> None:
+        server.should_exit = True
+        for service in services:
+            service.stop()
+
+    threads = _start_services(services, failures, on_failure=stop_all)
+    _on_signals(stop_all)
+    log.info("serving on http://%s:%d (files at %s, stored under %s)", args.host, args.port,
+             settings.download_url, settings.storage_root)  # fmt: skip
     try:
-        settings = _settings(args, **overrides)
-        services: list[Service] = [_processor(settings, frozenset()), _notifier(settings)]
-        server = uvicorn.Server(
-            uvicorn.Config(create_app(settings, serve_files=True), host=args.host, port=args.port,
-                           **api_server.options(graceful_seconds=5))
-        )  # fmt: skip
-        failures: list[DownloaderError] = []
-
-        def run(service: Service) -> None:
-            try:
-                service.run()
-            except DownloaderError as exc:
-                failures.append(exc)
-                server.should_exit = True  # one part failing stops the whole
-
-        def stop_all() -> None:
-            for service in services:
-                service.stop()
-
-        threads = [threading.Thread(target=run, args=(s,), name=type(s).__name__) for s in services]
-        for thread in threads:
-            thread.start()
-        _on_signals(stop_all)
-        log.info("serving on http://%s:%d (files at %s, stored under %s)", args.host, args.port,
-                 settings.download_url, settings.storage_root)  # fmt: skip
-        server.run()
-        stop_all()
-        for thread in threads:
-            thread.join(timeout=settings.shutdown_grace_seconds + 10)
+        server.run(sockets=listeners)
+    except SystemExit:  # uvicorn's way of saying its start-up failed (logged above)
+        failures.append("the API did not start")
     finally:
-        if embedded is not None:
-            embedded.stop()
+        stop_all()
+        _join(threads, settings.shutdown_grace_seconds + 10)
+    if not server.started and not failures:
+        failures.append("the API did not start")
     if failures:
         print(f"downloader: {failures[0]}", file=sys.stderr)
         return 1
     return 0
+
+
+def _listen(host: str, port: int) -> list[socket.socket]:
+    """The API's listening sockets, bound before anything starts: a busy port is one line and
+    a non-zero exit, not an API that is missing while the rest runs on."""
+    try:
+        infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise ConfigurationError(f"cannot listen on {host}:{port}: {exc.strerror}") from exc
+    sockets: list[socket.socket] = []
+    try:
+        for family, kind, proto, _, address in dict.fromkeys(infos):
+            sock = socket.socket(family, kind, proto)
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(address)
+            sock.listen(2048)
+    except OSError as exc:
+        for sock in sockets:
+            sock.close()
+        raise ConfigurationError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
+    return sockets
+
+
+def _check_tmp_dir(settings: Settings) -> None:
+    # The worker would create it in its thread, where a failure is a traceback, not a line.
+    _make_dir(settings.tmp_dir, "DOWNLOADER_TMP_DIR")
+
+
+def _check_api(settings: Settings, *, serve_files: bool = False) -> None:
+    """What the API would otherwise find wrong in its start-up, where a failure is a
+    traceback from uvicorn's: the kubeconfig, the storage root it serves."""
+    if serve_files and settings.storage_backend == "filesystem":
+        _make_dir(settings.storage_root, "DOWNLOADER_STORAGE_ROOT")
+    if settings.kube_create_aggregations and settings.kubeconfig:
+        from downloader import cluster
+
+        try:
+            cluster.client_configuration(settings)
+        except cluster.ClusterError as exc:
+            raise ConfigurationError(str(exc)) from exc
+
+
+def _make_dir(path: Path, variable: str) -> None:
+    try:
+        Path(path).mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigurationError(
+            f"invalid setting {variable}: cannot create {path}: {exc.strerror or exc}"
+        ) from exc
 
 
 def cmd_operator(args: argparse.Namespace) -> int:
@@ -242,23 +331,14 @@ def _storage(settings: Settings) -> Any:
 
 def _run_until_signalled(services: list[Service]) -> int:
     """Run each service in a thread until a signal, or until one fails (then stop the rest)."""
-    failures: list[DownloaderError] = []
+    failures: list[str] = []
 
     def stop() -> None:
         for service in services:
             service.stop()
 
-    def run(service: Service) -> None:
-        try:
-            service.run()
-        except DownloaderError as exc:
-            failures.append(exc)
-            stop()
-
-    threads = [threading.Thread(target=run, args=(s,), name=type(s).__name__) for s in services]
     _on_signals(stop)
-    for thread in threads:
-        thread.start()
+    threads = _start_services(services, failures, on_failure=stop)
     while any(t.is_alive() for t in threads):
         for thread in threads:
             thread.join(timeout=0.5)
@@ -266,6 +346,41 @@ def _run_until_signalled(services: list[Service]) -> int:
         print(f"downloader: {failures[0]}", file=sys.stderr)
         return 1
     return 0
+
+
+def _start_services(
+    services: list[Service], failures: list[str], on_failure: Callable[[], object]
+) -> list[threading.Thread]:
+    """A thread per service; one that fails records why and stops the whole (`on_failure`)."""
+
+    def run(service: Service) -> None:
+        name = type(service).__name__
+        try:
+            service.run()
+        except DownloaderError as exc:
+            failures.append(str(exc))
+        except OSError as exc:  # the machine's fault (permissions, disk): no traceback
+            failures.append(f"{name}: {exc}")
+        except Exception as exc:
+            log.exception("%s failed", name)
+            failures.append(f"{name} failed: {exc}")
+        else:
+            return
+        on_failure()
+
+    # Daemons: a part that overruns its drain must not keep the process alive after the rest.
+    threads = [threading.Thread(target=run, args=(s,), name=type(s).__name__, daemon=True) for s in services]
+    for thread in threads:
+        thread.start()
+    return threads
+
+
+def _join(threads: list[threading.Thread], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    for thread in threads:
+        thread.join(timeout=max(0.0, deadline - time.monotonic()))
+        if thread.is_alive():
+            log.warning("%s did not stop within %.0f s", thread.name, timeout)
 
 
 def _on_signals(stop: Callable[[], object]) -> None:
@@ -323,7 +438,8 @@ def _tool_parsers(sub: Any, config: argparse.ArgumentParser) -> None:
     enqueue.add_argument("--api-key", metavar="TOKEN", help="bearer token for --api ($DOWNLOADER_API_KEY)")
     enqueue.add_argument("--ids", metavar="FILE", help="write 'line<TAB>url<TAB>job id' per queued job")
     retry = sub.add_parser("retry", parents=[config], help="put Failed callbacks back in the queue")
-    retry.add_argument("job_ids", nargs="*", metavar="JOB_ID", help="these jobs")
+    retry.add_argument("job_ids", nargs="*", metavar="JOB_ID",
+                       help="these jobs (after `--`: an id may begin with '-')")  # fmt: skip
     retry.add_argument("--failed", action="store_true", help="every job whose callback is Failed")
     retry.add_argument("--aggr", metavar="ID", help="with --failed: only this aggregation")
     retry.add_argument("--dry-run", action="store_true", help="list them, change nothing")
@@ -396,7 +512,9 @@ def _job_fields(args: argparse.Namespace, url: str) -> dict[str, object]:
 
 def _validate(fields: dict[str, object], max_size_cap: int | None) -> tuple[Job, Aggregation]:
     job = validation.job_from_fields(fields, max_size_cap)
-    return job, validation.aggregation_from_fields(fields)
+    aggregation = validation.aggregation_from_fields(fields)
+    validation.check_feasible(job, aggregation)  # what POST /download refuses, refused here too
+    return job, aggregation
 
 
 def cmd_enqueue(args: argparse.Namespace) -> int:

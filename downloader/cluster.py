@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
 
+import yaml  # type: ignore[import-untyped]  # PyYAML comes with the kubernetes client
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
@@ -47,8 +48,12 @@ def client_configuration(settings: Settings) -> client.Configuration:
             config.load_kube_config(config_file=settings.kubeconfig, client_configuration=configuration)
         else:
             config.load_incluster_config(client_configuration=configuration)
-    except (config.ConfigException, OSError) as exc:
-        raise ClusterError(f"no usable Kubernetes configuration: {exc}") from exc
+    # The client reads any YAML as a kubeconfig and fails on the first unexpected shape.
+    except (config.ConfigException, OSError, yaml.YAMLError, TypeError, ValueError, AttributeError,
+            KeyError) as exc:  # fmt: skip
+        source = f"DOWNLOADER_KUBECONFIG={settings.kubeconfig}: " if settings.kubeconfig else ""
+        why = " ".join(str(exc).split())  # YAML errors span lines
+        raise ClusterError(f"no usable Kubernetes configuration: {source}{why}") from exc
     return configuration
 
 

@@ -2,11 +2,17 @@
 
 It listens on 127.0.0.1 only, keeps an append-only file under the data directory (queued
 jobs survive a restart), and is asked by the kernel to stop if we die (PR_SET_PDEATHSIG).
+It runs in a session of its own: a Ctrl-C at the terminal reaches `downloader up`, which
+drains and then stops Redis last, never Redis itself while the drain still writes to it.
+`lock()` keeps a second `downloader up` off the same data directory (and append-only file).
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import fcntl
+import os
 import shutil
 import signal
 import socket
@@ -50,11 +56,49 @@ def free_port() -> int:
         return port
 
 
+class DirectoryInUse(ConfigurationError):
+    """Another `downloader up` holds the data directory."""
+
+
 class EmbeddedRedis:
+    LOCK_FILE = "up.lock"
+
     def __init__(self, data_dir: Path, port: int | None = None) -> None:
         self.data_dir = data_dir
         self.port = port or free_port()
         self.proc: subprocess.Popen[bytes] | None = None
+        self._lock_fd: int | None = None
+
+    def lock(self, directory: Path) -> None:
+        """Hold `directory` (flock on a file in it) until we and our redis-server are gone,
+        or raise DirectoryInUse naming the holder's pid."""
+        path = directory / self.LOCK_FILE
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise ConfigurationError(f"cannot lock {path.resolve()}: {exc.strerror or exc}") from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            holder = os.read(fd, 32).decode("ascii", "replace").strip() or "unknown"
+            os.close(fd)
+            raise DirectoryInUse(
+                f"{directory.resolve()} is in use by another `downloader up` (pid {holder}); stop that one, "
+                "or start this one in another directory"
+            ) from exc
+        except OSError as exc:
+            os.close(fd)
+            raise ConfigurationError(f"cannot lock {path.resolve()}: {exc.strerror or exc}") from exc
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._lock_fd = fd
+
+    def unlock(self) -> None:
+        if self._lock_fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._lock_fd)
+            self._lock_fd = None
 
     @property
     def url(self) -> str:
@@ -86,6 +130,10 @@ class EmbeddedRedis:
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             preexec_fn=_die_with_parent,
+            start_new_session=True,  # out of the terminal's process group: no Ctrl-C of its own
+            # The lock is held while any process has it open: a redis-server that outlives a
+            # killed `up` (and still writes its append-only file) keeps the directory locked.
+            pass_fds=() if self._lock_fd is None else (self._lock_fd,),
         )
         log_file.close()
         deadline = time.monotonic() + timeout

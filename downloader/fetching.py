@@ -6,7 +6,9 @@ its fixes: TLS errors are known by exception type, 3xx/204 answers are not store
 and every attempt has a total deadline, a redirect cap and a size cap. A watchdog thread
 (`Fetcher.enforce_deadlines`) aborts sockets of attempts that overrun or are cancelled.
 Every request and redirect hop goes through `downloader.outbound`: a non-public destination
-fails terminally in phase DESTINATION_PHASE before anything connects to it.
+fails terminally in phase DESTINATION_PHASE before anything connects to it. One client
+(connection pools) per distinct `aggr_proxy`, the MAX_CLIENTS most recently used only: one
+pushed out is closed once the last download using it ends.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import os
 import socket
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any
@@ -41,6 +44,9 @@ RETRIABLE_CLIENT_STATUSES = frozenset({408, 425, 429})
 USER_AGENT = f"Downloader/{__version__} (+https://github.com/skroutz/downloader)"
 #: Phase of a download refused by the outbound policy ("destination address not allowed").
 DESTINATION_PHASE = "validating destination"
+#: Clients kept for distinct proxies: each holds pools and idle connections (file
+#: descriptors), and jobs may name any number of proxies.
+MAX_CLIENTS = 32
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,8 +85,18 @@ class Attempt:
         self.waiting_on = sock
 
 
+@dataclasses.dataclass(eq=False)
+class _Shared:
+    """A client of the cache and the downloads using it now."""
+
+    client: Client
+    users: int = 0
+    evicted: bool = False
+
+
 class Fetcher:
-    """Shared by all download threads of a process: one client (connection pools) per proxy."""
+    """Shared by all download threads of a process: one client (connection pools) per proxy,
+    for the `max_clients` proxies used last."""
 
     def __init__(
         self,
@@ -89,7 +105,10 @@ class Fetcher:
         pool_size: int,
         *,
         outbound: Outbound | None = None,
+        max_clients: int = MAX_CLIENTS,
     ) -> None:
+        if max_clients < 1:
+            raise ValueError("max_clients must be at least 1")
         self.limits = limits
         # Without one, the strict default: only public addresses.
         self.outbound = outbound if outbound is not None else Outbound()
@@ -97,28 +116,64 @@ class Fetcher:
         self.pool_size = pool_size
         # Only the defaults' headers, what almost every job sends: built once.
         self._plain_headers = self._merge_headers(None)
-        self._clients: dict[str, Client] = {}
+        self.max_clients = max_clients
+        self._clients: OrderedDict[str, _Shared] = OrderedDict()  # least recently used first
         self._lock = threading.Lock()
+        self._evicted_in_use: set[_Shared] = set()
         self._attempts: set[Attempt] = set()
         self._timeouts: dict[float, urllib3.Timeout] = {}
 
     def close(self) -> None:
         with self._lock:
-            for client in self._clients.values():
-                client.close()
-            self._clients.clear()
+            idle = self._evict(keep=0)
+        for client in idle:
+            client.close()
 
-    def client(self, proxy: str) -> Client:
-        client = self._clients.get(proxy)
-        if client is None:
+    def open_clients(self) -> int:
+        """Clients not closed yet: those cached, and evicted ones still in use."""
+        with self._lock:
+            return len(self._clients) + len(self._evicted_in_use)
+
+    @contextlib.contextmanager
+    def _client(self, proxy: str) -> Iterator[Client]:
+        """The proxy's client, never closed while the caller holds it."""
+        idle: list[Client] = []
+        with self._lock:
+            shared = self._clients.get(proxy)
+            if shared is None:
+                # No cookies are kept: one download's must never reach another one.
+                client = self.outbound.client(proxy=proxy, pool_connections=64, pool_maxsize=self.pool_size)
+                shared = self._clients[proxy] = _Shared(client)
+                idle = self._evict(keep=self.max_clients)
+            else:
+                self._clients.move_to_end(proxy)
+            shared.users += 1
+        for old in idle:  # outside the lock: closing a pool closes its sockets
+            old.close()
+        try:
+            yield shared.client
+        finally:
             with self._lock:
-                client = self._clients.get(proxy)
-                if client is None:
-                    # No cookies are kept: one download's must never reach another one.
-                    client = self._clients[proxy] = self.outbound.client(
-                        proxy=proxy, pool_connections=64, pool_maxsize=self.pool_size
-                    )
-        return client
+                shared.users -= 1
+                last = shared.evicted and shared.users == 0
+                if last:
+                    self._evicted_in_use.discard(shared)
+            if last:
+                shared.client.close()
+
+    def _evict(self, keep: int) -> list[Client]:
+        """Drop the least recently used clients beyond `keep` (lock held); returns the idle
+        ones to close now. One in use is closed by the download that releases it last:
+        closed under it, a redirect hop would open new pools nobody closes."""
+        idle = []
+        while len(self._clients) > keep:
+            _, oldest = self._clients.popitem(last=False)
+            oldest.evicted = True
+            if oldest.users:
+                self._evicted_in_use.add(oldest)
+            else:
+                idle.append(oldest.client)
+        return idle
 
     def headers_for(self, job_headers: Mapping[str, str] | None) -> tuple[dict[str, str], bool]:
         """Defaults, then the job's per key (case-insensitive); and whether we decode the body.
@@ -185,12 +240,14 @@ class Fetcher:
             self._attempts.add(attempt)
         outbound.watch_header_waits(attempt.waiting)
         try:
-            response = self._request(url, proxy, job_headers, budget, attempt)
-            try:
-                attempt.response = response
-                return self._receive(job_id, response, attempt, tmp_dir, sniff, mime_pattern)
-            finally:
-                outbound.close(response)
+            # Held until the response is closed: its connection goes back to a live pool.
+            with self._client(proxy) as client:
+                response = self._request(client, url, job_headers, budget, attempt)
+                try:
+                    attempt.response = response
+                    return self._receive(job_id, response, attempt, tmp_dir, sniff, mime_pattern)
+                finally:
+                    outbound.close(response)
         finally:
             outbound.watch_header_waits(None)
             with self._lock:
@@ -206,11 +263,11 @@ class Fetcher:
         return timeout
 
     def _request(
-        self, url: str, proxy: str, job_headers: Mapping[str, str] | None, budget: float, attempt: Attempt
+        self, client: Client, url: str, job_headers: Mapping[str, str] | None, budget: float, attempt: Attempt
     ) -> Response:
         headers, decode = self.headers_for(job_headers)
         try:
-            response = self.client(proxy).request(
+            response = client.request(
                 "GET",
                 url,
                 headers=headers,

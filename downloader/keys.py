@@ -44,6 +44,17 @@ AGGREGATIONS = "Aggregations"
 #: expiry among them (Redis's clock): lease recovery reads only the members that are due,
 #: whatever the number of aggregations or keys.
 LEASES_DUE = "LeasesDue"
+#: Hash job id -> JSON record (`aggr_id`, `reason`, `at`) of the jobs a worker claimed and
+#: could not read (a field the original's Job struct lacks, a bad number, a hash that names
+#: another job or aggregation). They are set aside here instead of being retried or dropped:
+#: their hash stays as found, no queue holds them, `GET /jobs/<id>` and the dashboard's recent
+#: failures say why. No TTL: each one waits for a person (repair the hash and delete its field
+#: here; the notifier's start-up sweep then queues it again).
+DEAD_LETTERS = "DeadLetters"
+#: String per claim call (`claimed:<call id>`): the ids that call leased, kept for the length of
+#: the lease. A call whose reply was lost is sent again by the client (redis-py retries on
+#: timeout); the retry finds the record and answers with those ids instead of leasing more.
+CLAIM_RECEIPT_PREFIX = "claimed:"
 #: String held (SET NX EX) by the one process of the fleet running the adoption sweep.
 ADOPTION_LOCK = "downloader:adoption"
 
@@ -106,6 +117,10 @@ def job_options(job_id: str) -> str:
 def job_errors(job_id: str) -> str:
     """List of the job's attempt errors, newest last."""
     return JOB_ERRORS_PREFIX + job_id
+
+
+def claim_receipt(call_id: str) -> str:
+    return CLAIM_RECEIPT_PREFIX + call_id
 
 
 def stats(component: str) -> str:

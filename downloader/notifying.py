@@ -17,7 +17,7 @@ import urllib3
 
 from downloader.errors import DestinationNotAllowed, NotificationError
 from downloader.models import DownloadResult, Job, State
-from downloader.outbound import Outbound, Policy, RequestError
+from downloader.outbound import Outbound, Policy, RequestError, Watchdog
 from downloader.version import __version__
 
 if TYPE_CHECKING:
@@ -76,8 +76,14 @@ class Backend(Protocol):
 
 
 class HttpBackend:
-    """POST the payload as JSON; any 2xx delivers. The answer is read and its connection
-    kept for the next callback (the original leaked one socket per callback, bug 10.2.10)."""
+    """POST the payload as JSON; any 2xx delivers. The answer's body is read (at most
+    EXCHANGE_BODY_CAP bytes) and its connection kept for the next callback (the original
+    leaked one socket per callback, bug 10.2.10).
+
+    `timeout` bounds the whole delivery (connect, send, status, body), as the original's
+    `backends.http.timeout` did: a watchdog shuts the socket of a receiver that trickles its
+    answer, which a per-read timeout never would.
+    """
 
     def __init__(self, timeout: float, pool_size: int, policy: Policy | None = None) -> None:
         self.timeout = timeout
@@ -86,25 +92,34 @@ class HttpBackend:
         # (policy None: the strict default), see downloader.outbound.
         self.outbound = Outbound(policy)
         self.client = self.outbound.client(pool_connections=32, pool_maxsize=pool_size)
+        self.watchdog = Watchdog("callback-deadlines")
 
     def deliver(self, message: Message) -> None:
         destination = message.destination
         headers = {**message.headers, "Content-Type": "application/json", "User-Agent": _USER_AGENT}
-        try:
-            # Redirects are not followed (each hop would need the address checks again, and
-            # Go's POST-to-GET rewriting would not deliver the payload): a 3xx is undelivered.
-            resp = self.client.exchange(
-                "POST", destination, headers=headers, body=message.body, timeout=self._timeout
-            )
-        except (RequestError, DestinationNotAllowed) as exc:
-            raise NotificationError(f'Post "{destination}": {exc}') from exc
+        with self.watchdog.watch(self.timeout) as watched:
+            try:
+                # Redirects are not followed (each hop would need the address checks again, and
+                # Go's POST-to-GET rewriting would not deliver the payload): a 3xx is undelivered.
+                resp = self.client.exchange(
+                    "POST", destination, headers=headers, body=message.body, timeout=self._timeout,
+                    watched=watched,
+                )  # fmt: skip
+            except (RequestError, DestinationNotAllowed) as exc:
+                if watched.expired:
+                    raise NotificationError(f'Post "{destination}": {DEADLINE_EXCEEDED}') from exc
+                raise NotificationError(f'Post "{destination}": {exc}') from exc
         if not 200 <= resp.status < 300:
             raise NotificationError(f"Received Status: {resp.status} {resp.reason}".rstrip())
 
     def close(self) -> None:
+        """Ends the deliveries still in flight (shutting down) and closes the connections."""
+        self.watchdog.abort_all()
         self.client.close()
 
 
+#: Go's text for a request that outlived its client's timeout, which the original's callbacks showed.
+DEADLINE_EXCEEDED = "context deadline exceeded (Client.Timeout exceeded while awaiting headers)"
 _USER_AGENT = f"Downloader/{__version__}"
 
 

@@ -41,12 +41,14 @@ from __future__ import annotations
 import base64
 import contextlib
 import dataclasses
+import importlib.util
 import ipaddress
 import os
 import re
 import socket
 import ssl
 import threading
+import time
 import urllib.request
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -386,6 +388,8 @@ _NO_RETRIES = urllib3.Retry(0, read=False)
 _CONTENT_CHUNK = 10 * 1024
 #: A redirect's body is read (so its connection can be reused) up to this much, then dropped.
 _REDIRECT_BODY_CAP = 64 * 1024
+#: The most of an answer's body `Client.exchange` reads (a callback receiver's reply).
+EXCHANGE_BODY_CAP = 64 * 1024
 
 
 class Client:
@@ -457,12 +461,18 @@ class Client:
         headers: Mapping[str, str],
         timeout: Timeout,
         body: bytes | None = None,
+        watched: Watched | None = None,
+        body_cap: int = EXCHANGE_BODY_CAP,
     ) -> Response:
-        """One request, redirects not followed, its response body read in full and its
-        connection back in the pool: look at `status` and `reason`."""
+        """One request, redirects not followed: look at `status` and `reason`. The status is
+        the answer: a body of at most `body_cap` bytes is read so its connection carries the
+        next exchange; a longer, endless or broken one is abandoned with its connection (its
+        errors are not the exchange's). `watched`: the watchdog entry bounding it all."""
         response = self.open(method, url, headers=headers, timeout=timeout, body=body)
+        if watched is not None:
+            watched.response = response
         try:
-            _read_all(response)
+            _read_capped(response, body_cap)
         finally:
             close(response)
         return response
@@ -530,10 +540,17 @@ class Client:
 
     def _proxy_manager(self, proxy: str) -> urllib3.PoolManager:
         if proxy.lower().startswith("socks"):
-            try:
-                from urllib3.contrib.socks import SOCKSProxyManager
-            except ImportError as exc:
-                raise InvalidRequest("Missing dependencies for SOCKS support.") from exc
+            if importlib.util.find_spec("socks") is None:
+                # Without PySocks every request through it fails alike: one clear, final
+                # error (no retries, no urllib3 warning per attempt). The API refuses such
+                # proxies; this is for those the original service stored. No credentials.
+                scheme = proxy.partition(":")[0].lower()
+                raise InvalidRequest(
+                    f"{scheme} proxies are not supported (SOCKS is not available): "
+                    "use an http:// or https:// proxy"
+                )
+            from urllib3.contrib.socks import SOCKSProxyManager
+
             username, password = get_auth_from_url(proxy)
             return SOCKSProxyManager(proxy, username=username, password=password, **self._pool_kw)
         headers: dict[str, str] = {}
@@ -601,6 +618,15 @@ def _read_all(response: Response, *, lenient: bool = False) -> None:
         raise ConnectionFailed(exc) from exc
     except urllib3.exceptions.SSLError as exc:
         raise TLSError(exc) from exc
+
+
+def _read_capped(response: Response, cap: int) -> None:
+    try:
+        # read(amt) returns short only at the body's end, which hands the connection back
+        if len(response.read(cap + 1, decode_content=False)) > cap:
+            response.close()  # more than we take: the connection goes with the rest
+    except (urllib3.exceptions.HTTPError, OSError):
+        response.close()
 
 
 def _drain(response: Response) -> None:
@@ -990,6 +1016,76 @@ def watching_sockets(on_wait: Callable[[socket.socket], None]) -> Iterator[None]
         yield
     finally:
         watch_header_waits(None)
+
+
+class Watched:
+    """One exchange under a `Watchdog`: the socket it waits on, then its response."""
+
+    def __init__(self) -> None:
+        self.waiting_on: socket.socket | None = None
+        self.response: Response | None = None
+        self.expired = False
+
+    def waiting(self, sock: socket.socket) -> None:
+        self.waiting_on = sock
+
+    def abort(self) -> None:
+        self.expired = True
+        sock = self.waiting_on
+        connection: Any = getattr(self.response, "connection", None) if self.response is not None else None
+        if connection is not None and getattr(connection, "sock", None) is not None:
+            sock = connection.sock
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+
+class Watchdog:
+    """Ends exchanges that outlive their total deadline by shutting their socket down, which
+    unblocks the thread reading it: a per-read timeout cannot, as a server that trickles a byte
+    a second never trips it. One thread per watchdog, started on first use, that sleeps until
+    the earliest deadline (indefinitely while nothing is watched)."""
+
+    def __init__(self, name: str = "outbound-watchdog") -> None:
+        self._name = name
+        self._cond = threading.Condition()
+        self._deadlines: dict[Watched, float] = {}
+        self._thread: threading.Thread | None = None
+
+    @contextlib.contextmanager
+    def watch(self, seconds: float) -> Iterator[Watched]:
+        """A `Watched` for an exchange made in this block (direct connections report their
+        socket while they wait for headers), aborted `seconds` from now if still running."""
+        watched = Watched()
+        with self._cond:
+            self._deadlines[watched] = time.monotonic() + seconds
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
+                self._thread.start()
+            self._cond.notify()
+        try:
+            with watching_sockets(watched.waiting):
+                yield watched
+        finally:
+            with self._cond:
+                self._deadlines.pop(watched, None)
+
+    def abort_all(self) -> None:
+        """Shutting down: end every exchange in flight now."""
+        with self._cond:
+            for watched in self._deadlines:
+                self._deadlines[watched] = 0.0
+            self._cond.notify()
+
+    def _run(self) -> None:
+        with self._cond:
+            while True:
+                now = time.monotonic()
+                overdue = [watched for watched, due in self._deadlines.items() if due <= now]
+                for watched in overdue:
+                    del self._deadlines[watched]
+                    watched.abort()
+                self._cond.wait(min(self._deadlines.values(), default=now + 3600.0) - now)
 
 
 class _PinnedConnectionMixin:

@@ -280,9 +280,10 @@ def _log_move(known: Any, address: Any) -> Any:
     return address
 
 
-def connect_url(url: str) -> redis.Redis:
-    """A blocking client straight to `url` (tests and tools that have no settings)."""
-    return redis.Redis.from_url(url, retry=_retry(), **_common(0))
+def connect_url(url: str, *, socket_timeout: float = SOCKET_TIMEOUT) -> redis.Redis:
+    """A blocking client straight to `url` (tests and tools that have no settings); a test
+    that loses replies on purpose shortens `socket_timeout` to see the retry sooner."""
+    return redis.Redis.from_url(url, retry=_retry(), **{**_common(0), "socket_timeout": socket_timeout})
 
 
 def _announce(m: Mode) -> None:

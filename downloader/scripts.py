@@ -2,9 +2,10 @@
 
 Each script takes its keys as KEYS (built by `keys`), never builds one itself, and is safe
 to run twice: a claim is fenced by a lease token, so a late or duplicated writer changes
-nothing. Lease expiries are set and compared on Redis's clock, so processes whose clocks
-disagree cannot shorten each other's leases. Field names are the original's (`job:<id>`
-hashes stay readable by it).
+nothing; and the same call sent again (redis-py resends a call whose reply was lost to a
+timeout) recognises its own earlier write and answers as its first run did. Lease expiries
+are set and compared on Redis's clock, so processes whose clocks disagree cannot shorten
+each other's leases. Field names are the original's (`job:<id>` hashes stay readable by it).
 """
 
 from __future__ import annotations
@@ -36,18 +37,45 @@ local function zadd_announced(key, score, id, channel, message)
 end
 """
 
-#: Queues a new job, creating its aggregation if needed. Returns 0 when the id is taken (the
-#: caller draws another). An aggregation whose queue gets its first job is added to the
-#: registry and announced on the wake-up channel. Creating the aggregation and queueing the
-#: job in one step closes the original's race with an idle aggregation's deletion (bug 10.2.5).
-#: A queued job costs Redis what it cost the original: its hash and its queue entry (the
-#: queue's score is its creation time, which the first claim copies to `jobmeta`).
+#: Queues a new job, creating its aggregation if needed. Returns 1 when queued, 2 when this
+#: very call queued it already (redis-py sends a call again when its reply is lost: the
+#: retry must not make a second job), 0 when the id belongs to another job (the caller draws
+#: another). Its own earlier write is recognised by the request's fields, which no later stage
+#: changes (the state fields do), and by its options; or, when the job has run and been
+#: delivered meanwhile, by its id waiting in the deletion queue. An aggregation whose queue gets
+#: its first job is added to the registry and announced on `channel` ("" = not yet: a held job
+#: is announced when released). Creating the aggregation and queueing the job in one step
+#: closes the original's race with an idle aggregation's deletion (bug 10.2.5). A queued job
+#: costs Redis what it cost the original: its hash and its queue entry (the queue's score is
+#: its creation time, which the first claim copies to `jobmeta`).
 ENQUEUE = """
 local job, aggr, queue, jobopts, registry = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local deletion_queue = KEYS[6]
 local score, limit, proxy = ARGV[1], ARGV[2], ARGV[3]
 local aggr_id, job_id, channel, options = ARGV[4], ARGV[5], ARGV[6], ARGV[7]
 local FIELDS_FROM = 8  -- then the job's field/value pairs
-if redis.call('EXISTS', job) == 1 then return 0 end
+local STATE_FIELDS = {DownloadState = true, DownloadCount = true, DownloadMeta = true,
+  CallbackState = true, DownloadURL = true, CallbackMeta = true, CallbackCount = true,
+  ResponseCode = true, ImageSize = true}
+local function written_by_this_call()
+  local names, values = {}, {}
+  for i = FIELDS_FROM, #ARGV, 2 do
+    if not STATE_FIELDS[ARGV[i]] then
+      table.insert(names, ARGV[i])
+      table.insert(values, ARGV[i + 1])
+    end
+  end
+  local stored = redis.call('HMGET', job, unpack(names))
+  for i = 1, #names do
+    if stored[i] ~= values[i] then return false end
+  end
+  return (redis.call('GET', jobopts) or '') == options
+end
+if redis.call('EXISTS', job) == 1 then
+  if written_by_this_call() then return 2 end
+  return 0
+end
+if redis.call('ZSCORE', deletion_queue, job_id) then return 2 end
 if redis.call('EXISTS', aggr) == 0 then
   redis.call('HSET', aggr, 'ID', aggr_id, 'Limit', limit, 'Proxy', proxy, 'ExpiresAt', '')
 end
@@ -57,8 +85,39 @@ if options ~= '' then redis.call('SET', jobopts, options) end
 redis.call('ZADD', queue, score, job_id)
 if was_empty then
   redis.call('SADD', registry, aggr_id)
-  redis.call('PUBLISH', channel, aggr_id)
+  if channel ~= '' then redis.call('PUBLISH', channel, aggr_id) end
 end
+return 1
+"""
+
+#: Puts a job that ENQUEUE held (queued at a score in the future, so that no worker starts it
+#: before enough replicas hold it) at its real place in its queue, and announces it: always,
+#: as a worker that saw the held score plans to look again only then. 1 released, 0 no longer
+#: held (gone); running it twice is harmless.
+RELEASE_HELD = """
+local queue = KEYS[1]
+local id, score, channel, aggr_id = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+if not redis.call('ZSCORE', queue, id) then return 0 end
+redis.call('ZADD', queue, score, id)
+redis.call('PUBLISH', channel, aggr_id)
+return 1
+"""
+
+#: Undoes a job that ENQUEUE held when too few replicas acknowledged it: its queue entry, hash
+#: and options go, so the client's 503 means that nothing was queued. Only while it is still
+#: held at `held_score` (never a job a worker may hold). 1 undone (also when this very call
+#: undid it and only its reply was lost), 0 not held any more.
+UNDO_HELD = """
+local job, queue, jobopts = KEYS[1], KEYS[2], KEYS[3]
+local id, held_score = ARGV[1], tonumber(ARGV[2])
+local score = redis.call('ZSCORE', queue, id)
+if not score then
+  if redis.call('EXISTS', job) == 0 then return 1 end
+  return 0
+end
+if tonumber(score) ~= held_score then return 0 end
+redis.call('ZREM', queue, id)
+redis.call('DEL', job, jobopts)
 return 1
 """
 
@@ -68,16 +127,30 @@ return 1
 #: aggregation leaves the registry, and its hash goes unless the operator manages it, as the
 #: original deleted idle aggregations), "empty" (nothing queued, some claimed), the score of
 #: the next job that becomes ready, or "ok" followed by the aggregation's hash and, per job,
-#: its id, its hash (empty when gone) and {encoded options}.
+#: its id, its hash (empty when gone) and {encoded options}. The ids a call leases are kept in
+#: its `receipt` for the lease's length: the same call sent again (its reply was lost) answers
+#: with those, still held by `token`, instead of leasing more and stranding them.
 CLAIM_DOWNLOADS = (
     _REDIS_NOW
     + _ZADD_LOWER
     + """
 local queue, inflight, leases, aggr, paused = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
-local managed, registry, leases_due = KEYS[6], KEYS[7], KEYS[8]
+local managed, registry, leases_due, receipt = KEYS[6], KEYS[7], KEYS[8], KEYS[9]
 local now, lease_seconds, wanted, token = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
 local default_limit, aggr_id, meta_ttl = tonumber(ARGV[5]), ARGV[6], ARGV[7]
 local job_prefix, meta_prefix, options_prefix = ARGV[8], ARGV[9], ARGV[10]
+local earlier = redis.call('GET', receipt)
+if earlier then
+  local out = {'ok', redis.call('HGETALL', aggr)}
+  for _, id in ipairs(cjson.decode(earlier)) do
+    if redis.call('HGET', leases, id) == token then
+      table.insert(out, id)
+      table.insert(out, redis.call('HGETALL', job_prefix .. id))
+      table.insert(out, {redis.call('GET', options_prefix .. id) or ''})
+    end
+  end
+  if #out > 2 then return out end  -- else none is ours any more: a claim as any other
+end
 if redis.call('SISMEMBER', paused, aggr_id) == 1 then return {'paused'} end
 local aggregation = redis.call('HGETALL', aggr)
 local limit
@@ -115,6 +188,7 @@ redis.call('ZREM', queue, unpack(ids))
 redis.call('ZADD', inflight, unpack(leased))
 redis.call('HSET', leases, unpack(tokens))
 zadd_lower(leases_due, expiry, aggr_id)
+redis.call('SET', receipt, cjson.encode(ids), 'PX', math.max(1000, math.floor(lease_seconds * 1000)))
 local out = {'ok', aggregation}
 for _, id in ipairs(ids) do
   local job = redis.call('HGETALL', job_prefix .. id)
@@ -156,14 +230,28 @@ return lost
 """
 )
 
-#: Forgets a claimed id whose job hash is gone or unreadable (there is nothing to run), if
-#: the caller still holds its lease. 1 dropped, 0 lease lost.
+#: Forgets a claimed id that has nothing to run, if the caller still holds its lease: its job
+#: hash is gone (`record` ""), or cannot be read and is set aside: `record` (JSON: aggregation,
+#: reason, time) goes to the dead letters, `failure` to the dashboard's recent failures; the
+#: hash stays as found, in no queue. 1 done (also when this very call did it and only its
+#: reply was lost: nobody holds the id, and the dead letter is this call's), 0 lease lost.
 DROP_CLAIM = """
-local inflight, leases = KEYS[1], KEYS[2]
-local id, token = ARGV[1], ARGV[2]
-if redis.call('HGET', leases, id) ~= token then return 0 end
+local inflight, leases, dead_letters, failures = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local id, token, record, failure, failures_kept = ARGV[1], ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5])
+local holder = redis.call('HGET', leases, id)
+if holder ~= token then
+  if not holder and (record == '' or redis.call('HGET', dead_letters, id) == record) then return 1 end
+  return 0
+end
 redis.call('ZREM', inflight, id)
 redis.call('HDEL', leases, id)
+if record ~= '' then
+  redis.call('HSET', dead_letters, id, record)
+  if failure ~= '' then
+    redis.call('LPUSH', failures, failure)
+    redis.call('LTRIM', failures, 0, failures_kept - 1)
+  end
+end
 return 1
 """
 
@@ -187,25 +275,31 @@ end
 #: the id on (back to its queue, to the callback queue -- announced when it was empty -- or,
 #: for a finished job without callback, to the deletion queue with its file's location), and
 #: counts it for the dashboard. 1 done, 0 lease lost, -1 the job hash vanished meanwhile.
+#: `call_id` (new per call) is kept in `jobmeta`: the same call sent again after its reply was
+#: lost finds it there and answers 1 as its first run did, instead of "lease lost".
 FINISH = (
     _COUNT_ATTEMPT
     + _ZADD_ANNOUNCED
     + """
 local inflight, leases, job, target, jobmeta = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local joberrors, deletion_targets, minute, failures = KEYS[6], KEYS[7], KEYS[8], KEYS[9]
-local id, token, target_score, now = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
-local error_text, errors_kept, meta_ttl, finished = ARGV[5], ARGV[6], ARGV[7], ARGV[8]
-local deletion_target, result, counted_as, aggr_id = ARGV[9], ARGV[10], ARGV[11], ARGV[12]
-local failure, throughput_ttl, failures_kept, channel = ARGV[13], ARGV[14], ARGV[15], ARGV[16]
-local FIELDS_FROM = 17  -- then the job's field/value pairs
-if redis.call('HGET', leases, id) ~= token then return 0 end
+local id, token, call_id, target_score, now = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local error_text, errors_kept, meta_ttl, finished = ARGV[6], ARGV[7], ARGV[8], ARGV[9]
+local deletion_target, result, counted_as, aggr_id = ARGV[10], ARGV[11], ARGV[12], ARGV[13]
+local failure, throughput_ttl, failures_kept, channel = ARGV[14], ARGV[15], ARGV[16], ARGV[17]
+local FIELDS_FROM = 18  -- then the job's field/value pairs
+if redis.call('HGET', leases, id) ~= token then
+  if redis.call('HGET', jobmeta, 'LastWrite') == call_id then return 1 end
+  if redis.call('EXISTS', job) == 0 then return -1 end
+  return 0
+end
 redis.call('ZREM', inflight, id)
 redis.call('HDEL', leases, id)
 if redis.call('EXISTS', job) == 0 then return -1 end
 if #ARGV >= FIELDS_FROM + 1 then redis.call('HSET', job, unpack(ARGV, FIELDS_FROM)) end
 if target_score ~= '' then zadd_announced(target, target_score, id, channel, aggr_id) end
 if deletion_target ~= '' then redis.call('HSET', deletion_targets, id, deletion_target) end
-local meta = {'UpdatedAt', now}
+local meta = {'UpdatedAt', now, 'LastWrite', call_id}
 if result ~= '' then table.insert(meta, 'Result'); table.insert(meta, result) end
 if finished == '1' then table.insert(meta, 'FinishedAt'); table.insert(meta, now) end
 redis.call('HSET', jobmeta, unpack(meta))
@@ -393,15 +487,16 @@ return out
 
 #: Puts back a job that no queue knows of: one the original service popped and then lost
 #: (its bug 10.2.1-2), found by the notifier's start-up sweep. Returns "download",
-#: "callback" or false.
+#: "callback" or false. A dead letter (a job set aside as unreadable) is no orphan.
 RESCUE_ORPHAN = (
     _ZADD_ANNOUNCED
     + """
 local job, queue, inflight, callback_queue, callback_inflight = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
-local registry = KEYS[6]
+local registry, dead_letters = KEYS[6], KEYS[7]
 local id, now, aggr_id, wakeup_channel, callback_channel = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local state = redis.call('HMGET', job, 'ID', 'DownloadState', 'CallbackState')
 if not state[1] or state[1] == '' then return false end
+if redis.call('HEXISTS', dead_letters, id) == 1 then return false end
 if state[3] == 'InProgress' and not redis.call('ZSCORE', callback_inflight, id)
     and not redis.call('ZSCORE', callback_queue, id) then
   redis.call('HSET', job, 'CallbackState', 'Pending')
@@ -434,18 +529,25 @@ redis.call('HSET', deletion_targets, id, location)
 return 1
 """
 
-#: A failed delivery: record it and either schedule the retry or leave the job Failed.
-#: 1 done, 0 lease lost, -1 job hash gone.
+#: A failed delivery: record it and either schedule the retry or leave the job Failed, its
+#: hash, meta and file then kept until `delete_at` (the failed retention) and deleted together
+#: by the reaper. 1 done, 0 lease lost, -1 job hash gone.
 CALLBACK_UNDELIVERED = """
 local inflight, leases, job, callback_queue, jobmeta = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local deletion_queue, deletion_targets = KEYS[6], KEYS[7]
 local id, token, retry_score, now, meta_ttl = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
-local FIELDS_FROM = 6  -- then the job's field/value pairs
+local delete_at, location = ARGV[6], ARGV[7]
+local FIELDS_FROM = 8  -- then the job's field/value pairs
 if redis.call('HGET', leases, id) ~= token then return 0 end
 redis.call('ZREM', inflight, id)
 redis.call('HDEL', leases, id)
 if redis.call('EXISTS', job) == 0 then return -1 end
 redis.call('HSET', job, unpack(ARGV, FIELDS_FROM))
 if retry_score ~= '' then redis.call('ZADD', callback_queue, retry_score, id) end
+if delete_at ~= '' then
+  redis.call('ZADD', deletion_queue, delete_at, id)
+  redis.call('HSET', deletion_targets, id, location)
+end
 redis.call('HSET', jobmeta, 'UpdatedAt', now)
 redis.call('EXPIRE', jobmeta, meta_ttl)
 return 1
@@ -456,12 +558,15 @@ return 1
 RETRY_CALLBACK = (
     _ZADD_ANNOUNCED
     + """
-local job, callback_queue = KEYS[1], KEYS[2]
+local job, callback_queue, deletion_queue, deletion_targets = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local id, now, channel = ARGV[1], ARGV[2], ARGV[3]
 local state = redis.call('HGET', job, 'CallbackState')
 local job_id = redis.call('HGET', job, 'ID')
 if not job_id or job_id == '' then return false end
 if state ~= 'Failed' then return state or '' end
+-- no longer Failed: its retention ends, its file must outlive the new attempts
+redis.call('ZREM', deletion_queue, id)
+redis.call('HDEL', deletion_targets, id)
 redis.call('HSET', job, 'CallbackMeta', '', 'CallbackCount', '0', 'CallbackState', 'Pending')
 zadd_announced(callback_queue, now, id, channel, '')
 return 'OK'

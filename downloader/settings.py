@@ -3,22 +3,59 @@
 One pydantic-settings class; each field says its unit and why its default is what it is.
 `load()` reads an optional config.json in the original's layout (reference 5.2), maps it
 onto the same fields, and lets the environment win. Invalid values raise ConfigurationError
-with one line naming the variable.
+with one line naming the variable; a `DOWNLOADER_*` variable that nothing reads is logged as a
+warning naming the closest real one, so a typo does not silently do nothing.
 """
 
 from __future__ import annotations
 
+import difflib
 import json
+import logging
 import os
+import re
+import urllib.parse
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
 import pydantic
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+import redis.connection
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
 
 from downloader.errors import ConfigurationError
 
+log = logging.getLogger(__name__)
+
 ENV_PREFIX = "DOWNLOADER_"
+#: `DOWNLOADER_*` variables read outside the Settings class: by the CLI before the settings
+#: load (log level), by `enqueue --api`, by the original's test switch, and by the test
+#: tooling (build caches of tests/controlplane, tests/chart and tests/images).
+OTHER_VARIABLES = frozenset(
+    {
+        "DOWNLOADER_LOG_LEVEL",
+        "DOWNLOADER_TEST_TIME",
+        "DOWNLOADER_API_KEY",
+        "DOWNLOADER_CONTROLPLANE_CACHE",
+        "DOWNLOADER_CONTROLPLANE_KEEP",
+        "DOWNLOADER_HELM_CACHE",
+        "DOWNLOADER_IMAGES_CACHE",
+        "DOWNLOADER_IMAGES_KEEP",
+        "DOWNLOADER_IMAGES_RUNROOT",
+    }
+)
+#: Kubernetes gives every pod `<SERVICE>_SERVICE_HOST`, `<SERVICE>_PORT_80_TCP_ADDR`, ... for
+#: each Service of its namespace: a release named "downloader" has Services named
+#: downloader-api and downloader-redis, whose variables are no typo.
+_SERVICE_LINK = re.compile(
+    r"_SERVICE_HOST|_SERVICE_PORT(_[A-Z0-9_]+)?|_PORT_\d+_(TCP|UDP|SCTP)(_PROTO|_PORT|_ADDR)?"
+)
+#: ...and `<SERVICE>_PORT=tcp://10.0.0.7:80`, a name a setting could have: known by its value.
+_SERVICE_LINK_URL = re.compile(r"(tcp|udp|sctp)://[^/]+:\d+")
+#: Values never echoed in an error line.
+_SECRET_FIELDS = frozenset(
+    {"api_keys", "callback_signing_keys", "kafka_password", "redis_sentinel_password", "kafka_config"}
+)
 
 
 def _test_time() -> bool:
@@ -73,8 +110,10 @@ class Settings(BaseSettings):
     """Files at least this large are uploaded in parts of this size (S3's minimum part: 5 MiB)."""
 
     job_retention_seconds: float = pydantic.Field(default=7 * 24 * 3600.0, gt=0)
-    """Jobs without a callback are deleted this long after they finish, with their file when
-    it is in the configured storage (the original kept them forever)."""
+    """Jobs without a callback are deleted this long after they finish, and jobs whose callback
+    failed for good this long after it failed (until then POST /retry/<id> has everything):
+    hash, meta and file together, the file when it is in the configured storage (the original
+    kept them forever)."""
 
     download_url: str = "http://localhost/"
     """Base of the callback's `download_url`: the relative path `<id[0:3]>/<id>` is joined to
@@ -99,7 +138,8 @@ class Settings(BaseSettings):
     """Callback attempts before the callback is marked Failed (then POST /retry/<id>)."""
 
     callback_timeout_seconds: float = pydantic.Field(default=30.0, gt=0)
-    """Whole-request timeout of one HTTP callback (the original's backends.http.timeout)."""
+    """Whole-request timeout of one HTTP callback (the original's backends.http.timeout):
+    connect, send, status and a capped body read, then the connection is closed."""
 
     deletion_delay_seconds: float = pydantic.Field(default=10800.0, gt=0)
     """Files are deleted this long after their callback was delivered (the original: 180 min)."""
@@ -132,6 +172,11 @@ class Settings(BaseSettings):
 
     notifier_concurrency: int = pydantic.Field(default=8, ge=1, le=1024)
     """Callbacks one notifier process delivers at once."""
+
+    notifier_slow_concurrency: int = pydantic.Field(default=256, ge=0, le=4096)
+    """Callbacks still unanswered after a second step aside: they wait out their timeout
+    without holding one of `notifier_concurrency`'s slots, up to this many at once, so slow
+    or hostile receivers cannot starve the others (a waiting thread costs no CPU)."""
 
     lease_seconds: float = pydantic.Field(default=60.0, gt=0)
     """A claimed job's lease. The holder renews it every third of this; a process that dies
@@ -280,10 +325,27 @@ class Settings(BaseSettings):
         # The environment wins over values from -c/--config, which arrive as init kwargs.
         return env_settings, init_settings
 
+    @pydantic.field_validator("redis_url")
+    @classmethod
+    def _check_redis_url(cls, url: str) -> str:
+        # redis-py parses it only when the first client connects, deep inside a traceback.
+        try:
+            redis.connection.parse_url(url)  # type: ignore[no-untyped-call]
+        except ValueError as exc:
+            raise ValueError(f"not a Redis URL: {exc}") from None
+        parts = urllib.parse.urlsplit(url)
+        db = parts.path.strip("/")
+        if parts.scheme != "unix" and db and not db.isdigit():
+            # redis-py would silently use database 0.
+            raise ValueError(f"the database number {db!r} (the URL's path) is not a number")
+        return url
+
     @pydantic.model_validator(mode="after")
     def _check_watermarks(self) -> Settings:
         if self.disk_low_watermark_percent > self.disk_high_watermark_percent:
-            raise ValueError("disk_low_watermark_percent must not exceed disk_high_watermark_percent")
+            raise ValueError(
+                "DOWNLOADER_DISK_LOW_WATERMARK_PERCENT must not exceed DOWNLOADER_DISK_HIGH_WATERMARK_PERCENT"
+            )
         return self
 
 
@@ -295,10 +357,51 @@ def load(config_file: str | os.PathLike[str] | None = None, **overrides: Any) ->
     # A variable replaces the file's value whole (pydantic-settings would merge two dicts).
     present = {name.upper() for name in os.environ}
     values = {k: v for k, v in values.items() if ENV_PREFIX + k.upper() not in present}
+    for warning in unknown_variables(os.environ):
+        log.warning("%s", warning)
     try:
-        return Settings(**values)
+        settings = Settings(**values)
     except pydantic.ValidationError as exc:
         raise ConfigurationError(_one_line(exc)) from exc
+    except SettingsError as exc:  # a JSON field whose variable is not JSON
+        raise ConfigurationError(_unparsable(exc)) from exc
+    _check_parsed_later(settings)
+    return settings
+
+
+def known_variables() -> frozenset[str]:
+    return frozenset(ENV_PREFIX + name.upper() for name in Settings.model_fields) | OTHER_VARIABLES
+
+
+def unknown_variables(environ: Mapping[str, str]) -> list[str]:
+    """A warning for each `DOWNLOADER_*` variable nothing reads, naming the closest real one."""
+    known = known_variables()
+    # Without the prefix every name shares, or every name would look close.
+    suffixes = sorted(k.removeprefix(ENV_PREFIX) for k in known)
+    warnings = []
+    for name in sorted(environ):
+        upper = name.upper()  # pydantic-settings matches names case-insensitively
+        if not upper.startswith(ENV_PREFIX) or upper in known or _service_link(upper, environ[name]):
+            continue
+        close = difflib.get_close_matches(upper.removeprefix(ENV_PREFIX), suffixes, n=1, cutoff=0.6)
+        hint = f"; did you mean {ENV_PREFIX}{close[0]}?" if close else " (no setting has a similar name)"
+        warnings.append(f"{name} is not a setting and is ignored{hint}")
+    return warnings
+
+
+def _service_link(name: str, value: str) -> bool:
+    if _SERVICE_LINK.search(name):
+        return True
+    return name.endswith("_PORT") and _SERVICE_LINK_URL.fullmatch(value) is not None
+
+
+def _check_parsed_later(settings: Settings) -> None:
+    """Parse now, for every command, the settings their users parse only when they start
+    (`api` used to fail on them with a traceback from inside uvicorn's start-up)."""
+    from downloader import outbound, redis_client
+
+    redis_client.parse_sentinels(settings.redis_sentinels)
+    outbound.Policy.from_settings(settings)
 
 
 def config_values(doc: dict[str, Any]) -> dict[str, Any]:
@@ -392,7 +495,36 @@ def _number(value: Any, name: str) -> float:
 
 def _one_line(exc: pydantic.ValidationError) -> str:
     first = exc.errors()[0]
-    field = ".".join(str(p) for p in first["loc"]) or "settings"
-    name = ENV_PREFIX + field.upper() if field != "settings" else "settings"
+    message = first["msg"].removeprefix("Value error, ")
     more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
-    return f"invalid setting {name}: {first['msg']} (got {first.get('input')!r}){more}"
+    if not first["loc"]:  # a check across fields: its message names them
+        return f"invalid settings: {message}{more}"
+    field, *inner = (str(part) for part in first["loc"])
+    where = f" (key {'.'.join(inner)!r})" if inner else ""
+    shown = _shown(field, first.get("input"))
+    return f"invalid setting {ENV_PREFIX}{field.upper()}{where}: {message}{shown}{more}"
+
+
+def _unparsable(exc: SettingsError) -> str:
+    """pydantic-settings' error for a variable of a JSON field that does not parse."""
+    found = re.search(r'field "(\w+)"', str(exc))
+    if found is None:
+        return f"invalid settings: {exc}"
+    field = found.group(1)
+    name = ENV_PREFIX + field.upper()
+    value = next((v for k, v in os.environ.items() if k.upper() == name), None)
+    why = f"not valid JSON ({exc.__cause__})" if isinstance(exc.__cause__, ValueError) else str(exc)
+    return f"invalid setting {name}: {why}{_shown(field, value)}"
+
+
+def _shown(field: str, value: object) -> str:
+    if value is None or field in _SECRET_FIELDS:
+        return ""
+    if field == "redis_url" and isinstance(value, str):
+        try:
+            password = urllib.parse.urlsplit(value).password
+        except ValueError:
+            password = None
+        if password:
+            value = value.replace(password, "[redacted]")
+    return f" (got {value!r})"

@@ -18,7 +18,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar, cast
 
 import redis
 import redis.asyncio
@@ -36,6 +36,15 @@ log = logging.getLogger("downloader.store")
 ID_ATTEMPTS = 3
 #: Backoff of the wakeup listener between failed subscriptions (seconds).
 RESUBSCRIBE_FIRST, RESUBSCRIBE_MAX = 0.5, 10.0
+#: With `wait_replicas`, a new job waits in its queue this far in the future until enough
+#: replicas acknowledged it, so no worker starts a job that may yet be undone. Longer than a
+#: WAIT and a few retries; should it run out first, a worker may take the job, and the undo
+#: then leaves it alone (the job stands, answered 201). An API that dies meanwhile, or a
+#: release lost to a failover, leaves the job this late, never lost.
+HOLD_SECONDS = 30.0
+#: What a 503 for a job too few replicas acknowledged tells the client to wait: a replica that
+#: fell behind or reconnects catches up within seconds.
+NOT_REPLICATED_RETRY_AFTER = 5
 
 
 def new_job_id() -> str:
@@ -46,6 +55,15 @@ def new_job_id() -> str:
 def new_token() -> str:
     """A lease holder's identity; fences writes of a process whose lease was taken back."""
     return secrets.token_hex(8)
+
+
+class NotReplicated(StoreError):
+    """Fewer replicas than `wait_replicas` acknowledged a new job in time: it was undone, so
+    nothing is queued, and the client may send it again after `retry_after` seconds."""
+
+    def __init__(self, message: str, *, retry_after: int = NOT_REPLICATED_RETRY_AFTER) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 @contextlib.contextmanager
@@ -139,6 +157,27 @@ class Outcome:
 
 
 @dataclasses.dataclass(frozen=True)
+class DeadLetter:
+    """Why a claimed job was set aside unread (`keys.DEAD_LETTERS`)."""
+
+    aggr_id: str
+    reason: str
+    at: float
+
+    def encode(self) -> str:
+        return json.dumps(dataclasses.asdict(self), separators=(",", ":"))
+
+    @classmethod
+    def decode(cls, raw: str) -> DeadLetter:
+        try:
+            values = json.loads(raw)
+            return cls(str(values.get("aggr_id", "")), str(values.get("reason", "")),
+                       float(values.get("at", 0)))  # fmt: skip
+        except (ValueError, TypeError, AttributeError):
+            return cls("", raw, 0.0)  # written by hand: shown as it is
+
+
+@dataclasses.dataclass(frozen=True)
 class JobStatus:
     """Everything GET /jobs/<id> shows."""
 
@@ -147,6 +186,8 @@ class JobStatus:
     errors: list[str]
     queued_at: float | None
     lease_expires_at: float | None
+    dead_letter: DeadLetter | None = None
+    """Set aside as unreadable: `job` then holds only what could be read of its hash."""
 
 
 class Store:
@@ -338,10 +379,9 @@ class Store:
         now = time.time() if now is None else now
         with translated():
             for _ in range(ID_ATTEMPTS):
-                job_id = new_job_id()
-                k, a = enqueue_arguments(job, aggregation, job_id, now)
-                if self._enqueue(keys=k, args=a):
-                    return job_id
+                call = enqueue_call(job=job, aggregation=aggregation, job_id=new_job_id(), now=now)
+                if self._enqueue(keys=call.keys, args=call.args):  # 2: ours, its first reply lost
+                    return call.job_id
         raise StoreError(f"Could not find unique ID after {ID_ATTEMPTS} tries for {job.job_string()}")
 
     # --- download leases --------------------------------------------------------
@@ -352,14 +392,10 @@ class Store:
         """Claim up to `wanted` jobs due by `now`, mark them InProgress and read them, in one
         round trip; their leases run `lease_seconds` on Redis's clock."""
         now = time.time() if now is None else now
+        call = claim_call(aggr_id=aggr_id, wanted=wanted, token=token, call_id=new_token(),
+                          lease_seconds=lease_seconds, now=now, meta_ttl=self.meta_ttl)  # fmt: skip
         with translated():
-            reply = cast(list[Any], self._claim(
-                keys=[keys.queue(aggr_id), keys.inflight(aggr_id), keys.leases(aggr_id),
-                      keys.aggregation(aggr_id), keys.PAUSED_AGGREGATIONS, keys.MANAGED_AGGREGATIONS,
-                      keys.AGGREGATIONS, keys.LEASES_DUE],
-                args=[repr(now), repr(lease_seconds), wanted, token, DEFAULT_AGGREGATION_LIMIT, aggr_id,
-                      self.meta_ttl, keys.JOB_PREFIX, keys.JOB_META_PREFIX, keys.JOB_OPTIONS_PREFIX],
-            ))  # fmt: skip
+            reply = cast(list[Any], self._claim(keys=call.keys, args=call.args))
         status = reply[0]
         if status == "ok":
             jobs: dict[str, ClaimedJob] = {}
@@ -389,28 +425,40 @@ class Store:
             )
 
     def finish(self, job: Job, token: str, outcome: Outcome, now: float | None = None) -> int:
+        """Write the outcome of an attempt if `token` still holds the job's lease: 1 done,
+        0 lease lost, -1 the job's hash vanished meanwhile."""
         now = time.time() if now is None else now
-        target = outcome.target or keys.queue(job.aggr_id)
-        channel = {
-            keys.CALLBACK_QUEUE: keys.CALLBACK_WAKEUP_CHANNEL,
-            keys.queue(job.aggr_id): keys.WAKEUP_CHANNEL,
-        }
+        call = finish_call(job=job, token=token, call_id=new_token(), outcome=outcome, now=now,
+                           meta_ttl=self.meta_ttl)  # fmt: skip
         with translated():
-            return int(self._finish(
-                keys=[keys.inflight(job.aggr_id), keys.leases(job.aggr_id), keys.job(job.id), target,
-                      keys.job_meta(job.id), keys.job_errors(job.id), keys.DELETION_TARGETS,
-                      keys.throughput(int(now // 60)), keys.RECENT_FAILURES],
-                args=[job.id, token, repr(outcome.score) if outcome.target else "", repr(now), outcome.error,
-                      keys.JOB_ERRORS_KEPT, self.meta_ttl, "1" if outcome.finished else "0",
-                      outcome.deletion_target, outcome.result, outcome.counted_as, job.aggr_id,
-                      outcome.failure, keys.THROUGHPUT_TTL_SECONDS, keys.RECENT_FAILURES_KEPT,
-                      channel.get(target, ""), *_flatten(outcome.fields)],
-            ))  # fmt: skip
+            return int(self._finish(keys=call.keys, args=call.args))
 
-    def drop_claim(self, aggr_id: str, job_id: str, token: str) -> None:
-        """Forget a claimed id whose job hash is gone or unreadable (nothing to run)."""
+    def drop_claim(self, aggr_id: str, job_id: str, token: str) -> bool:
+        """Forget a claimed id whose job hash is gone (nothing to run); False: lease lost."""
+        call = drop_claim_call(aggr_id=aggr_id, job_id=job_id, token=token)
         with translated():
-            self._drop_claim(keys=[keys.inflight(aggr_id), keys.leases(aggr_id)], args=[job_id, token])
+            return bool(self._drop_claim(keys=call.keys, args=call.args))
+
+    def set_aside(
+        self, aggr_id: str, job_id: str, token: str, *, reason: str, url: str = "", now: float | None = None
+    ) -> bool:
+        """Set aside a claimed job whose hash cannot be read: a dead letter with `reason`, listed
+        among the dashboard's recent failures; its hash stays as found, in no queue. False: the
+        lease was lost (whoever holds it now decides)."""
+        now = time.time() if now is None else now
+        # Capped texts, as FINISH's failure records: a hostile hash must not grow the list.
+        letter = DeadLetter(aggr_id, reason[:2048], now)
+        failure = json.dumps({"id": job_id, "aggr_id": aggr_id, "url": url[:2048], "code": "", "at": now,
+                              "error": f"unreadable job, set aside: {letter.reason}"})  # fmt: skip
+        call = drop_claim_call(aggr_id=aggr_id, job_id=job_id, token=token, dead_letter=letter,
+                               failure=failure)  # fmt: skip
+        with translated():
+            return bool(self._drop_claim(keys=call.keys, args=call.args))
+
+    def dead_letter(self, job_id: str) -> DeadLetter | None:
+        with translated():
+            raw = cast(str | None, self.redis.hget(keys.DEAD_LETTERS, job_id))
+        return None if raw is None else DeadLetter.decode(raw)
 
     def expired_leases(self, aggr_id: str) -> list[str]:
         """Leases of the aggregation past their expiry on Redis's clock (`recover` checks again)."""
@@ -504,18 +552,15 @@ class Store:
         that another process holds is never touched.
         """
         found = {"download": 0, "callback": 0}
-        now = repr(time.time())
+        now = time.time()
         with translated():
             for job_key in self.redis.scan_iter(match=keys.JOB_PATTERN, count=batch):
                 job_id = job_key[len(keys.JOB_PREFIX) :]
                 aggr = cast(str | None, self.redis.hget(job_key, "AggrID"))
                 if not aggr:
                     continue
-                kind = self._rescue(
-                    keys=[job_key, keys.queue(aggr), keys.inflight(aggr), keys.CALLBACK_QUEUE,
-                          keys.CALLBACK_INFLIGHT, keys.AGGREGATIONS],
-                    args=[job_id, now, aggr, keys.WAKEUP_CHANNEL, keys.CALLBACK_WAKEUP_CHANNEL],
-                )  # fmt: skip
+                call = rescue_orphan_call(job_id=job_id, aggr_id=aggr, now=now)
+                kind = self._rescue(keys=call.keys, args=call.args)
                 if kind:
                     found[str(kind)] += 1
         return found
@@ -546,8 +591,15 @@ class Store:
         fields: Mapping[str, str],
         retry_at: float | None,
         now: float | None = None,
+        *,
+        delete_at: float | None = None,
+        location: str = "",
     ) -> int:
+        """Record a failed delivery (`fields`), queued again at `retry_at`; or, Failed for good,
+        kept until `delete_at` and then deleted with its file at `location`."""
         now = time.time() if now is None else now
+        # The meta (timestamps /jobs shows) must not expire before the hash it describes.
+        meta_ttl = self.meta_ttl if delete_at is None else max(self.meta_ttl, int(delete_at - now) + 86400)
         with translated():
             return int(
                 self._undelivered(
@@ -557,13 +609,17 @@ class Store:
                         keys.job(job_id),
                         keys.CALLBACK_QUEUE,
                         keys.job_meta(job_id),
+                        keys.DELETION_QUEUE,
+                        keys.DELETION_TARGETS,
                     ],
                     args=[
                         job_id,
                         token,
                         "" if retry_at is None else repr(retry_at),
                         repr(now),
-                        self.meta_ttl,
+                        meta_ttl,
+                        "" if delete_at is None else repr(delete_at),
+                        location,
                         *_flatten(fields),
                     ],
                 )
@@ -653,9 +709,9 @@ class Store:
             for _ in range(ID_ATTEMPTS):
                 pipe = self.redis.pipeline(transaction=False)
                 for i in pending:
-                    k, a = enqueue_arguments(jobs[i][0], jobs[i][1], ids[i], now)
-                    self._enqueue(keys=k, args=a, client=pipe)
-                created = pipe.execute()
+                    call = enqueue_call(job=jobs[i][0], aggregation=jobs[i][1], job_id=ids[i], now=now)
+                    self._enqueue(keys=call.keys, args=call.args, client=pipe)
+                created = pipe.execute()  # 2: ours, written by this pipeline before its reply was lost
                 pending = [i for i, ok in zip(pending, created, strict=True) if not ok]
                 if not pending:
                     return ids
@@ -689,7 +745,7 @@ class Store:
             pipe = self.redis.pipeline(transaction=False)
             for job_id in ids:
                 self._retry_callback(
-                    keys=[keys.job(job_id), keys.CALLBACK_QUEUE],
+                    keys=[keys.job(job_id), keys.CALLBACK_QUEUE, keys.DELETION_QUEUE, keys.DELETION_TARGETS],
                     args=[job_id, repr(now), keys.CALLBACK_WAKEUP_CHANNEL],
                     client=pipe,
                 )
@@ -697,29 +753,102 @@ class Store:
         return [None if r is None else str(r) for r in replies]
 
 
-def enqueue_arguments(
-    job: Job, aggregation: Aggregation, job_id: str, now: float
-) -> tuple[list[str], list[Any]]:
-    """The KEYS and ARGV of ENQUEUE (the API, `downloader enqueue` and tests share it)."""
+# --- the download side's script calls --------------------------------------------------
+#
+# One keyword-only wrapper per script builds its KEYS and ARGV, in the order the script names
+# them at its top: no caller can pass too few arguments or swap two. Sync and async clients
+# share them. Every call that must recognise its own retry carries an id of its own.
+
+
+class ScriptCall(NamedTuple):
+    keys: list[str]
+    args: list[Any]
+    job_id: str = ""
+
+
+def enqueue_call(
+    *, job: Job, aggregation: Aggregation, job_id: str, now: float, held_until: float | None = None
+) -> ScriptCall:
+    """ENQUEUE of `job` under `job_id`, queued at `now`; or, `held_until` given, queued at that
+    score and not announced until RELEASE_HELD (see `HOLD_SECONDS`)."""
     fields = dataclasses.replace(job, id=job_id).to_hash()
-    k = [
-        keys.job(job_id),
-        keys.aggregation(aggregation.id),
-        keys.queue(aggregation.id),
-        keys.job_options(job_id),
-        keys.AGGREGATIONS,
-    ]
-    a: list[Any] = [
-        repr(now),
-        aggregation.limit,
-        aggregation.proxy,
-        aggregation.id,
-        job_id,
-        keys.WAKEUP_CHANNEL,
-        job.options.encode(),
-        *_flatten(fields),
-    ]
-    return k, a
+    return ScriptCall(
+        keys=[
+            keys.job(job_id),
+            keys.aggregation(aggregation.id),
+            keys.queue(aggregation.id),
+            keys.job_options(job_id),
+            keys.AGGREGATIONS,
+            keys.DELETION_QUEUE,
+        ],
+        args=[
+            repr(now if held_until is None else held_until),
+            aggregation.limit,
+            aggregation.proxy,
+            aggregation.id,
+            job_id,
+            keys.WAKEUP_CHANNEL if held_until is None else "",
+            job.options.encode(),
+            *_flatten(fields),
+        ],
+        job_id=job_id,
+    )
+
+
+def release_held_call(*, job_id: str, aggr_id: str, score: float) -> ScriptCall:
+    return ScriptCall(keys=[keys.queue(aggr_id)], args=[job_id, repr(score), keys.WAKEUP_CHANNEL, aggr_id])
+
+
+def undo_held_call(*, job_id: str, aggr_id: str, held_until: float) -> ScriptCall:
+    return ScriptCall(keys=[keys.job(job_id), keys.queue(aggr_id), keys.job_options(job_id)],
+                      args=[job_id, repr(held_until)])  # fmt: skip
+
+
+def claim_call(
+    *, aggr_id: str, wanted: int, token: str, call_id: str, lease_seconds: float, now: float, meta_ttl: int
+) -> ScriptCall:
+    return ScriptCall(
+        keys=[keys.queue(aggr_id), keys.inflight(aggr_id), keys.leases(aggr_id), keys.aggregation(aggr_id),
+              keys.PAUSED_AGGREGATIONS, keys.MANAGED_AGGREGATIONS, keys.AGGREGATIONS, keys.LEASES_DUE,
+              keys.claim_receipt(call_id)],
+        args=[repr(now), repr(lease_seconds), wanted, token, DEFAULT_AGGREGATION_LIMIT, aggr_id, meta_ttl,
+              keys.JOB_PREFIX, keys.JOB_META_PREFIX, keys.JOB_OPTIONS_PREFIX],
+    )  # fmt: skip
+
+
+def finish_call(
+    *, job: Job, token: str, call_id: str, outcome: Outcome, now: float, meta_ttl: int
+) -> ScriptCall:
+    target = outcome.target or keys.queue(job.aggr_id)
+    channel = {keys.CALLBACK_QUEUE: keys.CALLBACK_WAKEUP_CHANNEL,
+               keys.queue(job.aggr_id): keys.WAKEUP_CHANNEL}  # fmt: skip
+    return ScriptCall(
+        keys=[keys.inflight(job.aggr_id), keys.leases(job.aggr_id), keys.job(job.id), target,
+              keys.job_meta(job.id), keys.job_errors(job.id), keys.DELETION_TARGETS,
+              keys.throughput(int(now // 60)), keys.RECENT_FAILURES],
+        args=[job.id, token, call_id, repr(outcome.score) if outcome.target else "", repr(now), outcome.error,
+              keys.JOB_ERRORS_KEPT, meta_ttl, "1" if outcome.finished else "0", outcome.deletion_target,
+              outcome.result, outcome.counted_as, job.aggr_id, outcome.failure, keys.THROUGHPUT_TTL_SECONDS,
+              keys.RECENT_FAILURES_KEPT, channel.get(target, ""), *_flatten(outcome.fields)],
+    )  # fmt: skip
+
+
+def rescue_orphan_call(*, job_id: str, aggr_id: str, now: float) -> ScriptCall:
+    return ScriptCall(
+        keys=[keys.job(job_id), keys.queue(aggr_id), keys.inflight(aggr_id), keys.CALLBACK_QUEUE,
+              keys.CALLBACK_INFLIGHT, keys.AGGREGATIONS, keys.DEAD_LETTERS],
+        args=[job_id, repr(now), aggr_id, keys.WAKEUP_CHANNEL, keys.CALLBACK_WAKEUP_CHANNEL],
+    )  # fmt: skip
+
+
+def drop_claim_call(
+    *, aggr_id: str, job_id: str, token: str, dead_letter: DeadLetter | None = None, failure: str = ""
+) -> ScriptCall:
+    return ScriptCall(
+        keys=[keys.inflight(aggr_id), keys.leases(aggr_id), keys.DEAD_LETTERS, keys.RECENT_FAILURES],
+        args=[job_id, token, "" if dead_letter is None else dead_letter.encode(), failure,
+              keys.RECENT_FAILURES_KEPT],
+    )  # fmt: skip
 
 
 class AsyncStore:
@@ -739,6 +868,8 @@ class AsyncStore:
         self.wait_timeout_ms = wait_timeout_ms
         self._follower: asyncio.Task[None] | None = None
         self._enqueue = client.register_script(scripts.ENQUEUE)
+        self._release_held = client.register_script(scripts.RELEASE_HELD)
+        self._undo_held = client.register_script(scripts.UNDO_HELD)
         self._retry = client.register_script(scripts.RETRY_CALLBACK)
 
     @classmethod
@@ -766,31 +897,54 @@ class AsyncStore:
             await self.redis.ping()
 
     async def enqueue(self, job: Job, aggregation: Aggregation, now: float | None = None) -> str | None:
-        """The new job's id, or None after ID_ATTEMPTS collisions (astronomically unlikely)."""
+        """The new job's id, or None after ID_ATTEMPTS collisions (astronomically unlikely).
+        NotReplicated: too few replicas acknowledged it in time, and it was undone."""
         now = time.time() if now is None else now
         with translated():
             for _ in range(ID_ATTEMPTS):
                 job_id = new_job_id()
-                k, a = enqueue_arguments(job, aggregation, job_id, now)
-                if await self._enqueue_durably(k, a):
+                if await self._enqueue_durably(job, aggregation, job_id, now):
                     return job_id
         return None
 
-    async def _enqueue_durably(self, k: list[str], a: list[Any]) -> bool:
-        """Run the enqueue script; with `wait_replicas`, WAIT on the same connection so the
-        201 is only sent once that many replicas hold the job (a failover cannot lose it)."""
+    async def _enqueue_durably(self, job: Job, aggregation: Aggregation, job_id: str, now: float) -> bool:
+        """Run the enqueue script (False: the id is taken). With `wait_replicas`, the job is
+        held (no worker can start it) while WAIT, on the same connection, counts the replicas
+        that hold it: enough, and it is released into its queue; too few, and it is undone and
+        NotReplicated raised, so a 201 always means a failover cannot lose the job and a 503
+        that nothing was queued (a client that sends the job again makes one job, not two)."""
         if not self.wait_replicas:
-            return bool(await self._enqueue(keys=k, args=a))
+            call = enqueue_call(job=job, aggregation=aggregation, job_id=job_id, now=now)
+            return bool(await self._enqueue(keys=call.keys, args=call.args))
+        held_until = now + HOLD_SECONDS
+        call = enqueue_call(job=job, aggregation=aggregation, job_id=job_id, now=now, held_until=held_until)
         pipe = self.redis.pipeline(transaction=False)
-        await self._enqueue(keys=k, args=a, client=pipe)
+        await self._enqueue(keys=call.keys, args=call.args, client=pipe)
         pipe.wait(self.wait_replicas, self.wait_timeout_ms)
         created, acked = await pipe.execute()
-        if created and int(acked) < self.wait_replicas:
-            log.warning(
-                "job %s acknowledged by %d of %d replicas within %d ms; a failover now could lose it",
-                k[0], acked, self.wait_replicas, self.wait_timeout_ms,
-            )  # fmt: skip
-        return bool(created)
+        if not created:
+            return False
+        if int(acked) >= self.wait_replicas:
+            release = release_held_call(job_id=job_id, aggr_id=aggregation.id, score=now)
+            try:
+                await self._release_held(keys=release.keys, args=release.args)
+            except redis.RedisError as exc:  # the job is safe with the replicas: it starts late
+                log.warning("job %s is queued but could not be released (%s): it starts within %d s",
+                            job_id, exc, HOLD_SECONDS)  # fmt: skip
+            return True
+        undo = undo_held_call(job_id=job_id, aggr_id=aggregation.id, held_until=held_until)
+        if not await self._undo_held(keys=undo.keys, args=undo.args):
+            # Not held any more: a worker whose clock runs HOLD_SECONDS ahead took it. It runs;
+            # undoing it now would leave half a job, so it stays, unreplicated, as before.
+            log.warning("job %s acknowledged by %s of %d replicas within %d ms, and already claimed: kept",
+                        job_id, acked, self.wait_replicas, self.wait_timeout_ms)  # fmt: skip
+            return True
+        log.warning("job %s acknowledged by %s of %d replicas within %d ms: undone, answered 503",
+                    job_id, acked, self.wait_replicas, self.wait_timeout_ms)  # fmt: skip
+        raise NotReplicated(
+            f"only {acked} of {self.wait_replicas} Redis replicas acknowledged the job within "
+            f"{self.wait_timeout_ms} ms; nothing was queued, send it again later"
+        )
 
     async def job_hash(self, job_id: str) -> dict[str, str]:
         with translated():
@@ -801,7 +955,7 @@ class AsyncStore:
         now = time.time() if now is None else now
         with translated():
             reply = await self._retry(
-                keys=[keys.job(job_id), keys.CALLBACK_QUEUE],
+                keys=[keys.job(job_id), keys.CALLBACK_QUEUE, keys.DELETION_QUEUE, keys.DELETION_TARGETS],
                 args=[job_id, repr(now), keys.CALLBACK_WAKEUP_CHANNEL],
             )
         return None if reply is None else str(reply)
@@ -832,9 +986,15 @@ class AsyncStore:
             pipe.hgetall(keys.job_meta(job_id))
             pipe.lrange(keys.job_errors(job_id), 0, -1)
             pipe.get(keys.job_options(job_id))
-            raw, meta, errors, options = await pipe.execute()
-            if not raw or not raw.get("ID"):
+            pipe.hget(keys.DEAD_LETTERS, job_id)
+            raw, meta, errors, options, dead = await pipe.execute()
+            if not raw or (not raw.get("ID") and dead is None):
                 return None
+            if dead is not None:  # unreadable: shown with what can be read, and why
+                letter = DeadLetter.decode(dead)
+                aggr_id = letter.aggr_id or raw.get("AggrID", "")
+                job = Job(id=job_id, url=raw.get("URL", ""), aggr_id=aggr_id)
+                return JobStatus(job, meta, errors, queued_at=None, lease_expires_at=None, dead_letter=letter)
             job = Job.from_hash(raw, options)
             pipe = self.redis.pipeline(transaction=False)
             pipe.zscore(keys.queue(job.aggr_id), job_id)

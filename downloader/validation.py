@@ -5,6 +5,12 @@ match on them. The API calls `parse_download_request`; a `RequestRejected` names
 the two decodings failed. Two deliberate fixes: numeric `request_headers` values are accepted
 (bug 10.1.7) and a client's `expiresAt` is ignored (bug 10.1.10). New: `max_size` may lower
 the service's download size cap, never raise it.
+
+New too: what the original accepted and could never do is refused at the door, after every
+rule of the original held (so whatever it refused keeps its text): a `url`, `callback_url`
+or http callback destination that is not an http(s) URL with a host, a callback type no
+notifier has, a `mime_type` item that cannot match a `type/subtype`, and a proxy other than
+http(s) (SOCKS needs PySocks, which is not installed: such a proxy failed every download).
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ import decimal
 import json
 import math
 import re
+import urllib.parse
 from collections.abc import Iterator, Mapping
 
 from downloader import gourl, mime
@@ -54,10 +61,18 @@ class _NotJson(Exception):
 # --- public API ------------------------------------------------------------------------
 
 
+#: The `callback_type`s a notifier delivers with (`notifying.build_backends`; `kafka` needs
+#: brokers configured, which only the notifier's settings tell).
+CALLBACK_TYPES = ("http", "kafka", "sqs")
+#: Schemes of what is fetched or called back over HTTP, and of an aggregation's proxy.
+HTTP_SCHEMES = ("http", "https")
+
+
 def parse_download_request(body: bytes, max_size_cap: int | None = None) -> tuple[Job, Aggregation]:
     """Validate `body` as a Job, then as an Aggregation; the first failing rule raises.
 
-    `max_size_cap` is the service's largest download: a larger `max_size` is refused.
+    `max_size_cap` is the service's largest download: a larger `max_size` is refused. The
+    original's rules come first, then `check_feasible`'s.
     """
     try:
         fields = decode_body(body)
@@ -65,7 +80,34 @@ def parse_download_request(body: bytes, max_size_cap: int | None = None) -> tupl
     except RecursionError:
         # Python's decoder (and our walks over the decoded values) give up on deep nesting.
         raise RequestRejected("Job", _too_deep_message(body)) from None
-    return job, aggregation_from_fields(fields)
+    aggregation = aggregation_from_fields(fields)
+    check_feasible(job, aggregation)
+    return job, aggregation
+
+
+def check_feasible(job: Job, aggregation: Aggregation) -> None:
+    """Refuse a job the original accepted but that can never succeed (first failure raises):
+    its download, callback or error callback could not be made, or its mime_type could never
+    match, or its aggregation's proxy cannot be used."""
+    try:
+        _check_http_url(job.url, "URL")
+        if job.callback_url:
+            _check_http_url(job.callback_url, "callback URL")
+        elif job.callback_dst:
+            _check_destination(job.callback_type, job.callback_dst, "callback_type", "callback_dst")
+        if job.options.callback_error_dst:
+            kind = job.options.callback_error_type or job.callback_type
+            name = "callback_error_type" if job.options.callback_error_type else "callback_type"
+            _check_destination(kind, job.options.callback_error_dst, name, "callback_error_dst")
+        if job.mime_type:
+            _check_mime_items(job.mime_type)
+    except _Invalid as exc:
+        raise RequestRejected("Job", exc.reason) from None
+    try:
+        if aggregation.proxy:
+            _check_proxy(aggregation.proxy)
+    except _Invalid as exc:
+        raise RequestRejected("Aggregation", exc.reason) from None
 
 
 def decode_body(body: bytes) -> dict[str, object]:
@@ -332,6 +374,63 @@ def _aggregation_proxy(fields: Mapping[str, object]) -> str:
     if proxy:
         _check_request_uri(proxy, "Aggregation proxy must be a valid URI")
     return proxy
+
+
+# --- what can never succeed (check_feasible) -------------------------------------------
+
+
+def _check_http_url(url: str, name: str) -> None:
+    parts = _split(url, name)
+    scheme = parts.scheme.lower()
+    if scheme not in HTTP_SCHEMES:
+        raise _Invalid(f"{name} scheme must be http or https, was {gourl.go_quote(scheme)}")
+    if not parts.hostname:
+        raise _Invalid(f"{name} must name a host: {gourl.go_quote(url)}")
+
+
+def _split(url: str, name: str) -> urllib.parse.SplitResult:
+    try:
+        return urllib.parse.urlsplit(url)
+    except ValueError as exc:  # Go's parser let it pass (a bracketed host it does not check)
+        raise _Invalid(f"{name} cannot be used: {exc}") from None
+
+
+def _check_destination(kind: str, dst: str, type_name: str, dst_name: str) -> None:
+    if kind not in CALLBACK_TYPES:
+        known = ", ".join(map(gourl.go_quote, CALLBACK_TYPES))
+        raise _Invalid(f"Unknown {type_name} {gourl.go_quote(kind)}: must be one of {known}")
+    if kind == "http":
+        _check_http_url(dst, dst_name)
+
+
+def _check_mime_items(pattern: str) -> None:
+    """Each item must be able to match a mime type, which is always `type/subtype`."""
+    for raw in pattern.split(","):
+        item = raw.strip()
+        glob = item.removeprefix("!")
+        if not glob:
+            continue  # dropped by mime.parse_pattern
+        # A class (`[/]`) may match the slash itself; otherwise exactly one, inside.
+        slashes = glob.count("/")
+        if "[" not in glob and (slashes != 1 or glob.startswith("/") or glob.endswith("/")):
+            raise _Invalid(
+                f"Invalid MimeType Pattern, {gourl.go_quote(item)}: each item of the comma-separated "
+                "list is a type/subtype pattern such as image/jpeg or image/*"
+            )
+
+
+def _check_proxy(proxy: str) -> None:
+    parts = _split(proxy, "Aggregation proxy")
+    scheme = parts.scheme.lower()
+    if scheme.startswith("socks"):
+        raise _Invalid(
+            f"Aggregation proxy scheme {gourl.go_quote(scheme)} is not supported: "
+            "SOCKS proxies are not available, use an http:// or https:// proxy"
+        )
+    if scheme not in HTTP_SCHEMES:
+        raise _Invalid(f"Aggregation proxy scheme must be http or https, was {gourl.go_quote(scheme)}")
+    if not parts.hostname:
+        raise _Invalid("Aggregation proxy must name a host")
 
 
 # --- values as Go sees them -------------------------------------------------------------

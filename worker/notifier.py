@@ -34,6 +34,8 @@ log = logging.getLogger("downloader.notifier")
 #: A failed file deletion is tried again after this long (the original dropped it).
 DELETION_RETRY_SECONDS = 300.0
 DELETIONS_PER_ROUND = 200
+#: A callback unanswered after this long leaves its fast slot for a slow one.
+SLOW_DELIVERY_SECONDS = 1.0
 
 
 class Notifier:
@@ -54,10 +56,14 @@ class Notifier:
         self.instance = store.Instance.here("notifier", self.token)  # listed on the dashboard
         self.signing_keys = signing.parse_keys(settings.callback_signing_keys)
         self.backends = backends if backends is not None else notifying.build_backends(settings)
-        self.threads = ThreadPoolExecutor(settings.notifier_concurrency, thread_name_prefix="callback")
+        self.threads = ThreadPoolExecutor(
+            settings.notifier_concurrency + settings.notifier_slow_concurrency, thread_name_prefix="callback"
+        )
         self._lock = threading.Lock()
         self._busy = 0
         self._delivering: set[str] = set()
+        self._started: dict[str, float] = {}  # deliveries in a fast slot: when they began
+        self._slow = 0  # deliveries that stepped aside into a slow slot
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._next_reap = 0.0
@@ -79,10 +85,21 @@ class Notifier:
         try:
             loop_until(self._stopping, self._dispatch_once, log)
         finally:
-            self.threads.shutdown(wait=True)  # callbacks in flight finish (bounded by their timeout)
+            self._finish_in_flight()
             keeper.join(timeout=5)
-            for backend in self.backends.values():
-                backend.close()
+
+    def _finish_in_flight(self) -> None:
+        """Callbacks in flight get the shutdown grace to finish; the rest are cut off by closing
+        the backends, and their leases give them back to the fleet (delivery is at least once)."""
+        deadline = time.monotonic() + min(
+            self.settings.shutdown_grace_seconds, self.settings.callback_timeout_seconds
+        )
+        while self._busy and time.monotonic() < deadline:
+            self._wake.wait(0.05)
+            self._wake.clear()
+        for backend in self.backends.values():
+            backend.close()
+        self.threads.shutdown(wait=True)
 
     def stop(self) -> None:
         self._stopping.set()
@@ -91,7 +108,10 @@ class Notifier:
     # --- delivery -----------------------------------------------------------------
 
     def _dispatch_once(self) -> None:
-        free = self.settings.notifier_concurrency - self._busy
+        with self._lock:
+            slots = self.settings.notifier_concurrency
+            fast = self._busy - self._slow
+            free = min(slots - fast, slots + self.settings.notifier_slow_concurrency - self._busy)
         if free <= 0:
             self._wake.wait(0.5)
             self._wake.clear()
@@ -106,9 +126,11 @@ class Notifier:
             self._wake.wait(wait)
             self._wake.clear()
             return
+        started = time.monotonic()
         with self._lock:
             self._busy += len(claim.jobs)
             self._delivering.update(claim.jobs)
+            self._started.update(dict.fromkeys(claim.jobs, started))
         for job_id, claimed in claim.jobs.items():
             self.threads.submit(self._deliver_guarded, job_id, claimed)
 
@@ -129,6 +151,22 @@ class Notifier:
             with self._lock:
                 self._busy -= 1
                 self._delivering.discard(job_id)
+                if self._started.pop(job_id, None) is None:
+                    self._slow -= 1
+            self._wake.set()
+
+    def _step_aside(self) -> None:
+        """Deliveries unanswered for SLOW_DELIVERY_SECONDS free their fast slot (while slow
+        slots last): a receiver that trickles, hangs or answers without end then holds a
+        waiting thread until the callback timeout, never the capacity of healthy receivers."""
+        cutoff = time.monotonic() - SLOW_DELIVERY_SECONDS
+        with self._lock:
+            room = self.settings.notifier_slow_concurrency - self._slow
+            late = [job_id for job_id, began in self._started.items() if began <= cutoff][: max(0, room)]
+            for job_id in late:
+                del self._started[job_id]
+            self._slow += len(late)
+        if late:
             self._wake.set()
 
     def _deliver(self, job_id: str, claimed: store.ClaimedJob | None) -> None:
@@ -162,6 +200,9 @@ class Notifier:
             if isinstance(exc.__cause__, DestinationNotAllowed):
                 self.stats.incr("destinationNotAllowed")
             metrics.callback_attempted(backend_name, time.monotonic() - started, delivered=False)
+            if self._stopping.is_set():
+                self._give_back(job, str(exc))
+                return
             self._retry_or_fail(job, str(exc), time.monotonic() - started)
             return
         took = time.monotonic() - started
@@ -193,6 +234,14 @@ class Notifier:
         )
         self._wake.set()  # the dispatcher learns when the retry is due
 
+    def _give_back(self, job: Job, error: str) -> None:
+        """A delivery cut off by shutdown: queued again at once, the attempt not counted."""
+        log.warning("callback of job %s cut off by shutdown, queued again: %s", job.id, error,
+                    extra=_fields(job, "callback_retried", None))  # fmt: skip
+        self._settling(job.id)
+        fields = {"CallbackState": State.PENDING.value, "CallbackCount": str(max(0, job.callback_count - 1))}
+        self.db.callback_undelivered(job.id, self.token, fields, time.time())
+
     def _settling(self, job_id: str) -> None:
         """The callback's outcome is about to be written, which gives its lease up: no more
         renewals, and a renewal that finds the lease gone from now on is no loss."""
@@ -205,20 +254,24 @@ class Notifier:
         self.stats.incr("failedCallbacks")
         metrics.CALLBACKS_FAILED.labels(_backend(job)).inc()
         self._settling(job.id)
+        fields = {"CallbackState": State.FAILED.value, "CallbackMeta": error}
+        delete_at = time.time() + self.settings.job_retention_seconds
+        self._next_reap = min(self._next_reap, delete_at)
         self.db.callback_undelivered(
-            job.id, self.token, {"CallbackState": State.FAILED.value, "CallbackMeta": error}, None
+            job.id, self.token, fields, None, delete_at=delete_at, location=location_of(job).encode()
         )
 
     # --- housekeeping ---------------------------------------------------------------
 
     def _housekeeping(self) -> None:
-        self._rescue_orphans()
+        threading.Thread(target=self._rescue_orphans, name="notifier-rescue", daemon=True).start()
         renew = Every(self.settings.lease_seconds / 3)
         recover = Every(self.settings.recovery_every, first_now=True)
         reap = self._reap_due
         stats = Every(self.settings.stats_interval_seconds, first_now=True)
         heartbeat = Every(keys.INSTANCE_HEARTBEAT_SECONDS, first_now=True)
         while not self._stopping.wait(0.1):
+            self._step_aside()
             steps = ((renew, self._renew), (recover, self._recover), (reap, self._reap),
                      (stats, self._publish_stats),
                      (heartbeat, self._heartbeat))  # fmt: skip

@@ -78,6 +78,18 @@ class _AggregationState:
     running: dict[str, Download] = dataclasses.field(default_factory=dict)
 
 
+def readable_job(job_id: str, aggr_id: str, claimed: store.ClaimedJob) -> Job:
+    """The job a claim read, if it can run: its hash decodes (the original's rules), and it is
+    the job and of the aggregation it was claimed as (else its outcome would be written to
+    another job's keys, or its lease never given back). CorruptJobError says why not."""
+    job = Job.from_hash(claimed.raw, claimed.options)
+    if job.id != job_id:
+        raise CorruptJobError(f"its ID field is {job.id!r}, not {job_id!r}")
+    if job.aggr_id != aggr_id:
+        raise CorruptJobError(f"its AggrID field is {job.aggr_id!r}, but it was queued in {aggr_id!r}")
+    return job
+
+
 class Processor:
     """Downloads for all aggregations, or only `only` (one per pod under the operator)."""
 
@@ -245,19 +257,40 @@ class Processor:
     def _start(
         self, aggregation: Aggregation, jobs: Mapping[str, store.ClaimedJob], claimed_at: float
     ) -> None:
+        gone: list[str] = []
+        unreadable: dict[str, str] = {}
         for job_id, claimed in jobs.items():
-            if not claimed.raw.get("ID"):
-                log.warning("job %s of %s has no hash any more; dropping it from the queue", job_id,
-                            aggregation.id)  # fmt: skip
-                self.db.drop_claim(aggregation.id, job_id, self.token)
+            if not claimed.raw:
+                gone.append(job_id)
                 continue
             try:
-                job = Job.from_hash(claimed.raw, claimed.options)
+                job = readable_job(job_id, aggregation.id, claimed)
             except CorruptJobError as exc:
-                log.error("job %s is unreadable, left as is: %s", job_id, exc)
-                self.db.drop_claim(aggregation.id, job_id, self.token)
+                unreadable[job_id] = str(exc)
                 continue
             self._submit(aggregation, job, claimed_at)
+        # Only once every readable job runs: a Redis error here must not hold them up.
+        for job_id in gone:
+            log.warning("job %s of %s has no hash any more; dropping it from the queue", job_id,
+                        aggregation.id)  # fmt: skip
+            self._let_go(aggregation.id, job_id, "")
+        for job_id, reason in unreadable.items():
+            log.error("job %s of %s is unreadable, set aside as a dead letter: %s", job_id, aggregation.id,
+                      reason, extra={"event": "job_dead_lettered", "job_id": job_id,
+                                     "aggr_id": aggregation.id})  # fmt: skip
+            self._let_go(aggregation.id, job_id, reason, url=jobs[job_id].raw.get("URL", ""))
+
+    def _let_go(self, aggr_id: str, job_id: str, reason: str, url: str = "") -> None:
+        """Give up the lease of a claimed job that cannot run: dropped when its hash is gone
+        (`reason` ""), set aside as a dead letter otherwise."""
+        try:
+            if reason:
+                self.db.set_aside(aggr_id, job_id, self.token, reason=reason, url=url)
+            else:
+                self.db.drop_claim(aggr_id, job_id, self.token)
+        except DownloaderError as exc:  # its lease expires and the next claim looks again
+            log.warning("job %s: could not give up its lease (%s); it comes back when the lease expires",
+                        job_id, exc)  # fmt: skip
 
     def _submit(self, aggregation: Aggregation, job: Job, claimed_at: float) -> None:
         download = Download(threading.Event(), confirmed=claimed_at)

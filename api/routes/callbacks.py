@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Response
 
+from downloader.api import errors
 from downloader.api.deps import GrantDep, StoreDep, require
 from downloader.api.errors import HTTPProblem
 from downloader.apikeys import Grant
@@ -29,6 +30,7 @@ async def wrong_method() -> Response:
         400: {"description": "Unknown job, or its callback is not Failed"},
         403: {"description": "The API key does not cover the job's aggregation"},
         405: {"description": "Not a POST"},
+        409: {"description": "The job's stored data cannot be read (plain text: what is wrong)"},
     },
 )
 async def retry_callback(path: str, db: StoreDep, grant: GrantDep) -> Response:
@@ -39,6 +41,8 @@ async def retry_callback(path: str, db: StoreDep, grant: GrantDep) -> Response:
     try:
         reply = await db.retry_callback(job_id)
     except StoreError as exc:
+        if errors.is_unreadable(exc):
+            raise  # stored data, not Redis: answered by the error mapping (409)
         raise HTTPProblem(500, f"Error rescheduling callback for job with id '{job_id}': {exc}") from exc
     if reply is None:
         raise HTTPProblem(400, f"Error fetching {job_id} from Redis: Not Found")
@@ -52,13 +56,15 @@ async def retry_callback(path: str, db: StoreDep, grant: GrantDep) -> Response:
 async def _require_job_aggregation(db: StoreDep, grant: Grant, job_id: str) -> None:
     """403 for a job outside the key's aggregations; an unknown job is left to the original's 400."""
     try:
-        aggr_id = Job.from_hash(await db.job_hash(job_id)).aggr_id
+        raw = await db.job_hash(job_id)
     except StoreError as exc:
+        if errors.is_unreadable(exc):
+            raise
         raise HTTPProblem(500, f"Error rescheduling callback for job with id '{job_id}': {exc}") from exc
-    except CorruptJobError:
-        aggr_id = ""
-    if aggr_id:
-        require(grant, aggr_id)
+    if raw.get("ID"):  # without, the job is unknown: the original's 400 follows
+        # Read from the hash as it is: one this service cannot decode still names its
+        # aggregation, and one that names none belongs to no scoped key.
+        require(grant, raw.get("AggrID", ""))
 
 
 async def _job_string(db: StoreDep, job_id: str) -> str:

@@ -10,7 +10,7 @@ from fastapi import APIRouter
 from downloader.api.deps import GrantDep, StoreDep, require
 from downloader.api.errors import HTTPProblem
 from downloader.api.schemas import CallbackState, DownloadState, JobView
-from downloader.models import State
+from downloader.models import Job, State
 from downloader.store import JobStatus
 
 router = APIRouter(tags=["jobs"])
@@ -23,6 +23,7 @@ router = APIRouter(tags=["jobs"])
     responses={
         403: {"description": "The API key does not cover the job's aggregation"},
         404: {"description": "No such job (unknown, or delivered and deleted)"},
+        409: {"description": "The job's stored data cannot be read (plain text: what is wrong)"},
     },
 )
 async def get_job(job_id: str, db: StoreDep, grant: GrantDep) -> JobView:
@@ -51,7 +52,7 @@ def view(status: JobStatus, now: float) -> JobView:
             response_code=job.response_code,
             error=job.download_meta,
             image_size=job.image_size,
-            download_url=job.public_download_url(),
+            download_url=_download_url(job),
         ),
         callback=CallbackState(
             state=str(job.callback_state),
@@ -61,18 +62,21 @@ def view(status: JobStatus, now: float) -> JobView:
             destination=destination,
         ),
         errors=status.errors,
-        crashes=int(meta.get("Crashes") or 0),
+        crashes=_count(meta.get("Crashes")),
         created_at=_iso(meta.get("CreatedAt")),
         updated_at=_iso(meta.get("UpdatedAt")),
         started_at=_iso(meta.get("StartedAt")),
         finished_at=_iso(meta.get("FinishedAt")),
         next_attempt_at=_iso(status.queued_at),
         lease_expires_at=_iso(status.lease_expires_at),
+        dead_letter=None if status.dead_letter is None else status.dead_letter.reason,
     )
 
 
 def summary_state(status: JobStatus, now: float) -> str:
     job = status.job
+    if status.dead_letter is not None:
+        return "dead_lettered"
     if job.callback_state == State.FAILED:
         return "callback_failed"
     if job.callback_state in (State.PENDING, State.IN_PROGRESS):
@@ -89,10 +93,24 @@ def summary_state(status: JobStatus, now: float) -> str:
 
 
 def _iso(value: str | float | None) -> str | None:
+    """A stored time, None when there is none or it is not a time (`inf`, year 10^10)."""
     if value in (None, ""):
         return None
     try:
         stamp = float(value)
-    except ValueError:
+        return datetime.datetime.fromtimestamp(stamp, tz=datetime.UTC).isoformat(timespec="milliseconds")
+    except (ValueError, OverflowError, OSError):
         return None
-    return datetime.datetime.fromtimestamp(stamp, tz=datetime.UTC).isoformat(timespec="milliseconds")
+
+
+def _download_url(job: Job) -> str:
+    """The callback's download_url; "" when the stored base URL is not one (`http://[`)."""
+    try:
+        return job.public_download_url()
+    except ValueError:
+        return ""
+
+
+def _count(value: str | None) -> int:
+    """A stored counter; 0 when missing or unreadable (a view is no place to fail over it)."""
+    return int(value) if value and value.isascii() and value.isdigit() else 0

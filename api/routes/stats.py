@@ -6,9 +6,11 @@ import json
 
 from fastapi import APIRouter, Response
 
+from downloader.api import errors
 from downloader.api.deps import GrantDep, StoreDep
 from downloader.api.errors import HTTPProblem
 from downloader.api.schemas import AggregationQueue
+from downloader.errors import StoreError
 from downloader.keys import QUEUE_PREFIX
 
 router = APIRouter(tags=["stats"])
@@ -43,7 +45,9 @@ async def component_stats(component: str, db: StoreDep) -> Response:
 async def aggregations(db: StoreDep, grant: GrantDep) -> Response:
     try:
         sizes = await db.queue_sizes()
-    except Exception as exc:
+    except StoreError as exc:
+        if errors.is_unreadable(exc):
+            raise  # stored data, not Redis: answered by the error mapping (409)
         raise HTTPProblem(500, f"Error scanning for aggregation keys: {exc}") from exc
     visible = [(name, size) for name, size in sizes if grant.covers(name.removeprefix(QUEUE_PREFIX))]
     body = json.dumps([{"name": name, "size": size} for name, size in visible], separators=(",", ":"))

@@ -12,6 +12,7 @@ import contextlib
 import datetime
 import json
 import logging
+import math
 import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -20,6 +21,7 @@ from fastapi import APIRouter
 from fastapi.responses import FileResponse
 
 from downloader import __version__, keys
+from downloader.api import errors
 from downloader.api.deps import GrantDep, StoreDep
 from downloader.api.schemas import (
     AggregationRow,
@@ -73,7 +75,10 @@ async def overview(db: StoreDep, grant: GrantDep) -> Overview:
     recent = minutes[-WINDOW_MINUTES:]
     # Per-aggregation fields are read for the window only, unless a scoped key needs them
     # all to compute its own totals.
-    counts = await db.throughput(minutes, minutes if grant.prefixes else recent)
+    try:
+        counts = await db.throughput(minutes, minutes if grant.prefixes else recent)
+    except ValueError as exc:  # a per-minute count that is not a number (written by hand)
+        raise errors.unreadable("Stored data", f"a per-minute count is not a number ({exc})") from exc
     window = _per_aggregation((counts[m] for m in recent), grant)
     elapsed = (WINDOW_MINUTES - 1) + (now % 60) / 60  # the current minute is only partly over
     backlogs = {a: (queued, running) for a, queued, running in await db.backlogs(grant.covers)}
@@ -182,9 +187,12 @@ def _instances(
 
 
 def _instance(i: Instance, expires: float, now: float) -> InstanceView:
+    # A start time that is no time (`inf`, `nan`: the entry is anyone's to write) reads as
+    # unknown; JSON has no infinite uptime.
+    started = i.started if math.isfinite(i.started) and _iso(i.started) else 0.0
     return InstanceView(
-        id=i.id, host=i.host, pid=i.pid, version=i.version, started_at=_iso(i.started),
-        uptime_seconds=round(max(0.0, now - i.started), 1) if i.started else 0.0,
+        id=i.id, host=i.host, pid=i.pid, version=i.version, started_at=_iso(started),
+        uptime_seconds=round(max(0.0, now - started), 1) if started else 0.0,
         last_seen_seconds=round(max(0.0, now - (expires - keys.INSTANCE_TTL_SECONDS)), 1),
     )  # fmt: skip
 
@@ -204,6 +212,10 @@ def _failure(raw: str) -> FailureView | None:
 
 
 def _iso(stamp: float | None) -> str | None:
+    """None for no time, and for a stored one that is not a time (`inf`, year 10^10)."""
     if not stamp:
         return None
-    return datetime.datetime.fromtimestamp(float(stamp), tz=datetime.UTC).isoformat(timespec="seconds")
+    try:
+        return datetime.datetime.fromtimestamp(float(stamp), tz=datetime.UTC).isoformat(timespec="seconds")
+    except (ValueError, OverflowError, OSError):
+        return None

@@ -37,7 +37,7 @@ Statuses = collections.Counter[tuple[str, int]]
 @pytest.fixture
 def api_schema(redis_url: str) -> Iterator[schemathesis.BaseSchema]:
     app = create_app(Settings(redis_url=redis_url, api_keys=API_KEYS))
-    yield schemathesis.openapi.from_asgi("/openapi.json", app)
+    yield schemathesis.openapi.from_asgi("/openapi.json", app, headers={"Authorization": f"Bearer {TOKEN}"})
     schemathesis.python.asgi.shutdown_lifespans()
 
 

@@ -214,8 +214,10 @@ def test_every_route_but_the_public_ones_needs_a_key(keyed: TestClient) -> None:
                 assert resp.status_code == 401, (method, path, resp.status_code)
                 checked += 1
     assert checked >= 20
-    # FastAPI's own pages are documentation, not data
-    assert keyed.get("/openapi.json").status_code == 200
+    # FastAPI's own pages too: the README lists no documentation among the public routes
+    for page in ("/openapi.json", "/docs", "/redoc"):
+        assert keyed.get(page).status_code == 401, page
+        assert keyed.get(page, headers=bearer(ADMIN)).status_code == 200, page
 
 
 def test_probes_and_the_web_page_answer_without_a_key(keyed: TestClient) -> None:

@@ -122,6 +122,33 @@ def test_bad_options_stop_before_reading_anything(stack: Stack) -> None:
     assert out.returncode == 2 and "give --failed or job ids" in out.stderr
 
 
+def test_enqueue_refuses_what_post_download_refuses(
+    stack: Stack, rdb: redis.Redis, files: FileServer
+) -> None:
+    """Straight to Redis, enqueue applies the API's checks too: options that can never work
+    stop it before reading anything, and a line whose URL can never be fetched is rejected."""
+    out = run(stack, "enqueue", "nope.txt", "--aggr", "a", "--limit", "2", "--callback-type", "pigeon",
+              "--callback-dst", "coop")  # fmt: skip
+    assert out.returncode == 2 and 'Unknown callback_type "pigeon"' in out.stderr, out.stderr
+    aggr = aggr_id("feasible")
+    (stack.tmp_path / "urls.txt").write_text(f"{files.url('small.txt')}\nftp://127.0.0.1/file.txt\n")
+    out = run(
+        stack,
+        "enqueue",
+        "urls.txt",
+        "--aggr",
+        aggr,
+        "--limit",
+        "2",
+        "--callback-url",
+        "http://127.0.0.1:9/cb",
+    )
+    assert out.returncode == 1, out.stderr
+    assert out.stdout.startswith("total 2, queued 1, rejected 1,")
+    assert 'line 2: Job: URL scheme must be http or https, was "ftp"' in out.stdout, out.stdout
+    assert rdb.zcard(f"jobs:{aggr}") == 1
+
+
 def callback_states(rdb: redis.Redis, ids: list[str]) -> dict[str, str]:
     return {i: str(rdb.hget(f"job:{i}", "CallbackState")) for i in ids}
 
@@ -165,7 +192,8 @@ def test_retry_reschedules_exactly_the_failed_callbacks(
         assert set(callback_states(rdb, queued[second]).values()) == {"Failed"}, "other aggregations stay"
         assert not any(receiver.delivered(i) for i in queued[second])
 
-        out = run(stack, "retry", queued[second][0], "no-such-job", queued[idle][0])
+        # `--`: ids are base64url, and one in 64 begins with '-'
+        out = run(stack, "retry", "--", queued[second][0], "no-such-job", queued[idle][0])
         assert out.returncode == 1, "a job that could not be retried is a failure"
         assert "rescheduled 1, skipped 2" in out.stdout
         assert "no-such-job: no such job" in out.stdout

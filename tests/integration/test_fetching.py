@@ -13,11 +13,12 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 
 from downloader import mime
 from downloader.errors import DownloadError, Interrupted
-from downloader.fetching import Fetcher, FetchLimits
+from downloader.fetching import MAX_CLIENTS, Fetcher, FetchLimits
 from downloader.outbound import PERMISSIVE, Outbound
 
 pytestmark = pytest.mark.integration
@@ -373,3 +374,82 @@ class _AnyPath(dict[str, Handler]):
 
     def get(self, key: str, default: object = None) -> Handler:  # type: ignore[override]
         return self.handler
+
+
+# --- one client per proxy, the most recently used only (issue 12, item 5) --------------------
+
+
+def proxy_connections(port: int) -> int:
+    """Our open TCP connections to 127.0.0.1:`port` (the client ends, not the server's)."""
+    return sum(
+        1
+        for c in psutil.Process().net_connections(kind="tcp")
+        if c.raddr and c.raddr.port == port and c.status == psutil.CONN_ESTABLISHED
+    )
+
+
+def via(fetcher: Fetcher, proxy: str, url: str, tmp_path: Path, job_id: str) -> bytes:
+    got = fetcher.fetch(job_id=job_id, url=url, proxy=proxy, job_headers=None, timeout=0, tmp_dir=tmp_path,
+                        sniff=False, mime_pattern=None, cancelled=threading.Event())  # fmt: skip
+    return got.path.read_bytes()
+
+
+def test_clients_of_many_proxies_stay_bounded_and_a_download_in_flight_keeps_its_own(
+    fetcher: Fetcher, tmp_path: Path
+) -> None:
+    """Each distinct aggr_proxy gets a client whose pools keep idle connections open. Jobs
+    may name any number of proxies: only the MAX_CLIENTS used last are kept, and one pushed
+    out while a download still reads through it is closed only after that download."""
+    slow_body = bytes(range(256)) * 40
+    half_sent = threading.Event()
+    release = threading.Event()
+
+    def proxy(h: http.server.BaseHTTPRequestHandler) -> None:
+        if not h.path.endswith("/slow"):
+            send(PNG)(h)
+            return
+        h.send_response(200)
+        h.send_header("Content-Length", str(len(slow_body)))
+        h.end_headers()
+        h.wfile.write(slow_body[:1000])
+        h.wfile.flush()
+        half_sent.set()
+        release.wait(30)
+        h.wfile.write(slow_body[1000:])
+
+    srv = Server({})
+    srv.routes = _AnyPath(proxy)
+    srv.httpd.handle_error = lambda *args: None  # type: ignore[method-assign]  # closed idle ones: resets
+    port = srv.httpd.server_address[1]
+
+    def proxy_url(n: int) -> str:  # distinct proxies to the one server: a client each
+        return f"http://user{n}:pw@127.0.0.1:{port}"
+
+    slow: dict[str, object] = {}
+
+    def download_slowly() -> None:
+        try:
+            slow["body"] = via(
+                fetcher, proxy_url(0), "http://origin.invalid/slow", tmp_path, "SlowSlowSlow00"
+            )
+        except Exception as exc:
+            slow["error"] = exc
+
+    thread = threading.Thread(target=download_slowly)
+    try:
+        thread.start()
+        assert half_sent.wait(10), "the slow download did not start"
+        for n in range(1, 3 * MAX_CLIENTS + 1):  # pushes proxy 0's client out, twice over
+            assert (
+                via(fetcher, proxy_url(n), f"http://origin.invalid/{n}.png", tmp_path, f"Fast{n:010d}") == PNG
+            )
+            assert fetcher.open_clients() <= MAX_CLIENTS + 1
+        assert proxy_connections(port) <= MAX_CLIENTS + 1  # the kept ones, and the slow one's
+        release.set()
+        thread.join(30)
+    finally:
+        release.set()
+        srv.close()
+    assert slow == {"body": slow_body}, slow  # its client was not closed under it
+    assert fetcher.open_clients() == MAX_CLIENTS  # ...and was closed after it
+    assert proxy_connections(port) <= MAX_CLIENTS

@@ -9,6 +9,7 @@ what they need. Everything else is real: sockets, HTTP, TLS.
 from __future__ import annotations
 
 import base64
+import contextlib
 import datetime
 import http.server
 import ipaddress
@@ -619,6 +620,98 @@ def test_a_callback_request_is_what_it_was(server: Server) -> None:
         "Post \"ftp://127.0.0.1/cb\": No connection adapters were found for 'ftp://127.0.0.1/cb'"  # fmt: skip
     assert str(no_scheme.value) == \
         "Post \"/cb\": Invalid URL '/cb': No scheme supplied. Perhaps you meant https:///cb?"  # fmt: skip
+
+
+class _Answering:
+    """A raw server answering every request on one connection with `answer(conn)`."""
+
+    def __init__(self, answer: Callable[[socket.socket], None]) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}/cb"
+        self.connections = 0
+        self._answer = answer
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.connections += 1
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        with conn, contextlib.suppress(OSError):
+            while True:
+                request = b""
+                while b"\r\n\r\n" not in request:
+                    data = conn.recv(65536)
+                    if not data:
+                        return
+                    request += data
+                self._answer(conn)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def test_a_callback_has_one_total_deadline_however_slowly_the_receiver_trickles() -> None:
+    """A status line a byte every 0.2 s never trips a per-read timeout; the whole delivery is
+    cut at its timeout all the same, with the text Go's client gave."""
+
+    def trickle(conn: socket.socket) -> None:
+        for byte in b"HTTP/1.1 200 OK\r\n" + b"X" * 1000:
+            time.sleep(0.2)
+            conn.sendall(bytes([byte]))
+
+    receiver = _Answering(trickle)
+    backend = HttpBackend(1.5, 2, LOOPBACK_ONLY)
+    started = time.monotonic()
+    try:
+        with pytest.raises(NotificationError) as info:
+            backend.deliver(Message("AbCdEfGhIjKlMn", receiver.url, b"{}"))
+    finally:
+        backend.close()
+        receiver.close()
+    took = time.monotonic() - started
+    assert str(info.value) == (
+        f'Post "{receiver.url}": context deadline exceeded (Client.Timeout exceeded while awaiting headers)'
+    )
+    assert 1.5 <= took < 3.0, took
+
+
+def test_the_status_decides_and_only_a_small_body_is_read() -> None:
+    """A 2xx delivers even when its body never ends: 64 KiB are read, then the connection is
+    dropped. A small body is read to its end and the connection carries the next callback."""
+    block = b"x" * 65536
+    sent = {"endless": 0}
+
+    def endless(conn: socket.socket) -> None:
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\n")
+        while True:
+            conn.sendall(block)
+            sent["endless"] += len(block)
+
+    def small(conn: socket.socket) -> None:
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+
+    endless_receiver, small_receiver = _Answering(endless), _Answering(small)
+    backend = HttpBackend(10, 2, LOOPBACK_ONLY)
+    started = time.monotonic()
+    try:
+        backend.deliver(Message("AbCdEfGhIjKlMn", endless_receiver.url, b"{}"))
+        endless_took = time.monotonic() - started
+        backend.deliver(Message("AbCdEfGhIjKlMn", endless_receiver.url, b"{}"))
+        for _ in range(3):
+            backend.deliver(Message("AbCdEfGhIjKlMn", small_receiver.url, b"{}"))
+    finally:
+        backend.close()
+        endless_receiver.close()
+        small_receiver.close()
+    assert endless_took < 2.0  # not the 10 s timeout: the status was enough
+    assert endless_receiver.connections == 2  # an abandoned body takes its connection along
+    assert small_receiver.connections == 1  # kept alive across three callbacks
 
 
 def test_a_refusal_is_immediate(tmp_path: Path) -> None:

@@ -419,3 +419,24 @@ def test_a_callback_queue_that_gets_its_first_callback_is_announced(db: Store, r
     pubsub.close()
     assert got == ["aggr"]  # one announcement for the burst
     assert rdb.zcard(keys.CALLBACK_QUEUE) == 2
+
+
+def test_an_unreadable_job_is_set_aside_as_a_dead_letter_and_no_sweep_queues_it_again(
+    db: Store, rdb: redis.Redis
+) -> None:
+    bad, good = queued_job(db), queued_job(db)
+    rdb.hset(keys.job(bad), "Bogus", "x")  # a field the original's Job struct lacks
+    token = new_token()
+    assert sorted(db.claim("aggr", 2, token, 30).ids) == sorted([bad, good])
+    assert db.set_aside("aggr", bad, token, reason="Field Bogus with value x was not found in Job struct",
+                        url="http://127.0.0.1:9/x") is True  # fmt: skip
+    letter = db.dead_letter(bad)
+    assert letter is not None and letter.aggr_id == "aggr" and "Field Bogus" in letter.reason
+    assert rdb.zrange("inflight:aggr", 0, -1) == [good] and not rdb.hexists("leases:aggr", bad)
+    assert rdb.hget(keys.job(bad), "Bogus") == "x", "the hash stays as found, for a person to repair"
+    failure = json.loads(rdb.lindex(keys.RECENT_FAILURES, 0))
+    assert failure["id"] == bad and "set aside: Field Bogus" in failure["error"]
+    assert db.rescue_orphans() == {"download": 0, "callback": 0}  # a dead letter is no orphan
+    assert rdb.zscore("jobs:aggr", bad) is None
+    assert db.set_aside("aggr", good, new_token(), reason="x") is False  # not our lease: untouched
+    assert db.dead_letter(good) is None and rdb.zscore("inflight:aggr", good) is not None

@@ -59,6 +59,13 @@ def _bodies(files: FileServer, callbacks: CallbackServer, count: int) -> list[di
     ]
 
 
+def _replicas(db: redis.Redis) -> int:
+    """Replicas of the primary that are in sync (those WAIT can count)."""
+    info = db.info("replication")
+    return sum(1 for k, v in info.items() if k.startswith("slave") and isinstance(v, dict)
+               and v.get("state") == "online")  # fmt: skip
+
+
 def _no_leases_left(db: redis.Redis) -> bool:
     return not list(db.scan_iter(match="inflight:*")) and db.zcard("CallbackInflight") == 0
 
@@ -131,10 +138,16 @@ def test_a_graceful_failover_moves_every_process_to_the_new_primary(
         try:
             assert demoted.info("replication")["role"] == "master", "too slow: the window is gone"
             # Jobs posted in the window must land on the new primary, not on the old one
-            # (which would drop them when it resyncs as a replica).
-            window = [
-                api.post_job(job_body(files.url("tiny.png", w=i), aggr, callbacks.url)) for i in range(10)
+            # (which would drop them when it resyncs as a replica). The new primary has no
+            # replica yet, so WAIT_REPLICAS=1 refuses them with 503 and undoes them: a 201
+            # is only for a job a replica holds, a 503 leaves nothing anywhere.
+            answers = [
+                api.http.post("/download", json=job_body(files.url("tiny.png", w=i), aggr, callbacks.url))
+                for i in range(10)
             ]
+            assert {r.status_code for r in answers} <= {201, 503}, [r.text for r in answers]
+            assert all(r.headers["retry-after"] for r in answers if r.status_code == 503)
+            window = [r.json()["id"] for r in answers if r.status_code == 201]
             assert not any(demoted.exists(f"job:{j}") for j in window)
             wait_until(
                 lambda: demoted.info("replication")["role"] == "slave", 30, "the old primary's demotion"
@@ -142,8 +155,11 @@ def test_a_graceful_failover_moves_every_process_to_the_new_primary(
         finally:
             demoted.close()
 
+        wait_until(lambda: _replicas(stack.db) >= 1, 30, "the old primary to replicate the new one")
         after = [api.post_job(job_body(files.url("tiny.png", i=i), aggr, callbacks.url)) for i in range(10)]
         assert all(callbacks.wait_for(j, timeout=30)["success"] for j in window + after)
+        called_back = {c.payload["job_id"] for c in callbacks.all()}
+        assert called_back == {before, *window, *after}, "a 503 made no job"
         assert "the primary moved from" in worker.output() + notifier.output()
         wait_until(lambda: _no_leases_left(stack.db), 30, "every lease to be released")
         for proc in (api, worker, notifier):

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 from pathlib import Path
 
 import pytest
@@ -33,8 +35,6 @@ CONFIG = {
 
 @pytest.fixture(autouse=True)
 def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    import os
-
     for name in list(os.environ):
         if name.startswith("DOWNLOADER_"):
             monkeypatch.delenv(name)
@@ -88,7 +88,25 @@ def test_the_samples_misplaced_download_url_is_accepted(tmp_path: Path) -> None:
         ({"DOWNLOADER_WORKER_CONCURRENCY": "zero"}, "DOWNLOADER_WORKER_CONCURRENCY"),
         ({"DOWNLOADER_STORAGE_BACKEND": "ftp"}, "DOWNLOADER_STORAGE_BACKEND"),
         ({"DOWNLOADER_CALLBACK_MAX_ATTEMPTS": "0"}, "DOWNLOADER_CALLBACK_MAX_ATTEMPTS"),
-        ({"DOWNLOADER_DISK_LOW_WATERMARK_PERCENT": "99"}, "disk_low_watermark_percent"),
+        ({"DOWNLOADER_DISK_LOW_WATERMARK_PERCENT": "99"}, "DOWNLOADER_DISK_LOW_WATERMARK_PERCENT"),
+        # Not JSON: pydantic-settings raised its own error, a 48-line traceback.
+        (
+            {"DOWNLOADER_DEFAULT_REQUEST_HEADERS": "{bad"},
+            "DOWNLOADER_DEFAULT_REQUEST_HEADERS: not valid JSON",
+        ),
+        ({"DOWNLOADER_KAFKA_CONFIG": "{bad"}, "DOWNLOADER_KAFKA_CONFIG: not valid JSON"),
+        ({"DOWNLOADER_WORKER_RESOURCES": "[1,"}, "DOWNLOADER_WORKER_RESOURCES: not valid JSON"),
+        (
+            {"DOWNLOADER_DEFAULT_REQUEST_HEADERS": '{"X-A": 1}'},
+            "DOWNLOADER_DEFAULT_REQUEST_HEADERS (key 'X-A')",
+        ),
+        # redis-py only parsed these when the first client connected.
+        ({"DOWNLOADER_REDIS_URL": "notaurl"}, "DOWNLOADER_REDIS_URL: not a Redis URL"),
+        ({"DOWNLOADER_REDIS_URL": "redis://h:sixthousand/0"}, "DOWNLOADER_REDIS_URL: not a Redis URL"),
+        ({"DOWNLOADER_REDIS_URL": "redis://h:6379/zero"}, "DOWNLOADER_REDIS_URL: the database number"),
+        # Parsed by their users at start-up, inside uvicorn's for `api` (a traceback).
+        ({"DOWNLOADER_REDIS_SENTINELS": "s1:port"}, "DOWNLOADER_REDIS_SENTINELS"),
+        ({"DOWNLOADER_ALLOWED_NETWORKS": "10.0.0.0/99"}, "DOWNLOADER_ALLOWED_NETWORKS"),
     ],
 )
 def test_a_bad_setting_is_one_line_naming_it(
@@ -120,6 +138,92 @@ def test_unreadable_config_files_are_refused(tmp_path: Path) -> None:
     (tmp_path / "bad.json").write_text("{")
     with pytest.raises(ConfigurationError, match="not valid JSON"):
         settings.load(tmp_path / "bad.json")
+
+
+def test_a_bad_redis_url_does_not_show_its_password(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DOWNLOADER_REDIS_URL", "redis://:hunter2-secret@h:port/0")
+    with pytest.raises(ConfigurationError) as info:
+        settings.load()
+    assert "hunter2-secret" not in str(info.value) and "[redacted]" in str(info.value)
+
+
+def test_a_bad_secret_is_named_but_not_shown(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DOWNLOADER_KAFKA_CONFIG", '{"sasl.password": ["hunter2-secret"]}')
+    with pytest.raises(ConfigurationError) as info:
+        settings.load()
+    assert "DOWNLOADER_KAFKA_CONFIG" in str(info.value) and "hunter2-secret" not in str(info.value)
+
+
+# A typo is built, not written: tests/unit/test_settings.py is itself scanned for names below.
+P = settings.ENV_PREFIX
+LEASE_TYPO = P + "LEASE_SECOND"
+
+
+def test_a_variable_no_setting_reads_is_a_warning_naming_the_closest_one(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv(LEASE_TYPO, "5")
+    monkeypatch.setenv(settings.ENV_PREFIX + "XYZZY", "1")
+    with caplog.at_level("WARNING", logger="downloader.settings"):
+        loaded = settings.load()
+    assert loaded.lease_seconds == 60  # the typo did nothing, but now it says so
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{LEASE_TYPO} is not a setting and is ignored; did you mean DOWNLOADER_LEASE_SECONDS?",
+        f"{settings.ENV_PREFIX}XYZZY is not a setting and is ignored (no setting has a similar name)",
+    ]
+
+
+def test_variables_read_elsewhere_are_no_typos() -> None:
+    environ = {
+        "DOWNLOADER_LOG_LEVEL": "DEBUG",  # the CLI, before the settings load
+        "DOWNLOADER_TEST_TIME": "1",  # the original's switch
+        "DOWNLOADER_API_KEY": "token",  # `enqueue --api`
+        "DOWNLOADER_HELM_CACHE": "/tmp/h",  # the test tooling
+        "downloader_lease_seconds": "5",  # names are case-insensitive
+        # What Kubernetes gives every pod for the Services of a release named "downloader"
+        # (built, not written: the scan below would read them as names of ours).
+        P + "API_SERVICE_HOST": "10.96.0.7",
+        P + "API_SERVICE_PORT": "80",
+        P + "API_SERVICE_PORT_HTTP": "80",
+        P + "API_PORT": "tcp://10.96.0.7:80",
+        P + "API_PORT_80_TCP": "tcp://10.96.0.7:80",
+        P + "API_PORT_80_TCP_PROTO": "tcp",
+        P + "API_PORT_80_TCP_PORT": "80",
+        P + "API_PORT_80_TCP_ADDR": "10.96.0.7",
+        P + "REDIS_PORT": "tcp://10.96.0.8:6379",
+    }
+    assert settings.unknown_variables(environ) == []
+    # A name Kubernetes could have given, with a value it would not: a typo after all.
+    assert settings.unknown_variables({settings.ENV_PREFIX + "METRIC_PORT": "9100"}) == [
+        f"{settings.ENV_PREFIX}METRIC_PORT is not a setting and is ignored; did you mean DOWNLOADER_METRICS_PORT?"
+    ]
+
+
+#: Directories whose files are not ours (environments, caches, build output).
+SKIPPED_DIRS = {".git", ".venv", "build", "node_modules", "__pycache__", ".hypothesis", ".pytest_cache"}
+
+
+def test_every_downloader_variable_the_repository_names_is_read() -> None:
+    """The chart, the operator, the docs and the tools name only variables something reads
+    (the chart once put the signing key in a variable one letter short of the setting's, which
+    nothing read: callbacks went unsigned). One read outside the settings goes in
+    OTHER_VARIABLES."""
+    root = Path(__file__).resolve().parents[2]
+    pattern = re.compile(r"DOWNLOADER_[A-Z0-9_]*[A-Z0-9]")
+    known = settings.known_variables()
+    unknown: dict[str, str] = {}
+    for directory, dirs, names in os.walk(root):
+        dirs[:] = [d for d in dirs if d not in SKIPPED_DIRS and not d.endswith(".egg-info")]
+        for name in names:
+            path = Path(directory) / name
+            try:
+                text = path.read_text(encoding="utf-8")
+            except (UnicodeDecodeError, OSError):
+                continue  # images and other binaries
+            for found in pattern.findall(text):
+                if found not in known:
+                    unknown.setdefault(found, str(path.relative_to(root)))
+    assert unknown == {}, "read by something other than Settings? add it to settings.OTHER_VARIABLES"
 
 
 def test_test_time_shrinks_backoff_units(monkeypatch: pytest.MonkeyPatch) -> None:

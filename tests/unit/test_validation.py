@@ -556,8 +556,8 @@ def test_callback_url_wins_even_over_invalid_type_and_dst() -> None:
     assert job.callback_url == CALLBACK
 
 
-def test_callback_type_is_not_checked_against_known_backends() -> None:
-    job, _ = parse(typed(callback_type="pigeon", callback_dst="loft"))
+def test_the_originals_rules_leave_the_callback_type_unchecked() -> None:
+    job = validation.job_from_fields(typed(callback_type="pigeon", callback_dst="loft"))
     assert (job.callback_type, job.callback_dst) == ("pigeon", "loft")
 
 
@@ -566,10 +566,9 @@ def test_callback_type_is_not_checked_against_known_backends() -> None:
     [
         ({}, ("", "")),
         ({"callback_type": "http"}, ("http", "")),
-        ({"callback_dst": "http://x/cb"}, ("", "http://x/cb")),
         ({"callback_type": 5, "callback_dst": None}, ("", "")),
     ],
-    ids=["none", "type-alone", "dst-alone", "non-strings-ignored"],
+    ids=["none", "type-alone", "non-strings-ignored"],
 )
 def test_with_own_bucket_the_callback_is_optional(
     changes: dict[str, object], expected: tuple[str, str]
@@ -636,8 +635,8 @@ def test_expires_at_is_ignored() -> None:
         assert aggregation.expires_at == ""
 
 
-def test_url_may_be_an_absolute_path() -> None:
-    assert parse(base(url="/x"))[0].url == "/x"
+def test_the_originals_rules_let_the_url_be_an_absolute_path() -> None:
+    assert validation.job_from_fields(base(url="/x")).url == "/x"
 
 
 # --- precedence: the first failing rule wins ----------------------------------------------
@@ -687,7 +686,7 @@ ACCEPTED_URIS = [
 @pytest.mark.parametrize("raw", ACCEPTED_URIS)
 def test_parse_request_uri_accepts(raw: str) -> None:
     gourl.parse_request_uri(raw)  # raises ValueError on rejection
-    assert parse(base(url=raw))[0].url == raw
+    assert validation.job_from_fields(base(url=raw)).url == raw
 
 
 REJECTED_URIS = [
@@ -851,3 +850,106 @@ def test_max_size_above_the_services_cap_is_refused_not_lowered() -> None:
 def test_download_timeout_above_any_cap_is_accepted_as_the_original_did() -> None:
     # the worker caps it at DOWNLOADER_DOWNLOAD_TIMEOUT_SECONDS; refusing would break old clients
     assert parse(base(download_timeout=10**9))[0].download_timeout == 10**9
+
+
+# --- refused at the door: what the original accepted and could never do ----------------------
+
+SOCKS_REFUSAL = "is not supported: SOCKS proxies are not available, use an http:// or https:// proxy"
+NEVER_SUCCEEDS = [
+    ("url-ftp", base(url="ftp://example.org/a.png"), "Job", 'URL scheme must be http or https, was "ftp"'),
+    ("url-file", base(url="file:///etc/hosts"), "Job", 'URL scheme must be http or https, was "file"'),
+    ("url-path-only", base(url="/x"), "Job", 'URL scheme must be http or https, was ""'),
+    ("url-no-host", base(url="http:?x"), "Job", 'URL must name a host: "http:?x"'),
+    ("callback-url-ftp", base(callback_url="ftp://x/cb"), "Job", 'callback URL scheme must be http or https, was "ftp"'),
+    (
+        "callback-type-unknown",
+        typed(callback_type="pigeon", callback_dst="loft"),
+        "Job",
+        'Unknown callback_type "pigeon": must be one of "http", "kafka", "sqs"',
+    ),
+    (
+        "callback-type-upper-case",
+        typed(callback_type="HTTP"),
+        "Job",
+        'Unknown callback_type "HTTP": must be one of "http", "kafka", "sqs"',
+    ),
+    ("http-callback-dst-not-a-url", typed(callback_dst="loft"), "Job", 'callback_dst scheme must be http or https, was ""'),
+    ("http-callback-dst-file", typed(callback_dst="file:///x"), "Job", 'callback_dst scheme must be http or https, was "file"'),
+    (
+        "own-bucket-dst-without-type",
+        base(callback_url=_MISSING, s3_bucket="b", s3_region="r", callback_dst="http://x/cb"),
+        "Job",
+        'Unknown callback_type "": must be one of "http", "kafka", "sqs"',
+    ),
+    (
+        "error-type-unknown",
+        typed(callback_error_type="pigeon", callback_error_dst="loft"),
+        "Job",
+        'Unknown callback_error_type "pigeon": must be one of "http", "kafka", "sqs"',
+    ),
+    (
+        "error-dst-ftp-with-the-callback-type",
+        typed(callback_error_dst="ftp://x/errors"),
+        "Job",
+        'callback_error_dst scheme must be http or https, was "ftp"',
+    ),
+    ("mime-no-slash", base(mime_type="jpeg"), "Job", 'Invalid MimeType Pattern, "jpeg": each item of the comma-separated list is a type/subtype pattern such as image/jpeg or image/*'),
+    ("mime-star", base(mime_type="*"), "Job", 'Invalid MimeType Pattern, "*": each item'),
+    ("mime-negated-no-slash", base(mime_type="!pdf,image/*"), "Job", 'Invalid MimeType Pattern, "!pdf": each item'),
+    ("mime-space-separated", base(mime_type="image/jpeg image/png"), "Job", 'Invalid MimeType Pattern, "image/jpeg image/png"'),
+    ("mime-no-subtype", base(mime_type="image/"), "Job", 'Invalid MimeType Pattern, "image/"'),
+    ("proxy-socks5", base(aggr_proxy="socks5://127.0.0.1:1080"), "Aggregation", f'Aggregation proxy scheme "socks5" {SOCKS_REFUSAL}'),
+    ("proxy-socks5h", base(aggr_proxy="socks5h://u:p@127.0.0.1:1080"), "Aggregation", f'Aggregation proxy scheme "socks5h" {SOCKS_REFUSAL}'),
+    ("proxy-socks4", base(aggr_proxy="SOCKS4://127.0.0.1:1080"), "Aggregation", f'Aggregation proxy scheme "socks4" {SOCKS_REFUSAL}'),
+    ("proxy-ftp", base(aggr_proxy="ftp://proxy:21"), "Aggregation", 'Aggregation proxy scheme must be http or https, was "ftp"'),
+    ("proxy-path-only", base(aggr_proxy="/proxy"), "Aggregation", 'Aggregation proxy scheme must be http or https, was ""'),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("body", "target", "reason"), [c[1:] for c in NEVER_SUCCEEDS], ids=[c[0] for c in NEVER_SUCCEEDS]
+)
+def test_what_can_never_succeed_is_refused_with_a_clear_reason(
+    body: dict[str, object], target: str, reason: str
+) -> None:
+    error = rejection(body)
+    assert (error.target, error.reason[: len(reason)]) == (target, reason), error.reason
+
+
+FEASIBLE = [
+    ("kafka", typed(callback_type="kafka", callback_dst="topic")),
+    ("sqs", typed(callback_type="sqs", callback_dst="https://sqs.eu-west-1.amazonaws.com/1/q")),
+    ("error-kafka-beside-http", typed(callback_error_type="kafka", callback_error_dst="errors")),
+    ("upper-case-scheme", base(url="HTTPS://EXAMPLE.ORG/a.png", callback_url="HTTP://x/cb")),
+    ("mime-any", base(mime_type="*/*")),
+    ("mime-list-with-blanks", base(mime_type=" image/jpeg , ,!image/vnd.adobe.photoshop,")),
+    ("mime-class-may-be-the-slash", base(mime_type="image[/]jpeg")),
+    ("proxy-http", base(aggr_proxy="http://proxy.example:3128")),
+    ("proxy-https-with-credentials", base(aggr_proxy="https://u:p@proxy.example")),
+]
+
+
+@pytest.mark.parametrize("body", [c[1] for c in FEASIBLE], ids=[c[0] for c in FEASIBLE])
+def test_what_can_succeed_still_passes(body: dict[str, object]) -> None:
+    parse(body)
+
+
+@pytest.mark.parametrize(
+    ("body", "target", "reason"),
+    [
+        (base(url="ftp://x/%zz"), "Job", 'Could not parse URL: parse "ftp://x/%zz": invalid URL escape "%zz"'),
+        (typed(callback_type="pigeon", callback_dst="loft", mime_type=5), "Job", "MimeType pattern must be a string"),
+        (base(url="ftp://x/a", aggr_limit=_MISSING), "Aggregation", "Aggregation limit must be a number"),
+        (base(aggr_proxy="socks5://127.0.0.1:1080", aggr_limit=0), "Aggregation", "Aggregation limit must be greater than 0"),
+        (base(mime_type="jpeg", max_retries=-1), "Job", "Max retries must not be negative"),
+    ],
+)  # fmt: skip
+def test_what_the_original_refused_keeps_its_text(body: dict[str, object], target: str, reason: str) -> None:
+    error = rejection(body)
+    assert (error.target, error.reason) == (target, reason)
+
+
+def test_the_callback_types_are_those_the_metrics_know() -> None:
+    from downloader import metrics
+
+    assert validation.CALLBACK_TYPES == metrics.CALLBACK_BACKENDS
