@@ -1,13 +1,31 @@
-"""The container images' checks (no Docker engine needed): see test_dockerfiles.py."""
+"""The container images, built for real with podman (tests/images/build.sh) and run.
+
+`images` builds (or takes from the cache outside the repository) Dockerfile.api and
+Dockerfile.worker on a Python 3.11 base made from Debian's packages, once per session, and
+prints what each step cost (podman_images.py).
+"""
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from podman_images import Images, build
 
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers",
-        "images: checks of Dockerfile.api, Dockerfile.worker and .dockerignore without a Docker engine "
-        "(the install check needs PyPI, the hadolint check PyPI once for its binary)",
+        "images: Dockerfile.api and Dockerfile.worker built with podman on a local Debian base and "
+        "run (needs root, podman, runc and mmdebstrap, which scripts/bootstrap installs for the "
+        "tests, and the package index for pip and Debian's packages on a cold cache)",
     )
+
+
+@pytest.fixture(scope="session")
+def images() -> Images:
+    return build()
