@@ -148,6 +148,9 @@ INSTANCES_PREFIX = "instances:"
 INSTANCE_ROLES = ("api", "worker", "notifier", "operator")
 INSTANCE_HEARTBEAT_SECONDS = 5.0
 INSTANCE_TTL_SECONDS = 3 * INSTANCE_HEARTBEAT_SECONDS
+#: TTL of a role's whole sorted set, set on a process's first beat and then every half of it
+#: (not each beat): it only clears the key once every process of the role has stopped.
+INSTANCE_KEY_TTL_SECONDS = 60
 #: List (newest first) of JSON records of downloads that ended Failed, capped by LTRIM.
 RECENT_FAILURES = "RecentFailures"
 RECENT_FAILURES_KEPT = 50

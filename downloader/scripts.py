@@ -430,6 +430,13 @@ for _, id in ipairs(redis.call('ZRANGEBYSCORE', callback_inflight, '-inf', clock
   end
 end
 table.insert(out, callbacks)
+-- when the next lease falls due, in seconds from now on Redis's clock ('' when none is held)
+local next_due = nil
+for _, head in ipairs({redis.call('ZRANGE', leases_due, 0, 0, 'WITHSCORES'),
+                       redis.call('ZRANGE', callback_inflight, 0, 0, 'WITHSCORES')}) do
+  if #head > 0 and (next_due == nil or tonumber(head[2]) < next_due) then next_due = tonumber(head[2]) end
+end
+table.insert(out, next_due and tostring(math.max(0, next_due - clock)) or '')
 return out
 """
 )

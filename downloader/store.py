@@ -135,6 +135,8 @@ class Recovered:
 
     downloads: list[tuple[str, str, int]]
     callbacks: int
+    next_due_in: float | None = None
+    """Seconds until the next lease held anywhere expires; None when none is held."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -196,6 +198,8 @@ class Store:
     def __init__(self, client: redis.Redis, *, meta_ttl: int = keys.JOB_META_TTL_SECONDS) -> None:
         self.redis = client
         self.meta_ttl = meta_ttl
+        self._key_ttls = _KeyTTLs()
+        self._stats_written: dict[str, tuple[str, float]] = {}
         register = client.register_script
         self._claim = register(scripts.CLAIM_DOWNLOADS)
         self._renew = register(scripts.RENEW)
@@ -507,11 +511,11 @@ class Store:
                       max_aggregations, max_leases, keys.QUEUE_PREFIX, keys.INFLIGHT_PREFIX,
                       keys.LEASES_PREFIX, keys.JOB_PREFIX, keys.JOB_META_PREFIX, keys.JOB_ERRORS_PREFIX],
             ))  # fmt: skip
-        *flat, callbacks = reply
+        *flat, callbacks, next_due = reply
         downloads = [
             (str(a), str(j), int(r)) for a, j, r in zip(flat[::3], flat[1::3], flat[2::3], strict=True)
         ]
-        return Recovered(downloads, int(callbacks))
+        return Recovered(downloads, int(callbacks), float(next_due) if next_due else None)
 
     # --- callbacks --------------------------------------------------------------
 
@@ -672,8 +676,15 @@ class Store:
     # --- stats and reads ----------------------------------------------------------
 
     def write_stats(self, component: str, payload: str, ttl_seconds: float) -> None:
+        """`stats:<component>`; the same payload again only once half its TTL has passed, so
+        an idle process does not rewrite its unchanged counters every interval."""
+        now = time.monotonic()
+        last = self._stats_written.get(component)
+        if last is not None and last[0] == payload and now - last[1] < ttl_seconds / 2:
+            return
         with translated():
             self.redis.set(keys.stats(component), payload, px=max(1, int(ttl_seconds * 1000)))
+        self._stats_written[component] = (payload, now)
 
     def job_hash(self, job_id: str) -> dict[str, str]:
         with translated():
@@ -683,7 +694,9 @@ class Store:
 
     def heartbeat(self, instance: Instance, now: float | None = None) -> None:
         with translated():
-            added, _ = _heartbeat(self.redis.pipeline(transaction=False), instance, now).execute()
+            added = _heartbeat(
+                self.redis.pipeline(transaction=False), instance, now, self._key_ttls
+            ).execute()[0]
             if added:
                 _prune_instances(self.redis.pipeline(transaction=False), instance.role, now).execute()
 
@@ -866,6 +879,7 @@ class AsyncStore:
         self.meta_ttl = meta_ttl
         self.wait_replicas = wait_replicas
         self.wait_timeout_ms = wait_timeout_ms
+        self._key_ttls = _KeyTTLs()
         self._follower: asyncio.Task[None] | None = None
         self._enqueue = client.register_script(scripts.ENQUEUE)
         self._release_held = client.register_script(scripts.RELEASE_HELD)
@@ -1006,7 +1020,8 @@ class AsyncStore:
 
     async def heartbeat(self, instance: Instance, now: float | None = None) -> None:
         with translated():
-            added, _ = await _heartbeat(self.redis.pipeline(transaction=False), instance, now).execute()
+            pipe = _heartbeat(self.redis.pipeline(transaction=False), instance, now, self._key_ttls)
+            added = (await pipe.execute())[0]
             if added:
                 await _prune_instances(self.redis.pipeline(transaction=False), instance.role, now).execute()
 
@@ -1118,13 +1133,28 @@ class Instance:
 _Pipeline = TypeVar("_Pipeline", redis.client.Pipeline, redis.asyncio.client.Pipeline)
 
 
-def _heartbeat(pipe: _Pipeline, instance: Instance, now: float | None) -> _Pipeline:
-    """Renew the instance's entry and let the whole key go when the last process stops
-    renewing. Two commands per beat: an idle process costs Redis next to nothing."""
+class _KeyTTLs:
+    """When each instances key's TTL is next due to be set again (INSTANCE_KEY_TTL_SECONDS,
+    every half of it): a beat is then one ZADD, not two commands."""
+
+    def __init__(self) -> None:
+        self._due: dict[str, float] = {}
+
+    def due(self, key: str, now: float) -> bool:
+        if now < self._due.get(key, float("-inf")):
+            return False
+        self._due[key] = now + keys.INSTANCE_KEY_TTL_SECONDS / 2
+        return True
+
+
+def _heartbeat(pipe: _Pipeline, instance: Instance, now: float | None, ttls: _KeyTTLs) -> _Pipeline:
+    """Renew the instance's entry, and now and then the whole key's TTL, which lets it go
+    once the last process stopped renewing: an idle process costs Redis next to nothing."""
     now = time.time() if now is None else now
     key = keys.instances(instance.role)
     pipe.zadd(key, {instance.encode(): now + keys.INSTANCE_TTL_SECONDS})
-    pipe.expire(key, int(keys.INSTANCE_TTL_SECONDS) + 1)
+    if ttls.due(key, now):
+        pipe.expire(key, keys.INSTANCE_KEY_TTL_SECONDS)
     return pipe
 
 

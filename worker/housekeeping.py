@@ -36,6 +36,14 @@ class Every:
         self._next = now + self.interval
         return True
 
+    def next_in(self, seconds: float) -> None:
+        """The next time is `seconds` from now instead."""
+        self._next = time.monotonic() + seconds
+
+    def due_in(self) -> float:
+        """Seconds until the next time (negative once it has passed)."""
+        return self._next - time.monotonic()
+
     __call__ = due
 
 
@@ -49,10 +57,18 @@ def loop_until(stopping: threading.Event, step: Callable[[], None], log: logging
             stopping.wait(1.0)
 
 
-def recover_expired_leases(db: Store, crash_tolerance: int) -> int:
+def recover_expired_leases(db: Store, settings: Settings, every: Every) -> int:
     """Give back the jobs and callbacks whose leases expired on Redis's clock (their process
-    died or hung); any process may run it, as often as it likes. Returns how many."""
-    done = db.recover_due(crash_tolerance=crash_tolerance, error=LOST_LEASE_TEXT)
+    died or hung); any process may run it, as often as it likes. Returns how many.
+
+    `every` is rescheduled for when the next lease held falls due, no sooner than the
+    recovery interval and no later than the scan interval or a lease (one that a process
+    takes meanwhile falls due a lease from now): an idle fleet recovers nothing every 30 s
+    instead of every 10, a crashed process's leases are recovered as soon as they expire."""
+    done = db.recover_due(crash_tolerance=settings.crash_tolerance, error=LOST_LEASE_TEXT)
+    latest = min(settings.scan_interval_seconds, settings.lease_seconds)
+    wait = latest if done.next_due_in is None else min(done.next_due_in, latest)
+    every.next_in(max(settings.recovery_every, wait))
     metrics.LEASE_RECOVERIES.labels("callback", "requeued").inc(done.callbacks)
     for aggr_id, job_id, result in done.downloads:
         fields = {"event": "lease_recovered", "job_id": job_id, "aggr_id": aggr_id}

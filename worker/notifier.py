@@ -66,6 +66,8 @@ class Notifier:
         self._slow = 0  # deliveries that stepped aside into a slow slot
         self._wake = threading.Event()
         self._stopping = threading.Event()
+        # the fleet's lease recovery: rescheduled by each pass for when the next lease falls due
+        self._recovery = Every(settings.recovery_every, first_now=True)
         self._next_reap = 0.0
 
     def run(self) -> None:
@@ -266,7 +268,7 @@ class Notifier:
     def _housekeeping(self) -> None:
         threading.Thread(target=self._rescue_orphans, name="notifier-rescue", daemon=True).start()
         renew = Every(self.settings.lease_seconds / 3)
-        recover = Every(self.settings.recovery_every, first_now=True)
+        recover = self._recovery
         reap = self._reap_due
         stats = Every(self.settings.stats_interval_seconds, first_now=True)
         heartbeat = Every(keys.INSTANCE_HEARTBEAT_SECONDS, first_now=True)
@@ -307,7 +309,7 @@ class Notifier:
             metrics.LEASES_LOST.labels("callback").inc()
 
     def _recover(self) -> None:
-        if recover_expired_leases(self.db, self.settings.crash_tolerance):
+        if recover_expired_leases(self.db, self.settings, self._recovery):
             self._wake.set()
 
     def _reap_due(self) -> bool:

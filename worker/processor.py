@@ -128,6 +128,8 @@ class Processor:
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stopping = threading.Event()
+        # the fleet's lease recovery: rescheduled by each pass for when the next lease falls due
+        self._recovery = Every(settings.recovery_every, first_now=True)
         self._reread = threading.Event()
         """Set when the registry must be read again now (after a (re)subscription)."""
         self._paused = threading.Event()
@@ -360,7 +362,7 @@ class Processor:
 
     def _housekeeping(self) -> None:
         reread = Every(self.settings.scan_interval_seconds, first_now=True)
-        recover = Every(self.settings.recovery_every, first_now=True)
+        recover = self._recovery
         stats = Every(self.settings.stats_interval_seconds, first_now=True)
         disk = Every(self.settings.disk_check_interval_seconds, first_now=True)
         heartbeat = Every(keys.INSTANCE_HEARTBEAT_SECONDS, first_now=True)
@@ -419,7 +421,7 @@ class Processor:
         self._wake.set()
 
     def _recover(self) -> None:
-        if recover_expired_leases(self.db, self.settings.crash_tolerance):
+        if recover_expired_leases(self.db, self.settings, self._recovery):
             self._wake.set()
 
     def _check_disk(self) -> None:

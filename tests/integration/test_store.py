@@ -440,3 +440,51 @@ def test_an_unreadable_job_is_set_aside_as_a_dead_letter_and_no_sweep_queues_it_
     assert rdb.zscore("jobs:aggr", bad) is None
     assert db.set_aside("aggr", good, new_token(), reason="x") is False  # not our lease: untouched
     assert db.dead_letter(good) is None and rdb.zscore("inflight:aggr", good) is not None
+
+
+def test_a_recovery_pass_says_when_the_next_lease_falls_due_and_is_scheduled_by_it(
+    db: Store, rdb: redis.Redis
+) -> None:
+    """An idle fleet runs recovery at the scan interval, a busy one when the next lease
+    expires (never sooner than the recovery interval nor later than a lease)."""
+    from downloader.settings import Settings
+    from downloader.worker.housekeeping import Every, recover_expired_leases
+
+    settings = Settings(scan_interval_seconds=30, lease_seconds=60, recovery_interval_seconds=2)
+    every = Every(1000)
+
+    assert db.recover_due(crash_tolerance=1, error="lost").next_due_in is None
+    recover_expired_leases(db, settings, every)
+    assert every.due_in() == pytest.approx(30, abs=1)  # nothing held: the scan interval
+    queued_job(db)
+    db.claim("aggr", 1, new_token(), lease_seconds=12)
+    assert db.recover_due(crash_tolerance=1, error="lost").next_due_in == pytest.approx(12, abs=1)
+    recover_expired_leases(db, settings, every)
+    assert every.due_in() == pytest.approx(12, abs=1)  # the lease's expiry
+    queued_job(db, aggr="soon")
+    db.claim("soon", 1, new_token(), lease_seconds=0.5)
+    recover_expired_leases(db, settings, every)
+    assert every.due_in() == pytest.approx(2, abs=0.5)  # no sooner than the recovery interval
+
+
+def test_unchanged_stats_and_instance_key_ttls_are_not_rewritten_every_time(
+    db: Store, rdb: redis.Redis
+) -> None:
+    from downloader.store import Instance
+
+    db.write_stats("processor", '{"alive": 1}', 15)
+    rdb.delete("stats:processor")
+    db.write_stats("processor", '{"alive": 1}', 15)  # unchanged, written 0 s ago: skipped
+    assert not rdb.exists("stats:processor")
+    db.write_stats("processor", '{"alive": 1, "x": 1}', 15)
+    assert rdb.get("stats:processor") == '{"alive": 1, "x": 1}'
+
+    now = time.time()
+    worker = Instance.here("worker", "w-1")
+    db.heartbeat(worker, now=now)
+    assert 0 < rdb.ttl(keys.instances("worker")) <= keys.INSTANCE_KEY_TTL_SECONDS
+    rdb.persist(keys.instances("worker"))
+    db.heartbeat(worker, now=now + 5)  # one ZADD
+    assert rdb.ttl(keys.instances("worker")) == -1
+    db.heartbeat(worker, now=now + keys.INSTANCE_KEY_TTL_SECONDS / 2 + 1)  # the key's TTL is due again
+    assert 0 < rdb.ttl(keys.instances("worker")) <= keys.INSTANCE_KEY_TTL_SECONDS

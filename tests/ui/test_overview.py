@@ -52,7 +52,7 @@ def test_heartbeats_list_live_instances_and_forget_stopped_ones(db: Store, rdb: 
     db.heartbeat(alive, now=now)
     members = rdb.zrange(keys.instances("worker"), 0, -1)
     assert [json.loads(m)["id"] for m in members] == ["w-alive"]  # the stale entry was pruned
-    assert 0 < rdb.ttl(keys.instances("worker")) <= keys.INSTANCE_TTL_SECONDS + 1
+    assert 0 < rdb.ttl(keys.instances("worker")) <= keys.INSTANCE_KEY_TTL_SECONDS
     db.heartbeat(alive, now=now + 1)
     assert rdb.zcard(keys.instances("worker")) == 1  # renewing moves the score, adds nothing
 
