@@ -57,6 +57,10 @@ DEAD_LETTERS = "DeadLetters"
 CLAIM_RECEIPT_PREFIX = "claimed:"
 #: String held (SET NX EX) by the one process of the fleet running the adoption sweep.
 ADOPTION_LOCK = "downloader:adoption"
+#: String held (SET NX EX, renewed per page) by the one process sweeping for the original's
+#: orphaned jobs (`Store.rescue_orphans`, at a notifier's start): notifiers that start together
+#: (a rollout) do not all scan every job at once.
+RESCUE_LOCK = "downloader:rescue"
 
 #: Pub/sub channel (not a key): the API publishes an aggregation id on it when that
 #: aggregation's queue goes from empty to non-empty, so idle workers start at once instead

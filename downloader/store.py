@@ -45,6 +45,8 @@ HOLD_SECONDS = 30.0
 #: What a 503 for a job too few replicas acknowledged tells the client to wait: a replica that
 #: fell behind or reconnects catches up within seconds.
 NOT_REPLICATED_RETRY_AFTER = 5
+#: How long `RESCUE_LOCK` outlives a sweeper that died (renewed after every page).
+RESCUE_LOCK_SECONDS = 60
 
 
 def new_job_id() -> str:
@@ -549,25 +551,69 @@ class Store:
                 args=[repr(lease_seconds), token, *ids],
             ))  # fmt: skip
 
-    def rescue_orphans(self, batch: int = 1000) -> dict[str, int]:
-        """Queue again the jobs no queue knows of (left by the original's crashes).
+    def rescue_orphans(self, batch: int = 1000, pause: float = 0.0) -> dict[str, int] | None:
+        """Queue again the jobs no queue knows of (left by the original's crashes); None when
+        another process of the fleet is sweeping right now (`RESCUE_LOCK`).
 
-        One SCAN over `job:*`; each candidate is re-checked atomically by a script, so a job
-        that another process holds is never touched.
+        One SCAN over `job:*`, a page at a time: a pipeline reads the page's jobs, a second one
+        asks the queues of those whose state says they should be in one, and only the jobs
+        that look orphaned are re-checked atomically by a script (a job another process holds
+        is never touched): three round trips per page instead of two per job.
         """
         found = {"download": 0, "callback": 0}
         now = time.time()
+        token = new_token()
         with translated():
-            for job_key in self.redis.scan_iter(match=keys.JOB_PATTERN, count=batch):
-                job_id = job_key[len(keys.JOB_PREFIX) :]
-                aggr = cast(str | None, self.redis.hget(job_key, "AggrID"))
-                if not aggr:
-                    continue
+            if not self.redis.set(keys.RESCUE_LOCK, token, nx=True, ex=RESCUE_LOCK_SECONDS):
+                return None
+            try:
+                cursor = 0
+                while True:
+                    cursor, page = self.redis.scan(cursor, match=keys.JOB_PATTERN, count=batch)
+                    self._rescue_page(cast(list[str], page), now, found)
+                    if not cursor:
+                        return found
+                    self.redis.expire(keys.RESCUE_LOCK, RESCUE_LOCK_SECONDS)
+                    if pause:
+                        time.sleep(pause)
+            finally:
+                if self.redis.get(keys.RESCUE_LOCK) == token:
+                    self.redis.delete(keys.RESCUE_LOCK)
+
+    def _rescue_page(self, job_keys: list[str], now: float, found: dict[str, int]) -> None:
+        if not job_keys:
+            return
+        read = self.redis.pipeline(transaction=False)
+        for job_key in job_keys:
+            read.hmget(job_key, "AggrID", "DownloadState", "CallbackState")
+        jobs = [
+            (job_key[len(keys.JOB_PREFIX) :], aggr, download, callback)
+            for job_key, (aggr, download, callback) in zip(job_keys, read.execute(), strict=True)
+            if aggr
+        ]
+        # Where each job's state says it must be: a callback InProgress in the callback
+        # queue or lease; a download Pending or InProgress in its aggregation's queue or lease.
+        where: list[tuple[str, ...]] = []
+        for _, aggr, download, callback in jobs:
+            places: tuple[str, ...] = ()
+            if callback == "InProgress":
+                places = (keys.CALLBACK_QUEUE, keys.CALLBACK_INFLIGHT)
+            elif download in ("Pending", "InProgress"):
+                places = (keys.queue(aggr), keys.inflight(aggr))
+            where.append(places)
+        look = self.redis.pipeline(transaction=False)
+        for (job_id, *_), places in zip(jobs, where, strict=True):
+            for place in places:
+                look.zscore(place, job_id)
+        scores = iter(look.execute())
+        rescue = self.redis.pipeline(transaction=False)
+        for (job_id, aggr, _, _), places in zip(jobs, where, strict=True):
+            if places and [next(scores) for _ in places] == [None] * len(places):
                 call = rescue_orphan_call(job_id=job_id, aggr_id=aggr, now=now)
-                kind = self._rescue(keys=call.keys, args=call.args)
-                if kind:
-                    found[str(kind)] += 1
-        return found
+                self._rescue(keys=call.keys, args=call.args, client=rescue)
+        for kind in rescue.execute():
+            if kind:
+                found[str(kind)] += 1
 
     def callback_delivered(self, job_id: str, token: str, delete_at: float, location: str) -> int:
         """`location`: the encoded storage Location the reaper deletes at `delete_at`."""

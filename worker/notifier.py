@@ -288,9 +288,12 @@ class Notifier:
         """Once per start: jobs the original service popped and lost (as its notifier did
         for InProgress callbacks at start-up, and more: downloads too)."""
         try:
-            found = self.db.rescue_orphans()
+            found = self.db.rescue_orphans(pause=0.01)  # paced: a million jobs must not stall Redis
         except DownloaderError as exc:
             log.warning("start-up sweep for orphaned jobs failed: %s", exc)
+            return
+        if found is None:
+            log.info("another process is sweeping for orphaned jobs; this notifier skips it")
             return
         if any(found.values()):
             log.warning("queued again %d orphaned downloads and %d orphaned callbacks",

@@ -488,3 +488,37 @@ def test_unchanged_stats_and_instance_key_ttls_are_not_rewritten_every_time(
     assert rdb.ttl(keys.instances("worker")) == -1
     db.heartbeat(worker, now=now + keys.INSTANCE_KEY_TTL_SECONDS / 2 + 1)  # the key's TTL is due again
     assert 0 < rdb.ttl(keys.instances("worker")) <= keys.INSTANCE_KEY_TTL_SECONDS
+
+
+def test_the_orphan_sweep_runs_its_script_only_for_orphans_page_by_page_and_once_in_the_fleet(
+    db: Store, rdb: redis.Redis
+) -> None:
+    """At a million jobs the start-up sweep must not cost a script per job: pages are read by
+    pipelines, and only jobs that no queue or lease holds are re-checked by the script."""
+    expected = {"download": 0, "callback": 0}
+    for n in range(60):
+        job_id = queued_job(db)
+        if n % 3 == 0:  # popped by the original, which died
+            rdb.zrem("jobs:aggr", job_id)
+            rdb.hset(keys.job(job_id), "DownloadState", "InProgress")
+            expected["download"] += 1
+        elif n % 5 == 0:  # its callback was being sent when the original died
+            rdb.zrem("jobs:aggr", job_id)
+            rdb.hset(keys.job(job_id), mapping={"DownloadState": "Success", "CallbackState": "InProgress"})
+            expected["callback"] += 1
+    db.claim("aggr", 2, new_token(), 30)  # held by us: not orphans
+    orphans = expected["download"] + expected["callback"]
+
+    rdb.set(keys.RESCUE_LOCK, "another notifier")
+    assert db.rescue_orphans(batch=7) is None  # someone else is sweeping
+    rdb.delete(keys.RESCUE_LOCK)
+
+    def scripts_run() -> int:
+        return int(rdb.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0))
+
+    before = scripts_run()
+    assert db.rescue_orphans(batch=7) == expected
+    assert scripts_run() - before == orphans
+    assert not rdb.exists(keys.RESCUE_LOCK)
+    assert db.rescue_orphans(batch=7) == {"download": 0, "callback": 0}
+    assert rdb.zcard("jobs:aggr") + rdb.zcard("inflight:aggr") == 60 - expected["callback"]
