@@ -26,7 +26,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
 
 import urllib3
 import urllib3.exceptions
@@ -454,13 +454,4 @@ def _raise_if_interrupted(attempt: Attempt, exc: BaseException, code: int = 0) -
 
 
 def _abort(attempt: Attempt) -> None:
-    """Unblock a thread stuck in recv(): on the response's socket, or, while the headers
-    are still arriving, on the socket that waits for them."""
-    sock = attempt.waiting_on
-    if attempt.response is not None:
-        response: Any = attempt.response
-        connection: Any = getattr(response, "connection", None) or getattr(response, "_connection", None)
-        sock = getattr(connection, "sock", None)
-    if sock is not None:
-        with contextlib.suppress(OSError):
-            sock.shutdown(socket.SHUT_RDWR)
+    outbound.shut_down(attempt.response, attempt.waiting_on)

@@ -1031,13 +1031,19 @@ class Watched:
 
     def abort(self) -> None:
         self.expired = True
-        sock = self.waiting_on
-        connection: Any = getattr(self.response, "connection", None) if self.response is not None else None
-        if connection is not None and getattr(connection, "sock", None) is not None:
-            sock = connection.sock
-        if sock is not None:
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
+        shut_down(self.response, self.waiting_on)
+
+
+def shut_down(response: Response | None, waiting_on: socket.socket | None) -> None:
+    """Unblock a thread stuck in recv() of an exchange: on its response's socket, or, while
+    the headers are still arriving, on the socket that waits for them."""
+    sock = waiting_on
+    if response is not None:
+        connection: Any = getattr(response, "connection", None) or getattr(response, "_connection", None)
+        sock = getattr(connection, "sock", None)
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
 
 
 class Watchdog:
@@ -1051,18 +1057,21 @@ class Watchdog:
         self._cond = threading.Condition()
         self._deadlines: dict[Watched, float] = {}
         self._thread: threading.Thread | None = None
+        self._wakes_at = float("inf")  # when the thread wakes next on its own
 
     @contextlib.contextmanager
     def watch(self, seconds: float) -> Iterator[Watched]:
         """A `Watched` for an exchange made in this block (direct connections report their
         socket while they wait for headers), aborted `seconds` from now if still running."""
         watched = Watched()
+        deadline = time.monotonic() + seconds
         with self._cond:
-            self._deadlines[watched] = time.monotonic() + seconds
+            self._deadlines[watched] = deadline
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
                 self._thread.start()
-            self._cond.notify()
+            if deadline < self._wakes_at:  # rarely: exchanges share one timeout, so later ones fall due later
+                self._cond.notify()
         try:
             with watching_sockets(watched.waiting):
                 yield watched
@@ -1085,7 +1094,8 @@ class Watchdog:
                 for watched in overdue:
                     del self._deadlines[watched]
                     watched.abort()
-                self._cond.wait(min(self._deadlines.values(), default=now + 3600.0) - now)
+                self._wakes_at = min(self._deadlines.values(), default=float("inf"))
+                self._cond.wait(min(self._wakes_at, now + 3600.0) - now)
 
 
 class _PinnedConnectionMixin:

@@ -62,8 +62,8 @@ class Notifier:
         self._lock = threading.Lock()
         self._busy = 0
         self._delivering: set[str] = set()
-        self._started: dict[str, float] = {}  # deliveries in a fast slot: when they began
-        self._slow = 0  # deliveries that stepped aside into a slow slot
+        # deliveries in a fast slot: when they began (the other busy ones stepped aside)
+        self._started: dict[str, float] = {}
         self._wake = threading.Event()
         self._stopping = threading.Event()
         # the fleet's lease recovery: rescheduled by each pass for when the next lease falls due
@@ -112,7 +112,7 @@ class Notifier:
     def _dispatch_once(self) -> None:
         with self._lock:
             slots = self.settings.notifier_concurrency
-            fast = self._busy - self._slow
+            fast = len(self._started)  # the others stepped aside
             free = min(slots - fast, slots + self.settings.notifier_slow_concurrency - self._busy)
         if free <= 0:
             self._wake.wait(0.5)
@@ -153,8 +153,7 @@ class Notifier:
             with self._lock:
                 self._busy -= 1
                 self._delivering.discard(job_id)
-                if self._started.pop(job_id, None) is None:
-                    self._slow -= 1
+                self._started.pop(job_id, None)
             self._wake.set()
 
     def _step_aside(self) -> None:
@@ -163,11 +162,10 @@ class Notifier:
         waiting thread until the callback timeout, never the capacity of healthy receivers."""
         cutoff = time.monotonic() - SLOW_DELIVERY_SECONDS
         with self._lock:
-            room = self.settings.notifier_slow_concurrency - self._slow
+            room = self.settings.notifier_slow_concurrency - (self._busy - len(self._started))
             late = [job_id for job_id, began in self._started.items() if began <= cutoff][: max(0, room)]
             for job_id in late:
                 del self._started[job_id]
-            self._slow += len(late)
         if late:
             self._wake.set()
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from harness import print_figures
 from procs import Stack, aggr_id, job_body
-from servers import CallbackServer, FileServer, wait_until
+from servers import CallbackServer, FileServer, RawServer, read_request_head, wait_until
 
 pytestmark = pytest.mark.chaos
 
@@ -33,55 +33,40 @@ LATENESS = 1.5
 
 
 class HostileReceiver:
-    """One listening socket; every connection reads the request, then either trickles the
+    """A server of its own; every connection reads the request, then either trickles the
     status line (a byte every half second, headers never complete) or answers 503 with
     64 KiB blocks for as long as the client reads. Records connections and bytes sent."""
 
     def __init__(self, kind: str) -> None:
         self.kind = kind
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}/callback"
-        self.connections = 0
         self.sent = 0
         self._stop = threading.Event()
-        threading.Thread(target=self._accept, daemon=True).start()
+        self.server = RawServer(self._serve)
+        self.url = f"http://127.0.0.1:{self.server.port}/callback"
+
+    @property
+    def connections(self) -> int:
+        return self.server.connections
 
     def stop(self) -> None:
         self._stop.set()
-        self.sock.close()
-
-    def _accept(self) -> None:
-        while not self._stop.is_set():
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            self.connections += 1
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+        self.server.close()
 
     def _serve(self, conn: socket.socket) -> None:
-        with conn:
-            try:
-                request = b""
-                while b"\r\n\r\n" not in request:
-                    data = conn.recv(65536)
-                    if not data:
-                        return
-                    request += data
-                if self.kind == "trickle":
-                    for byte in b"HTTP/1.1 200 OK\r\nX-Slow: " + b"a" * 10_000:
-                        if self._stop.wait(0.5):
-                            return
-                        conn.sendall(bytes([byte]))
-                        self.sent += 1
-                else:
-                    conn.sendall(b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\n\r\n")
-                    block = os.urandom(1 << 16)
-                    while not self._stop.is_set():
-                        conn.sendall(block)  # blocks while the client does not read; fails once it left
-                        self.sent += len(block)
-            except OSError:
-                return
+        if read_request_head(conn) is None:
+            return
+        if self.kind == "trickle":
+            for byte in b"HTTP/1.1 200 OK\r\nX-Slow: " + b"a" * 10_000:
+                if self._stop.wait(0.5):
+                    return
+                conn.sendall(bytes([byte]))
+                self.sent += 1
+        else:
+            conn.sendall(b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\n\r\n")
+            block = os.urandom(1 << 16)
+            while not self._stop.is_set():
+                conn.sendall(block)  # blocks while the client does not read; fails once it left
+                self.sent += len(block)
 
 
 @pytest.fixture

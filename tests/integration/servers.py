@@ -15,11 +15,15 @@ Both listen on 127.0.0.1 on a free port, run in a daemon thread and record what 
 
 `CallbackServer` records every POST body; it answers `status` (200), or the next entry of
 a queue of statuses set with `answer_next`; `hold_next` makes it slow to answer.
+
+`RawServer` hands every connection to a function of the test's, for servers that misbehave
+below HTTP (trickling, endless, silent).
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import json
 import select
@@ -445,3 +449,43 @@ def _job_id(raw: bytes) -> str | None:
     except ValueError:
         return None
     return doc.get("job_id") if isinstance(doc, dict) else None
+
+
+class RawServer:
+    """A listening socket on 127.0.0.1: every connection is counted and handed to
+    `serve(conn)` in a thread of its own, then closed (socket errors end it quietly)."""
+
+    def __init__(self, serve: Callable[[socket.socket], None]) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = int(self.sock.getsockname()[1])
+        self.connections = 0
+        self._serve = serve
+        threading.Thread(target=self._accept, name="raw-server", daemon=True).start()
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.connections += 1
+            threading.Thread(target=self._run, args=(conn,), daemon=True).start()
+
+    def _run(self, conn: socket.socket) -> None:
+        with conn, contextlib.suppress(OSError):
+            self._serve(conn)
+
+
+def read_request_head(conn: socket.socket) -> bytes | None:
+    """The next request's head, through its blank line; None once the client hung up.
+    (Bodies are not read: the tests' clients send small ones along with the head.)"""
+    head = b""
+    while b"\r\n\r\n" not in head:
+        data = conn.recv(65536)
+        if not data:
+            return None
+        head += data
+    return head

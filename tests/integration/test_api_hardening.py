@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import json
 import re
-import socket
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +17,7 @@ import redis
 from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
 from procs import Stack, aggr_id, free_port, job_body
-from servers import CallbackServer, FileServer
+from servers import CallbackServer, FileServer, RawServer
 from starlette.routing import Mount, Route
 from starlette.websockets import WebSocketDisconnect
 
@@ -375,32 +373,10 @@ def body_of(**fields: object) -> str:
 # --- item 6: a SOCKS proxy met at fetch time (stored by the original) fails once, clearly -----
 
 
-class Listener:
-    """A TCP port that records connections: where a SOCKS proxy would be."""
-
-    def __init__(self) -> None:
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        self.connections = 0
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            self.connections += 1
-            conn.close()
-
-    def close(self) -> None:
-        self.sock.close()
-
-
 def test_a_socks_proxy_stored_by_the_original_fails_the_job_once_with_a_clear_error(
     stack: Stack, files: FileServer, callbacks: CallbackServer, rdb: redis.Redis
 ) -> None:
-    proxy = Listener()
+    proxy = RawServer(lambda _conn: None)  # where a SOCKS proxy would be: counts connections
     try:
         aggr = aggr_id("socks")
         # The aggregation as the Go service wrote it; a POST keeps an existing one's proxy.

@@ -9,7 +9,6 @@ what they need. Everything else is real: sockets, HTTP, TLS.
 from __future__ import annotations
 
 import base64
-import contextlib
 import datetime
 import http.server
 import ipaddress
@@ -28,6 +27,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from servers import RawServer, read_request_head
 
 from downloader.errors import DestinationNotAllowed, DownloadError, NotificationError
 from downloader.fetching import Fetched, Fetcher, FetchLimits
@@ -622,38 +622,16 @@ def test_a_callback_request_is_what_it_was(server: Server) -> None:
         "Post \"/cb\": Invalid URL '/cb': No scheme supplied. Perhaps you meant https:///cb?"  # fmt: skip
 
 
-class _Answering:
-    """A raw server answering every request on one connection with `answer(conn)`."""
+class _Answering(RawServer):
+    """Answers every request of a connection with `answer(conn)`."""
 
     def __init__(self, answer: Callable[[socket.socket], None]) -> None:
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}/cb"
-        self.connections = 0
-        self._answer = answer
-        threading.Thread(target=self._accept, daemon=True).start()
+        def serve(conn: socket.socket) -> None:
+            while read_request_head(conn) is not None:
+                answer(conn)
 
-    def _accept(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            self.connections += 1
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
-
-    def _serve(self, conn: socket.socket) -> None:
-        with conn, contextlib.suppress(OSError):
-            while True:
-                request = b""
-                while b"\r\n\r\n" not in request:
-                    data = conn.recv(65536)
-                    if not data:
-                        return
-                    request += data
-                self._answer(conn)
-
-    def close(self) -> None:
-        self.sock.close()
+        super().__init__(serve)
+        self.url = f"http://127.0.0.1:{self.port}/cb"
 
 
 def test_a_callback_has_one_total_deadline_however_slowly_the_receiver_trickles() -> None:
