@@ -202,7 +202,19 @@ class Cluster:
         old = self.replica  # swapped by wait_for_failover
         old.args = ["--save", "", "--appendonly", "no", "--replicaof", "127.0.0.1", str(self.primary.port)]
         old.start()
-        old.wait(lambda c: c.info("replication").get("master_link_status") == "up", "to sync", 30)
+        # Settled once either node is a synced replica of the other: on a loaded host the
+        # sentinels may fail over once more (they judged the new primary down) and promote
+        # the node just restarted; the roles are taken as they end up.
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            for primary, replica in ((self.primary, old), (old, self.primary)):
+                if _replicates(replica, primary):
+                    self.primary, self.replica = primary, replica
+                    return
+            if old.proc is not None and old.proc.poll() is not None:
+                old.fail(f"exited with {old.proc.returncode} while waiting to sync")
+            time.sleep(0.1)
+        old.fail("timed out after 30s waiting for either node to be a synced replica of the other")
 
     def stop(self) -> None:
         for proc in [*self.sentinels, self.replica, self.primary]:
@@ -210,6 +222,22 @@ class Cluster:
 
     def log_tails(self, lines: int = 30) -> str:
         return "\n".join(p.log_tails(lines) for p in [self.primary, self.replica, *self.sentinels])
+
+
+def _replicates(replica: RedisProc, primary: RedisProc) -> bool:
+    """`replica` is a replica of `primary` with its link up."""
+    client = replica.client()
+    try:
+        info = client.info("replication")
+    except redis.RedisError:
+        return False
+    finally:
+        client.close()
+    return (
+        info.get("role") == "slave"
+        and info.get("master_link_status") == "up"
+        and int(info.get("master_port", 0)) == primary.port
+    )
 
 
 def _names(client: redis.Redis, primary: tuple[str, int]) -> bool:
