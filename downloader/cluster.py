@@ -7,12 +7,13 @@ an Aggregation the first time an aggregation id is seen, at most once per id.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, cast
 
@@ -66,6 +67,7 @@ class Cluster:
         self.namespace = namespace
         self.custom = client.CustomObjectsApi(api)
         self.apps = client.AppsV1Api(api)
+        self.core = client.CoreV1Api(api)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Cluster:
@@ -105,6 +107,20 @@ class Cluster:
         _call(
             f"patching Deployment {name}", self.apps.patch_namespaced_deployment, name, self.namespace, patch
         )
+
+    # --- worker pods --------------------------------------------------------------------
+
+    def pod_annotations(self, selector: Mapping[str, str]) -> dict[str, dict[str, str]]:
+        """The annotations of each pod the label `selector` matches, by pod name."""
+        labels = ",".join(f"{k}={v}" for k, v in sorted(selector.items()))
+        listing = functools.partial(self.core.list_namespaced_pod, label_selector=labels)
+        listed = _call(f"listing pods {labels}", listing, self.namespace)
+        return {pod.metadata.name: dict(pod.metadata.annotations or {}) for pod in listed.items}
+
+    def annotate_pod(self, name: str, annotations: Mapping[str, str]) -> None:
+        """Set annotations on a pod; one that is already gone is no error."""
+        _call(f"annotating pod {name}", self.core.patch_namespaced_pod, name, self.namespace,
+              {"metadata": {"annotations": dict(annotations)}}, tolerate=404)  # fmt: skip
 
 
 _TOLERATED = object()

@@ -234,6 +234,9 @@ class WorkerPod:
     #: every pod has its own address, so one fixed port never collides. 0 = none.
     metrics_port: int = 9100
     uid: int = 10001
+    #: The worker's drain on SIGTERM (DOWNLOADER_SHUTDOWN_GRACE_SECONDS); the pod's
+    #: terminationGracePeriodSeconds leaves it 10 s more before the kubelet kills it.
+    shutdown_grace_seconds: float = 25.0
 
 
 def deployment(spec: Spec, namespace: str, replicas: int, pod: WorkerPod) -> dict[str, Any]:
@@ -254,7 +257,11 @@ def deployment(spec: Spec, namespace: str, replicas: int, pod: WorkerPod) -> dic
         "image": pod.image,
         "imagePullPolicy": pod.pull_policy,
         "args": ["worker", "--aggregation", spec.id],
-        "env": [{"name": "DOWNLOADER_WORKER_CONCURRENCY", "value": str(spec.worker_concurrency)}],
+        "env": [
+            {"name": "DOWNLOADER_WORKER_CONCURRENCY", "value": str(spec.worker_concurrency)},
+            # Its leases are matched to its pod by this name (see `deletion_costs`).
+            {"name": "DOWNLOADER_POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+        ],
         "envFrom": env_from,
         "resources": dict(pod.resources),
         "securityContext": {
@@ -289,8 +296,7 @@ def deployment(spec: Spec, namespace: str, replicas: int, pod: WorkerPod) -> dic
             {"name": "downloads", "emptyDir": {}},
             {"name": "files", **files},
         ],
-        # Longer than the worker's drain (DOWNLOADER_SHUTDOWN_GRACE_SECONDS, 25 s).
-        "terminationGracePeriodSeconds": 35,
+        "terminationGracePeriodSeconds": math.ceil(pod.shutdown_grace_seconds) + 10,
     }
     if pod.service_account:
         pod_spec["serviceAccountName"] = pod.service_account
@@ -344,3 +350,17 @@ def parse_time(value: str | None) -> float | None:
 def _iso(stamp: float) -> str:
     moment = datetime.datetime.fromtimestamp(stamp, tz=datetime.UTC).replace(microsecond=0)
     return moment.isoformat().replace("+00:00", "Z")
+
+
+#: The ReplicaSet controller removes the pods with the lowest cost first on a scale-down.
+DELETION_COST = "controller.kubernetes.io/pod-deletion-cost"
+
+
+def deletion_costs(
+    annotations: Mapping[str, Mapping[str, str]], downloads: Mapping[str, int]
+) -> dict[str, str]:
+    """The pod-deletion-cost each worker pod should carry before its Deployment scales down:
+    its downloads in flight, so idle pods go first and the busiest last. Only the pods whose
+    annotation differs are returned (each is one API call)."""
+    wanted = {pod: str(downloads.get(pod, 0)) for pod in annotations}
+    return {pod: cost for pod, cost in wanted.items() if annotations[pod].get(DELETION_COST, "0") != cost}

@@ -278,6 +278,11 @@ class Settings(BaseSettings):
     kube_namespace: str = "default"
     """Namespace of the Aggregation resources and worker Deployments."""
 
+    pod_name: str = ""
+    """This process's pod (the worker Deployments set it from the downward API): the name the
+    dashboard lists and the operator matches leases to when it picks the pods to remove on a
+    scale-down. "" = the host name (a pod's own name, unless it runs on the host network)."""
+
     kube_create_aggregations: bool = True
     """Whether the API creates the Aggregation of an aggregation id it sees first (when it
     has cluster access)."""

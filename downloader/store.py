@@ -352,6 +352,22 @@ class Store:
             queued, in_flight = pipe.execute()
         return int(queued), int(in_flight)
 
+    def downloads_per_host(self, aggr_id: str) -> dict[str, int]:
+        """Downloads in flight of one aggregation per live worker's host (its pod name): the
+        leases name their worker's token, the `instances:worker` entries its host."""
+        with translated():
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.hvals(keys.leases(aggr_id))
+            pipe.zrangebyscore(keys.instances("worker"), repr(time.time()), "+inf")
+            holders, members = pipe.execute()
+        host_of = {worker.id: worker.host for worker in (Instance.decode("worker", m) for m in members)}
+        counts: dict[str, int] = {}
+        for token in holders:
+            host = host_of.get(token)
+            if host is not None:
+                counts[host] = counts.get(host, 0) + 1
+        return counts
+
     def apply_aggregation(self, fields: Mapping[str, str], *, paused: bool) -> None:
         """Write `aggr:<id>` from an Aggregation's spec; mark it managed, paused or not."""
         aggr_id = fields["ID"]
@@ -1155,10 +1171,10 @@ class Instance:
     started: float
 
     @classmethod
-    def here(cls, role: str, instance_id: str | None = None) -> Instance:
-        return cls(
-            role, instance_id or new_token(), socket.gethostname(), os.getpid(), __version__, time.time()
-        )
+    def here(cls, role: str, instance_id: str | None = None, host: str = "") -> Instance:
+        """This process; `host` names it (its pod, DOWNLOADER_POD_NAME), else the host name."""
+        host = host or socket.gethostname()
+        return cls(role, instance_id or new_token(), host, os.getpid(), __version__, time.time())
 
     def encode(self) -> str:
         # Fixed once the process starts: renewing the entry only moves its score.

@@ -80,6 +80,7 @@ class Reconciler:
             env_configmap=s.worker_env_configmap, env_secret=s.worker_env_secret,
             service_account=s.worker_service_account, tmp_dir=str(s.tmp_dir),
             storage_root=str(s.storage_root), storage_claim=s.worker_storage_claim,
+            shutdown_grace_seconds=s.shutdown_grace_seconds,
         )  # fmt: skip
         wanted = planning.deployment(spec, s.kube_namespace, replicas, pod)
         if found is None:
@@ -90,9 +91,23 @@ class Reconciler:
             found["spec"]["template"], wanted["spec"]["template"]
         ):
             return
+        if replicas < int(found["spec"].get("replicas") or 0):
+            await self._spare_busy_pods(spec, wanted["spec"]["selector"]["matchLabels"])
         # Replicas and the pod template are ours; re-applying them also undoes manual drift.
         patch = {"spec": {"replicas": replicas, "template": wanted["spec"]["template"]}}
         await asyncio.to_thread(self.cluster.patch_deployment, wanted["metadata"]["name"], patch)
+
+    async def _spare_busy_pods(self, spec: planning.Spec, selector: dict[str, str]) -> None:
+        """Before a scale-down, rank the worker pods by their downloads in flight (the
+        pod-deletion-cost annotation), so that the idle ones are removed first. A pod that must
+        go anyway drains on SIGTERM and gives back what it cannot finish, without an attempt."""
+        try:
+            downloads = await asyncio.to_thread(self.db.downloads_per_host, spec.id)
+        except StoreError:
+            return  # the reconcile reports Redis; scaling down blind is what Kubernetes does
+        pods = await asyncio.to_thread(self.cluster.pod_annotations, selector)
+        for pod, cost in planning.deletion_costs(pods, downloads).items():
+            await asyncio.to_thread(self.cluster.annotate_pod, pod, {planning.DELETION_COST: cost})
 
     async def retire(self, body: kopf.Body, logger: kopf.Logger, **_: Any) -> None:
         """The Aggregation is being deleted: pause its jobs in Redis (they stay queued)."""

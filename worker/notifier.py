@@ -53,7 +53,8 @@ class Notifier:
         self.storage = storage
         self.stats = stats or Stats("notifier")
         self.token = store.new_token()
-        self.instance = store.Instance.here("notifier", self.token)  # listed on the dashboard
+        # listed on the dashboard
+        self.instance = store.Instance.here("notifier", self.token, settings.pod_name)
         self.signing_keys = signing.parse_keys(settings.callback_signing_keys)
         self.backends = backends if backends is not None else notifying.build_backends(settings)
         self.threads = ThreadPoolExecutor(

@@ -108,7 +108,8 @@ class Processor:
         self.only = only
         self.stats = stats or Stats("processor")
         self.token = store.new_token()
-        self.instance = store.Instance.here("worker", self.token)  # listed on the dashboard
+        # listed on the dashboard
+        self.instance = store.Instance.here("worker", self.token, settings.pod_name)
         self.fetcher = Fetcher(
             FetchLimits(
                 connect_timeout=settings.connect_timeout_seconds,

@@ -522,3 +522,26 @@ def test_the_orphan_sweep_runs_its_script_only_for_orphans_page_by_page_and_once
     assert not rdb.exists(keys.RESCUE_LOCK)
     assert db.rescue_orphans(batch=7) == {"download": 0, "callback": 0}
     assert rdb.zcard("jobs:aggr") + rdb.zcard("inflight:aggr") == 60 - expected["callback"]
+
+
+def test_downloads_in_flight_are_counted_per_live_workers_pod(db: Store) -> None:
+    """What the operator ranks pods by before a scale-down: leases matched to the pod names of
+    live workers (a dead worker's leases, or a worker not yet listed, count for no pod)."""
+    from downloader.store import Instance
+
+    for _ in range(6):
+        queued_job(db, limit=6)
+    busy, idle, unlisted = (
+        Instance.here("worker", "t-busy", "pod-a"),
+        Instance.here("worker", "t-idle", "pod-b"),
+        "t-x",
+    )
+    db.heartbeat(busy)
+    db.heartbeat(idle)
+    db.heartbeat(Instance.here("worker", "t-dead", "pod-c"), now=time.time() - 60)  # its entry expired
+    assert len(db.claim("aggr", 3, "t-busy", 30).jobs) == 3
+    assert len(db.claim("aggr", 1, "t-dead", 30).jobs) == 1
+    assert len(db.claim("aggr", 1, unlisted, 30).jobs) == 1
+    assert db.downloads_per_host("aggr") == {"pod-a": 3}
+    assert db.downloads_per_host("other") == {}
+    assert Instance.here("worker", "t").host  # no pod name: the host name

@@ -37,12 +37,14 @@ OPERATOR_NEEDS = [
     ("create", "deployments.apps"),
     ("patch", "deployments.apps"),
     ("create", "events"),
+    ("list", "pods"),  # the pod-deletion-cost of worker pods, before a scale-down
+    ("patch", "pods"),
 ]
 #: Cluster-wide: kopf discovers the CRD it serves.
 OPERATOR_NEEDS_CLUSTER = [("list", "customresourcedefinitions.apiextensions.k8s.io"),
                           ("watch", "customresourcedefinitions.apiextensions.k8s.io")]  # fmt: skip
 #: Least privilege: none of these.
-OPERATOR_MUST_NOT = [("get", "secrets"), ("delete", "deployments.apps"), ("create", "pods"),
+OPERATOR_MUST_NOT = [("get", "secrets"), ("delete", "deployments.apps"), ("create", "pods"), ("delete", "pods"),
                      ("delete", "aggregations.downloader.io")]  # fmt: skip
 
 

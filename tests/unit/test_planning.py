@@ -211,3 +211,30 @@ def test_worker_pods_are_hardened_and_write_only_to_volumes() -> None:
     assert volumes["files"]["persistentVolumeClaim"] == {"claimName": "files-pvc"}
     no_claim = planning.deployment(spec(), "ns", 1, planning.WorkerPod(image="img"))
     assert {"name": "files", "emptyDir": {}} in no_claim["spec"]["template"]["spec"]["volumes"]
+
+
+def test_worker_pods_know_their_own_name() -> None:
+    container = planning.deployment(spec(), "ns", 1, planning.WorkerPod(image="img"))["spec"]["template"][
+        "spec"
+    ]["containers"][0]
+    pod_name = next(e for e in container["env"] if e["name"] == "DOWNLOADER_POD_NAME")
+    assert pod_name["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+
+
+def test_deletion_costs_rank_pods_by_downloads_in_flight_and_skip_unchanged_ones() -> None:
+    cost = planning.DELETION_COST
+    annotations = {"w-a": {}, "w-b": {cost: "3"}, "w-c": {cost: "2"}, "w-d": {"other": "x"}}
+    downloads = {"w-a": 2, "w-b": 3, "gone-pod": 5}  # w-c finished its downloads; w-d never had any
+    assert planning.deletion_costs(annotations, downloads) == {"w-a": "2", "w-c": "0"}
+    assert planning.deletion_costs({}, downloads) == {}
+    assert planning.deletion_costs({"w-a": {cost: "2"}}, downloads) == {}
+
+
+def test_worker_pods_are_given_their_drain_and_ten_seconds_more_before_a_kill() -> None:
+    def grace(pod: planning.WorkerPod) -> object:
+        return planning.deployment(spec(), "ns", 1, pod)["spec"]["template"]["spec"][
+            "terminationGracePeriodSeconds"
+        ]
+
+    assert grace(planning.WorkerPod(image="img")) == 35
+    assert grace(planning.WorkerPod(image="img", shutdown_grace_seconds=90.5)) == 101
