@@ -14,7 +14,7 @@ import hashlib
 import math
 import posixpath
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 GROUP = "downloader.io"
@@ -231,8 +231,16 @@ class WorkerPod:
     #: PersistentVolumeClaim shared with the notifier (filesystem storage); "" = emptyDir.
     storage_claim: str = ""
     #: /metrics of each worker (container port `metrics`, scraped by the chart's PodMonitor);
-    #: every pod has its own address, so one fixed port never collides. 0 = none.
+    #: every pod has its own address, so one fixed port never collides (but on the host
+    #: network it does: there 0 = none, no container port at all).
     metrics_port: int = 9100
+    #: In the node's network namespace (for nodes without a pod network); the pod still
+    #: resolves cluster names first (dnsPolicy ClusterFirstWithHostNet).
+    host_network: bool = False
+    #: The pod's nodeSelector; empty = any node.
+    node_selector: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    #: The pod's tolerations (Kubernetes Toleration objects), e.g. of a dedicated node's taint.
+    tolerations: Sequence[Mapping[str, Any]] = ()
     uid: int = 10001
     #: The worker's drain on SIGTERM (DOWNLOADER_SHUTDOWN_GRACE_SECONDS); the pod's
     #: terminationGracePeriodSeconds leaves it 10 s more before the kubelet kills it.
@@ -301,6 +309,13 @@ def deployment(spec: Spec, namespace: str, replicas: int, pod: WorkerPod) -> dic
     if pod.service_account:
         pod_spec["serviceAccountName"] = pod.service_account
         pod_spec["automountServiceAccountToken"] = False  # workers never call the Kubernetes API
+    if pod.host_network:
+        pod_spec["hostNetwork"] = True
+        pod_spec["dnsPolicy"] = "ClusterFirstWithHostNet"
+    if pod.node_selector:
+        pod_spec["nodeSelector"] = dict(pod.node_selector)
+    if pod.tolerations:
+        pod_spec["tolerations"] = [dict(t) for t in pod.tolerations]
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",

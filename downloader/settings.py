@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 ENV_PREFIX = "DOWNLOADER_"
 #: `DOWNLOADER_*` variables read outside the Settings class: by the CLI before the settings
 #: load (log level), by `enqueue --api`, by the original's test switch, and by the test
-#: tooling (build caches of tests/controlplane, tests/chart and tests/images).
+#: tooling (build caches of tests/controlplane, tests/chart, tests/images and tests/node).
 OTHER_VARIABLES = frozenset(
     {
         "DOWNLOADER_LOG_LEVEL",
@@ -42,6 +42,7 @@ OTHER_VARIABLES = frozenset(
         "DOWNLOADER_IMAGES_CACHE",
         "DOWNLOADER_IMAGES_KEEP",
         "DOWNLOADER_IMAGES_RUNROOT",
+        "DOWNLOADER_NODE_CACHE",
     }
 )
 #: Kubernetes gives every pod `<SERVICE>_SERVICE_HOST`, `<SERVICE>_PORT_80_TCP_ADDR`, ... for
@@ -317,6 +318,22 @@ class Settings(BaseSettings):
     worker_storage_claim: str = ""
     """PersistentVolumeClaim mounted at the storage root of worker pods (filesystem storage
     shared with the notifier); "" gives each pod an emptyDir (fine with S3 storage)."""
+
+    worker_metrics_port: int = pydantic.Field(default=9100, ge=0, le=65535)
+    """Port of each worker pod's `/metrics` (its container port `metrics`, which the chart's
+    PodMonitor scrapes); 0: none. Pods have addresses of their own, so one port fits all,
+    except on the host network (`worker_host_network`), where two pods of a node collide."""
+
+    worker_host_network: bool = False
+    """Run worker pods in their node's network namespace (dnsPolicy ClusterFirstWithHostNet),
+    for nodes without a pod network. NetworkPolicies do not apply to such pods."""
+
+    worker_node_selector: dict[str, str] = pydantic.Field(default_factory=dict)
+    """nodeSelector of the worker pods (JSON object); {} = any node."""
+
+    worker_tolerations: list[dict[str, str | int]] = pydantic.Field(default_factory=list)
+    """Tolerations of the worker pods (JSON list of Kubernetes Toleration objects, e.g.
+    `[{"key": "dedicated", "operator": "Equal", "value": "downloads", "effect": "NoSchedule"}]`)."""
 
     @classmethod
     def settings_customise_sources(

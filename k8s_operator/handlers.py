@@ -33,6 +33,8 @@ class Reconciler:
         self.cluster = cluster
 
     async def reconcile(self, body: kopf.Body, patch: kopf.Patch, logger: kopf.Logger, **_: Any) -> None:
+        if body.metadata.get("deletionTimestamp"):
+            return  # `retire` owns it now: a last refresh must not unpause it in Redis
         spec = planning.Spec.from_dict(body.spec)
         found = await asyncio.to_thread(self.cluster.read_deployment, planning.deployment_name(spec.id))
         observed = await self._observe(spec, body, found)
@@ -81,6 +83,8 @@ class Reconciler:
             service_account=s.worker_service_account, tmp_dir=str(s.tmp_dir),
             storage_root=str(s.storage_root), storage_claim=s.worker_storage_claim,
             shutdown_grace_seconds=s.shutdown_grace_seconds,
+            metrics_port=s.worker_metrics_port, host_network=s.worker_host_network,
+            node_selector=s.worker_node_selector, tolerations=s.worker_tolerations,
         )  # fmt: skip
         wanted = planning.deployment(spec, s.kube_namespace, replicas, pod)
         if found is None:

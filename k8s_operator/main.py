@@ -53,6 +53,13 @@ def run(settings: Settings) -> None:
         settings.posting.level = logging.INFO
         settings.watching.server_timeout = 60  # re-list regularly: survives quiet API-server restarts
         settings.networking.error_backoffs = [1, 2, 5, 10]
+        # A deleted Aggregation keeps kopf's finalizer until its `refresh` timer has exited. A
+        # timer caught mid-reconcile (a thread: not done within kopf's default ten zero-time
+        # loop cycles) was otherwise checked again only after cancellation_polling (60 s): the
+        # delete hung for a minute. Wait for it instead (a reconcile takes milliseconds), and
+        # poll every second should one ever take longer.
+        settings.background.instant_exit_timeout = 10.0
+        settings.background.cancellation_polling = 1.0
         memo.adoption = asyncio.create_task(reconciler.adopt_forever(stopped, log))
         memo.heartbeat = asyncio.create_task(_heartbeat(reconciler.db, stopped))
 

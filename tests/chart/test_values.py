@@ -354,6 +354,7 @@ def test_rbac_rules_are_exactly_as_designed(render: Renderer) -> None:
         (("downloader.io",), ("aggregations", "aggregations/status"),
          ("create", "get", "list", "patch", "update", "watch")),
         (("apps",), ("deployments",), ("create", "get", "list", "patch", "watch")),
+        (("",), ("pods",), ("list", "patch")),  # pod-deletion-cost before a scale-down
         (("", "events.k8s.io"), ("events",), ("create", "patch")),
     ])  # fmt: skip
     cluster_role = find(docs, "ClusterRole")
@@ -420,8 +421,9 @@ def test_fullname_override_and_long_release_names_stay_within_63(render: Rendere
         ({}, "kubectl port-forward --namespace dl service/r-downloader-api 8000:80"),
         ({"api": {"ingress": {"enabled": True}}}, "http://downloader.example.com/"),
         ({"api": {"service": {"type": "NodePort", "port": 80}}}, "NODE_PORT"),
+        ({"api": {"hostNetwork": True, "containerPort": 18000}}, "http://<node address>:18000/"),
     ],
-    ids=["clusterip", "ingress", "nodeport"],
+    ids=["clusterip", "ingress", "nodeport", "host-network"],
 )
 def test_notes_render_how_to_reach_the_api_and_list_aggregations(
     helm: Path, tmp_path: Path, values: dict[str, Any], expected: str

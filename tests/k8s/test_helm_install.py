@@ -6,8 +6,6 @@ uninstall that leaves only the CRD."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -15,13 +13,12 @@ from typing import Any
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "chart"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from helm import helm_binary
+from kubetools import CHART, helm, wait_for
 
 pytestmark = pytest.mark.k8s
 
-CHART = Path(__file__).resolve().parents[2] / "charts" / "downloader"
 RELEASE = "downloader"
 
 #: What the operator does through the API (k8s_operator/, downloader/cluster.py) and what
@@ -48,16 +45,6 @@ OPERATOR_MUST_NOT = [("get", "secrets"), ("delete", "deployments.apps"), ("creat
                      ("delete", "aggregations.downloader.io")]  # fmt: skip
 
 
-def helm(cluster: Any, tmp: Path, *args: str, timeout: float = 300) -> str:
-    env = {**os.environ, "KUBECONFIG": str(cluster.kubeconfig), "HELM_CACHE_HOME": str(tmp / "cache"),
-           "HELM_CONFIG_HOME": str(tmp / "config"), "HELM_DATA_HOME": str(tmp / "data")}  # fmt: skip
-    out = subprocess.run(
-        [str(helm_binary()), *args], env=env, capture_output=True, text=True, timeout=timeout
-    )
-    assert out.returncode == 0, f"helm {' '.join(args)} failed:\n{out.stdout}\n{out.stderr}"
-    return out.stdout
-
-
 def objects(cluster: Any, namespace: str, kinds: str) -> dict[str, dict[str, Any]]:
     listed = json.loads(cluster.kubectl("-n", namespace, "get", kinds, "-l", f"app.kubernetes.io/instance={RELEASE}",
                                         "-o", "json"))  # fmt: skip
@@ -71,16 +58,6 @@ def can_i(
     args += ["--all-namespaces"] if cluster_wide else ["-n", namespace]
     out = cluster.kubectl_run(*args)
     return str(out.stdout).strip() == "yes"
-
-
-def wait_for(predicate: Any, timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.5)
-    raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
 
 
 def test_install_upgrade_and_uninstall(cluster: Any, namespace: str, tmp_path: Path) -> None:

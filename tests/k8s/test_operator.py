@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,49 +20,12 @@ import redis
 from downloader import keys
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "integration"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from kubetools import Kube, wait_for
 from procs import Api, Proc, Stack, free_port, job_body
 
 pytestmark = pytest.mark.k8s
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.25) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = predicate()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:g}s waiting for {what} (last: {last!r})")
-
-
-class Kube:
-    """kubectl in the test's namespace, parsing JSON."""
-
-    def __init__(self, cluster: Any, namespace: str) -> None:
-        self.cluster = cluster
-        self.namespace = namespace
-
-    def run(self, *args: str) -> str:
-        return str(self.cluster.kubectl("-n", self.namespace, *args))
-
-    def get(self, kind: str, name: str) -> dict[str, Any] | None:
-        try:
-            return json.loads(self.run("get", kind, name, "-o", "json"))  # type: ignore[no-any-return]
-        except Exception:  # not found (kubectl exits non-zero)
-            return None
-
-    def aggregation(self, name: str) -> dict[str, Any] | None:
-        return self.get("aggregations.downloader.io", name)
-
-    def deployment(self, name: str) -> dict[str, Any] | None:
-        return self.get("deployment", f"downloader-worker-{name}")
-
-    def apply(self, doc: dict[str, Any], tmp: Path) -> None:
-        path = tmp / f"apply-{time.monotonic_ns()}.json"
-        path.write_text(json.dumps(doc))
-        self.run("apply", "-f", str(path))
 
 
 @pytest.fixture
@@ -251,3 +214,37 @@ def test_the_operator_recovers_after_the_api_server_restarts(ops: Stack, kube: K
     kube.apply(aggregation_doc("after-restart", "after-restart"), tmp_path)
     wait_for(lambda: rdb.hget("aggr:after-restart", "Limit") == "4", 60, "a new Aggregation handled")
     operator.check_alive()
+
+
+def test_deleted_aggregations_are_released_at_once_whatever_their_timer(
+    ops: Stack, kube: Kube, rdb: redis.Redis, tmp_path: Path
+) -> None:
+    """Issue 17: a delete that met the 1 s `refresh` timer mid-reconcile hung for a minute
+    (kopf re-checked the exiting timer only every 60 s). Twenty deletes in a row, half of them
+    with a queued job, each released within 5 s; those with jobs come back paused, jobs kept."""
+    start_operator(ops)
+    durations: list[float] = []
+    with_jobs: list[str] = []
+    for n in range(20):
+        name = f"del-{n}"
+        kube.apply(aggregation_doc(name, name), tmp_path)
+        if n % 2:
+            rdb.zadd(f"jobs:{name}", {f"queued-{n}": 1})
+            rdb.sadd(keys.AGGREGATIONS, name)
+            with_jobs.append(name)
+        wait_for(lambda name=name: kube.deployment(name), 30, f"the worker Deployment of {name}")  # type: ignore[misc]
+        if n % 4 < 2:
+            # Hold Redis for 1.5 s: within 1.2 s the 1 s timer is surely mid-reconcile, waiting
+            # on Redis in a thread, when the delete comes (the race of issue 17, made certain).
+            rdb.execute_command("CLIENT", "PAUSE", "1500", "ALL")
+            time.sleep(1.2)
+        else:
+            time.sleep(0.1 * (n % 10))  # meet the timer at other phases of its round
+        started = time.monotonic()
+        kube.run("delete", f"aggregation/{name}", "--wait=true", "--timeout=30s")
+        durations.append(time.monotonic() - started)
+    assert max(durations) < 5, [f"{d:.1f}" for d in durations]
+    for name in with_jobs:
+        again = wait_for(lambda name=name: kube.aggregation(name), 30, f"{name} re-adopted")  # type: ignore[misc]
+        assert again["spec"]["paused"] is True and rdb.zcard(f"jobs:{name}") == 1
+        assert rdb.sismember("PausedAggregations", name)

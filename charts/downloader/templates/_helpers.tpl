@@ -170,17 +170,15 @@ emptyDirs; the storage root is the shared claim, or an emptyDir.
 {{- end }}
 
 {{/*
-/metrics of the notifier and the operator (DOWNLOADER_METRICS_PORT); the operator gives its
-worker pods the same port (downloader/planning.py). Scraped by the PodMonitor.
-*/}}
-{{- define "downloader.metricsPort" -}}
-9100
-{{- end }}
-
-{{/*
 Pod-level fields shared by the chart's pods; call with (dict "ctx" $ "values" .Values.api).
+hostNetwork puts the pod in the node's network namespace (no pod network needed); the pod
+then still resolves cluster names first (ClusterFirstWithHostNet), as its other pods do.
 */}}
 {{- define "downloader.podPlacement" -}}
+{{- if .values.hostNetwork }}
+hostNetwork: true
+dnsPolicy: ClusterFirstWithHostNet
+{{- end }}
 {{- with .ctx.Values.imagePullSecrets }}
 imagePullSecrets:
   {{- toYaml . | nindent 2 }}

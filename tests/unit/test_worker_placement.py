@@ -1,0 +1,122 @@
+"""Where the operator's worker pods run: host network, nodeSelector, tolerations, metrics port.
+
+From the worker_* settings (as the chart's ConfigMap gives them) through the
+operator's `_apply_deployment` to the pod spec of `planning.deployment`, with plain values.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import pytest
+
+from downloader import planning
+from downloader.errors import ConfigurationError
+from downloader.operator.handlers import Reconciler
+from downloader.settings import Settings, load
+
+TAINT = {"key": "downloader.test/real-node", "operator": "Equal", "value": "true", "effect": "NoSchedule"}
+NODE = {"downloader.test/node": "real"}
+
+
+def pod_spec(pod: planning.WorkerPod) -> dict[str, Any]:
+    spec = planning.Spec.from_dict({"id": "shop.example.com", "limit": 4})
+    template: dict[str, Any] = planning.deployment(spec, "ns", 1, pod)["spec"]["template"]
+    return dict(template["spec"])
+
+
+def test_defaults_keep_the_pod_network_any_node_and_the_metrics_port() -> None:
+    spec = pod_spec(planning.WorkerPod(image="img"))
+    assert not {"hostNetwork", "dnsPolicy", "nodeSelector", "tolerations"} & spec.keys()
+    container = spec["containers"][0]
+    assert container["ports"] == [{"name": "metrics", "containerPort": 9100, "protocol": "TCP"}]
+    assert {"name": "DOWNLOADER_METRICS_PORT", "value": "9100"} in container["env"]
+
+
+def test_host_network_node_selector_and_tolerations_reach_the_pod_spec() -> None:
+    spec = pod_spec(
+        planning.WorkerPod(image="img", host_network=True, node_selector=NODE, tolerations=[TAINT])
+    )
+    assert spec["hostNetwork"] is True
+    # Cluster names still resolve first, as in the chart's other host-network pods.
+    assert spec["dnsPolicy"] == "ClusterFirstWithHostNet"
+    assert spec["nodeSelector"] == NODE
+    assert spec["tolerations"] == [TAINT]
+
+
+def test_metrics_port_zero_leaves_no_container_port_to_collide_on_the_host_network() -> None:
+    container = pod_spec(planning.WorkerPod(image="img", host_network=True, metrics_port=0))["containers"][0]
+    assert "ports" not in container
+    assert "DOWNLOADER_METRICS_PORT" not in [e["name"] for e in container["env"]]
+
+
+def test_another_metrics_port_is_served_and_declared() -> None:
+    container = pod_spec(planning.WorkerPod(image="img", metrics_port=9300))["containers"][0]
+    assert container["ports"] == [{"name": "metrics", "containerPort": 9300, "protocol": "TCP"}]
+    assert {"name": "DOWNLOADER_METRICS_PORT", "value": "9300"} in container["env"]
+
+
+def test_the_settings_default_to_what_the_pods_had_before() -> None:
+    s = Settings()
+    assert (s.worker_metrics_port, s.worker_host_network, s.worker_node_selector, s.worker_tolerations) == (
+        planning.WorkerPod(image="i").metrics_port, False, {}, []
+    )  # fmt: skip
+
+
+def test_the_settings_parse_the_chart_configmap_values(monkeypatch: pytest.MonkeyPatch) -> None:
+    # As configmap.yaml writes them: toJson of the values, "true", the port as a string.
+    monkeypatch.setenv("DOWNLOADER_WORKER_HOST_NETWORK", "true")
+    monkeypatch.setenv("DOWNLOADER_WORKER_NODE_SELECTOR", json.dumps(NODE))
+    monkeypatch.setenv("DOWNLOADER_WORKER_TOLERATIONS", json.dumps([TAINT, {"operator": "Exists",
+                                                                            "tolerationSeconds": 30}]))  # fmt: skip
+    monkeypatch.setenv("DOWNLOADER_WORKER_METRICS_PORT", "0")
+    s = load()
+    assert s.worker_host_network is True
+    assert s.worker_node_selector == NODE
+    assert s.worker_tolerations == [TAINT, {"operator": "Exists", "tolerationSeconds": 30}]
+    assert s.worker_metrics_port == 0
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("DOWNLOADER_WORKER_NODE_SELECTOR", '["not", "an", "object"]'),
+        ("DOWNLOADER_WORKER_TOLERATIONS", '{"key": "not a list"}'),
+        ("DOWNLOADER_WORKER_TOLERATIONS", "[{"),
+        ("DOWNLOADER_WORKER_METRICS_PORT", "70000"),
+    ],
+)
+def test_bad_values_fail_with_the_variable_named(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str
+) -> None:
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigurationError, match=name):
+        load()
+
+
+class _Cluster:
+    """Records the Deployment the operator creates."""
+
+    def __init__(self) -> None:
+        self.created: list[dict[str, Any]] = []
+
+    def create_deployment(self, body: dict[str, Any]) -> None:
+        self.created.append(body)
+
+
+def test_the_operator_applies_the_settings_to_the_worker_deployment() -> None:
+    settings = Settings(worker_host_network=True, worker_node_selector=NODE, worker_tolerations=[TAINT],
+                        worker_metrics_port=0)  # fmt: skip
+    cluster = _Cluster()
+    reconciler = Reconciler(settings, db=None, cluster=cluster)  # type: ignore[arg-type]
+    owner = {"apiVersion": planning.API_VERSION, "kind": planning.KIND,
+             "metadata": {"name": "shop.example.com", "namespace": "default", "uid": "u-1"}}  # fmt: skip
+    spec = planning.Spec.from_dict({"id": "shop.example.com", "limit": 4})
+    asyncio.run(reconciler._apply_deployment(spec, owner, None, 1))  # type: ignore[arg-type]
+    (created,) = cluster.created
+    pod = created["spec"]["template"]["spec"]
+    assert (pod["hostNetwork"], pod["dnsPolicy"]) == (True, "ClusterFirstWithHostNet")
+    assert pod["nodeSelector"] == NODE and pod["tolerations"] == [TAINT]
+    assert "ports" not in pod["containers"][0]
