@@ -58,6 +58,16 @@ def client_configuration(settings: Settings) -> client.Configuration:
     return configuration
 
 
+def bearer_token(configuration: client.Configuration) -> str:
+    """The bare token of a configuration, for clients other than the official one (kopf).
+    The key's name varies by client version, and the in-cluster loader writes it as
+    `bearer <token>`, lower case: a token sent with that prefix kept is refused (401)."""
+    keys = configuration.api_key or {}
+    raw = str(keys.get("BearerToken") or keys.get("authorization") or "").strip()
+    scheme, _, rest = raw.partition(" ")
+    return rest.strip() if rest and scheme.lower() == "bearer" else raw
+
+
 def api_client(settings: Settings) -> client.ApiClient:
     return client.ApiClient(client_configuration(settings))
 

@@ -33,9 +33,7 @@ def run(settings: Settings) -> None:
         # A registry of our own has none of kopf's default login handlers; and ours reads
         # DOWNLOADER_KUBECONFIG, which the client library's defaults would not.
         c = cluster.client_configuration(settings)
-        keys = c.api_key or {}
-        raw = keys.get("BearerToken") or keys.get("authorization") or ""  # the key's name varies by version
-        token = str(raw).removeprefix("Bearer ").strip()
+        token = cluster.bearer_token(c)
         return kopf.ConnectionInfo(
             server=c.host, ca_path=c.ssl_ca_cert, insecure=not c.verify_ssl,
             scheme="Bearer" if token else None, token=token or None,
