@@ -130,6 +130,27 @@ def test_host_network_is_per_component(render: Renderer, component: str) -> None
     assert not set(NEW_WORKER_SETTINGS) & config(docs).keys()
 
 
+@pytest.mark.parametrize("component", ["api", "notifier"])
+def test_on_the_host_network_a_rollout_replaces_pods_without_a_surge(
+    render: Renderer, component: str
+) -> None:
+    """A surge pod would need the host ports its predecessor holds: Pending, and the rollout
+    (a `helm upgrade --wait`) never ends. The user's own strategy wins; off the host network
+    Kubernetes' default stays."""
+    name = f"Deployment/r-downloader-{component}"
+
+    def strategy(values: dict[str, Any]) -> Any:
+        return {f"{d['kind']}/{d['metadata']['name']}": d for d in render(values=values)}[name]["spec"].get(
+            "strategy"
+        )
+
+    assert strategy({}) is None
+    assert strategy({component: {"hostNetwork": True}}) == {
+        "type": "RollingUpdate", "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1}}  # fmt: skip
+    own = {"type": "Recreate"}
+    assert strategy({component: {"hostNetwork": True, "strategy": own}}) == own
+
+
 # --- Ports -----------------------------------------------------------------------------------
 
 

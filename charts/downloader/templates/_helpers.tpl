@@ -196,3 +196,17 @@ affinity:
   {{- toYaml . | nindent 2 }}
 {{- end }}
 {{- end }}
+
+{{- /* The update strategy of the api and notifier Deployments: the user's `strategy`, else on
+the host network replace pods one at a time without a surge: a surge pod would need the ports
+its predecessor still holds on the node and stay Pending, and the rollout would never end. */}}
+{{- define "downloader.strategy" -}}
+{{- if .strategy }}
+strategy:
+  {{- toYaml .strategy | nindent 2 }}
+{{- else if .hostNetwork }}
+strategy:
+  type: RollingUpdate
+  rollingUpdate: {maxSurge: 0, maxUnavailable: 1}
+{{- end }}
+{{- end }}
