@@ -69,28 +69,28 @@ def tail(path: Path, lines: int = 40) -> str:
     return "\n".join(data.decode("utf-8", "replace").splitlines()[-lines:])
 
 
-def build(timeout: float = BUILD_TIMEOUT) -> Path:
-    """Run build.sh (a cache hit returns at once) and return the control plane binary."""
-    if not BUILD_SCRIPT.is_file():
-        raise ControlPlaneError(f"{BUILD_SCRIPT} is missing")
+def run_build_script(script: Path, timeout: float, error: type[Exception]) -> Path | None:
+    """Run a build script (a cache hit returns at once): the path it printed last, if any.
+    It failing, or outliving `timeout`, raises `error` with the tail of its log."""
+    if not script.is_file():
+        raise error(f"{script} is missing")
     try:
-        done = subprocess.run(
-            ["bash", str(BUILD_SCRIPT)],
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            stdin=subprocess.DEVNULL,
-            check=False,
-        )
+        done = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=timeout,
+                              stdin=subprocess.DEVNULL, check=False)  # fmt: skip
     except subprocess.TimeoutExpired as exc:
-        raise ControlPlaneError(f"{BUILD_SCRIPT} did not finish in {timeout:.0f}s") from exc
+        raise error(f"{script} did not finish in {timeout:.0f}s") from exc
     if done.returncode != 0:
         err = "\n".join(done.stderr.splitlines()[-60:])
-        raise ControlPlaneError(f"{BUILD_SCRIPT} failed (exit {done.returncode}):\n{err}")
+        raise error(f"{script} failed (exit {done.returncode}):\n{err}")
     lines = done.stdout.split()
-    binary = Path(lines[-1]) if lines else None
+    return Path(lines[-1]) if lines else None
+
+
+def build(timeout: float = BUILD_TIMEOUT) -> Path:
+    """Run build.sh (a cache hit returns at once) and return the control plane binary."""
+    binary = run_build_script(BUILD_SCRIPT, timeout, ControlPlaneError)
     if binary is None or not binary.is_file():
-        raise ControlPlaneError(f"{BUILD_SCRIPT} printed no binary path: {done.stdout!r}\n{done.stderr}")
+        raise ControlPlaneError(f"{BUILD_SCRIPT} printed no binary path")
     return binary
 
 

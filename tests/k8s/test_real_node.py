@@ -46,6 +46,17 @@ def pod_json(cluster: ControlPlane, namespace: str, name: str) -> dict[str, Any]
     return found
 
 
+def finished(cluster: ControlPlane, namespace: str, name: str) -> dict[str, Any]:
+    """The pod once it has Succeeded or Failed."""
+    return wait_until(  # type: ignore[no-any-return]
+        lambda: (
+            (p := pod_json(cluster, namespace, name))["status"].get("phase") in ("Succeeded", "Failed") and p
+        ),
+        timeout=120,
+        what=f"pod {name} to finish",
+    )
+
+
 def condition(obj: dict[str, Any], kind: str) -> str | None:
     for cond in obj.get("status", {}).get("conditions") or []:
         if cond.get("type") == kind:
@@ -78,14 +89,7 @@ def test_a_pod_runs_downloader_version(real_node: RealNode, cluster: ControlPlan
     cluster.kubectl(
         "apply", "-n", namespace, "-f", "-", input=json.dumps(pod(real_node, "version", worker, ["version"]))
     )
-    done = wait_until(
-        lambda: (
-            (p := pod_json(cluster, namespace, "version"))["status"].get("phase") in ("Succeeded", "Failed")
-            and p
-        ),
-        timeout=120,
-        what="pod version to finish",
-    )
+    done = finished(cluster, namespace, "version")
     seconds = time.monotonic() - start
     assert done["status"]["phase"] == "Succeeded", done["status"]
     assert done["spec"]["nodeName"] == real_node.name
@@ -151,14 +155,7 @@ def test_an_image_tagged_in_containerd_runs(
     for name, image in (("tagged", new), ("untagged", "localhost/downloader-worker:never-tagged")):
         spec = pod(real_node, name, image, ["version"])
         cluster.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(spec))
-    done = wait_until(
-        lambda: (
-            (p := pod_json(cluster, namespace, "tagged"))["status"].get("phase") in ("Succeeded", "Failed")
-            and p
-        ),
-        timeout=120,
-        what="pod tagged to finish",
-    )
+    done = finished(cluster, namespace, "tagged")
     assert done["status"]["phase"] == "Succeeded", done["status"]
     assert cluster.kubectl("logs", "-n", namespace, "tagged").strip() == f"Downloader Version {__version__}"
     # the same image (containerd reports its first reference as the status' `image`)

@@ -155,8 +155,20 @@ def chart_values(node: Any, cluster: Any, redis_url: str, api_port: int, claim_v
 
 
 @pytest.fixture
+def release_env() -> dict[str, str]:
+    """Extra settings of a release (`config.env`); a test parametrizes it to change them."""
+    return {}
+
+
+@pytest.fixture
 def release(
-    cluster: Any, real_node: Any, namespace: str, redis_url: str, rdb: redis.Redis, tmp_path: Path
+    cluster: Any,
+    real_node: Any,
+    namespace: str,
+    redis_url: str,
+    rdb: redis.Redis,
+    tmp_path: Path,
+    release_env: dict[str, str],
 ) -> Iterator[Release]:
     kube = Kube(cluster, namespace)
     files_dir = tmp_path / "files"
@@ -169,11 +181,25 @@ def release(
                          "hostPath": {"path": str(files_dir), "type": "Directory"}}}, tmp_path)  # fmt: skip
     api_port = free_port()
     values = tmp_path / "values.json"
-    values.write_text(json.dumps(chart_values(real_node, cluster, redis_url, api_port, volume)))
+    chosen = chart_values(real_node, cluster, redis_url, api_port, volume)
+    chosen["config"]["env"].update(release_env)
+    values.write_text(json.dumps(chosen))
     started = time.monotonic()
     helm(cluster, tmp_path, "install", RELEASE, str(CHART), "-n", namespace, "-f", str(values), "--wait",
          "--timeout", "180s")  # fmt: skip
-    sys.stderr.write(f"\nhelm install --wait on the real node: {time.monotonic() - started:.1f}s\n")
+    # With one host-network api pod and maxUnavailable 1, --wait may return before it is Ready.
+    wait_for(lambda: len(kube.items("pods", f"app.kubernetes.io/instance={RELEASE}")) >= 3, 60, "the pods")
+    kube.run(
+        "wait",
+        "--for=condition=Ready",
+        "pod",
+        "-l",
+        f"app.kubernetes.io/instance={RELEASE}",
+        "--timeout=120s",
+    )
+    sys.stderr.write(
+        f"\nhelm install and every pod Ready on the real node: {time.monotonic() - started:.1f}s\n"
+    )
     db = Store.from_url(redis_url)
     yield Release(kube, f"http://127.0.0.1:{api_port}", files_dir, values, tmp_path, db, rdb)
     db.close()
@@ -280,6 +306,29 @@ def test_a_scale_down_removes_idle_worker_pods_and_never_a_busy_one(
     assert watch.terminating_while_busy == {}, watch
     costs = [e for e in release.kube.items("events") if e["reason"] == "Scaled"]
     assert costs, "no Scaled event"
+
+
+@pytest.mark.parametrize("release_env", [{"DOWNLOADER_SHUTDOWN_GRACE_SECONDS": "2"}])
+def test_a_busy_pod_that_must_go_gives_its_download_back_without_an_attempt(
+    release: Release, files: FileServer, callbacks: CallbackServer
+) -> None:
+    """Both pods busy when the limit drops from 2 to 1: one must go. Past its drain (2 s here)
+    it gives its job back to the queue uncounted, and the other pod downloads it next; with
+    max_retries 0 a counted attempt would have failed the job."""
+    aggr_id = "must.go"
+    release.kube.apply(aggregation(aggr_id, 2), release.tmp)
+    jobs = {release.post(job_body(files.url("tiny.png", hold=10, job=f"m{n}"), aggr_id, callbacks.url, limit=2,
+                                  max_retries=0)): f"m{n}" for n in range(2)}  # fmt: skip
+    wait_for(lambda: sorted(release.db.downloads_per_host(aggr_id).values()) == [1, 1], 90,
+             "a download in each of two pods")  # fmt: skip
+    name = planning.resource_name(aggr_id)
+    release.kube.run("patch", f"aggregation/{name}", "--type=merge", "-p", '{"spec":{"limit":1}}')
+    payloads = {job_id: callbacks.wait_for(job_id, timeout=120) for job_id in jobs}
+    assert all(p["success"] is True for p in payloads.values()), payloads
+    fetches = sorted(len([r for r in files.seen() if r.query.get("job") == tag]) for tag in jobs.values())
+    assert fetches == [1, 2], fetches  # the kept pod's once; the given-back one cut, then again whole
+    assert len(release.worker_pods(aggr_id)) == 1
+    assert all(len(callbacks.for_job(job_id)) == 1 for job_id in jobs)
 
 
 def test_a_rollout_of_the_worker_image_drains_and_loses_or_repeats_nothing(

@@ -18,8 +18,8 @@
 #
 # The key is a hash of this script, kubelet/go.mod, kubelet/go.sum, the Go and gcc versions: a
 # run with the same inputs prints the cached directory at once. Logs (with the seconds each
-# build took) go to stderr; stdout is the directory alone. Heavy builds run under `nice -n 19`
-# with GOMAXPROCS=1 unless the caller sets GOMAXPROCS (2 cores, other builds beside).
+# build took) go to stderr; stdout is the directory alone. Heavy builds run under `nice -n 19`,
+# on every core unless the caller sets GOMAXPROCS (the tests build before their first test).
 set -euo pipefail
 export LC_ALL=C
 
@@ -43,7 +43,6 @@ command -v go >/dev/null || die "the go command is not on PATH"
 command -v gcc >/dev/null || die "gcc is not on PATH after scripts/bootstrap images"
 export GOTOOLCHAIN=${GOTOOLCHAIN:-local}
 export CGO_ENABLED=0
-export GOMAXPROCS=${GOMAXPROCS:-1}
 NICE=(nice -n 19)
 
 key=$({
@@ -83,7 +82,7 @@ module_field() { # module@version field (run inside kubelet/)
 }
 
 if [[ ! -x $out/kubelet ]]; then
-    log "building k8s.io/kubernetes/cmd/kubelet@$K8S_VERSION (GOMAXPROCS=$GOMAXPROCS)"
+    log "building k8s.io/kubernetes/cmd/kubelet@$K8S_VERSION (GOMAXPROCS=${GOMAXPROCS:-all cores})"
     k8s_sum=$(cd "$HERE/kubelet" && module_field "k8s.io/kubernetes@$K8S_VERSION" Sum)
     minor=${K8S_VERSION#v1.}
     minor=${minor%%.*}

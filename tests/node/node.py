@@ -33,7 +33,7 @@ if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
 import pause_image  # noqa: E402
-from cluster import ControlPlane, ControlPlaneError, Proc, free_port, tail  # noqa: E402
+from cluster import ControlPlane, ControlPlaneError, Proc, free_port, run_build_script, tail  # noqa: E402
 
 BUILD_SCRIPT = HERE / "build.sh"
 BUILD_TIMEOUT = 60 * 60.0
@@ -80,24 +80,9 @@ class NodeError(RuntimeError):
 
 def build(timeout: float = BUILD_TIMEOUT) -> Path:
     """Run build.sh (a cache hit returns at once) and return the directory of the binaries."""
-    try:
-        done = subprocess.run(
-            ["bash", str(BUILD_SCRIPT)],
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            stdin=subprocess.DEVNULL,
-            check=False,
-        )
-    except subprocess.TimeoutExpired as exc:
-        raise NodeError(f"{BUILD_SCRIPT} did not finish in {timeout:.0f}s") from exc
-    if done.returncode != 0:
-        err = "\n".join(done.stderr.splitlines()[-60:])
-        raise NodeError(f"{BUILD_SCRIPT} failed (exit {done.returncode}):\n{err}")
-    lines = done.stdout.split()
-    bin_dir = Path(lines[-1]) if lines else None
+    bin_dir = run_build_script(BUILD_SCRIPT, timeout, NodeError)
     if bin_dir is None or not (bin_dir / "kubelet").is_file():
-        raise NodeError(f"{BUILD_SCRIPT} printed no binary directory: {done.stdout!r}\n{done.stderr}")
+        raise NodeError(f"{BUILD_SCRIPT} printed no binary directory")
     return bin_dir
 
 
