@@ -195,6 +195,8 @@ class FailureView(BaseModel):
     error: str
     response_code: int
     at: str | None
+    phase: str = Field("", description="The step of the attempt that failed (empty: not a download failure)")
+    reason: str = Field("", description="The failure's class, as the metrics' `reason` label (empty: none)")
 
 
 class Overview(BaseModel):

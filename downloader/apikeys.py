@@ -10,12 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hmac
 
-from downloader.errors import ConfigurationError
-
-
-class InvalidApiKeys(ConfigurationError):
-    """The setting cannot be parsed; the message names the entry by position, never its token.
-    Being a ConfigurationError, the CLI prints it as one line and exits 2."""
+from downloader.errors import InvalidApiKeys as InvalidApiKeys
 
 
 @dataclasses.dataclass(frozen=True)

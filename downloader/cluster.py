@@ -22,16 +22,12 @@ from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
 from downloader import planning
-from downloader.errors import DownloaderError
+from downloader.errors import ClusterError as ClusterError
 from downloader.settings import Settings
 
 log = logging.getLogger("downloader.cluster")
 
 SERVICE_ACCOUNT_TOKEN = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
-
-
-class ClusterError(DownloaderError):
-    """The Kubernetes API refused or could not be reached."""
 
 
 def has_access(settings: Settings) -> bool:

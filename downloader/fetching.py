@@ -32,7 +32,14 @@ import urllib3
 import urllib3.exceptions
 
 from downloader import mime, outbound
-from downloader.errors import DestinationNotAllowed, DownloadError, Interrupted
+from downloader.errors import (
+    AttemptPhase,
+    DestinationNotAllowed,
+    DownloadError,
+    FailureReason,
+    Interrupted,
+    status_reason,
+)
 from downloader.outbound import Client, Outbound, Response
 from downloader.version import __version__
 
@@ -43,7 +50,7 @@ CHUNK_BYTES = 64 * 1024
 RETRIABLE_CLIENT_STATUSES = frozenset({408, 425, 429})
 USER_AGENT = f"Downloader/{__version__} (+https://github.com/skroutz/downloader)"
 #: Phase of a download refused by the outbound policy ("destination address not allowed").
-DESTINATION_PHASE = "validating destination"
+DESTINATION_PHASE = AttemptPhase.VALIDATING_DESTINATION
 #: Clients kept for distinct proxies: each holds pools and idle connections (file
 #: descriptors), and jobs may name any number of proxies.
 MAX_CLIENTS = 32
@@ -274,15 +281,12 @@ class Fetcher:
                 timeout=self._timeout(budget),
                 max_redirects=self.limits.max_redirects,
             )
-        except DestinationNotAllowed as exc:
-            raise DownloadError(DESTINATION_PHASE, str(exc), retriable=False) from exc
-        except ValueError as exc:  # outbound.InvalidRequest too: URL, scheme, header, proxy URL
-            raise DownloadError("creating request", str(exc), retriable=False) from exc
-        except outbound.TLSError as exc:
-            raise DownloadError("performing request", f"TLS Error occured: {exc}", retriable=False) from exc
+        # outbound.InvalidRequest is a ValueError too: URL, scheme, header, proxy URL
+        except (DestinationNotAllowed, ValueError, outbound.TLSError) as exc:
+            raise request_failure(exc) from exc
         except outbound.RequestError as exc:
             _raise_if_interrupted(attempt, exc)
-            raise DownloadError("performing request", _describe(exc), retriable=True) from exc
+            raise request_failure(exc) from exc
         response.decode_content = decode
         _check_status(response)
         return response
@@ -304,9 +308,7 @@ class Fetcher:
         try:
             out = path.open("wb")
         except OSError as exc:
-            raise DownloadError(
-                "creating tmp file", str(exc), retriable=True, internal=True, response_code=code
-            ) from exc
+            raise _storage_error(AttemptPhase.CREATING_TMP_FILE, exc, code) from exc
         try:
             with out:
                 size, detected, sha256 = self._copy(response, out, attempt, sniff, mime_pattern)
@@ -314,9 +316,7 @@ class Fetcher:
                     out.flush()
                     os.fsync(out.fileno())
                 except OSError as exc:
-                    raise DownloadError(
-                        "syncing to disk", str(exc), retriable=True, internal=True, response_code=code
-                    ) from exc
+                    raise _storage_error(AttemptPhase.SYNCING_TO_DISK, exc, code) from exc
         except BaseException:
             with contextlib.suppress(OSError):
                 path.unlink()
@@ -363,20 +363,37 @@ class Fetcher:
             if cancelled.is_set():
                 raise Interrupted("download cancelled (shutting down, disk full or lease not renewed)")
             if time.monotonic() >= deadline:
-                raise DownloadError(
-                    "downloading file", "download timeout exceeded", retriable=True, response_code=code
-                )
+                raise _deadline_exceeded(code)
             try:
                 # read1: whatever has arrived, so the deadline is looked at between small reads
                 chunk = read1(CHUNK_BYTES, decode_content=decode)
             except (urllib3.exceptions.HTTPError, OSError) as exc:
                 _raise_if_interrupted(attempt, exc, code)
-                raise DownloadError(
-                    "downloading file", _describe(exc), retriable=True, response_code=code
-                ) from exc
+                raise transport_error(AttemptPhase.DOWNLOADING_FILE, exc, code) from exc
             if not chunk:
                 return
             yield chunk
+
+
+def request_failure(exc: Exception) -> DownloadError:
+    """A request that could not be made or answered, as the original classified it: a refused
+    destination, an unusable request (terminal), a TLS failure (terminal), or a transport one."""
+    if isinstance(exc, DestinationNotAllowed):
+        return DownloadError(
+            DESTINATION_PHASE, str(exc), reason=FailureReason.DESTINATION_NOT_ALLOWED, retriable=False
+        )
+    if isinstance(exc, ValueError):
+        return DownloadError(
+            AttemptPhase.CREATING_REQUEST, str(exc), reason=FailureReason.OTHER, retriable=False
+        )
+    if isinstance(exc, outbound.TLSError):
+        return DownloadError(
+            AttemptPhase.PERFORMING_REQUEST,
+            f"TLS Error occured: {exc}",
+            reason=FailureReason.TLS,
+            retriable=False,
+        )
+    return transport_error(AttemptPhase.PERFORMING_REQUEST, exc)
 
 
 def _check_status(response: Response) -> None:
@@ -387,7 +404,11 @@ def _check_status(response: Response) -> None:
     retriable = code >= 500 or code in RETRIABLE_CLIENT_STATUSES
     outbound.close(response)
     raise DownloadError(
-        "processing response", f"Received status code {status}", retriable=retriable, response_code=code
+        AttemptPhase.PROCESSING_RESPONSE,
+        f"Received status code {status}",
+        reason=status_reason(code),
+        retriable=retriable,
+        response_code=code,
     )
 
 
@@ -396,7 +417,13 @@ def _check_mime(head: bytes, pattern: mime.MimePattern | None, code: int) -> str
     if pattern is not None:
         problem = pattern.check(detected)
         if problem:
-            raise DownloadError("validating mime type", problem, retriable=False, response_code=code)
+            raise DownloadError(
+                AttemptPhase.VALIDATING_MIME_TYPE,
+                problem,
+                reason=FailureReason.MIME,
+                retriable=False,
+                response_code=code,
+            )
     return detected
 
 
@@ -405,18 +432,64 @@ def _write(out: IO[bytes], chunk: bytes, code: int) -> None:
         out.write(chunk)
     except OSError as exc:
         # A full or broken disk is our problem, not the job's: retried without using an attempt.
-        raise DownloadError(
-            "writing tmp file", str(exc), retriable=True, internal=True, response_code=code
-        ) from exc
+        raise _storage_error(AttemptPhase.WRITING_TMP_FILE, exc, code) from exc
 
 
 def _too_large(limit: int, code: int) -> DownloadError:
     return DownloadError(
-        "downloading file",
+        AttemptPhase.DOWNLOADING_FILE,
         f"413 Payload Too Large: the response exceeds the limit of {limit} bytes",
+        reason=FailureReason.TOO_LARGE,
         retriable=False,
         response_code=code,
     )
+
+
+def _storage_error(phase: AttemptPhase, exc: OSError, code: int) -> DownloadError:
+    """Our tmp disk failed: not the job's fault, retried without using an attempt."""
+    return DownloadError(
+        phase, str(exc), reason=FailureReason.STORAGE, retriable=True, internal=True, response_code=code
+    )
+
+
+def _deadline_exceeded(code: int) -> DownloadError:
+    return DownloadError(
+        AttemptPhase.DOWNLOADING_FILE,
+        "download timeout exceeded",
+        reason=FailureReason.TIMEOUT,
+        retriable=True,
+        response_code=code,
+    )
+
+
+def transport_error(phase: AttemptPhase, exc: BaseException, code: int = 0) -> DownloadError:
+    """A transport failure (retried): a timeout or a network error, told apart by the types in
+    the exception's chain, never by its text; the message is `_describe`'s."""
+    reason = FailureReason.TIMEOUT if _timed_out(exc) else FailureReason.NETWORK
+    return DownloadError(phase, _describe(exc), reason=reason, retriable=True, response_code=code)
+
+
+#: The exception types that say "timed out": the stdlib's (socket.timeout is TimeoutError),
+#: urllib3's (but NewConnectionError, a ConnectTimeoutError only by history: a refusal) and
+#: the outbound layer's.
+_TIMEOUTS = (TimeoutError, urllib3.exceptions.TimeoutError, outbound.RequestTimeout)
+
+
+def _timed_out(exc: BaseException) -> bool:
+    """Whether `exc`, or an error it wraps (cause, context, urllib3's MaxRetryError reason,
+    an argument), is a timeout by type."""
+    seen: set[int] = set()
+    pending: list[BaseException] = [exc]
+    while pending:
+        current = pending.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, _TIMEOUTS) and not isinstance(current, urllib3.exceptions.NewConnectionError):
+            return True
+        inner = [current.__cause__, current.__context__, getattr(current, "reason", None), *current.args]
+        pending.extend(e for e in inner if isinstance(e, BaseException))
+    return False
 
 
 def _phrase(code: int) -> str:
@@ -448,9 +521,7 @@ def _raise_if_interrupted(attempt: Attempt, exc: BaseException, code: int = 0) -
     if attempt.cancelled.is_set():
         raise Interrupted("download cancelled (shutting down, disk full or lease not renewed)") from exc
     if attempt.why == "deadline" or time.monotonic() >= attempt.deadline:
-        raise DownloadError(
-            "downloading file", "download timeout exceeded", retriable=True, response_code=code
-        ) from exc
+        raise _deadline_exceeded(code) from exc
 
 
 def _abort(attempt: Attempt) -> None:

@@ -15,6 +15,8 @@ from typing import IO
 
 from PIL import IcoImagePlugin, Image, UnidentifiedImageError
 
+from downloader.errors import ImageSizeError as ImageSizeError
+
 # Pillow refuses to open an image of more than ~179 Mpx, suspecting a decompression bomb. We
 # never decode pixels (Image.open only parses the header), so a huge header costs nothing and
 # its size must still be reported, as the original's header-only DecodeConfig did. No other
@@ -30,10 +32,6 @@ _ICO_MAGIC = b"\x00\x00\x01\x00"
 
 #: The types the original measured; an unreadable header of one of them fails the job.
 STRICT_TYPES = frozenset({"image/jpeg", "image/png", "image/gif"})
-
-
-class ImageSizeError(ValueError):
-    """The header of a jpeg, png or gif file could not be read; the message says why."""
 
 
 def image_size(path: str | os.PathLike[str], mime: str) -> str:

@@ -20,7 +20,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from downloader.errors import DownloadError, Interrupted, StoreError
+from downloader.errors import DownloadError, FailureReason, Interrupted, StoreError
 from downloader.settings import Settings
 from downloader.version import __version__
 
@@ -39,8 +39,8 @@ BACKLOG_MIN_AGE_SECONDS = 1.0
 #: The operator forgets an aggregation's worker count it has not reconciled for this long.
 WORKERS_STALE_SECONDS = 600.0
 
-FAILURE_REASONS = ("http_4xx", "http_5xx", "network", "tls", "timeout", "too_large", "mime", "image",
-                   "destination_not_allowed", "storage", "other")  # fmt: skip
+#: The `reason` labels of failed attempts: every FailureReason but INTERRUPTED (not a failure).
+FAILURE_REASONS = tuple(r.value for r in FailureReason if r is not FailureReason.INTERRUPTED)
 CALLBACK_BACKENDS = ("http", "kafka", "sqs")
 HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
@@ -160,32 +160,9 @@ def status_class(code: int) -> str:
 
 
 def failure_reason(err: DownloadError) -> str:
-    """The bounded reason class of a failed attempt, from its phase, message and status."""
-    phase, message = err.phase, err.message
-    if phase == "validating destination":  # fetching.DESTINATION_PHASE (tests pin it)
-        return "destination_not_allowed"
-    if phase == "validating mime type":
-        return "mime"
-    if phase == "extracting image-size":
-        return "image"
-    if phase.startswith("storing file") or phase in (
-        "creating tmp file",
-        "writing tmp file",
-        "syncing to disk",
-    ):
-        return "storage"
-    if message.startswith("413 Payload Too Large"):
-        return "too_large"
-    if phase == "processing response" and 400 <= err.response_code < 600:
-        return "http_4xx" if err.response_code < 500 else "http_5xx"
-    if message.startswith("TLS Error"):
-        return "tls"
-    lowered = message.lower()
-    if "timeout" in lowered or "timed out" in lowered:
-        return "timeout"
-    if phase in ("performing request", "downloading file"):
-        return "network"
-    return "other"
+    """The bounded reason class of a failed attempt: the `reason` its raiser set (never read
+    from its message)."""
+    return err.reason.value
 
 
 def backend_label(name: str) -> str:

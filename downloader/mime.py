@@ -15,22 +15,13 @@ import threading
 
 import magic
 
-from downloader import gourl
+from downloader.errors import InvalidPattern as InvalidPattern
 
 #: libmagic looks at this many leading bytes of a body, as the original did.
 SNIFF_BYTES = 1024
 
 #: What libmagic reports for an empty buffer; python-magic cannot be asked about b"".
 EMPTY_MIME = "application/x-empty"
-
-
-class InvalidPattern(ValueError):
-    """One item of a `mime_type` pattern is not a valid glob."""
-
-    def __init__(self, item: str) -> None:
-        # The text is the original's API answer, byte for byte.
-        super().__init__(f"Invalid MimeType Pattern, {gourl.go_quote(item)}")
-        self.item = item
 
 
 @dataclasses.dataclass(frozen=True)

@@ -16,6 +16,8 @@ import urllib.parse
 from collections.abc import Mapping
 from enum import StrEnum
 
+from downloader.errors import CorruptJobError as CorruptJobError
+
 #: Limit of an aggregation whose `aggr:<id>` hash is missing (the original's default).
 DEFAULT_AGGREGATION_LIMIT = 4
 #: Retries after the first attempt when a job does not say (so 3 attempts in all).
@@ -58,10 +60,6 @@ JOB_FIELDS = (
     "S3Bucket",
     "S3Region",
 )
-
-
-class CorruptJobError(ValueError):
-    """A `job:<id>` hash that cannot be decoded (unknown field or bad number)."""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -76,7 +76,7 @@ from urllib3.exceptions import (
 )
 from urllib3.util.url import parse_url
 
-from downloader.errors import ConfigurationError, DestinationNotAllowed
+from downloader.errors import ConfigurationError, DestinationNotAllowed, DownloaderError
 
 if TYPE_CHECKING:
     from downloader.settings import Settings
@@ -266,10 +266,11 @@ def _literal(host: str) -> IPAddress | None:
 # --- errors ----------------------------------------------------------------------------------
 
 
-class RequestError(OSError):
+class RequestError(DownloaderError, OSError):
     """A request that failed, carrying urllib3's error (its text unchanged: requests wrapped
     urllib3's errors the same way, and these texts reach job errors and callback texts).
-    The subclasses are the classes of requests that the callers told apart."""
+    The subclasses are the classes of requests that the callers told apart. An OSError as
+    requests' errors were, and in the service's tree (errors.py draws it)."""
 
     def __init__(self, error: object) -> None:
         super().__init__(error)

@@ -15,8 +15,16 @@ import time
 from typing import TYPE_CHECKING
 
 from downloader import imaging, keys, metrics, mime, storage
-from downloader.errors import DownloaderError, DownloadError, Interrupted, StorageError
-from downloader.fetching import DESTINATION_PHASE
+from downloader.errors import (
+    AttemptPhase,
+    DownloaderError,
+    DownloadError,
+    FailureReason,
+    ImageSizeError,
+    Interrupted,
+    InvalidPattern,
+    StorageError,
+)
 from downloader.models import Aggregation, DownloadResult, Job, State
 from downloader.store import Outcome
 
@@ -57,7 +65,7 @@ def run_attempt(proc: Processor, aggregation: Aggregation, job: Job, download: D
             measured=measured,
         )
     download.ending = True  # from here a lease found gone is this write's doing, not a loss
-    result = proc.db.finish(job, proc.token, _counted(job, outcome))
+    result = proc.db.finish(job, proc.token, _counted(job, outcome, error))
     metrics.attempt_done(error, terminal=outcome.fields.get("DownloadState") == State.FAILED.value,
                          written=result > 0, size=0 if error is not None else measured.size,
                          seconds=time.monotonic() - started)  # fmt: skip
@@ -118,10 +126,8 @@ def _download_and_store(
         if job.extract_image_size:
             try:
                 image_size = imaging.image_size(fetched.path, fetched.mime_type)
-            except imaging.ImageSizeError as exc:
-                raise DownloadError(
-                    "extracting image-size", str(exc), retriable=False, response_code=fetched.response_code
-                ) from exc
+            except ImageSizeError as exc:
+                raise _image_failure(exc, fetched.response_code) from exc
         if cancelled.is_set():
             raise Interrupted("download cancelled (shutting down, disk full or lease not renewed)")
         try:
@@ -137,16 +143,37 @@ def _download_and_store(
     return image_size, fetched.response_code, measured
 
 
+def _image_failure(exc: ImageSizeError, response_code: int) -> DownloadError:
+    return DownloadError(
+        AttemptPhase.EXTRACTING_IMAGE_SIZE,
+        str(exc),
+        reason=FailureReason.IMAGE,
+        retriable=False,
+        response_code=response_code,
+    )
+
+
 def _storage_failure(job: Job, exc: StorageError, response_code: int) -> DownloadError:
     if job.s3_bucket:
         # The job's own bucket (missing, or not writable for us) is the client's to fix; botocore
         # has already retried transient errors. Failed at once, as the original (which lost
         # this error when `extra` was set, and reported success: bug 10.1.3).
-        return DownloadError("storing file to job specified AWS S3 bucket", str(exc), retriable=False,
-                             response_code=response_code)  # fmt: skip
+        return DownloadError(
+            AttemptPhase.STORING_FILE_S3,
+            str(exc),
+            reason=FailureReason.STORAGE,
+            retriable=False,
+            response_code=response_code,
+        )
     # Our storage failing is not the job's fault: retried without using an attempt.
-    return DownloadError("storing file to default storage backend", str(exc), retriable=True, internal=True,
-                         response_code=response_code)  # fmt: skip
+    return DownloadError(
+        AttemptPhase.STORING_FILE_DEFAULT,
+        str(exc),
+        reason=FailureReason.STORAGE,
+        retriable=True,
+        internal=True,
+        response_code=response_code,
+    )
 
 
 def _pattern(job: Job) -> mime.MimePattern | None:
@@ -154,20 +181,27 @@ def _pattern(job: Job) -> mime.MimePattern | None:
         return None
     try:
         return mime.parse_pattern(job.mime_type)
-    except mime.InvalidPattern as exc:
-        raise DownloadError("validating mime type", str(exc), retriable=False) from exc
+    except InvalidPattern as exc:
+        raise DownloadError(
+            AttemptPhase.VALIDATING_MIME_TYPE, str(exc), reason=FailureReason.MIME, retriable=False
+        ) from exc
+
+
+#: The stats counter of a failure reason that has one of its own.
+_REASON_STATS = {
+    FailureReason.DESTINATION_NOT_ALLOWED: "destinationNotAllowed",
+    FailureReason.MIME: "download.response.mime",
+    FailureReason.IMAGE: "download.response.image-size",
+    FailureReason.TLS: "download.response.tls",
+}
 
 
 def _count_response(proc: Processor, err: DownloadError) -> None:
-    if err.phase == DESTINATION_PHASE:
-        proc.stats.incr("destinationNotAllowed")
-    elif err.phase == "validating mime type":
-        proc.stats.incr("download.response.mime")
-    elif err.phase == "extracting image-size":
-        proc.stats.incr("download.response.image-size")
-    elif err.message.startswith("TLS Error"):
-        proc.stats.incr("download.response.tls")
-    elif err.phase == "downloading file" and not err.internal:
+    """The original's stats counters of a failed attempt, from its reason and phase."""
+    counter = _REASON_STATS.get(err.reason)
+    if counter is not None:
+        proc.stats.incr(counter)
+    elif err.phase == AttemptPhase.DOWNLOADING_FILE and not err.internal:
         proc.stats.incr("download.response.body")
     if err.response_code:
         proc.stats.incr(f"download.response.{err.response_code}")
@@ -267,10 +301,10 @@ def release(proc: Processor, aggr_id: str, job_id: str) -> None:
         log.warning("could not release job %s (its lease will expire): %s", job_id, exc)
 
 
-def _counted(job: Job, outcome: Outcome) -> Outcome:
+def _counted(job: Job, outcome: Outcome, error: DownloadError | None = None) -> Outcome:
     """The outcome with what the dashboard counts: the attempt in its minute, and a failed
     job's error among the recent failures (written by the same script, so only when the
-    outcome itself is)."""
+    outcome itself is), with the error's phase and reason as fields of their own."""
     kind = _kind(outcome)
     if kind == "retried" and not outcome.error:
         return outcome  # interrupted by us (shutdown, full disk): not the job's doing
@@ -279,5 +313,7 @@ def _counted(job: Job, outcome: Outcome) -> Outcome:
         # Capped texts: fifty records must stay small whatever the URLs and errors are.
         failure = json.dumps({"id": job.id, "aggr_id": job.aggr_id, "url": job.url[:2048],
                               "error": outcome.error[:2048], "code": outcome.fields.get("ResponseCode", ""),
+                              "phase": error.phase.value if error is not None else "",
+                              "reason": error.reason.value if error is not None else "",
                               "at": time.time()})  # fmt: skip
     return dataclasses.replace(outcome, counted_as=kind, failure=failure)

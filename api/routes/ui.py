@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
+import enum
 import json
 import logging
 import math
@@ -32,7 +33,7 @@ from downloader.api.schemas import (
     Totals,
 )
 from downloader.apikeys import Grant
-from downloader.errors import StoreError
+from downloader.errors import AttemptPhase, FailureReason, StoreError
 from downloader.store import ATTEMPT_KINDS, AsyncStore, Instance
 
 log = logging.getLogger("downloader.api")
@@ -205,10 +206,16 @@ def _failure(raw: str) -> FailureView | None:
         return FailureView(
             job_id=str(record["id"]), aggr_id=str(record["aggr_id"]), url=str(record.get("url", "")),
             error=str(record.get("error", "")), response_code=int(code) if code.isdigit() else 0,
-            at=_iso(record.get("at")),
+            at=_iso(record.get("at")), phase=_known(AttemptPhase, record.get("phase")),
+            reason=_known(FailureReason, record.get("reason")),
         )  # fmt: skip
     except (ValueError, KeyError, TypeError, AttributeError):
         return None
+
+
+def _known(kind: type[enum.StrEnum], value: object) -> str:
+    """`value` if it is one of `kind`'s (a phase or reason), else "": the fields stay bounded."""
+    return value if isinstance(value, str) and value in {m.value for m in kind} else ""
 
 
 def _iso(stamp: float | None) -> str | None:

@@ -191,9 +191,10 @@
       el("td", {}, el("button", { type: "button", class: "link", text: f.job_id, title: "Look this job up",
                                   onclick: () => lookup(f.job_id) })),
       el("td", { class: "num", text: f.response_code || "–" }),
+      el("td", { text: f.reason || "–", title: f.phase || "" }),
       el("td", { class: "error", text: f.error, title: f.url }),
     ));
-    if (!rows.length) rows.push(el("tr", {}, el("td", { colspan: "5", class: "muted", text: "No failures recorded." })));
+    if (!rows.length) rows.push(el("tr", {}, el("td", { colspan: "6", class: "muted", text: "No failures recorded." })));
     $("failures-table").tBodies[0].replaceChildren(...rows);
   }
 

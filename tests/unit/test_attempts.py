@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from downloader import keys
-from downloader.errors import DownloadError, Interrupted
+from downloader.errors import DownloadError, FailureReason, Interrupted
 from downloader.models import Job, JobOptions, State
 from downloader.storage import Location
 from downloader.worker.attempts import decide, success
@@ -25,6 +25,7 @@ def server_error() -> DownloadError:
     return DownloadError(
         "processing response",
         "Received status code 500 Internal Server Error",
+        reason=FailureReason.HTTP_5XX,
         retriable=True,
         response_code=500,
     )
@@ -32,7 +33,11 @@ def server_error() -> DownloadError:
 
 def not_found() -> DownloadError:
     return DownloadError(
-        "processing response", "Received status code 404 Not Found", retriable=False, response_code=404
+        "processing response",
+        "Received status code 404 Not Found",
+        reason=FailureReason.HTTP_4XX,
+        retriable=False,
+        response_code=404,
     )
 
 
@@ -107,7 +112,13 @@ def test_interruptions_do_not_use_an_attempt() -> None:
 
 
 def test_internal_errors_back_off_without_counting() -> None:
-    err = DownloadError("creating tmp file", "No space left on device", retriable=True, internal=True)
+    err = DownloadError(
+        "creating tmp file",
+        "No space left on device",
+        reason=FailureReason.STORAGE,
+        retriable=True,
+        internal=True,
+    )
     out = decide(job(download_count=1), err, now=NOW, backoff=120, default_max_retries=2, retention=RETENTION)
     assert "DownloadCount" not in out.fields
     assert out.score == NOW + 120  # the original retried these with no delay, forever

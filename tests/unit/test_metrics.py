@@ -6,13 +6,22 @@ from __future__ import annotations
 import logging
 import socket
 import threading
+from collections.abc import Callable
 
 import httpx
 import pytest
-import requests
+import urllib3.exceptions
 
-from downloader import fetching, metrics
-from downloader.errors import DownloadError, Interrupted, StorageError
+from downloader import fetching, metrics, mime, outbound
+from downloader.errors import (
+    AttemptPhase,
+    DestinationNotAllowed,
+    DownloadError,
+    ImageSizeError,
+    Interrupted,
+    StorageError,
+    status_reason,
+)
 from downloader.models import Job
 from downloader.settings import Settings
 from downloader.stats import Stats
@@ -26,58 +35,80 @@ def value(name: str, **labels: str) -> float:
 
 def status(code: int, retriable: bool = False) -> DownloadError:
     return DownloadError("processing response", f"Received status code {code} X", retriable=retriable,
-                         response_code=code)  # fmt: skip
+                         reason=status_reason(code), response_code=code)  # fmt: skip
 
 
 def transport(exc: Exception) -> DownloadError:
-    """What the fetcher makes of a requests exception (fetching._describe)."""
-    return DownloadError("performing request", fetching._describe(exc), retriable=True)
+    """What the fetcher makes of a failed request (fetching.request_failure)."""
+    return fetching.request_failure(exc)
+
+
+def raised(call: Callable[[], object]) -> DownloadError:
+    with pytest.raises(DownloadError) as info:
+        call()
+    return info.value
 
 
 JOB = Job(id="AbCdEfGhIjKlMn", url="http://h/x", aggr_id="ag")
+PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 64
 
 
 @pytest.mark.parametrize(
-    ("error", "reason"),
+    ("make", "reason"),
     [
-        (status(404), "http_4xx"),
-        (status(429, retriable=True), "http_4xx"),
-        (status(500, retriable=True), "http_5xx"),
-        (status(503, retriable=True), "http_5xx"),
-        (status(204), "other"),  # "no content" is refused, but it is no error class of HTTP
-        (transport(requests.exceptions.ConnectionError("Connection refused")), "network"),
+        (lambda: status(404), "http_4xx"),
+        (lambda: status(429, retriable=True), "http_4xx"),
+        (lambda: status(500, retriable=True), "http_5xx"),
+        (lambda: status(503, retriable=True), "http_5xx"),
+        (lambda: status(204), "other"),  # "no content" is refused, but it is no error class of HTTP
         (
-            DownloadError(
-                "downloading file", "unexpected EOF (IncompleteRead)", retriable=True, response_code=200
+            lambda: transport(outbound.ConnectionFailed(ConnectionRefusedError("Connection refused"))),
+            "network",
+        ),
+        (
+            lambda: fetching.transport_error(
+                AttemptPhase.DOWNLOADING_FILE,
+                urllib3.exceptions.ProtocolError(
+                    "Connection broken", urllib3.exceptions.IncompleteRead(3, 7)
+                ),
+                200,
             ),
             "network",
         ),
-        (transport(requests.exceptions.ReadTimeout("HTTPConnectionPool: Read timed out.")), "timeout"),
         (
-            DownloadError("downloading file", "download timeout exceeded", retriable=True, response_code=200),
+            lambda: transport(
+                outbound.ReadTimeout(urllib3.exceptions.ReadTimeoutError(None, "/", "Read timed out."))
+            ),
             "timeout",
         ),
-        (DownloadError("performing request", "TLS Error occured: bad cert", retriable=False), "tls"),
-        (fetching._too_large(10, 200), "too_large"),
+        (lambda: fetching._deadline_exceeded(200), "timeout"),
+        (lambda: transport(outbound.TLSError(urllib3.exceptions.SSLError("bad cert"))), "tls"),
+        (lambda: fetching._too_large(10, 200), "too_large"),
+        (lambda: raised(lambda: fetching._check_mime(PNG, mime.parse_pattern("text/*"), 200)), "mime"),
+        (lambda: raised(lambda: attempts._pattern(Job(id="x", url="u", aggr_id="a", mime_type="["))), "mime"),
+        (lambda: attempts._image_failure(ImageSizeError("not an image"), 200), "image"),
         (
-            DownloadError(
-                "validating mime type", "image/png does not match text/*", retriable=False, response_code=200
-            ),
-            "mime",
-        ),
-        (DownloadError("extracting image-size", "not an image", retriable=False, response_code=200), "image"),
-        (
-            DownloadError(
-                fetching.DESTINATION_PHASE, "destination address not allowed: 10.0.0.1", retriable=False
-            ),
+            lambda: transport(DestinationNotAllowed("destination address not allowed: 10.0.0.1")),
             "destination_not_allowed",
         ),
-        (attempts._storage_failure(JOB, StorageError("disk gone"), 200), "storage"),
-        (DownloadError("writing tmp file", "No space left", retriable=True, internal=True), "storage"),
-        (DownloadError("creating request", "Invalid URL 'x'", retriable=False), "other"),
+        (lambda: attempts._storage_failure(JOB, StorageError("disk gone"), 200), "storage"),
+        (
+            lambda: attempts._storage_failure(
+                Job(id="x", url="u", aggr_id="a", s3_bucket="b"), StorageError("no"), 0
+            ),
+            "storage",
+        ),
+        (
+            lambda: fetching._storage_error(AttemptPhase.WRITING_TMP_FILE, OSError(28, "No space left"), 0),
+            "storage",
+        ),
+        (lambda: transport(outbound.InvalidRequest("Invalid URL 'x'")), "other"),
     ],
 )
-def test_failure_reason_classes(error: DownloadError, reason: str) -> None:
+def test_failure_reason_classes(make: Callable[[], DownloadError], reason: str) -> None:
+    """Each kind of failure gets its reason where it is raised; the metric label is that field."""
+    error = make()
+    assert error.reason == reason
     assert metrics.failure_reason(error) == reason
     assert reason in metrics.FAILURE_REASONS
 
