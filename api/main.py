@@ -12,7 +12,7 @@ from fastapi.staticfiles import StaticFiles
 
 from downloader import __version__, apikeys, cluster
 from downloader.api import deps, errors, files
-from downloader.api.routes import callbacks, downloads, health, jobs, metrics, stats, ui
+from downloader.api.routes import callbacks, downloads, health, jobs, prometheus, stats, ui
 from downloader.settings import Settings
 from downloader.store import AsyncStore
 
@@ -65,7 +65,7 @@ def create_app(settings: Settings, *, serve_files: bool = False) -> FastAPI:
         # 401s). Without keys everything is open: no layer to pass.
         app.add_middleware(deps.Gate, keyring=keyring)
     downloads.install(app)  # POST /download ahead of the router (before the metrics: inside them)
-    metrics.install(app, settings)  # GET /metrics and the request counts
+    prometheus.install(app, settings)  # GET /metrics and the request counts
     app.mount("/static", StaticFiles(directory=ui.STATIC_DIR), name="static")  # the page's assets
     if serve_files:
         root = Path(settings.storage_root)

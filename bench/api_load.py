@@ -16,7 +16,8 @@ p50/p90/p99/max latency, non-2xx answers and socket errors (from wrk), and the C
 run only. Nothing is ever fetched: the jobs are only queued.
 
 Needs `wrk` (Debian: `apt-get install wrk`) and `redis-server` on PATH. Run it from a directory
-other than the repository root (its operator/ folder would shadow the stdlib module):
+other than the repository root (its `downloader/` folder would hide the installed
+`downloader.api`, `.worker` and `.operator`):
 
     cd /tmp && /work/main/.venv/bin/python /work/main/bench/api_load.py --json /tmp/api.json
 

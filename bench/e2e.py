@@ -19,7 +19,7 @@ successful callback and that every stored file exists with the right size; any m
 the exit status 1.
 
 Run it with the project's venv from a directory other than the repository root (the repo's
-`operator/` folder would shadow the stdlib module):
+`downloader/` folder would hide the installed `downloader.api`, `.worker` and `.operator`):
 
     cd /tmp && /work/main/.venv/bin/python /work/main/bench/e2e.py --json /tmp/e2e.json
 """

@@ -20,8 +20,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-#: The repository. Its root must not be importable (its operator/ folder shadows the stdlib
-#: module), so importing this module drops it from sys.path.
+#: The repository. Its root must not be importable (its `downloader/` folder would hide the
+#: installed `downloader.api`, `.worker` and `.operator`), so importing this module drops it
+#: from sys.path.
 REPO = Path(__file__).resolve().parent.parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != REPO]
 

@@ -57,8 +57,8 @@ class KeyRing:
 
 def parse_api_keys(raw: str) -> KeyRing:
     """Comma-separated entries; blank entries are skipped, an empty setting leaves the API open."""
-    keys = [_entry(text.strip(), number) for number, text in enumerate(raw.split(","), start=1)]
-    return KeyRing(tuple(key for key in keys if key is not None))
+    entries = [_entry(text.strip(), number) for number, text in enumerate(raw.split(","), start=1)]
+    return KeyRing(tuple(key for key in entries if key is not None))
 
 
 def _entry(text: str, number: int) -> ApiKey | None:

@@ -172,8 +172,10 @@ def cmd_up(args: argparse.Namespace) -> int:
     _check_tmp_dir(settings)
     _check_api(settings, serve_files=True)
     if local:
-        log.info("allowing downloads and callbacks to private networks (local use; "
-                 "set DOWNLOADER_ALLOW_PRIVATE_NETWORKS=false to refuse them)")  # fmt: skip
+        log.info(
+            "allowing downloads and callbacks to private networks (local use; "
+            "set DOWNLOADER_ALLOW_PRIVATE_NETWORKS=false to refuse them)"
+        )
     listeners: list[socket.socket] = []
     try:
         if embedded is not None:
@@ -215,8 +217,13 @@ def _serve_up(args: argparse.Namespace, settings: Settings, listeners: list[sock
 
     threads = _start_services(services, failures, on_failure=stop_all)
     _on_signals(stop_all)
-    log.info("serving on http://%s:%d (files at %s, stored under %s)", args.host, args.port,
-             settings.download_url, settings.storage_root)  # fmt: skip
+    log.info(
+        "serving on http://%s:%d (files at %s, stored under %s)",
+        args.host,
+        args.port,
+        settings.download_url,
+        settings.storage_root,
+    )
     try:
         server.run(sockets=listeners)
     except SystemExit:  # uvicorn's way of saying its start-up failed (logged above)
@@ -438,8 +445,9 @@ def _tool_parsers(sub: Any, config: argparse.ArgumentParser) -> None:
     enqueue.add_argument("--api-key", metavar="TOKEN", help="bearer token for --api ($DOWNLOADER_API_KEY)")
     enqueue.add_argument("--ids", metavar="FILE", help="write 'line<TAB>url<TAB>job id' per queued job")
     retry = sub.add_parser("retry", parents=[config], help="put Failed callbacks back in the queue")
-    retry.add_argument("job_ids", nargs="*", metavar="JOB_ID",
-                       help="these jobs (after `--`: an id may begin with '-')")  # fmt: skip
+    retry.add_argument(
+        "job_ids", nargs="*", metavar="JOB_ID", help="these jobs (after `--`: an id may begin with '-')"
+    )
     retry.add_argument("--failed", action="store_true", help="every job whose callback is Failed")
     retry.add_argument("--aggr", metavar="ID", help="with --failed: only this aggregation")
     retry.add_argument("--dry-run", action="store_true", help="list them, change nothing")
@@ -552,8 +560,10 @@ class _Tally:
 
     def summary(self) -> None:
         elapsed = time.monotonic() - self.progress.started
-        print(f"total {self.done}, queued {len(self.queued)}, rejected {len(self.rejected)}, "
-              f"elapsed {elapsed:.2f}s, {self.progress.rate(self.done):.0f} jobs/s")  # fmt: skip
+        print(
+            f"total {self.done}, queued {len(self.queued)}, rejected {len(self.rejected)}, "
+            f"elapsed {elapsed:.2f}s, {self.progress.rate(self.done):.0f} jobs/s"
+        )
         for number, reason in self.rejected[:SHOWN_REASONS]:
             print(f"  line {number}: {reason}")
         if len(self.rejected) > SHOWN_REASONS:
@@ -634,14 +644,18 @@ def cmd_retry(args: argparse.Namespace) -> int:
         if args.dry_run:
             for job_id in ids:
                 print(job_id)
-            print(f"scanned {scanned}, would reschedule {len(ids)} (dry run: nothing changed), "
-                  f"elapsed {time.monotonic() - started:.2f}s")  # fmt: skip
+            print(
+                f"scanned {scanned}, would reschedule {len(ids)} (dry run: nothing changed), "
+                f"elapsed {time.monotonic() - started:.2f}s"
+            )
             return 0
         skipped = _reschedule(store, ids)
     finally:
         store.close()
-    print(f"scanned {scanned}, rescheduled {len(ids) - len(skipped)}, skipped {len(skipped)}, "
-          f"elapsed {time.monotonic() - started:.2f}s")  # fmt: skip
+    print(
+        f"scanned {scanned}, rescheduled {len(ids) - len(skipped)}, skipped {len(skipped)}, "
+        f"elapsed {time.monotonic() - started:.2f}s"
+    )
     for line in skipped[:SHOWN_REASONS]:
         print(f"  {line}")
     # The original's exit status counted failures; a job given by id that was not retried is one.

@@ -46,8 +46,15 @@ def client_configuration(settings: Settings) -> client.Configuration:
         else:
             config.load_incluster_config(client_configuration=configuration)
     # The client reads any YAML as a kubeconfig and fails on the first unexpected shape.
-    except (config.ConfigException, OSError, yaml.YAMLError, TypeError, ValueError, AttributeError,
-            KeyError) as exc:  # fmt: skip
+    except (
+        config.ConfigException,
+        OSError,
+        yaml.YAMLError,
+        TypeError,
+        ValueError,
+        AttributeError,
+        KeyError,
+    ) as exc:
         source = f"DOWNLOADER_KUBECONFIG={settings.kubeconfig}: " if settings.kubeconfig else ""
         why = " ".join(str(exc).split())  # YAML errors span lines
         raise ClusterError(f"no usable Kubernetes configuration: {source}{why}") from exc
@@ -58,8 +65,8 @@ def bearer_token(configuration: client.Configuration) -> str:
     """The bare token of a configuration, for clients other than the official one (kopf).
     The key's name varies by client version, and the in-cluster loader writes it as
     `bearer <token>`, lower case: a token sent with that prefix kept is refused (401)."""
-    keys = configuration.api_key or {}
-    raw = str(keys.get("BearerToken") or keys.get("authorization") or "").strip()
+    api_key = configuration.api_key or {}
+    raw = str(api_key.get("BearerToken") or api_key.get("authorization") or "").strip()
     scheme, _, rest = raw.partition(" ")
     return rest.strip() if rest and scheme.lower() == "bearer" else raw
 
@@ -92,8 +99,14 @@ class Cluster:
         return created is not _TOLERATED
 
     def aggregation_ids(self) -> set[str]:
-        listed = _call("listing Aggregations", self.custom.list_namespaced_custom_object,
-                       planning.GROUP, planning.VERSION, self.namespace, planning.PLURAL)  # fmt: skip
+        listed = _call(
+            "listing Aggregations",
+            self.custom.list_namespaced_custom_object,
+            planning.GROUP,
+            planning.VERSION,
+            self.namespace,
+            planning.PLURAL,
+        )
         return {str(item.get("spec", {}).get("id")) for item in cast(dict[str, Any], listed).get("items", [])}
 
     # --- worker Deployments -----------------------------------------------------------
@@ -106,8 +119,13 @@ class Cluster:
         return cast(dict[str, Any], self.apps.api_client.sanitize_for_serialization(found))
 
     def create_deployment(self, body: dict[str, Any]) -> None:
-        _call(f"creating Deployment {body['metadata']['name']}", self.apps.create_namespaced_deployment,
-              self.namespace, cast(Any, body), tolerate=409)  # fmt: skip
+        _call(
+            f"creating Deployment {body['metadata']['name']}",
+            self.apps.create_namespaced_deployment,
+            self.namespace,
+            cast(Any, body),
+            tolerate=409,
+        )
 
     def patch_deployment(self, name: str, patch: dict[str, Any]) -> None:
         _call(
@@ -125,8 +143,14 @@ class Cluster:
 
     def annotate_pod(self, name: str, annotations: Mapping[str, str]) -> None:
         """Set annotations on a pod; one that is already gone is no error."""
-        _call(f"annotating pod {name}", self.core.patch_namespaced_pod, name, self.namespace,
-              {"metadata": {"annotations": dict(annotations)}}, tolerate=404)  # fmt: skip
+        _call(
+            f"annotating pod {name}",
+            self.core.patch_namespaced_pod,
+            name,
+            self.namespace,
+            {"metadata": {"annotations": dict(annotations)}},
+            tolerate=404,
+        )
 
 
 _TOLERATED = object()

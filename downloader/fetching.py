@@ -321,8 +321,14 @@ class Fetcher:
             with contextlib.suppress(OSError):
                 path.unlink()
             raise
-        return Fetched(path=path, response_code=code, mime_type=detected, size=size, sha256=sha256,
-                       final_url=response.url or "")  # fmt: skip
+        return Fetched(
+            path=path,
+            response_code=code,
+            mime_type=detected,
+            size=size,
+            sha256=sha256,
+            final_url=response.url or "",
+        )
 
     def _copy(
         self,

@@ -70,34 +70,41 @@ HTTP_REQUESTS = _counter(
     ["route", "method", "status_class"],
 )
 HTTP_DURATION = _histogram(
-    "downloader_http_request_duration_seconds", "API request latency by route template.",
-    (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5), ["route"],
-)  # fmt: skip
+    "downloader_http_request_duration_seconds",
+    "API request latency by route template.",
+    (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+    ["route"],
+)
 
 # --- worker ---------------------------------------------------------------------------
 
 JOBS_STARTED = _counter("downloader_jobs_started", "Download attempts started.")
 JOBS_SUCCEEDED = _counter("downloader_jobs_succeeded", "Download attempts that stored the file.")
 JOBS_FAILED = _counter(
-    "downloader_jobs_failed", "Jobs failed for good (no attempt left or not retriable), by reason.",
+    "downloader_jobs_failed",
+    "Jobs failed for good (no attempt left or not retriable), by reason.",
     ["reason"],
-)  # fmt: skip
+)
 JOBS_RETRIED = _counter(
-    "downloader_jobs_retried", "Failed attempts whose job was queued again after a backoff, by reason.",
+    "downloader_jobs_retried",
+    "Failed attempts whose job was queued again after a backoff, by reason.",
     ["reason"],
-)  # fmt: skip
+)
 JOBS_GIVEN_BACK = _counter(
     "downloader_jobs_given_back",
     "Attempts that ended without an outcome: interrupted (shutdown, full disk) or lease lost.",
 )
 DOWNLOAD_DURATION = _histogram(
-    "downloader_download_duration_seconds", "Duration of download attempts (fetch, checks, store).",
-    (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0), ["outcome"],
-)  # fmt: skip
+    "downloader_download_duration_seconds",
+    "Duration of download attempts (fetch, checks, store).",
+    (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0),
+    ["outcome"],
+)
 DOWNLOAD_SIZE = _histogram(
-    "downloader_download_size_bytes", "Size of downloaded files.",
+    "downloader_download_size_bytes",
+    "Size of downloaded files.",
     tuple(float(1 << n) for n in range(10, 31, 2)),  # 1 KiB .. 1 GiB, x4
-)  # fmt: skip
+)
 DOWNLOADED_BYTES = _counter("downloader_downloaded_bytes", "Bytes of downloaded files.")
 DOWNLOAD_RESPONSES = _counter(
     "downloader_download_responses", "HTTP responses to downloads by status class.", ["status_class"]
@@ -138,9 +145,11 @@ CALLBACKS_FAILED = _counter(
     "downloader_callbacks_failed", "Callbacks given up (attempts used up, or undeliverable).", ["backend"]
 )
 CALLBACK_DURATION = _histogram(
-    "downloader_callback_duration_seconds", "Latency of callback attempts by backend and outcome.",
-    (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0), ["backend", "outcome"],
-)  # fmt: skip
+    "downloader_callback_duration_seconds",
+    "Latency of callback attempts by backend and outcome.",
+    (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
+    ["backend", "outcome"],
+)
 FILE_DELETIONS = _counter("downloader_file_deletions", "Files the reaper deleted or failed to.", ["result"])
 
 # --- operator -------------------------------------------------------------------------
@@ -201,8 +210,9 @@ def _sums(rows: Iterable[Sequence[int]], width: int) -> tuple[int, ...]:
 # --- recording (called by the worker, notifier, API and operator) -------------------------
 
 
-def attempt_done(error: DownloadError | None, *, terminal: bool, written: bool, size: int,
-                 seconds: float) -> None:  # fmt: skip
+def attempt_done(
+    error: DownloadError | None, *, terminal: bool, written: bool, size: int, seconds: float
+) -> None:
     """One download attempt's outcome; `written` is whether its lease still held."""
     if isinstance(error, Interrupted) or not written:
         JOBS_GIVEN_BACK.inc()
@@ -405,8 +415,12 @@ def serve(settings: Settings, component: str) -> Any:
     try:
         server, _thread = prometheus_client.start_http_server(settings.metrics_port, registry=REGISTRY)
     except OSError as exc:
-        log.warning("%s: cannot serve metrics on port %d (%s); running without /metrics",
-                    component, settings.metrics_port, exc.strerror or exc)  # fmt: skip
+        log.warning(
+            "%s: cannot serve metrics on port %d (%s); running without /metrics",
+            component,
+            settings.metrics_port,
+            exc.strerror or exc,
+        )
         return None
     log.info("%s: metrics at http://0.0.0.0:%d/metrics", component, settings.metrics_port)
     return server

@@ -102,9 +102,13 @@ class HttpBackend:
                 # Redirects are not followed (each hop would need the address checks again, and
                 # Go's POST-to-GET rewriting would not deliver the payload): a 3xx is undelivered.
                 resp = self.client.exchange(
-                    "POST", destination, headers=headers, body=message.body, timeout=self._timeout,
+                    "POST",
+                    destination,
+                    headers=headers,
+                    body=message.body,
+                    timeout=self._timeout,
                     watched=watched,
-                )  # fmt: skip
+                )
             except (RequestError, DestinationNotAllowed) as exc:
                 if watched.expired:
                     raise NotificationError(f'Post "{destination}": {DEADLINE_EXCEEDED}') from exc

@@ -577,9 +577,18 @@ def _urlopen(
     """urllib3's urlopen as requests' HTTPAdapter.send called it, its errors as it raised them."""
     try:
         response: Response = pool.urlopen(
-            method, target, body=body, headers=headers, redirect=False, assert_same_host=False,
-            preload_content=False, decode_content=False, retries=_NO_RETRIES, timeout=timeout, chunked=False,
-        )  # fmt: skip
+            method,
+            target,
+            body=body,
+            headers=headers,
+            redirect=False,
+            assert_same_host=False,
+            preload_content=False,
+            decode_content=False,
+            retries=_NO_RETRIES,
+            timeout=timeout,
+            chunked=False,
+        )
         return response
     except (ProtocolError, OSError) as exc:
         raise ConnectionFailed(exc) from exc
@@ -884,8 +893,10 @@ def _proxy_environment() -> dict[str, str]:
     """The *_PROXY variables (urllib's reading of them, as requests read them), or {} when
     none of them could proxy an http(s) URL (NO_PROXY alone, FTP_PROXY...)."""
     proxies = urllib.request.getproxies_environment()
-    usable = any(key in ("http", "https", "all") or key.startswith(("http://", "https://", "all://"))
-                 for key in proxies)  # fmt: skip
+    usable = any(
+        key in ("http", "https", "all") or key.startswith(("http://", "https://", "all://"))
+        for key in proxies
+    )
     return dict(proxies) if usable else {}
 
 

@@ -203,8 +203,15 @@ def _conditions(spec: Spec, observed: Observed, replicas: int, why: str) -> list
     for kind, state, reason, message in wanted:
         old = previous.get(kind)
         since = old.get("lastTransitionTime") if old and old.get("status") == state else now
-        out.append({"type": kind, "status": state, "reason": reason, "message": message,
-                    "lastTransitionTime": since or now})  # fmt: skip
+        out.append(
+            {
+                "type": kind,
+                "status": state,
+                "reason": reason,
+                "message": message,
+                "lastTransitionTime": since or now,
+            }
+        )
     return out
 
 

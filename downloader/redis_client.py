@@ -162,8 +162,12 @@ def connect(settings: Settings) -> redis.Redis:
         return redis.Redis.from_url(m.url, retry=_retry(), **common)
     sentinel = redis.sentinel.Sentinel(list(m.sentinels), sentinel_kwargs=_sentinel_kwargs(m))  # type: ignore[no-untyped-call]
     client = sentinel.master_for(m.master_name, retry=_retry(), **common, **_primary_kwargs(m.url))  # type: ignore[no-untyped-call]
-    threading.Thread(target=_follow_primary, args=(weakref.ref(client.connection_pool),),
-                     name="redis-follow-primary", daemon=True).start()  # fmt: skip
+    threading.Thread(
+        target=_follow_primary,
+        args=(weakref.ref(client.connection_pool),),
+        name="redis-follow-primary",
+        daemon=True,
+    ).start()
     return cast(redis.Redis, client)
 
 

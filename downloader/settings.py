@@ -89,7 +89,7 @@ class Settings(BaseSettings):
     """Longest such wait; on timeout the job is still accepted and a warning logged."""
 
     storage_backend: Literal["filesystem", "s3"] = "filesystem"
-    """Where finished files go. S3 arrives with the production backends."""
+    """Where finished files go: a filesystem under `storage_root`, or the S3 bucket `s3_bucket`."""
 
     storage_root: Path = Path("data/files")
     """Root of the filesystem backend; files live at `<root>/<id[0:3]>/<id>`."""

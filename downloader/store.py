@@ -175,8 +175,9 @@ class DeadLetter:
     def decode(cls, raw: str) -> DeadLetter:
         try:
             values = json.loads(raw)
-            return cls(str(values.get("aggr_id", "")), str(values.get("reason", "")),
-                       float(values.get("at", 0)))  # fmt: skip
+            return cls(
+                str(values.get("aggr_id", "")), str(values.get("reason", "")), float(values.get("at", 0))
+            )
         except (ValueError, TypeError, AttributeError):
             return cls("", raw, 0.0)  # written by hand: shown as it is
 
@@ -247,8 +248,11 @@ class Store:
         """True for the one process of the fleet whose turn it is to run the adoption sweep
         (at most once per interval, whoever asks first)."""
         with translated():
-            return bool(self.redis.set(keys.ADOPTION_LOCK, new_token(), nx=True,
-                                       px=max(1, int(interval_seconds * 1000))))  # fmt: skip
+            return bool(
+                self.redis.set(
+                    keys.ADOPTION_LOCK, new_token(), nx=True, px=max(1, int(interval_seconds * 1000))
+                )
+            )
 
     def adopt_unregistered(self, batch: int = 1000, pause: float = 0.01) -> int:
         """Register the queues and leases no registry knows of: queues written by the original's
@@ -414,8 +418,15 @@ class Store:
         """Claim up to `wanted` jobs due by `now`, mark them InProgress and read them, in one
         round trip; their leases run `lease_seconds` on Redis's clock."""
         now = time.time() if now is None else now
-        call = claim_call(aggr_id=aggr_id, wanted=wanted, token=token, call_id=new_token(),
-                          lease_seconds=lease_seconds, now=now, meta_ttl=self.meta_ttl)  # fmt: skip
+        call = claim_call(
+            aggr_id=aggr_id,
+            wanted=wanted,
+            token=token,
+            call_id=new_token(),
+            lease_seconds=lease_seconds,
+            now=now,
+            meta_ttl=self.meta_ttl,
+        )
         with translated():
             reply = cast(list[Any], self._claim(keys=call.keys, args=call.args))
         status = reply[0]
@@ -428,8 +439,12 @@ class Store:
                 jobs[job_id] = ClaimedJob(raw, options[0])
             return Claim(jobs, Aggregation.from_hash(aggr_id, _pairs(reply[1])))
         if status in ("full", "paused", "empty", "idle"):
-            return Claim(full=status == "full", paused=status == "paused",
-                         empty=status in ("empty", "idle"), idle=status == "idle")  # fmt: skip
+            return Claim(
+                full=status == "full",
+                paused=status == "paused",
+                empty=status in ("empty", "idle"),
+                idle=status == "idle",
+            )
         return Claim(next_ready=float(status))
 
     def renew(self, aggr_id: str, ids: Sequence[str], token: str, lease_seconds: float) -> list[str]:
@@ -450,8 +465,9 @@ class Store:
         """Write the outcome of an attempt if `token` still holds the job's lease: 1 done,
         0 lease lost, -1 the job's hash vanished meanwhile."""
         now = time.time() if now is None else now
-        call = finish_call(job=job, token=token, call_id=new_token(), outcome=outcome, now=now,
-                           meta_ttl=self.meta_ttl)  # fmt: skip
+        call = finish_call(
+            job=job, token=token, call_id=new_token(), outcome=outcome, now=now, meta_ttl=self.meta_ttl
+        )
         with translated():
             return int(self._finish(keys=call.keys, args=call.args))
 
@@ -470,10 +486,19 @@ class Store:
         now = time.time() if now is None else now
         # Capped texts, as FINISH's failure records: a hostile hash must not grow the list.
         letter = DeadLetter(aggr_id, reason[:2048], now)
-        failure = json.dumps({"id": job_id, "aggr_id": aggr_id, "url": url[:2048], "code": "", "at": now,
-                              "error": f"unreadable job, set aside: {letter.reason}"})  # fmt: skip
-        call = drop_claim_call(aggr_id=aggr_id, job_id=job_id, token=token, dead_letter=letter,
-                               failure=failure)  # fmt: skip
+        failure = json.dumps(
+            {
+                "id": job_id,
+                "aggr_id": aggr_id,
+                "url": url[:2048],
+                "code": "",
+                "at": now,
+                "error": f"unreadable job, set aside: {letter.reason}",
+            }
+        )
+        call = drop_claim_call(
+            aggr_id=aggr_id, job_id=job_id, token=token, dead_letter=letter, failure=failure
+        )
         with translated():
             return bool(self._drop_claim(keys=call.keys, args=call.args))
 
@@ -501,12 +526,31 @@ class Store:
         """Give back one job whose lease expired on Redis's clock (processes run `recover_due`)."""
         now = time.time() if now is None else now
         with translated():
-            return int(self._recover(
-                keys=[keys.inflight(aggr_id), keys.leases(aggr_id), keys.queue(aggr_id), keys.job(job_id),
-                      keys.job_meta(job_id), keys.CALLBACK_QUEUE, keys.job_errors(job_id)],
-                args=[job_id, repr(now), crash_tolerance, DEFAULT_MAX_RETRIES, error, self.meta_ttl,
-                      keys.JOB_ERRORS_KEPT, aggr_id, keys.WAKEUP_CHANNEL, keys.CALLBACK_WAKEUP_CHANNEL],
-            ))  # fmt: skip
+            return int(
+                self._recover(
+                    keys=[
+                        keys.inflight(aggr_id),
+                        keys.leases(aggr_id),
+                        keys.queue(aggr_id),
+                        keys.job(job_id),
+                        keys.job_meta(job_id),
+                        keys.CALLBACK_QUEUE,
+                        keys.job_errors(job_id),
+                    ],
+                    args=[
+                        job_id,
+                        repr(now),
+                        crash_tolerance,
+                        DEFAULT_MAX_RETRIES,
+                        error,
+                        self.meta_ttl,
+                        keys.JOB_ERRORS_KEPT,
+                        aggr_id,
+                        keys.WAKEUP_CHANNEL,
+                        keys.CALLBACK_WAKEUP_CHANNEL,
+                    ],
+                )
+            )
 
     def recover_due(
         self,
@@ -522,13 +566,30 @@ class Store:
         (queued again at `now`)."""
         now = time.time() if now is None else now
         with translated():
-            reply = cast(list[Any], self._recover_due(
-                keys=[keys.LEASES_DUE, keys.CALLBACK_QUEUE, keys.CALLBACK_INFLIGHT, keys.CALLBACK_LEASES],
-                args=[repr(now), crash_tolerance, DEFAULT_MAX_RETRIES, error, self.meta_ttl,
-                      keys.JOB_ERRORS_KEPT, keys.WAKEUP_CHANNEL, keys.CALLBACK_WAKEUP_CHANNEL,
-                      max_aggregations, max_leases, keys.QUEUE_PREFIX, keys.INFLIGHT_PREFIX,
-                      keys.LEASES_PREFIX, keys.JOB_PREFIX, keys.JOB_META_PREFIX, keys.JOB_ERRORS_PREFIX],
-            ))  # fmt: skip
+            reply = cast(
+                list[Any],
+                self._recover_due(
+                    keys=[keys.LEASES_DUE, keys.CALLBACK_QUEUE, keys.CALLBACK_INFLIGHT, keys.CALLBACK_LEASES],
+                    args=[
+                        repr(now),
+                        crash_tolerance,
+                        DEFAULT_MAX_RETRIES,
+                        error,
+                        self.meta_ttl,
+                        keys.JOB_ERRORS_KEPT,
+                        keys.WAKEUP_CHANNEL,
+                        keys.CALLBACK_WAKEUP_CHANNEL,
+                        max_aggregations,
+                        max_leases,
+                        keys.QUEUE_PREFIX,
+                        keys.INFLIGHT_PREFIX,
+                        keys.LEASES_PREFIX,
+                        keys.JOB_PREFIX,
+                        keys.JOB_META_PREFIX,
+                        keys.JOB_ERRORS_PREFIX,
+                    ],
+                ),
+            )
         *flat, callbacks, next_due = reply
         downloads = [
             (str(a), str(j), int(r)) for a, j, r in zip(flat[::3], flat[1::3], flat[2::3], strict=True)
@@ -543,11 +604,21 @@ class Store:
         """Claim up to `wanted` callbacks due by `now`, count their attempt and read them."""
         now = time.time() if now is None else now
         with translated():
-            reply = cast(list[Any], self._claim_callbacks(
-                keys=[keys.CALLBACK_QUEUE, keys.CALLBACK_INFLIGHT, keys.CALLBACK_LEASES],
-                args=[repr(now), repr(lease_seconds), wanted, token, keys.JOB_PREFIX,
-                      keys.JOB_OPTIONS_PREFIX, keys.JOB_META_PREFIX],
-            ))  # fmt: skip
+            reply = cast(
+                list[Any],
+                self._claim_callbacks(
+                    keys=[keys.CALLBACK_QUEUE, keys.CALLBACK_INFLIGHT, keys.CALLBACK_LEASES],
+                    args=[
+                        repr(now),
+                        repr(lease_seconds),
+                        wanted,
+                        token,
+                        keys.JOB_PREFIX,
+                        keys.JOB_OPTIONS_PREFIX,
+                        keys.JOB_META_PREFIX,
+                    ],
+                ),
+            )
         next_due, *per_job = reply
         jobs: dict[str, ClaimedJob | None] = {
             job_id: ClaimedJob(_pairs(flat), options[0], result[0]) if flat else None
@@ -562,10 +633,13 @@ class Store:
         if not ids:
             return []
         with translated():
-            return cast(list[str], self._renew(
-                keys=[keys.CALLBACK_INFLIGHT, keys.CALLBACK_LEASES],
-                args=[repr(lease_seconds), token, *ids],
-            ))  # fmt: skip
+            return cast(
+                list[str],
+                self._renew(
+                    keys=[keys.CALLBACK_INFLIGHT, keys.CALLBACK_LEASES],
+                    args=[repr(lease_seconds), token, *ids],
+                ),
+            )
 
     def rescue_orphans(self, batch: int = 1000, pause: float = 0.0) -> dict[str, int] | None:
         """Queue again the jobs no queue knows of (left by the original's crashes); None when
@@ -707,9 +781,12 @@ class Store:
         next one is due if none is due now."""
         now = time.time() if now is None else now
         with translated():
-            next_due, *ids = cast(list[str], self._claim_deletions(
-                keys=[keys.DELETION_QUEUE], args=[repr(now), wanted, repr(now + retry_after)]
-            ))  # fmt: skip
+            next_due, *ids = cast(
+                list[str],
+                self._claim_deletions(
+                    keys=[keys.DELETION_QUEUE], args=[repr(now), wanted, repr(now + retry_after)]
+                ),
+            )
         return ids, float(next_due) if next_due else None
 
     def deletion_targets(self, ids: Sequence[str]) -> dict[str, str]:
@@ -807,8 +884,10 @@ class Store:
                 for job_key in found:
                     pipe.hmget(job_key, ["AggrID", "CallbackState"])
                 rows = pipe.execute() if found else []
-                yield [(k[len(keys.JOB_PREFIX) :], a or "", c or "")
-                       for k, (a, c) in zip(found, rows, strict=True)]  # fmt: skip
+                yield [
+                    (k[len(keys.JOB_PREFIX) :], a or "", c or "")
+                    for k, (a, c) in zip(found, rows, strict=True)
+                ]
                 if cursor == 0:
                     return
 
@@ -875,45 +954,98 @@ def release_held_call(*, job_id: str, aggr_id: str, score: float) -> ScriptCall:
 
 
 def undo_held_call(*, job_id: str, aggr_id: str, held_until: float) -> ScriptCall:
-    return ScriptCall(keys=[keys.job(job_id), keys.queue(aggr_id), keys.job_options(job_id)],
-                      args=[job_id, repr(held_until)])  # fmt: skip
+    return ScriptCall(
+        keys=[keys.job(job_id), keys.queue(aggr_id), keys.job_options(job_id)],
+        args=[job_id, repr(held_until)],
+    )
 
 
 def claim_call(
     *, aggr_id: str, wanted: int, token: str, call_id: str, lease_seconds: float, now: float, meta_ttl: int
 ) -> ScriptCall:
     return ScriptCall(
-        keys=[keys.queue(aggr_id), keys.inflight(aggr_id), keys.leases(aggr_id), keys.aggregation(aggr_id),
-              keys.PAUSED_AGGREGATIONS, keys.MANAGED_AGGREGATIONS, keys.AGGREGATIONS, keys.LEASES_DUE,
-              keys.claim_receipt(call_id)],
-        args=[repr(now), repr(lease_seconds), wanted, token, DEFAULT_AGGREGATION_LIMIT, aggr_id, meta_ttl,
-              keys.JOB_PREFIX, keys.JOB_META_PREFIX, keys.JOB_OPTIONS_PREFIX],
-    )  # fmt: skip
+        keys=[
+            keys.queue(aggr_id),
+            keys.inflight(aggr_id),
+            keys.leases(aggr_id),
+            keys.aggregation(aggr_id),
+            keys.PAUSED_AGGREGATIONS,
+            keys.MANAGED_AGGREGATIONS,
+            keys.AGGREGATIONS,
+            keys.LEASES_DUE,
+            keys.claim_receipt(call_id),
+        ],
+        args=[
+            repr(now),
+            repr(lease_seconds),
+            wanted,
+            token,
+            DEFAULT_AGGREGATION_LIMIT,
+            aggr_id,
+            meta_ttl,
+            keys.JOB_PREFIX,
+            keys.JOB_META_PREFIX,
+            keys.JOB_OPTIONS_PREFIX,
+        ],
+    )
 
 
 def finish_call(
     *, job: Job, token: str, call_id: str, outcome: Outcome, now: float, meta_ttl: int
 ) -> ScriptCall:
     target = outcome.target or keys.queue(job.aggr_id)
-    channel = {keys.CALLBACK_QUEUE: keys.CALLBACK_WAKEUP_CHANNEL,
-               keys.queue(job.aggr_id): keys.WAKEUP_CHANNEL}  # fmt: skip
+    channel = {
+        keys.CALLBACK_QUEUE: keys.CALLBACK_WAKEUP_CHANNEL,
+        keys.queue(job.aggr_id): keys.WAKEUP_CHANNEL,
+    }
     return ScriptCall(
-        keys=[keys.inflight(job.aggr_id), keys.leases(job.aggr_id), keys.job(job.id), target,
-              keys.job_meta(job.id), keys.job_errors(job.id), keys.DELETION_TARGETS,
-              keys.throughput(int(now // 60)), keys.RECENT_FAILURES],
-        args=[job.id, token, call_id, repr(outcome.score) if outcome.target else "", repr(now), outcome.error,
-              keys.JOB_ERRORS_KEPT, meta_ttl, "1" if outcome.finished else "0", outcome.deletion_target,
-              outcome.result, outcome.counted_as, job.aggr_id, outcome.failure, keys.THROUGHPUT_TTL_SECONDS,
-              keys.RECENT_FAILURES_KEPT, channel.get(target, ""), *_flatten(outcome.fields)],
-    )  # fmt: skip
+        keys=[
+            keys.inflight(job.aggr_id),
+            keys.leases(job.aggr_id),
+            keys.job(job.id),
+            target,
+            keys.job_meta(job.id),
+            keys.job_errors(job.id),
+            keys.DELETION_TARGETS,
+            keys.throughput(int(now // 60)),
+            keys.RECENT_FAILURES,
+        ],
+        args=[
+            job.id,
+            token,
+            call_id,
+            repr(outcome.score) if outcome.target else "",
+            repr(now),
+            outcome.error,
+            keys.JOB_ERRORS_KEPT,
+            meta_ttl,
+            "1" if outcome.finished else "0",
+            outcome.deletion_target,
+            outcome.result,
+            outcome.counted_as,
+            job.aggr_id,
+            outcome.failure,
+            keys.THROUGHPUT_TTL_SECONDS,
+            keys.RECENT_FAILURES_KEPT,
+            channel.get(target, ""),
+            *_flatten(outcome.fields),
+        ],
+    )
 
 
 def rescue_orphan_call(*, job_id: str, aggr_id: str, now: float) -> ScriptCall:
     return ScriptCall(
-        keys=[keys.job(job_id), keys.queue(aggr_id), keys.inflight(aggr_id), keys.CALLBACK_QUEUE,
-              keys.CALLBACK_INFLIGHT, keys.AGGREGATIONS, keys.DEAD_LETTERS],
+        keys=[
+            keys.job(job_id),
+            keys.queue(aggr_id),
+            keys.inflight(aggr_id),
+            keys.CALLBACK_QUEUE,
+            keys.CALLBACK_INFLIGHT,
+            keys.AGGREGATIONS,
+            keys.DEAD_LETTERS,
+        ],
         args=[job_id, repr(now), aggr_id, keys.WAKEUP_CHANNEL, keys.CALLBACK_WAKEUP_CHANNEL],
-    )  # fmt: skip
+    )
 
 
 def drop_claim_call(
@@ -921,9 +1053,14 @@ def drop_claim_call(
 ) -> ScriptCall:
     return ScriptCall(
         keys=[keys.inflight(aggr_id), keys.leases(aggr_id), keys.DEAD_LETTERS, keys.RECENT_FAILURES],
-        args=[job_id, token, "" if dead_letter is None else dead_letter.encode(), failure,
-              keys.RECENT_FAILURES_KEPT],
-    )  # fmt: skip
+        args=[
+            job_id,
+            token,
+            "" if dead_letter is None else dead_letter.encode(),
+            failure,
+            keys.RECENT_FAILURES_KEPT,
+        ],
+    )
 
 
 class AsyncStore:
@@ -1005,18 +1142,32 @@ class AsyncStore:
             try:
                 await self._release_held(keys=release.keys, args=release.args)
             except redis.RedisError as exc:  # the job is safe with the replicas: it starts late
-                log.warning("job %s is queued but could not be released (%s): it starts within %d s",
-                            job_id, exc, HOLD_SECONDS)  # fmt: skip
+                log.warning(
+                    "job %s is queued but could not be released (%s): it starts within %d s",
+                    job_id,
+                    exc,
+                    HOLD_SECONDS,
+                )
             return True
         undo = undo_held_call(job_id=job_id, aggr_id=aggregation.id, held_until=held_until)
         if not await self._undo_held(keys=undo.keys, args=undo.args):
             # Not held any more: a worker whose clock runs HOLD_SECONDS ahead took it. It runs;
             # undoing it now would leave half a job, so it stays, unreplicated, as before.
-            log.warning("job %s acknowledged by %s of %d replicas within %d ms, and already claimed: kept",
-                        job_id, acked, self.wait_replicas, self.wait_timeout_ms)  # fmt: skip
+            log.warning(
+                "job %s acknowledged by %s of %d replicas within %d ms, and already claimed: kept",
+                job_id,
+                acked,
+                self.wait_replicas,
+                self.wait_timeout_ms,
+            )
             return True
-        log.warning("job %s acknowledged by %s of %d replicas within %d ms: undone, answered 503",
-                    job_id, acked, self.wait_replicas, self.wait_timeout_ms)  # fmt: skip
+        log.warning(
+            "job %s acknowledged by %s of %d replicas within %d ms: undone, answered 503",
+            job_id,
+            acked,
+            self.wait_replicas,
+            self.wait_timeout_ms,
+        )
         raise NotReplicated(
             f"only {acked} of {self.wait_replicas} Redis replicas acknowledged the job within "
             f"{self.wait_timeout_ms} ms; nothing was queued, send it again later"
@@ -1186,8 +1337,14 @@ class Instance:
     def decode(cls, role: str, member: str) -> Instance:
         try:
             raw = json.loads(member)
-            return cls(role, str(raw["id"]), str(raw["host"]), int(raw["pid"]), str(raw["version"]),
-                       float(raw["started"]))  # fmt: skip
+            return cls(
+                role,
+                str(raw["id"]),
+                str(raw["host"]),
+                int(raw["pid"]),
+                str(raw["version"]),
+                float(raw["started"]),
+            )
         except (ValueError, KeyError, TypeError):
             return cls(role, member[:40], "?", 0, "?", 0.0)
 

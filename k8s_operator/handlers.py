@@ -78,14 +78,21 @@ class Reconciler:
     ) -> None:
         s = self.settings
         pod = planning.WorkerPod(
-            image=s.worker_image, pull_policy=s.worker_image_pull_policy, resources=s.worker_resources,
-            env_configmap=s.worker_env_configmap, env_secret=s.worker_env_secret,
-            service_account=s.worker_service_account, tmp_dir=str(s.tmp_dir),
-            storage_root=str(s.storage_root), storage_claim=s.worker_storage_claim,
+            image=s.worker_image,
+            pull_policy=s.worker_image_pull_policy,
+            resources=s.worker_resources,
+            env_configmap=s.worker_env_configmap,
+            env_secret=s.worker_env_secret,
+            service_account=s.worker_service_account,
+            tmp_dir=str(s.tmp_dir),
+            storage_root=str(s.storage_root),
+            storage_claim=s.worker_storage_claim,
             shutdown_grace_seconds=s.shutdown_grace_seconds,
-            metrics_port=s.worker_metrics_port, host_network=s.worker_host_network,
-            node_selector=s.worker_node_selector, tolerations=s.worker_tolerations,
-        )  # fmt: skip
+            metrics_port=s.worker_metrics_port,
+            host_network=s.worker_host_network,
+            node_selector=s.worker_node_selector,
+            tolerations=s.worker_tolerations,
+        )
         wanted = planning.deployment(spec, s.kube_namespace, replicas, pod)
         if found is None:
             kopf.adopt(wanted, owner=owner)  # garbage-collected with its Aggregation
@@ -144,8 +151,9 @@ class Reconciler:
         created = 0
         for aggr_id in sorted(missing):
             aggregation = self.db.aggregation(aggr_id)
-            body = planning.aggregation_resource(aggr_id, aggregation.limit, aggregation.proxy,
-                                                 self.cluster.namespace)  # fmt: skip
+            body = planning.aggregation_resource(
+                aggr_id, aggregation.limit, aggregation.proxy, self.cluster.namespace
+            )
             if self.db.is_paused(aggr_id):
                 body["spec"]["paused"] = True  # deleted while jobs were queued: stays stopped
             created += self.cluster.create_aggregation(body)
@@ -192,6 +200,9 @@ def _contains(actual: Any, wanted: Any) -> bool:
     if isinstance(wanted, dict):
         return isinstance(actual, dict) and all(_contains(actual.get(k), v) for k, v in wanted.items())
     if isinstance(wanted, list):
-        return (isinstance(actual, list) and len(actual) == len(wanted)
-                and all(_contains(a, w) for a, w in zip(actual, wanted, strict=True)))  # fmt: skip
+        return (
+            isinstance(actual, list)
+            and len(actual) == len(wanted)
+            and all(_contains(a, w) for a, w in zip(actual, wanted, strict=True))
+        )
     return bool(actual == wanted)

@@ -35,11 +35,15 @@ def run(settings: Settings) -> None:
         c = cluster.client_configuration(settings)
         token = cluster.bearer_token(c)
         return kopf.ConnectionInfo(
-            server=c.host, ca_path=c.ssl_ca_cert, insecure=not c.verify_ssl,
-            scheme="Bearer" if token else None, token=token or None,
-            certificate_path=c.cert_file, private_key_path=c.key_file,
+            server=c.host,
+            ca_path=c.ssl_ca_cert,
+            insecure=not c.verify_ssl,
+            scheme="Bearer" if token else None,
+            token=token or None,
+            certificate_path=c.cert_file,
+            private_key_path=c.key_file,
             default_namespace=settings.kube_namespace,
-        )  # fmt: skip
+        )
 
     @kopf.on.startup(registry=registry)
     async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:

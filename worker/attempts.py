@@ -66,14 +66,21 @@ def run_attempt(proc: Processor, aggregation: Aggregation, job: Job, download: D
         )
     download.ending = True  # from here a lease found gone is this write's doing, not a loss
     result = proc.db.finish(job, proc.token, _counted(job, outcome, error))
-    metrics.attempt_done(error, terminal=outcome.fields.get("DownloadState") == State.FAILED.value,
-                         written=result > 0, size=0 if error is not None else measured.size,
-                         seconds=time.monotonic() - started)  # fmt: skip
+    metrics.attempt_done(
+        error,
+        terminal=outcome.fields.get("DownloadState") == State.FAILED.value,
+        written=result > 0,
+        size=0 if error is not None else measured.size,
+        seconds=time.monotonic() - started,
+    )
     if result > 0:
         _log_attempt(job, outcome, time.monotonic() - started)
     if result == 0:
-        log.warning("job %s: lease lost before the outcome was written; another worker owns it", job.id,
-                    extra={"event": "lease_lost", "job_id": job.id, "aggr_id": job.aggr_id})  # fmt: skip
+        log.warning(
+            "job %s: lease lost before the outcome was written; another worker owns it",
+            job.id,
+            extra={"event": "lease_lost", "job_id": job.id, "aggr_id": job.aggr_id},
+        )
     elif result < 0:
         log.warning("job %s: its hash vanished while it was downloading", job.id)
 
@@ -95,11 +102,20 @@ def _log_attempt(job: Job, outcome: Outcome, duration: float) -> None:
     response = int(code) if code.isdigit() and int(code) else None  # 0: no answer at all
     log.info(
         "job %s of %s: %s in %.3fs (response %s)%s",
-        job.id, job.aggr_id, event.removeprefix("download_"), duration, response or "none",
+        job.id,
+        job.aggr_id,
+        event.removeprefix("download_"),
+        duration,
+        response or "none",
         f": {outcome.error}" if outcome.error else "",
-        extra={"event": event, "job_id": job.id, "aggr_id": job.aggr_id, "duration": duration,
-               "response_code": response},
-    )  # fmt: skip
+        extra={
+            "event": event,
+            "job_id": job.id,
+            "aggr_id": job.aggr_id,
+            "duration": duration,
+            "response_code": response,
+        },
+    )
 
 
 def _download_and_store(
@@ -282,8 +298,14 @@ def _finished(job: Job, fields: dict[str, str], *, now: float, error: str, reten
     if job.callback_destination(succeeded=succeeded) is None:
         location = storage.location_of(job)
         target = storage.Location(key="") if location.bucket else location
-        return Outcome(fields=fields, target=keys.DELETION_QUEUE, score=now + retention, error=error,
-                       finished=True, deletion_target=target.encode())  # fmt: skip
+        return Outcome(
+            fields=fields,
+            target=keys.DELETION_QUEUE,
+            score=now + retention,
+            error=error,
+            finished=True,
+            deletion_target=target.encode(),
+        )
     fields = {**fields, "CallbackState": State.PENDING.value}
     return Outcome(fields=fields, target=keys.CALLBACK_QUEUE, score=now, error=error, finished=True)
 
@@ -311,9 +333,16 @@ def _counted(job: Job, outcome: Outcome, error: DownloadError | None = None) -> 
     failure = ""
     if kind == "failed":
         # Capped texts: fifty records must stay small whatever the URLs and errors are.
-        failure = json.dumps({"id": job.id, "aggr_id": job.aggr_id, "url": job.url[:2048],
-                              "error": outcome.error[:2048], "code": outcome.fields.get("ResponseCode", ""),
-                              "phase": error.phase.value if error is not None else "",
-                              "reason": error.reason.value if error is not None else "",
-                              "at": time.time()})  # fmt: skip
+        failure = json.dumps(
+            {
+                "id": job.id,
+                "aggr_id": job.aggr_id,
+                "url": job.url[:2048],
+                "error": outcome.error[:2048],
+                "code": outcome.fields.get("ResponseCode", ""),
+                "phase": error.phase.value if error is not None else "",
+                "reason": error.reason.value if error is not None else "",
+                "at": time.time(),
+            }
+        )
     return dataclasses.replace(outcome, counted_as=kind, failure=failure)

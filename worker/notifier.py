@@ -74,11 +74,19 @@ class Notifier:
     def run(self) -> None:
         keeper = threading.Thread(target=self._housekeeping, name="notifier-housekeeping", daemon=True)
         keeper.start()
-        threading.Thread(target=self.db.listen_wakeups, args=(self._stopping, self._notice),
-                         kwargs={"channel": keys.CALLBACK_WAKEUP_CHANNEL, "on_subscribed": self._wake.set},
-                         name="notifier-wakeups", daemon=True).start()  # fmt: skip
-        threading.Thread(target=adopt_forever, args=(self.db, self.settings, self._stopping, self._wake.set),
-                         name="notifier-adoption", daemon=True).start()  # fmt: skip
+        threading.Thread(
+            target=self.db.listen_wakeups,
+            args=(self._stopping, self._notice),
+            kwargs={"channel": keys.CALLBACK_WAKEUP_CHANNEL, "on_subscribed": self._wake.set},
+            name="notifier-wakeups",
+            daemon=True,
+        ).start()
+        threading.Thread(
+            target=adopt_forever,
+            args=(self.db, self.settings, self._stopping, self._wake.set),
+            name="notifier-adoption",
+            daemon=True,
+        ).start()
         log.info(
             "notifier %s delivering with %d threads (backends: %s)",
             self.token,
@@ -144,8 +152,11 @@ class Notifier:
         try:
             self._deliver(job_id, claimed)
         except StoreError as exc:  # an outage is expected: one line, no traceback
-            log.warning("callback of job %s: redis unavailable (%s); its lease will expire and it is retried",
-                        job_id, exc)  # fmt: skip
+            log.warning(
+                "callback of job %s: redis unavailable (%s); its lease will expire and it is retried",
+                job_id,
+                exc,
+            )
         except Exception:
             log.exception(
                 "callback of job %s failed unexpectedly; its lease will expire and it is retried", job_id
@@ -214,8 +225,14 @@ class Notifier:
         if self.db.callback_delivered(job.id, self.token, delete_at, location_of(job).encode()):
             self.stats.incr("successfulCallbacks")
             metrics.CALLBACKS_DELIVERED.labels(metrics.backend_label(backend_name)).inc()
-            log.info("callback of job %s delivered by %s in %.3fs (attempt %d)", job.id, backend_name, took,
-                     job.callback_count, extra=_fields(job, "callback_delivered", took))  # fmt: skip
+            log.info(
+                "callback of job %s delivered by %s in %.3fs (attempt %d)",
+                job.id,
+                backend_name,
+                took,
+                job.callback_count,
+                extra=_fields(job, "callback_delivered", took),
+            )
 
     def _headers(self, job: Job, body: bytes) -> dict[str, str]:
         delivery = signing.delivery_id(job.id, job.download_count)
@@ -225,8 +242,13 @@ class Notifier:
         if job.callback_count >= self.settings.callback_max_attempts:
             self._give_up(job, error, duration)
             return
-        log.warning("callback of job %s failed (attempt %d), retrying: %s", job.id, job.callback_count, error,
-                    extra=_fields(job, "callback_retried", duration))  # fmt: skip
+        log.warning(
+            "callback of job %s failed (attempt %d), retrying: %s",
+            job.id,
+            job.callback_count,
+            error,
+            extra=_fields(job, "callback_retried", duration),
+        )
         metrics.CALLBACKS_RETRIED.labels(_backend(job)).inc()
         retry_at = time.time() + job.callback_count * self.settings.callback_backoff_seconds
         self._settling(job.id)
@@ -237,8 +259,12 @@ class Notifier:
 
     def _give_back(self, job: Job, error: str) -> None:
         """A delivery cut off by shutdown: queued again at once, the attempt not counted."""
-        log.warning("callback of job %s cut off by shutdown, queued again: %s", job.id, error,
-                    extra=_fields(job, "callback_retried", None))  # fmt: skip
+        log.warning(
+            "callback of job %s cut off by shutdown, queued again: %s",
+            job.id,
+            error,
+            extra=_fields(job, "callback_retried", None),
+        )
         self._settling(job.id)
         fields = {"CallbackState": State.PENDING.value, "CallbackCount": str(max(0, job.callback_count - 1))}
         self.db.callback_undelivered(job.id, self.token, fields, time.time())
@@ -250,8 +276,12 @@ class Notifier:
             self._delivering.discard(job_id)
 
     def _give_up(self, job: Job, error: str, duration: float | None = None) -> None:
-        log.warning("callback of job %s failed for good: %s", job.id, error,
-                    extra=_fields(job, "callback_failed", duration))  # fmt: skip
+        log.warning(
+            "callback of job %s failed for good: %s",
+            job.id,
+            error,
+            extra=_fields(job, "callback_failed", duration),
+        )
         self.stats.incr("failedCallbacks")
         metrics.CALLBACKS_FAILED.labels(_backend(job)).inc()
         self._settling(job.id)
@@ -273,9 +303,13 @@ class Notifier:
         heartbeat = Every(keys.INSTANCE_HEARTBEAT_SECONDS, first_now=True)
         while not self._stopping.wait(0.1):
             self._step_aside()
-            steps = ((renew, self._renew), (recover, self._recover), (reap, self._reap),
-                     (stats, self._publish_stats),
-                     (heartbeat, self._heartbeat))  # fmt: skip
+            steps = (
+                (renew, self._renew),
+                (recover, self._recover),
+                (reap, self._reap),
+                (stats, self._publish_stats),
+                (heartbeat, self._heartbeat),
+            )
             for due, step in steps:
                 if due():
                     try:
@@ -295,8 +329,11 @@ class Notifier:
             log.info("another process is sweeping for orphaned jobs; this notifier skips it")
             return
         if any(found.values()):
-            log.warning("queued again %d orphaned downloads and %d orphaned callbacks",
-                        found["download"], found["callback"])  # fmt: skip
+            log.warning(
+                "queued again %d orphaned downloads and %d orphaned callbacks",
+                found["download"],
+                found["callback"],
+            )
             self._wake.set()
 
     def _renew(self) -> None:
@@ -306,8 +343,11 @@ class Notifier:
         with self._lock:
             lost = [job_id for job_id in lost if job_id in self._delivering]  # others were settled meanwhile
         for job_id in lost:
-            log.warning("lost the lease of the callback of job %s; it may be delivered twice", job_id,
-                        extra={"event": "lease_lost", "job_id": job_id})  # fmt: skip
+            log.warning(
+                "lost the lease of the callback of job %s; it may be delivered twice",
+                job_id,
+                extra={"event": "lease_lost", "job_id": job_id},
+            )
             metrics.LEASES_LOST.labels("callback").inc()
 
     def _recover(self) -> None:
@@ -353,8 +393,13 @@ class Notifier:
 
 def _fields(job: Job, event: str, duration: float | None) -> dict[str, object]:
     """The structured fields of a callback's log line (downloader.logs.FIELDS)."""
-    return {"event": event, "job_id": job.id, "aggr_id": job.aggr_id, "duration": duration,
-            "attempt": job.callback_count}  # fmt: skip
+    return {
+        "event": event,
+        "job_id": job.id,
+        "aggr_id": job.aggr_id,
+        "duration": duration,
+        "attempt": job.callback_count,
+    }
 
 
 def _backend(job: Job) -> str:

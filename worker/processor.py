@@ -154,9 +154,13 @@ class Processor:
         renewer.start()
         watchdog = threading.Thread(target=self._watch, args=(drained,), name="worker-watchdog", daemon=True)
         watchdog.start()
-        listener = threading.Thread(target=self.db.listen_wakeups, args=(self._stopping, self._notice),
-                                    kwargs={"on_subscribed": self._reread.set},
-                                    name="worker-wakeups", daemon=True)  # fmt: skip
+        listener = threading.Thread(
+            target=self.db.listen_wakeups,
+            args=(self._stopping, self._notice),
+            kwargs={"on_subscribed": self._reread.set},
+            name="worker-wakeups",
+            daemon=True,
+        )
         listener.start()
         if not self.only:
             adoption = (self.db, self.settings, self._stopping, self._reread.set)
@@ -274,13 +278,18 @@ class Processor:
             self._submit(aggregation, job, claimed_at)
         # Only once every readable job runs: a Redis error here must not hold them up.
         for job_id in gone:
-            log.warning("job %s of %s has no hash any more; dropping it from the queue", job_id,
-                        aggregation.id)  # fmt: skip
+            log.warning(
+                "job %s of %s has no hash any more; dropping it from the queue", job_id, aggregation.id
+            )
             self._let_go(aggregation.id, job_id, "")
         for job_id, reason in unreadable.items():
-            log.error("job %s of %s is unreadable, set aside as a dead letter: %s", job_id, aggregation.id,
-                      reason, extra={"event": "job_dead_lettered", "job_id": job_id,
-                                     "aggr_id": aggregation.id})  # fmt: skip
+            log.error(
+                "job %s of %s is unreadable, set aside as a dead letter: %s",
+                job_id,
+                aggregation.id,
+                reason,
+                extra={"event": "job_dead_lettered", "job_id": job_id, "aggr_id": aggregation.id},
+            )
             self._let_go(aggregation.id, job_id, reason, url=jobs[job_id].raw.get("URL", ""))
 
     def _let_go(self, aggr_id: str, job_id: str, reason: str, url: str = "") -> None:
@@ -292,8 +301,9 @@ class Processor:
             else:
                 self.db.drop_claim(aggr_id, job_id, self.token)
         except DownloaderError as exc:  # its lease expires and the next claim looks again
-            log.warning("job %s: could not give up its lease (%s); it comes back when the lease expires",
-                        job_id, exc)  # fmt: skip
+            log.warning(
+                "job %s: could not give up its lease (%s); it comes back when the lease expires", job_id, exc
+            )
 
     def _submit(self, aggregation: Aggregation, job: Job, claimed_at: float) -> None:
         download = Download(threading.Event(), confirmed=claimed_at)
@@ -312,8 +322,9 @@ class Processor:
         try:
             attempts.run_attempt(self, aggregation, job, download)
         except StoreError as exc:  # an outage is expected: one line, no traceback
-            log.warning("job %s: redis unavailable (%s); its lease will expire and it will be retried",
-                        job.id, exc)  # fmt: skip
+            log.warning(
+                "job %s: redis unavailable (%s); its lease will expire and it will be retried", job.id, exc
+            )
         except Exception:
             log.exception("unexpected error on job %s; its lease will expire and it will be retried", job.id)
         finally:
@@ -355,9 +366,13 @@ class Processor:
         for aggr_id, running in self._held().items():
             for job_id in unconfirmed_too_long(running, now, self.settings.lease_seconds):
                 fields = {"event": "lease_fenced", "job_id": job_id, "aggr_id": aggr_id}
-                log.warning("job %s: its lease was not renewed for %.1fs; stopping the download before "
-                            "another worker may take it", job_id, now - running[job_id].confirmed,
-                            extra=fields)  # fmt: skip
+                log.warning(
+                    "job %s: its lease was not renewed for %.1fs; stopping the download before "
+                    "another worker may take it",
+                    job_id,
+                    now - running[job_id].confirmed,
+                    extra=fields,
+                )
                 metrics.LEASES_FENCED.inc()
                 running[job_id].cancelled.set()
 

@@ -161,19 +161,31 @@ def _rows(
         c = window.get(aggr_id, {})
         ok, failed, retried = c.get("ok", 0), c.get("failed", 0), c.get("retried", 0)
         attempts = ok + failed + retried
-        rows.append(AggregationRow(
-            id=aggr_id, limit=None, paused=False, pending=queued, in_flight=running,
-            jobs_per_minute=round((ok + failed) / elapsed, 2),
-            error_rate=round((failed + retried) / attempts, 4) if attempts else None,
-            succeeded=ok, failed=failed, retried=retried,
-        ))  # fmt: skip
+        rows.append(
+            AggregationRow(
+                id=aggr_id,
+                limit=None,
+                paused=False,
+                pending=queued,
+                in_flight=running,
+                jobs_per_minute=round((ok + failed) / elapsed, 2),
+                error_rate=round((failed + retried) / attempts, 4) if attempts else None,
+                succeeded=ok,
+                failed=failed,
+                retried=retried,
+            )
+        )
     rows.sort(key=lambda r: (-(r.pending + r.in_flight), -r.jobs_per_minute, r.id))
     return rows
 
 
 def _point(minute: int, fields: Counts) -> MinutePoint:
-    return MinutePoint(minute=_iso(minute * 60) or "", succeeded=fields.get("ok", 0),
-                       failed=fields.get("failed", 0), retried=fields.get("retried", 0))  # fmt: skip
+    return MinutePoint(
+        minute=_iso(minute * 60) or "",
+        succeeded=fields.get("ok", 0),
+        failed=fields.get("failed", 0),
+        retried=fields.get("retried", 0),
+    )
 
 
 def _instances(
@@ -192,10 +204,14 @@ def _instance(i: Instance, expires: float, now: float) -> InstanceView:
     # unknown; JSON has no infinite uptime.
     started = i.started if math.isfinite(i.started) and _iso(i.started) else 0.0
     return InstanceView(
-        id=i.id, host=i.host, pid=i.pid, version=i.version, started_at=_iso(started),
+        id=i.id,
+        host=i.host,
+        pid=i.pid,
+        version=i.version,
+        started_at=_iso(started),
         uptime_seconds=round(max(0.0, now - started), 1) if started else 0.0,
         last_seen_seconds=round(max(0.0, now - (expires - keys.INSTANCE_TTL_SECONDS)), 1),
-    )  # fmt: skip
+    )
 
 
 def _failure(raw: str) -> FailureView | None:
@@ -204,11 +220,15 @@ def _failure(raw: str) -> FailureView | None:
         record = json.loads(raw)
         code = str(record.get("code") or "0")
         return FailureView(
-            job_id=str(record["id"]), aggr_id=str(record["aggr_id"]), url=str(record.get("url", "")),
-            error=str(record.get("error", "")), response_code=int(code) if code.isdigit() else 0,
-            at=_iso(record.get("at")), phase=_known(AttemptPhase, record.get("phase")),
+            job_id=str(record["id"]),
+            aggr_id=str(record["aggr_id"]),
+            url=str(record.get("url", "")),
+            error=str(record.get("error", "")),
+            response_code=int(code) if code.isdigit() else 0,
+            at=_iso(record.get("at")),
+            phase=_known(AttemptPhase, record.get("phase")),
             reason=_known(FailureReason, record.get("reason")),
-        )  # fmt: skip
+        )
     except (ValueError, KeyError, TypeError, AttributeError):
         return None
 

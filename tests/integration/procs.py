@@ -25,7 +25,8 @@ import httpx
 import redis
 
 #: The installed console script, else `python -m downloader` (run with the test's tmp_path as
-#: its cwd: from the repository root, the `operator/` folder would shadow the stdlib module).
+#: its cwd: from the repository root, the checkout's `downloader/` folder would hide the
+#: installed `downloader.api`, `downloader.worker` and `downloader.operator`).
 _SCRIPT = Path(sys.executable).with_name("downloader")
 DOWNLOADER = [str(_SCRIPT)] if _SCRIPT.is_file() else [sys.executable, "-m", "downloader"]
 DOWNLOAD_URL_BASE = "http://localhost/foo"

@@ -24,7 +24,7 @@ from starlette.websockets import WebSocketDisconnect
 from downloader import keys
 from downloader.api.main import create_app
 from downloader.api.routes import callbacks as callback_routes
-from downloader.api.routes import downloads, health, jobs, metrics, stats, ui
+from downloader.api.routes import downloads, health, jobs, prometheus, stats, ui
 from downloader.settings import Settings
 
 pytestmark = pytest.mark.integration
@@ -202,7 +202,7 @@ def keyed(redis_url: str, tmp_path: Path) -> Iterator[TestClient]:
 
 
 #: The routers the app includes (FastAPI lists an included router as one opaque entry).
-ROUTERS = (downloads, jobs, callback_routes, stats, health, ui, metrics)
+ROUTERS = (downloads, jobs, callback_routes, stats, health, ui, prometheus)
 
 
 def doors(client: TestClient) -> list[tuple[str, str]]:
