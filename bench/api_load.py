@@ -19,7 +19,7 @@ Needs `wrk` (Debian: `apt-get install wrk`) and `redis-server` on PATH. Run it f
 other than the repository root (its `downloader/` folder would hide the installed
 `downloader.api`, `.worker` and `.operator`):
 
-    cd /tmp && /work/main/.venv/bin/python /work/main/bench/api_load.py --json /tmp/api.json
+    cd /tmp && $REPO/.venv/bin/python $REPO/bench/api_load.py --json /tmp/api.json
 
 `--profile DIR` also records the API with py-spy (`--py-spy PATH`, default: on PATH or
 /tmp/pyspy/bin/py-spy) during each measured run, in speedscope and raw (collapsed) formats.

@@ -2,8 +2,8 @@
 """Side-by-side benchmark: ours against the Go original (skroutz/downloader, run from its binary),
 interleaved A/B on the same files, the same callback receiver and a fresh private Redis 6.2 per run.
 
-    cd /tmp && /work/main/.venv/bin/python /work/main/bench/compare.py \\
-        --original /work/shared/bench/original/downloader-go --runs 5 --out /tmp/cmp
+    cd /tmp && $REPO/.venv/bin/python $REPO/bench/compare.py \\
+        --original $ORIGINAL/downloader-go --runs 5 --out /tmp/cmp
 
 Scenarios (each run: a fresh Redis and fresh processes of one implementation):
 

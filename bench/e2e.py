@@ -21,7 +21,7 @@ the exit status 1.
 Run it with the project's venv from a directory other than the repository root (the repo's
 `downloader/` folder would hide the installed `downloader.api`, `.worker` and `.operator`):
 
-    cd /tmp && /work/main/.venv/bin/python /work/main/bench/e2e.py --json /tmp/e2e.json
+    cd /tmp && $REPO/.venv/bin/python $REPO/bench/e2e.py --json /tmp/e2e.json
 """
 
 from __future__ import annotations

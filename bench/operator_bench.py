@@ -25,7 +25,7 @@ process; then, for `--steady` seconds with everything Ready, the operator's CPU 
 
 Run it with the project's venv, from a directory other than the repository root:
 
-    cd /tmp && /work/main/.venv/bin/python /work/main/bench/operator_bench.py --count 200 --json /tmp/op.json
+    cd /tmp && $REPO/.venv/bin/python $REPO/bench/operator_bench.py --count 200 --json /tmp/op.json
 
 Exit status: 0 when every aggregation reached Ready (Deployment readyReplicas >= 1) with
 the expected 1 replica, 1 when not (timeout, wrong replicas, the operator died), 2 when the

@@ -22,7 +22,7 @@ wheel's binary, `--save '' --appendonly no`), it measures:
 Run it with the interpreter of the checkout to measure (its `downloader` is imported and its
 executables are started), from a directory other than the repository root:
 
-    cd /tmp && /tmp/mine/.venv/bin/python /work/main/bench/scale.py --json /tmp/scale.json
+    cd /tmp && $CHECKOUT/.venv/bin/python $REPO/bench/scale.py --json /tmp/scale.json
 """
 
 from __future__ import annotations
@@ -103,7 +103,7 @@ def find_redis_62() -> str | None:
 def go_job_hash(job_id: str, url: str, aggr_id: str, callback_url: str) -> dict[str, str]:
     """What the original's API writes in `job:<id>` for a body with url, aggr_id, aggr_limit
     and callback_url: the fields and values of `write_go_job` in the acceptance harness
-    (/work/shared/acceptance/harness.py), in its order. Checked against the original's API
+    (the acceptance suite's harness.py), in its order. Checked against the original's API
     on the sample (`go_hash_differences`)."""
     return {
         "ID": job_id,

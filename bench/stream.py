@@ -21,7 +21,7 @@ Memory: VmRSS of the client or worker sampled every 100 ms from /proc/<pid>/stat
 VmHWM after the download, the peak having been reset (`echo 5 > /proc/<pid>/clear_refs`) just
 before it. Run it with the interpreter of the checkout to measure:
 
-    cd /tmp && /tmp/mine/.venv/bin/python /work/main/bench/stream.py --json /tmp/stream.json
+    cd /tmp && $CHECKOUT/.venv/bin/python $REPO/bench/stream.py --json /tmp/stream.json
 """
 
 from __future__ import annotations

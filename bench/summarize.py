@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """One line per result file of bench/e2e.py, then medians per kind of run.
 
-    /work/main/.venv/bin/python /work/main/bench/summarize.py [--quiet-only] bench/results/*.json
+    $REPO/.venv/bin/python $REPO/bench/summarize.py [--quiet-only] /tmp/e2e*.json
 
 Runs are grouped by what was varied (`--checks`, `--rate`, `--concurrency`, extra `--env`).
 A run is "quiet" when other processes used at most 0.1 core during it and the CPU calibration
