@@ -18,9 +18,9 @@ from fastapi import Depends, Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from downloader.api import errors
-from downloader.apikeys import ALL, Grant, KeyRing
-from downloader.cluster import Registrar
-from downloader.settings import Settings
+from downloader.cluster.kube import Registrar
+from downloader.config.apikeys import ALL, Grant, KeyRing
+from downloader.config.settings import Settings
 from downloader.store import AsyncStore
 
 #: Routes that answer without an API key: probes, metrics and the web page with its assets

@@ -18,7 +18,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import PlainTextResponse
 
 from downloader.errors import RequestRejected, StoreError
-from downloader.models import CorruptJobError
+from downloader.jobs.models import CorruptJobError
 
 #: The status of an answer about stored data that cannot be read.
 UNREADABLE_STATUS = 409

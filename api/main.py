@@ -10,10 +10,12 @@ from pathlib import Path
 from fastapi import Depends, FastAPI
 from fastapi.staticfiles import StaticFiles
 
-from downloader import __version__, apikeys, cluster
+from downloader import __version__
 from downloader.api import deps, errors, files
 from downloader.api.routes import callbacks, downloads, health, jobs, prometheus, stats, ui
-from downloader.settings import Settings
+from downloader.cluster import kube
+from downloader.config import apikeys
+from downloader.config.settings import Settings
 from downloader.store import AsyncStore
 
 #: Longest a shutdown waits for a heartbeat in progress (one on a dead Redis waits for its
@@ -34,8 +36,8 @@ def create_app(settings: Settings, *, serve_files: bool = False) -> FastAPI:
         app.state.settings = settings
         app.state.store = AsyncStore.from_settings(settings)
         app.state.registrar = None
-        if settings.kube_create_aggregations and cluster.has_access(settings):
-            app.state.registrar = cluster.Registrar(cluster.Cluster.from_settings(settings))
+        if settings.kube_create_aggregations and kube.has_access(settings):
+            app.state.registrar = kube.Registrar(kube.Cluster.from_settings(settings))
         stopping = asyncio.Event()  # the dashboard's list of API processes, kept until shutdown
         heartbeat = asyncio.create_task(ui.heartbeat_forever(app.state.store, stopping))
         try:

@@ -142,11 +142,11 @@ def measure(calls: int, threads: int, one: Callable[[int], None]) -> tuple[float
 
 
 def run(args: argparse.Namespace) -> dict[str, object]:
-    from downloader.fetching import Fetcher, FetchLimits
-    from downloader.models import Job, State
-    from downloader.notifying import HttpBackend, Message, encode, payload
-    from downloader.outbound import PERMISSIVE, Outbound
-    from downloader.settings import Settings
+    from downloader.config.settings import Settings
+    from downloader.delivery.notifying import HttpBackend, Message, encode, payload
+    from downloader.fetching.download import Fetcher, FetchLimits
+    from downloader.fetching.outbound import PERMISSIVE, Outbound
+    from downloader.jobs.models import Job, State
 
     settings = Settings()
     server = subprocess.Popen(

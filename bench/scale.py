@@ -380,7 +380,8 @@ class OursFiller:
     validated by the API's own parser, the others differ from it only in url and aggr_id."""
 
     def __init__(self, redis_url: str, file_port: int) -> None:
-        from downloader import store, validation
+        from downloader import store
+        from downloader.jobs import validation
 
         self.store = store.Store.from_url(redis_url)
         self.port = file_port
@@ -395,7 +396,7 @@ class OursFiller:
         self.template, _ = validation.parse_download_request(body)
 
     def jobs(self, indexes: range, aggregations: int, limit: int = 4) -> list[tuple[Any, Any]]:
-        from downloader.models import Aggregation
+        from downloader.jobs.models import Aggregation
 
         out = []
         for i in indexes:

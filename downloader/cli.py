@@ -26,11 +26,12 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, Protocol
 
-from downloader import logs, metrics, validation
-from downloader import settings as settings_module
+from downloader.config import settings as settings_module
+from downloader.config.settings import Settings
 from downloader.errors import ConfigurationError, DownloaderError, RequestRejected
-from downloader.models import Aggregation, Job
-from downloader.settings import Settings
+from downloader.jobs import validation
+from downloader.jobs.models import Aggregation, Job
+from downloader.observability import logs, metrics
 from downloader.version import __version__
 
 log = logging.getLogger("downloader")
@@ -157,7 +158,7 @@ def cmd_notifier(args: argparse.Namespace) -> int:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    from downloader.embedded_redis import EmbeddedRedis
+    from downloader.store.embedded_redis import EmbeddedRedis
 
     overrides: dict[str, Any] = {"download_url": f"http://{_url_host(args.host)}:{args.port}/files/"}
     local = "DOWNLOADER_ALLOW_PRIVATE_NETWORKS" not in os.environ
@@ -274,11 +275,11 @@ def _check_api(settings: Settings, *, serve_files: bool = False) -> None:
     if serve_files and settings.storage_backend == "filesystem":
         _make_dir(settings.storage_root, "DOWNLOADER_STORAGE_ROOT")
     if settings.kube_create_aggregations and settings.kubeconfig:
-        from downloader import cluster
+        from downloader.cluster import kube
 
         try:
-            cluster.client_configuration(settings)
-        except cluster.ClusterError as exc:
+            kube.client_configuration(settings)
+        except kube.ClusterError as exc:
             raise ConfigurationError(str(exc)) from exc
 
 
@@ -331,7 +332,7 @@ def _notifier(settings: Settings) -> Service:
 
 
 def _storage(settings: Settings) -> Any:
-    from downloader import storage
+    from downloader.delivery import storage
 
     return storage.from_settings(settings)
 

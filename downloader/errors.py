@@ -45,7 +45,7 @@ from __future__ import annotations
 
 import enum
 
-from downloader import gourl
+from downloader.jobs import gourl
 
 
 class AttemptPhase(enum.StrEnum):

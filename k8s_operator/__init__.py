@@ -1,4 +1,4 @@
-"""The Kubernetes operator (`downloader operator`): kopf handlers over `downloader.planning`.
+"""The Kubernetes operator (`downloader operator`): kopf handlers over `downloader.cluster.planning`.
 
 This folder is installed as `downloader.operator`. It is not called `operator/` at the top
 of the checkout, as DESIGN.md first drew it: a package folder of that name shadows the

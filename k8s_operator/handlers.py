@@ -17,10 +17,11 @@ from typing import Any
 
 import kopf
 
-from downloader import metrics, planning
-from downloader.cluster import Cluster, ClusterError
+from downloader.cluster import planning
+from downloader.cluster.kube import Cluster, ClusterError
+from downloader.config.settings import Settings
 from downloader.errors import StoreError
-from downloader.settings import Settings
+from downloader.observability import metrics
 from downloader.store import Store
 
 RESOURCE = (planning.GROUP, planning.VERSION, planning.PLURAL)

@@ -13,17 +13,17 @@ from typing import Any
 
 import kopf
 
-from downloader import cluster, keys, planning
+from downloader.cluster import kube, planning
+from downloader.config.settings import Settings
 from downloader.errors import StoreError
 from downloader.operator.handlers import Reconciler, register
-from downloader.settings import Settings
-from downloader.store import Instance, Store
+from downloader.store import Instance, Store, keys
 
 log = logging.getLogger("downloader.operator")
 
 
 def run(settings: Settings) -> None:
-    reconciler = Reconciler(settings, Store.from_settings(settings), cluster.Cluster.from_settings(settings))
+    reconciler = Reconciler(settings, Store.from_settings(settings), kube.Cluster.from_settings(settings))
     registry = kopf.OperatorRegistry()
     register(reconciler, registry)
     stopped = asyncio.Event()
@@ -32,8 +32,8 @@ def run(settings: Settings) -> None:
     def login(**_: Any) -> kopf.ConnectionInfo:
         # A registry of our own has none of kopf's default login handlers; and ours reads
         # DOWNLOADER_KUBECONFIG, which the client library's defaults would not.
-        c = cluster.client_configuration(settings)
-        token = cluster.bearer_token(c)
+        c = kube.client_configuration(settings)
+        token = kube.bearer_token(c)
         return kopf.ConnectionInfo(
             server=c.host,
             ca_path=c.ssl_ca_cert,

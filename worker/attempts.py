@@ -14,7 +14,7 @@ import threading
 import time
 from typing import TYPE_CHECKING
 
-from downloader import imaging, keys, metrics, mime, storage
+from downloader.delivery import storage
 from downloader.errors import (
     AttemptPhase,
     DownloaderError,
@@ -25,8 +25,10 @@ from downloader.errors import (
     InvalidPattern,
     StorageError,
 )
-from downloader.models import Aggregation, DownloadResult, Job, State
-from downloader.store import Outcome
+from downloader.fetching import imaging, mime
+from downloader.jobs.models import Aggregation, DownloadResult, Job, State
+from downloader.observability import metrics
+from downloader.store import Outcome, keys
 
 if TYPE_CHECKING:
     from downloader.worker.processor import Download, Processor

@@ -9,9 +9,9 @@ import threading
 import time
 from collections.abc import Callable
 
-from downloader import metrics
+from downloader.config.settings import Settings
 from downloader.errors import DownloaderError, StoreError
-from downloader.settings import Settings
+from downloader.observability import metrics
 from downloader.store import Store
 
 log = logging.getLogger("downloader.housekeeping")

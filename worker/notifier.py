@@ -13,7 +13,10 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from downloader import keys, metrics, notifying, signing, store
+from downloader import store
+from downloader.config.settings import Settings
+from downloader.delivery import notifying, signing
+from downloader.delivery.storage import Location, Storages, location_of
 from downloader.errors import (
     DestinationNotAllowed,
     DownloaderError,
@@ -23,10 +26,10 @@ from downloader.errors import (
     StoreError,
     UnknownDestination,
 )
-from downloader.models import CorruptJobError, DownloadResult, Job, State, relative_path
-from downloader.settings import Settings
-from downloader.stats import Stats
-from downloader.storage import Location, Storages, location_of
+from downloader.jobs.models import CorruptJobError, DownloadResult, Job, State, relative_path
+from downloader.observability import metrics
+from downloader.observability.stats import Stats
+from downloader.store import keys
 from downloader.worker.housekeeping import Every, adopt_forever, loop_until, recover_expired_leases
 
 log = logging.getLogger("downloader.notifier")
@@ -392,7 +395,7 @@ class Notifier:
 
 
 def _fields(job: Job, event: str, duration: float | None) -> dict[str, object]:
-    """The structured fields of a callback's log line (downloader.logs.FIELDS)."""
+    """The structured fields of a callback's log line (downloader.observability.logs.FIELDS)."""
     return {
         "event": event,
         "job_id": job.id,

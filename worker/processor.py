@@ -20,14 +20,17 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from downloader import diskcheck, keys, metrics, store
+from downloader import store
+from downloader.config.settings import Settings
+from downloader.delivery.storage import Storages
 from downloader.errors import DownloaderError, StoreError
-from downloader.fetching import Fetcher, FetchLimits
-from downloader.models import Aggregation, CorruptJobError, Job
-from downloader.outbound import Outbound
-from downloader.settings import Settings
-from downloader.stats import Stats
-from downloader.storage import Storages
+from downloader.fetching import diskcheck
+from downloader.fetching.download import Fetcher, FetchLimits
+from downloader.fetching.outbound import Outbound
+from downloader.jobs.models import Aggregation, CorruptJobError, Job
+from downloader.observability import metrics
+from downloader.observability.stats import Stats
+from downloader.store import keys
 from downloader.worker import attempts
 from downloader.worker.housekeeping import Every, adopt_forever, loop_until, recover_expired_leases
 

@@ -7,9 +7,9 @@ from fastapi import APIRouter, Response
 from downloader.api import errors
 from downloader.api.deps import GrantDep, StoreDep, require
 from downloader.api.errors import HTTPProblem
-from downloader.apikeys import Grant
+from downloader.config.apikeys import Grant
 from downloader.errors import StoreError
-from downloader.models import CorruptJobError, Job
+from downloader.jobs.models import CorruptJobError, Job
 
 router = APIRouter(tags=["callbacks"])
 

@@ -20,15 +20,16 @@ from starlette.datastructures import State
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from downloader import metrics, validation
 from downloader.api import errors
 from downloader.api.deps import GrantDep, grant_of, header, require, route_path
 from downloader.api.errors import HTTPProblem
 from downloader.api.schemas import DOWNLOAD_REQUEST_BODY, Created
-from downloader.apikeys import ALL, Grant, KeyRing
-from downloader.cluster import Registrar
+from downloader.cluster.kube import Registrar
+from downloader.config.apikeys import ALL, Grant, KeyRing
+from downloader.config.settings import Settings
 from downloader.errors import RequestRejected, StoreError
-from downloader.settings import Settings
+from downloader.jobs import validation
+from downloader.observability import metrics
 from downloader.store import ID_ATTEMPTS, AsyncStore, NotReplicated
 
 router = APIRouter(tags=["downloads"])

@@ -10,7 +10,7 @@ from fastapi import APIRouter
 from downloader.api.deps import GrantDep, StoreDep, require
 from downloader.api.errors import HTTPProblem
 from downloader.api.schemas import CallbackState, DownloadState, JobView
-from downloader.models import Job, State
+from downloader.jobs.models import Job, State
 from downloader.store import JobStatus
 
 router = APIRouter(tags=["jobs"])

@@ -11,8 +11,8 @@ import time
 from fastapi import APIRouter, FastAPI, Request, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from downloader import metrics
-from downloader.settings import Settings
+from downloader.config.settings import Settings
+from downloader.observability import metrics
 
 router = APIRouter(tags=["metrics"])
 

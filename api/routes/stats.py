@@ -11,7 +11,7 @@ from downloader.api.deps import GrantDep, StoreDep
 from downloader.api.errors import HTTPProblem
 from downloader.api.schemas import AggregationQueue
 from downloader.errors import StoreError
-from downloader.keys import QUEUE_PREFIX
+from downloader.store.keys import QUEUE_PREFIX
 
 router = APIRouter(tags=["stats"])
 

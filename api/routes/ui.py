@@ -21,7 +21,7 @@ from pathlib import Path
 from fastapi import APIRouter
 from fastapi.responses import FileResponse
 
-from downloader import __version__, keys
+from downloader import __version__
 from downloader.api import errors
 from downloader.api.deps import GrantDep, StoreDep
 from downloader.api.schemas import (
@@ -32,9 +32,9 @@ from downloader.api.schemas import (
     Overview,
     Totals,
 )
-from downloader.apikeys import Grant
+from downloader.config.apikeys import Grant
 from downloader.errors import AttemptPhase, FailureReason, StoreError
-from downloader.store import ATTEMPT_KINDS, AsyncStore, Instance
+from downloader.store import ATTEMPT_KINDS, AsyncStore, Instance, keys
 
 log = logging.getLogger("downloader.api")
 router = APIRouter(tags=["ui"])

@@ -17,7 +17,7 @@ from moto_server import MotoServer, unique_name
 from procs import DOWNLOAD_URL_BASE, PAYLOAD_KEYS, Stack, aggr_id, job_body
 from servers import CallbackServer, FileServer, wait_until
 
-from downloader import keys
+from downloader.store import keys
 
 pytestmark = [pytest.mark.aws, pytest.mark.integration]
 

@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 from moto_server import MotoServer, free_port, unique_name
 
-from downloader import aws
+from downloader.config.settings import Settings
+from downloader.delivery import aws
 from downloader.errors import StorageError
-from downloader.settings import Settings
 
 pytestmark = pytest.mark.aws
 

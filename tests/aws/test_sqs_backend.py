@@ -9,10 +9,10 @@ from typing import Any
 import pytest
 from moto_server import MotoServer, free_port, unique_name
 
-from downloader import aws
+from downloader.config.settings import Settings
+from downloader.delivery import aws
+from downloader.delivery.notifying import Message, encode
 from downloader.errors import NotificationError, UnknownDestination
-from downloader.notifying import Message, encode
-from downloader.settings import Settings
 
 PAYLOAD = {
     "success": True,

@@ -20,7 +20,7 @@ from harness import SmallTmpfs, StoreWatcher, print_figures, wait_delivered, wai
 from procs import Stack, aggr_id, job_body
 from servers import CallbackServer, FileServer, wait_until
 
-from downloader import keys
+from downloader.store import keys
 
 pytestmark = pytest.mark.chaos
 

@@ -1,7 +1,7 @@
 """The chart's Grafana dashboard asks only for metrics the service exports.
 
 Every PromQL expression (panels and template variables) is reduced to the metric names it
-selects; each must be one of downloader/metrics.py's registry (with the _total, _bucket,
+selects; each must be one of downloader/observability/metrics.py's registry (with the _total, _bucket,
 _count, _sum and _info forms of its families) or an explicitly allowed kube-state-metrics one.
 """
 
@@ -16,7 +16,8 @@ import pytest
 from chart_manifests import find
 from chart_rendering import CHART, Renderer
 
-from downloader import metrics, planning
+from downloader.cluster import planning
+from downloader.observability import metrics
 
 pytestmark = pytest.mark.chart
 

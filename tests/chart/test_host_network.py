@@ -19,8 +19,8 @@ import yaml
 from chart_manifests import config, find, kinds, of_kind, pod_specs
 from chart_rendering import CHART, Renderer
 
-from downloader import planning
-from downloader.settings import Settings
+from downloader.cluster import planning
+from downloader.config.settings import Settings
 
 pytestmark = pytest.mark.chart
 

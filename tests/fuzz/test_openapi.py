@@ -20,7 +20,7 @@ from schemathesis import GenerationMode
 from schemathesis.core.result import Ok
 
 from downloader.api.main import create_app
-from downloader.settings import Settings
+from downloader.config.settings import Settings
 
 pytestmark = pytest.mark.integration
 

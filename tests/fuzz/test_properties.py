@@ -15,9 +15,10 @@ import string
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from downloader import gourl, mime, validation
 from downloader.errors import RequestRejected
-from downloader.models import Job
+from downloader.fetching import mime
+from downloader.jobs import gourl, validation
+from downloader.jobs.models import Job
 
 EXAMPLES = 400
 fuzz = settings(

@@ -13,8 +13,8 @@ from fastapi.testclient import TestClient
 
 from downloader.api.main import create_app
 from downloader.api.routes import callbacks, downloads, health, jobs, stats
-from downloader.apikeys import InvalidApiKeys
-from downloader.settings import Settings
+from downloader.config.apikeys import InvalidApiKeys
+from downloader.config.settings import Settings
 
 pytestmark = pytest.mark.integration
 

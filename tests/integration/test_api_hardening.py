@@ -21,11 +21,11 @@ from servers import CallbackServer, FileServer, RawServer
 from starlette.routing import Mount, Route
 from starlette.websockets import WebSocketDisconnect
 
-from downloader import keys
 from downloader.api.main import create_app
 from downloader.api.routes import callbacks as callback_routes
 from downloader.api.routes import downloads, health, jobs, prometheus, stats, ui
-from downloader.settings import Settings
+from downloader.config.settings import Settings
+from downloader.store import keys
 
 pytestmark = pytest.mark.integration
 

@@ -16,10 +16,10 @@ from pathlib import Path
 import psutil
 import pytest
 
-from downloader import mime
 from downloader.errors import DownloadError, Interrupted
-from downloader.fetching import MAX_CLIENTS, Fetcher, FetchLimits
-from downloader.outbound import PERMISSIVE, Outbound
+from downloader.fetching import mime
+from downloader.fetching.download import MAX_CLIENTS, Fetcher, FetchLimits
+from downloader.fetching.outbound import PERMISSIVE, Outbound
 
 pytestmark = pytest.mark.integration
 

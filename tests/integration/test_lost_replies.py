@@ -21,9 +21,18 @@ import redis.asyncio
 from procs import Stack, aggr_id, job_body
 from tcpproxy import StallableRelay
 
-from downloader import keys, redis_client, scripts
-from downloader.models import Aggregation, Job
-from downloader.store import AsyncStore, Outcome, Store, enqueue_call, new_job_id, new_token
+from downloader.jobs.models import Aggregation, Job
+from downloader.store import (
+    AsyncStore,
+    Outcome,
+    Store,
+    enqueue_call,
+    keys,
+    new_job_id,
+    new_token,
+    redis_client,
+    scripts,
+)
 
 pytestmark = pytest.mark.integration
 

@@ -29,10 +29,10 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from servers import RawServer, read_request_head
 
+from downloader.delivery.notifying import HttpBackend, Message
 from downloader.errors import DestinationNotAllowed, DownloadError, NotificationError
-from downloader.fetching import Fetched, Fetcher, FetchLimits
-from downloader.notifying import HttpBackend, Message
-from downloader.outbound import PERMISSIVE, Outbound, Policy
+from downloader.fetching.download import Fetched, Fetcher, FetchLimits
+from downloader.fetching.outbound import PERMISSIVE, Outbound, Policy
 from downloader.version import __version__
 
 pytestmark = pytest.mark.integration

@@ -15,7 +15,7 @@ import pytest
 from procs import Stack, aggr_id, job_body
 from servers import CallbackServer, FileServer
 
-from downloader import keys
+from downloader.store import keys
 
 pytestmark = pytest.mark.integration
 

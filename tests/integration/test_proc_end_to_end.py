@@ -19,9 +19,8 @@ from PIL import Image
 from procs import DOWNLOAD_URL_BASE, PAYLOAD_KEYS, Stack, aggr_id, free_port, job_body
 from servers import CallbackServer, FileServer, wait_until
 
-from downloader import keys
-from downloader.models import Aggregation, Job
-from downloader.store import Store
+from downloader.jobs.models import Aggregation, Job
+from downloader.store import Store, keys
 
 pytestmark = pytest.mark.integration
 

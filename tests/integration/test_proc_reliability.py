@@ -19,7 +19,7 @@ from procs import DOWNLOAD_URL_BASE, Proc, Stack, aggr_id, free_port, job_body
 from servers import CallbackServer, FileServer, wait_until
 from tcpproxy import StallableRelay
 
-from downloader.models import JOB_FIELDS
+from downloader.jobs.models import JOB_FIELDS
 
 pytestmark = pytest.mark.integration
 

@@ -23,9 +23,8 @@ import redis.asyncio
 from procs import Stack, aggr_id, free_port, job_body, stop_process, tail
 from servers import CallbackServer, FileServer, wait_until
 
-from downloader import keys
-from downloader.models import Aggregation, Job
-from downloader.store import HOLD_SECONDS, AsyncStore, NotReplicated, Store, enqueue_call, new_token
+from downloader.jobs.models import Aggregation, Job
+from downloader.store import HOLD_SECONDS, AsyncStore, NotReplicated, Store, enqueue_call, keys, new_token
 
 pytestmark = pytest.mark.integration
 

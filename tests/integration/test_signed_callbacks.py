@@ -11,7 +11,7 @@ import pytest
 from procs import Stack, aggr_id, job_body
 from servers import CallbackServer, FileServer
 
-from downloader import signing
+from downloader.delivery import signing
 
 pytestmark = pytest.mark.integration
 

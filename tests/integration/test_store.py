@@ -11,10 +11,9 @@ import time
 import pytest
 import redis
 
-from downloader import keys
-from downloader.models import JOB_FIELDS, Aggregation, Job, JobOptions, State
-from downloader.storage import Location
-from downloader.store import Outcome, Store, new_token
+from downloader.delivery.storage import Location
+from downloader.jobs.models import JOB_FIELDS, Aggregation, Job, JobOptions, State
+from downloader.store import Outcome, Store, keys, new_token
 
 pytestmark = pytest.mark.integration
 
@@ -447,7 +446,7 @@ def test_a_recovery_pass_says_when_the_next_lease_falls_due_and_is_scheduled_by_
 ) -> None:
     """An idle fleet runs recovery at the scan interval, a busy one when the next lease
     expires (never sooner than the recovery interval nor later than a lease)."""
-    from downloader.settings import Settings
+    from downloader.config.settings import Settings
     from downloader.worker.housekeeping import Every, recover_expired_leases
 
     settings = Settings(scan_interval_seconds=30, lease_seconds=60, recovery_interval_seconds=2)

@@ -21,7 +21,7 @@ pytestmark = pytest.mark.k8s
 
 RELEASE = "downloader"
 
-#: What the operator does through the API (k8s_operator/, downloader/cluster.py) and what
+#: What the operator does through the API (k8s_operator/, downloader/cluster/kube.py) and what
 #: kopf does for it; each must be allowed to its ServiceAccount, in the release namespace.
 OPERATOR_NEEDS = [
     ("get", "aggregations.downloader.io"),

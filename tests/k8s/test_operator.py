@@ -17,7 +17,7 @@ import httpx
 import pytest
 import redis
 
-from downloader import keys
+from downloader.store import keys
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "integration"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -82,7 +82,7 @@ def test_an_aggregation_posted_to_the_api_gets_a_resource_and_workers(
     api: Api = ops.api()
     job_id = api.post_job(job_body("http://127.0.0.1:9/never.png", "Shop.Example:1", "http://127.0.0.1:9/cb",
                                    limit=40))  # fmt: skip
-    from downloader.planning import resource_name
+    from downloader.cluster.planning import resource_name
 
     name = resource_name("Shop.Example:1")
     aggr = wait_for(lambda: kube.aggregation(name), 30, "the API to create the Aggregation")
@@ -191,7 +191,7 @@ def test_aggregations_only_in_redis_are_adopted(ops: Stack, kube: Kube, rdb: red
     rdb.hset("aggr:legacy.host", mapping={"ID": "legacy.host", "Limit": "7", "Proxy": "", "ExpiresAt": ""})
     rdb.zadd("jobs:legacy.host", {"AbCdEfGhIjKlMn": 1})
     operator = start_operator(ops)
-    from downloader.planning import resource_name
+    from downloader.cluster.planning import resource_name
 
     aggr = wait_for(lambda: kube.aggregation(resource_name("legacy.host")), 30, "adoption")
     assert aggr["spec"] == {"id": "legacy.host", "limit": 7, "workerConcurrency": 16, "maxWorkers": 10,

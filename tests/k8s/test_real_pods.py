@@ -26,8 +26,8 @@ from kubetools import CHART, Kube, helm, wait_for
 from procs import free_port, job_body
 from servers import CallbackServer, FileServer
 
-from downloader import keys, planning
-from downloader.store import Store
+from downloader.cluster import planning
+from downloader.store import Store, keys
 
 pytestmark = [pytest.mark.k8s, pytest.mark.node]
 

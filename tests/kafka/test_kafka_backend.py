@@ -15,10 +15,10 @@ from collections.abc import Iterator
 import pytest
 from broker import KafkaBroker
 
+from downloader.config.settings import Settings
+from downloader.delivery.kafka_backend import KafkaBackend, producer_config
+from downloader.delivery.notifying import Message
 from downloader.errors import ConfigurationError, NotificationError, UnknownDestination
-from downloader.kafka_backend import KafkaBackend, producer_config
-from downloader.notifying import Message
-from downloader.settings import Settings
 
 CALLBACK_TIMEOUT = 4.0
 

@@ -19,7 +19,7 @@ from broker import KafkaBroker, Record
 from procs import DOWNLOAD_URL_BASE, PAYLOAD_KEYS, Stack, aggr_id
 from servers import FileServer, wait_until
 
-from downloader import signing
+from downloader.delivery import signing
 
 pytestmark = [pytest.mark.kafka, pytest.mark.integration]
 

@@ -20,7 +20,7 @@ from sentinel_cluster import MASTER_NAME, Cluster
 from sentinel_load import Figures
 from servers import CallbackServer, FileServer, wait_until
 
-from downloader import redis_client
+from downloader.store import redis_client
 
 pytestmark = pytest.mark.sentinel
 

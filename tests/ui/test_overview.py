@@ -13,11 +13,10 @@ import pytest
 import redis
 from fastapi.testclient import TestClient
 
-from downloader import keys
 from downloader.api.main import create_app
-from downloader.models import Aggregation, Job
-from downloader.settings import Settings
-from downloader.store import Instance, Store
+from downloader.config.settings import Settings
+from downloader.jobs.models import Aggregation, Job
+from downloader.store import Instance, Store, keys
 
 pytestmark = pytest.mark.ui
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from downloader.apikeys import ALL, Grant, InvalidApiKeys, parse_api_keys
+from downloader.config.apikeys import ALL, Grant, InvalidApiKeys, parse_api_keys
 
 
 def test_an_empty_setting_leaves_the_api_open() -> None:

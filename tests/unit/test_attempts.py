@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from downloader import keys
+from downloader.delivery.storage import Location
 from downloader.errors import DownloadError, FailureReason, Interrupted
-from downloader.models import Job, JobOptions, State
-from downloader.storage import Location
+from downloader.jobs.models import Job, JobOptions, State
+from downloader.store import keys
 from downloader.worker.attempts import decide, success
 
 NOW = 1_000_000.0

@@ -8,7 +8,7 @@ import urllib.parse
 
 import pytest
 
-from downloader.aws import METADATA_LIMIT_BYTES, s3_metadata
+from downloader.delivery.aws import METADATA_LIMIT_BYTES, s3_metadata
 
 
 def metadata_size(metadata: dict[str, str]) -> int:

@@ -9,7 +9,7 @@ from pathlib import Path
 from kubernetes import client
 from kubernetes.config.incluster_config import InClusterConfigLoader
 
-from downloader.cluster import bearer_token
+from downloader.cluster.kube import bearer_token
 
 
 def test_the_in_cluster_token_is_handed_over_bare(tmp_path: Path) -> None:

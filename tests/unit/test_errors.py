@@ -11,23 +11,17 @@ from typing import Any, cast
 import pytest
 import urllib3.exceptions
 
-from downloader import (
-    apikeys,
-    cluster,
-    embedded_redis,
-    errors,
-    fetching,
-    imaging,
-    metrics,
-    mime,
-    models,
-    outbound,
-)
+from downloader import errors
 from downloader.api.routes import ui
+from downloader.cluster import kube
+from downloader.config import apikeys
 from downloader.errors import AttemptPhase, DownloadError, FailureReason, Interrupted
-from downloader.models import Job, State
-from downloader.stats import Stats
-from downloader.store import NotReplicated, Outcome
+from downloader.fetching import download, imaging, mime, outbound
+from downloader.jobs import models
+from downloader.jobs.models import Job, State
+from downloader.observability import metrics
+from downloader.observability.stats import Stats
+from downloader.store import NotReplicated, Outcome, embedded_redis
 from downloader.worker import attempts
 
 # --- the tree -------------------------------------------------------------------------------
@@ -75,7 +69,7 @@ def test_the_classes_defined_here_are_the_ones_their_modules_raise() -> None:
     assert imaging.ImageSizeError is errors.ImageSizeError
     assert mime.InvalidPattern is errors.InvalidPattern
     assert apikeys.InvalidApiKeys is errors.InvalidApiKeys
-    assert cluster.ClusterError is errors.ClusterError
+    assert kube.ClusterError is errors.ClusterError
 
 
 def test_errors_caught_as_value_or_os_errors_still_are() -> None:
@@ -132,26 +126,26 @@ def test_phases_are_the_originals_words_and_render_unchanged() -> None:
     ("make", "phase", "reason", "text"),
     [
         (
-            lambda: fetching.request_failure(outbound.TLSError(urllib3.exceptions.SSLError("bad cert"))),
+            lambda: download.request_failure(outbound.TLSError(urllib3.exceptions.SSLError("bad cert"))),
             "performing request",
             "tls",
             "Error while performing request, TLS Error occured: bad cert, retriable: false, internal: false",
         ),
         (
-            lambda: fetching._too_large(10, 200),
+            lambda: download._too_large(10, 200),
             "downloading file",
             "too_large",
             "Error while downloading file, 413 Payload Too Large: the response exceeds the limit of 10 bytes, "
             "retriable: false, internal: false",
         ),
         (
-            lambda: fetching._deadline_exceeded(200),
+            lambda: download._deadline_exceeded(200),
             "downloading file",
             "timeout",
             "Error while downloading file, download timeout exceeded, retriable: true, internal: false",
         ),
         (
-            lambda: fetching.request_failure(
+            lambda: download.request_failure(
                 errors.DestinationNotAllowed("destination address not allowed: 10.0.0.1")
             ),
             "validating destination",
@@ -160,13 +154,13 @@ def test_phases_are_the_originals_words_and_render_unchanged() -> None:
             "internal: false",
         ),
         (
-            lambda: fetching.request_failure(outbound.InvalidRequest('unsupported protocol scheme "ftp"')),
+            lambda: download.request_failure(outbound.InvalidRequest('unsupported protocol scheme "ftp"')),
             "creating request",
             "other",
             'Error while creating request, unsupported protocol scheme "ftp", retriable: false, internal: false',
         ),
         (
-            lambda: fetching._storage_error(AttemptPhase.SYNCING_TO_DISK, OSError(5, "I/O error"), 200),
+            lambda: download._storage_error(AttemptPhase.SYNCING_TO_DISK, OSError(5, "I/O error"), 200),
             "syncing to disk",
             "storage",
             "Error while syncing to disk, [Errno 5] I/O error, retriable: true, internal: true",
@@ -238,9 +232,9 @@ def _chained(outer: BaseException, inner: BaseException) -> BaseException:
     ],
 )
 def test_timeouts_are_told_by_the_exceptions_types_never_their_text(exc: BaseException, reason: str) -> None:
-    err = fetching.transport_error(AttemptPhase.PERFORMING_REQUEST, exc)
+    err = download.transport_error(AttemptPhase.PERFORMING_REQUEST, exc)
     assert err.reason == reason
-    assert err.message == fetching._describe(exc)  # the text is what it was
+    assert err.message == download._describe(exc)  # the text is what it was
     assert err.retriable and not err.internal
 
 
@@ -274,7 +268,7 @@ def test_a_status_whose_reason_phrase_says_timeout_is_no_timeout() -> None:
         drain_conn=lambda: None,
     )
     with pytest.raises(DownloadError) as info:
-        fetching._check_status(cast(Any, response))
+        download._check_status(cast(Any, response))
     assert info.value.reason == "other" and info.value.message == "Received status code 302 Timeout"
     assert tuple(r.value for r in FailureReason if r != "interrupted") == metrics.FAILURE_REASONS
 
@@ -288,30 +282,30 @@ def _stats_after(err: DownloadError) -> dict[str, int]:
 
 
 def test_stats_counters_come_from_the_reason_and_phase() -> None:
-    tls = fetching.request_failure(outbound.TLSError(urllib3.exceptions.SSLError("bad cert")))
+    tls = download.request_failure(outbound.TLSError(urllib3.exceptions.SSLError("bad cert")))
     assert _stats_after(tls) == {"download.response.tls": 1}
     # a message that starts as a TLS error's but is not one is not counted as one
     lookalike = DownloadError(
         AttemptPhase.PERFORMING_REQUEST, "TLS Error occured: no", reason=FailureReason.NETWORK, retriable=True
     )
     assert _stats_after(lookalike) == {}
-    assert _stats_after(fetching._too_large(10, 200)) == {
+    assert _stats_after(download._too_large(10, 200)) == {
         "download.response.body": 1,
         "download.response.200": 1,
     }
-    destination = fetching.request_failure(
+    destination = download.request_failure(
         errors.DestinationNotAllowed("destination address not allowed: ::1")
     )
     assert _stats_after(destination) == {"destinationNotAllowed": 1}
     image = attempts._image_failure(errors.ImageSizeError("bad"), 200)
     assert _stats_after(image) == {"download.response.image-size": 1, "download.response.200": 1}
-    disk = fetching._storage_error(AttemptPhase.WRITING_TMP_FILE, OSError(28, "No space left"), 200)
+    disk = download._storage_error(AttemptPhase.WRITING_TMP_FILE, OSError(28, "No space left"), 200)
     assert _stats_after(disk) == {"download.response.200": 1, "failures": 1}
 
 
 def test_the_dashboards_failure_record_carries_the_phase_and_reason() -> None:
     job = Job(id="AbCdEfGhIjKlMn", url="http://h/x", aggr_id="ag")
-    err = fetching._too_large(10, 200)
+    err = download._too_large(10, 200)
     outcome = Outcome(fields={"DownloadState": State.FAILED.value, "ResponseCode": "200"}, error=str(err))
     record = json.loads(attempts._counted(job, outcome, err).failure)
     assert (record["phase"], record["reason"], record["error"]) == ("downloading file", "too_large", str(err))

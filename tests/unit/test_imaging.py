@@ -16,7 +16,7 @@ import zlib
 import pytest
 from PIL import Image, features
 
-from downloader import imaging
+from downloader.fetching import imaging
 
 DATA = pathlib.Path(__file__).resolve().parent.parent / "data"
 
@@ -177,7 +177,7 @@ def icon_around(frame: bytes) -> bytes:
 # peak resident size, in a fresh interpreter, is what shows a decode.
 _PEAK_RSS = """
 import resource, sys
-from downloader import imaging
+from downloader.fetching import imaging
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 print(imaging.image_size(sys.argv[1], sys.argv[2]))
 print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import fnmatch
 
-from downloader import keys
+from downloader.store import keys
 
 
 def test_the_originals_keys() -> None:

@@ -1,4 +1,4 @@
-"""downloader.logs: JSON lines with the structured fields, text lines, and secrets redacted
+"""downloader.observability.logs: JSON lines with the structured fields, text lines, and secrets redacted
 from messages, arguments, extra fields and exception text (settings and environment)."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from downloader import logs
-from downloader.settings import Settings
+from downloader.config.settings import Settings
+from downloader.observability import logs
 
 RFC3339_UTC = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$")
 

@@ -1,4 +1,4 @@
-"""downloader/metrics.py: the failure reason classes, the bound on per-aggregation series,
+"""downloader/observability/metrics.py: the failure reason classes, the bound on per-aggregation series,
 the stats counters feeding their metrics, and /metrics of a process on a (taken) port."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import httpx
 import pytest
 import urllib3.exceptions
 
-from downloader import fetching, metrics, mime, outbound
+from downloader.config.settings import Settings
 from downloader.errors import (
     AttemptPhase,
     DestinationNotAllowed,
@@ -22,9 +22,10 @@ from downloader.errors import (
     StorageError,
     status_reason,
 )
-from downloader.models import Job
-from downloader.settings import Settings
-from downloader.stats import Stats
+from downloader.fetching import download, mime, outbound
+from downloader.jobs.models import Job
+from downloader.observability import metrics
+from downloader.observability.stats import Stats
 from downloader.worker import attempts
 
 
@@ -39,8 +40,8 @@ def status(code: int, retriable: bool = False) -> DownloadError:
 
 
 def transport(exc: Exception) -> DownloadError:
-    """What the fetcher makes of a failed request (fetching.request_failure)."""
-    return fetching.request_failure(exc)
+    """What the fetcher makes of a failed request (download.request_failure)."""
+    return download.request_failure(exc)
 
 
 def raised(call: Callable[[], object]) -> DownloadError:
@@ -66,7 +67,7 @@ PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 64
             "network",
         ),
         (
-            lambda: fetching.transport_error(
+            lambda: download.transport_error(
                 AttemptPhase.DOWNLOADING_FILE,
                 urllib3.exceptions.ProtocolError(
                     "Connection broken", urllib3.exceptions.IncompleteRead(3, 7)
@@ -81,10 +82,10 @@ PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 64
             ),
             "timeout",
         ),
-        (lambda: fetching._deadline_exceeded(200), "timeout"),
+        (lambda: download._deadline_exceeded(200), "timeout"),
         (lambda: transport(outbound.TLSError(urllib3.exceptions.SSLError("bad cert"))), "tls"),
-        (lambda: fetching._too_large(10, 200), "too_large"),
-        (lambda: raised(lambda: fetching._check_mime(PNG, mime.parse_pattern("text/*"), 200)), "mime"),
+        (lambda: download._too_large(10, 200), "too_large"),
+        (lambda: raised(lambda: download._check_mime(PNG, mime.parse_pattern("text/*"), 200)), "mime"),
         (lambda: raised(lambda: attempts._pattern(Job(id="x", url="u", aggr_id="a", mime_type="["))), "mime"),
         (lambda: attempts._image_failure(ImageSizeError("not an image"), 200), "image"),
         (
@@ -99,7 +100,7 @@ PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 64
             "storage",
         ),
         (
-            lambda: fetching._storage_error(AttemptPhase.WRITING_TMP_FILE, OSError(28, "No space left"), 0),
+            lambda: download._storage_error(AttemptPhase.WRITING_TMP_FILE, OSError(28, "No space left"), 0),
             "storage",
         ),
         (lambda: transport(outbound.InvalidRequest("Invalid URL 'x'")), "other"),
@@ -248,7 +249,7 @@ def test_a_taken_port_is_a_warning_not_a_crash(caplog: pytest.LogCaptureFixture)
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        with caplog.at_level(logging.WARNING, logger="downloader.metrics"):
+        with caplog.at_level(logging.WARNING, logger="downloader.observability.metrics"):
             assert metrics.serve(Settings(metrics_port=port), "notifier") is None
     assert f"notifier: cannot serve metrics on port {port}" in caplog.text
     assert not [t for t in threading.enumerate() if "prometheus" in t.name.lower()]
@@ -260,7 +261,7 @@ def test_a_taken_port_is_a_warning_not_a_crash(caplog: pytest.LogCaptureFixture)
 def test_reconciles_are_counted_and_errors_by_cause_keeping_kopfs_handler_id() -> None:
     import asyncio
 
-    from downloader.cluster import ClusterError
+    from downloader.cluster.kube import ClusterError
     from downloader.errors import StoreError
     from downloader.operator.handlers import _counted
 

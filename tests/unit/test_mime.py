@@ -10,7 +10,7 @@ import threading
 import magic
 import pytest
 
-from downloader import mime
+from downloader.fetching import mime
 
 DATA = pathlib.Path(__file__).resolve().parent.parent / "data"
 

@@ -6,8 +6,16 @@ import json
 
 import pytest
 
-from downloader import notifying
-from downloader.models import JOB_FIELDS, Aggregation, CorruptJobError, DownloadResult, Job, State, join_url
+from downloader.delivery import notifying
+from downloader.jobs.models import (
+    JOB_FIELDS,
+    Aggregation,
+    CorruptJobError,
+    DownloadResult,
+    Job,
+    State,
+    join_url,
+)
 
 GO_HASH = {
     "ID": "NSb4FOAs9fVaQw",

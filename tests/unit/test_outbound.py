@@ -16,10 +16,10 @@ import requests
 import requests.auth
 import requests.utils
 
-from downloader import outbound
-from downloader import settings as settings_module
+from downloader.config import settings as settings_module
 from downloader.errors import ConfigurationError
-from downloader.outbound import PERMISSIVE, Policy, check_address, check_url
+from downloader.fetching import outbound
+from downloader.fetching.outbound import PERMISSIVE, Policy, check_address, check_url
 
 STRICT = Policy()
 

@@ -6,8 +6,8 @@ import re
 
 import pytest
 
-from downloader import planning
-from downloader.planning import Observed, Spec, plan
+from downloader.cluster import planning
+from downloader.cluster.planning import Observed, Spec, plan
 
 NOW = 1_800_000_000.0
 

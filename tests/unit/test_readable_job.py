@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from downloader.models import CorruptJobError, Job
+from downloader.jobs.models import CorruptJobError, Job
 from downloader.store import ClaimedJob, DeadLetter
 from downloader.worker.processor import readable_job
 

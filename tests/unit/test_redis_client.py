@@ -10,9 +10,9 @@ import pytest
 import redis.asyncio.sentinel
 import redis.sentinel
 
-from downloader import redis_client
+from downloader.config.settings import Settings
 from downloader.errors import ConfigurationError
-from downloader.settings import Settings
+from downloader.store import redis_client
 
 
 def settings(**values: object) -> Settings:

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from typing import Any, cast
 
-from downloader.cluster import Cluster, Registrar, has_access
-from downloader.settings import Settings
+from downloader.cluster.kube import Cluster, Registrar, has_access
+from downloader.config.settings import Settings
 
 
 def registrar(**kwargs: Any) -> Registrar:

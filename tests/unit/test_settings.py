@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from downloader import settings
-from downloader.diskcheck import DiskMonitor
+from downloader.config import settings
 from downloader.errors import ConfigurationError
-from downloader.stats import Stats
+from downloader.fetching.diskcheck import DiskMonitor
+from downloader.observability.stats import Stats
 
 CONFIG = {
     "redis": {"addr": "10.0.0.1:6380"},
@@ -164,7 +164,7 @@ def test_a_variable_no_setting_reads_is_a_warning_naming_the_closest_one(
 ) -> None:
     monkeypatch.setenv(LEASE_TYPO, "5")
     monkeypatch.setenv(settings.ENV_PREFIX + "XYZZY", "1")
-    with caplog.at_level("WARNING", logger="downloader.settings"):
+    with caplog.at_level("WARNING", logger="downloader.config.settings"):
         loaded = settings.load()
     assert loaded.lease_seconds == 60  # the typo did nothing, but now it says so
     assert [r.getMessage() for r in caplog.records] == [

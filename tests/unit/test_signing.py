@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 
-from downloader import signing
+from downloader.delivery import signing
 
 BODY = b'{"success":true,"job_id":"AbCdEfGhIjKlMn"}'
 NOW = 1_800_000_000

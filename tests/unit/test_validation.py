@@ -7,9 +7,9 @@ import json
 
 import pytest
 
-from downloader import gourl, validation
 from downloader.errors import RequestRejected
-from downloader.models import Aggregation, Job, State
+from downloader.jobs import gourl, validation
+from downloader.jobs.models import Aggregation, Job, State
 
 URL = "http://127.0.0.1:9/testdata/tiny.png"
 CALLBACK = "http://127.0.0.1:9/callback"
@@ -950,6 +950,6 @@ def test_what_the_original_refused_keeps_its_text(body: dict[str, object], targe
 
 
 def test_the_callback_types_are_those_the_metrics_know() -> None:
-    from downloader import metrics
+    from downloader.observability import metrics
 
     assert validation.CALLBACK_TYPES == metrics.CALLBACK_BACKENDS

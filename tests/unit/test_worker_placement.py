@@ -12,10 +12,10 @@ from typing import Any
 
 import pytest
 
-from downloader import planning
+from downloader.cluster import planning
+from downloader.config.settings import Settings, load
 from downloader.errors import ConfigurationError
 from downloader.operator.handlers import Reconciler
-from downloader.settings import Settings, load
 
 TAINT = {"key": "downloader.test/real-node", "operator": "Equal", "value": "true", "effect": "NoSchedule"}
 NODE = {"downloader.test/node": "real"}

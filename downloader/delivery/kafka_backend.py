@@ -18,8 +18,8 @@ import confluent_kafka
 from downloader.errors import ConfigurationError, NotificationError, UnknownDestination
 
 if TYPE_CHECKING:
-    from downloader.notifying import Message
-    from downloader.settings import Settings
+    from downloader.config.settings import Settings
+    from downloader.delivery.notifying import Message
 
 log = logging.getLogger(__name__)
 

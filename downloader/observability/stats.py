@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import threading
 
-from downloader import metrics
+from downloader.observability import metrics
 
 
 class Stats:

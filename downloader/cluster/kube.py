@@ -21,11 +21,11 @@ import yaml  # type: ignore[import-untyped]  # PyYAML comes with the kubernetes 
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
-from downloader import planning
+from downloader.cluster import planning
+from downloader.config.settings import Settings
 from downloader.errors import ClusterError as ClusterError
-from downloader.settings import Settings
 
-log = logging.getLogger("downloader.cluster")
+log = logging.getLogger("downloader.cluster.kube")
 
 SERVICE_ACCOUNT_TOKEN = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
 

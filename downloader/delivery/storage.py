@@ -22,8 +22,8 @@ from typing import TYPE_CHECKING, Protocol
 from downloader.errors import ConfigurationError, StorageError
 
 if TYPE_CHECKING:
-    from downloader.models import Job
-    from downloader.settings import Settings
+    from downloader.config.settings import Settings
+    from downloader.jobs.models import Job
 
 
 class FileStorage(Protocol):
@@ -177,7 +177,7 @@ def from_settings(settings: Settings) -> Storages:
         )
     if not settings.s3_bucket:
         raise ConfigurationError("DOWNLOADER_STORAGE_BACKEND=s3 needs DOWNLOADER_S3_BUCKET")
-    from downloader import aws
+    from downloader.delivery import aws
 
     buckets = aws.S3Storages.from_settings(settings)
     return Storages(aws.S3Storage.from_settings(settings), job_bucket=buckets.get, metadata=aws.s3_metadata)
@@ -190,7 +190,7 @@ def _lazy_job_buckets(settings: Settings) -> Callable[[str, str], FileStorage]:
     def job_bucket(bucket: str, region: str) -> FileStorage:
         with lock:
             if not buckets:
-                from downloader import aws
+                from downloader.delivery import aws
 
                 buckets.append(aws.S3Storages.from_settings(settings).get)
         return buckets[0](bucket, region)
@@ -199,6 +199,6 @@ def _lazy_job_buckets(settings: Settings) -> Callable[[str, str], FileStorage]:
 
 
 def _lazy_metadata(extra: str) -> dict[str, str]:
-    from downloader import aws
+    from downloader.delivery import aws
 
     return aws.s3_metadata(extra)

@@ -1,11 +1,11 @@
-"""One download attempt: GET the URL (urllib3, through `downloader.outbound`), stream it to
+"""One download attempt: GET the URL (urllib3, through `downloader.fetching.outbound`), stream it to
 `<tmp>/<id>.tmp`, sniff and fsync.
 
 Failures become `DownloadError`s classified as the original does (reference 3.3-3.4), with
 its fixes: TLS errors are known by exception type, 3xx/204 answers are not stored as files,
 and every attempt has a total deadline, a redirect cap and a size cap. A watchdog thread
 (`Fetcher.enforce_deadlines`) aborts sockets of attempts that overrun or are cancelled.
-Every request and redirect hop goes through `downloader.outbound`: a non-public destination
+Every request and redirect hop goes through `downloader.fetching.outbound`: a non-public destination
 fails terminally in phase DESTINATION_PHASE before anything connects to it. One client
 (connection pools) per distinct `aggr_proxy`, the MAX_CLIENTS most recently used only: one
 pushed out is closed once the last download using it ends.
@@ -31,7 +31,6 @@ from typing import IO
 import urllib3
 import urllib3.exceptions
 
-from downloader import mime, outbound
 from downloader.errors import (
     AttemptPhase,
     DestinationNotAllowed,
@@ -40,7 +39,8 @@ from downloader.errors import (
     Interrupted,
     status_reason,
 )
-from downloader.outbound import Client, Outbound, Response
+from downloader.fetching import mime, outbound
+from downloader.fetching.outbound import Client, Outbound, Response
 from downloader.version import __version__
 
 log = logging.getLogger(__name__)

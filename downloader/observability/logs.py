@@ -18,7 +18,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from downloader.settings import Settings
+    from downloader.config.settings import Settings
 
 REDACTED = "[redacted]"
 #: Structured fields a log call may pass with `extra=`; JSON lines carry them when present.

@@ -27,8 +27,8 @@ import botocore.exceptions
 from downloader.errors import NotificationError, StorageError, UnknownDestination
 
 if TYPE_CHECKING:
-    from downloader.notifying import Message
-    from downloader.settings import Settings
+    from downloader.config.settings import Settings
+    from downloader.delivery.notifying import Message
 
 #: boto3 sessions and clients are used from many threads, but creating them is not thread-safe.
 _CLIENT_CREATION = threading.Lock()

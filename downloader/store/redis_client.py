@@ -32,8 +32,8 @@ from redis.connection import parse_url
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from downloader.config.settings import Settings
 from downloader.errors import ConfigurationError
-from downloader.settings import Settings
 
 log = logging.getLogger("downloader.redis")
 

@@ -264,7 +264,7 @@ class Settings(BaseSettings):
 
     metrics_aggregation_labels: bool = True
     """Label per-aggregation series with the aggregation id. Turn off with very many
-    aggregations: series stay bounded either way (see downloader/metrics.py)."""
+    aggregations: series stay bounded either way (see downloader/observability/metrics.py)."""
 
     log_format: Literal["text", "json"] = "text"
     """`json`: one JSON object per line (time, level, logger, message, and job id,
@@ -420,7 +420,8 @@ def _service_link(name: str, value: str) -> bool:
 def _check_parsed_later(settings: Settings) -> None:
     """Parse now, for every command, the settings their users parse only when they start
     (`api` used to fail on them with a traceback from inside uvicorn's start-up)."""
-    from downloader import outbound, redis_client
+    from downloader.fetching import outbound
+    from downloader.store import redis_client
 
     redis_client.parse_sentinels(settings.redis_sentinels)
     outbound.Policy.from_settings(settings)

@@ -22,9 +22,10 @@ import re
 import urllib.parse
 from collections.abc import Iterator, Mapping
 
-from downloader import gourl, mime
 from downloader.errors import RequestRejected
-from downloader.models import Aggregation, Job, JobOptions, State
+from downloader.fetching import mime
+from downloader.jobs import gourl
+from downloader.jobs.models import Aggregation, Job, JobOptions, State
 
 _END_OF_INPUT = "unexpected end of JSON input"
 _LITERALS = {"t": "true", "f": "false", "n": "null"}

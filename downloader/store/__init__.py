@@ -23,13 +23,13 @@ from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar, cast
 import redis
 import redis.asyncio
 
-from downloader import keys, redis_client, scripts
 from downloader.errors import StoreError
-from downloader.models import DEFAULT_AGGREGATION_LIMIT, DEFAULT_MAX_RETRIES, Aggregation, Job
+from downloader.jobs.models import DEFAULT_AGGREGATION_LIMIT, DEFAULT_MAX_RETRIES, Aggregation, Job
+from downloader.store import keys, redis_client, scripts
 from downloader.version import __version__
 
 if TYPE_CHECKING:
-    from downloader.settings import Settings
+    from downloader.config.settings import Settings
 
 log = logging.getLogger("downloader.store")
 

@@ -16,12 +16,12 @@ from typing import TYPE_CHECKING, Any, Protocol
 import urllib3
 
 from downloader.errors import DestinationNotAllowed, NotificationError
-from downloader.models import DownloadResult, Job, State
-from downloader.outbound import Outbound, Policy, RequestError, Watchdog
+from downloader.fetching.outbound import Outbound, Policy, RequestError, Watchdog
+from downloader.jobs.models import DownloadResult, Job, State
 from downloader.version import __version__
 
 if TYPE_CHECKING:
-    from downloader.settings import Settings
+    from downloader.config.settings import Settings
 
 
 def payload(job: Job, result: DownloadResult | None = None) -> dict[str, Any]:
@@ -89,7 +89,7 @@ class HttpBackend:
         self.timeout = timeout
         self._timeout = urllib3.Timeout(connect=timeout, read=timeout)
         # Callback URLs are the clients' choice: no callback reaches a non-public address
-        # (policy None: the strict default), see downloader.outbound.
+        # (policy None: the strict default), see downloader.fetching.outbound.
         self.outbound = Outbound(policy)
         self.client = self.outbound.client(pool_connections=32, pool_maxsize=pool_size)
         self.watchdog = Watchdog("callback-deadlines")
@@ -137,10 +137,10 @@ def build_backends(settings: Settings) -> dict[str, Backend]:
         )
     }
     if settings.kafka_bootstrap_servers or settings.kafka_config:
-        from downloader.kafka_backend import KafkaBackend
+        from downloader.delivery.kafka_backend import KafkaBackend
 
         backends["kafka"] = KafkaBackend.from_settings(settings)
-    from downloader.aws import SqsBackend
+    from downloader.delivery.aws import SqsBackend
 
     backends["sqs"] = SqsBackend.from_settings(settings)
     return backends

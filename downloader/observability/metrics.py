@@ -20,14 +20,14 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from downloader.config.settings import Settings
 from downloader.errors import DownloadError, FailureReason, Interrupted, StoreError
-from downloader.settings import Settings
 from downloader.version import __version__
 
 if TYPE_CHECKING:
     from downloader.store import AsyncStore
 
-log = logging.getLogger("downloader.metrics")
+log = logging.getLogger("downloader.observability.metrics")
 
 #: Series per aggregation-labelled gauge, plus one "_other": enough for a dashboard's top
 #: list, few enough that 10,000 aggregations cost the same as 20.
@@ -262,7 +262,7 @@ def _request_series(route: str, method: str, status: int) -> tuple[Counter, Hist
     return series
 
 
-# The original's stats names (downloader/stats.py) that also feed a metric: Stats calls these,
+# The original's stats names (downloader/observability/stats.py) that also feed a metric: Stats calls these,
 # so the JSON and the metric are one count.
 _STAT_COUNTERS: dict[str, tuple[Counter, str]] = {
     "reaperSuccessfulDeletions": (FILE_DELETIONS, "deleted"),

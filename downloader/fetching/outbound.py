@@ -79,7 +79,7 @@ from urllib3.util.url import parse_url
 from downloader.errors import ConfigurationError, DestinationNotAllowed, DownloaderError
 
 if TYPE_CHECKING:
-    from downloader.settings import Settings
+    from downloader.config.settings import Settings
 
 IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]  # noqa: UP007 (a runtime alias)
 IPNetwork = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]  # noqa: UP007
