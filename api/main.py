@@ -16,7 +16,8 @@ from downloader.api.routes import callbacks, downloads, health, jobs, prometheus
 from downloader.cluster import kube
 from downloader.config import apikeys
 from downloader.config.settings import Settings
-from downloader.store import AsyncStore
+from downloader.observability.heartbeat import Heartbeat
+from downloader.store import AsyncStore, Instance
 
 #: Longest a shutdown waits for a heartbeat in progress (one on a dead Redis waits for its
 #: socket timeout) before cancelling it.
@@ -39,11 +40,11 @@ def create_app(settings: Settings, *, serve_files: bool = False) -> FastAPI:
         if settings.kube_create_aggregations and kube.has_access(settings):
             app.state.registrar = kube.Registrar(kube.Cluster.from_settings(settings))
         stopping = asyncio.Event()  # the dashboard's list of API processes, kept until shutdown
-        heartbeat = asyncio.create_task(ui.heartbeat_forever(app.state.store, stopping))
+        heartbeat = asyncio.create_task(Heartbeat(app.state.store, Instance.here("api")).forever(stopping))
         try:
             yield
         finally:
-            stopping.set()  # lets a beat in progress finish (see heartbeat_forever)
+            stopping.set()  # lets a beat in progress finish (see Heartbeat.forever)
             with contextlib.suppress(asyncio.CancelledError, TimeoutError):
                 await asyncio.wait_for(heartbeat, HEARTBEAT_STOP_SECONDS)
             await app.state.store.close()

@@ -22,9 +22,13 @@ from typing import Any
 
 #: The repository. Its root must not be importable (its `downloader/` folder would hide the
 #: installed `downloader.api`, `.worker` and `.operator`), so importing this module drops it
-#: from sys.path.
+#: from sys.path, and adds `tools/`: the local service launchers the tests use too
+#: (`testbed.controlplane` for operator_bench.py), so that no benchmark imports from tests/.
 REPO = Path(__file__).resolve().parent.parent
+TOOLS = REPO / "tools"
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != REPO]
+if str(TOOLS) not in sys.path:
+    sys.path.append(str(TOOLS))
 
 #: The `downloader` executables: next to this interpreter (the venv measured), else the repo's.
 VENV_BIN = Path(sys.executable).parent

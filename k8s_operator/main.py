@@ -7,7 +7,6 @@ kopf re-establishes its watches on its own when the API server restarts.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from typing import Any
 
@@ -15,9 +14,9 @@ import kopf
 
 from downloader.cluster import kube, planning
 from downloader.config.settings import Settings
-from downloader.errors import StoreError
+from downloader.observability.heartbeat import Heartbeat
 from downloader.operator.handlers import Reconciler, register
-from downloader.store import Instance, Store, keys
+from downloader.store import Instance, Store
 
 log = logging.getLogger("downloader.operator")
 
@@ -63,7 +62,10 @@ def run(settings: Settings) -> None:
         settings.background.instant_exit_timeout = 10.0
         settings.background.cancellation_polling = 1.0
         memo.adoption = asyncio.create_task(reconciler.adopt_forever(stopped, log))
-        memo.heartbeat = asyncio.create_task(_heartbeat(reconciler.db, stopped))
+        # listed on the dashboard (`instances:operator`) until it stops
+        memo.heartbeat = asyncio.create_task(
+            Heartbeat(reconciler.db, Instance.here("operator")).forever(stopped)
+        )
 
     @kopf.on.cleanup(registry=registry)
     async def stop_adoption(memo: kopf.Memo, **_: Any) -> None:
@@ -82,15 +84,3 @@ def run(settings: Settings) -> None:
         namespaces=[settings.kube_namespace],
         liveness_endpoint=liveness,
     )
-
-
-async def _heartbeat(db: Store, stopped: asyncio.Event) -> None:
-    """List this operator on the dashboard (`instances:operator`) until it stops."""
-    instance = Instance.here("operator")
-    while not stopped.is_set():
-        try:
-            await asyncio.to_thread(db.heartbeat, instance)
-        except StoreError as exc:
-            log.warning("heartbeat failed: %s", exc)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stopped.wait(), timeout=keys.INSTANCE_HEARTBEAT_SECONDS)

@@ -11,18 +11,14 @@ from __future__ import annotations
 import shutil
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Generator, Iterator
 from pathlib import Path
 
 import pytest
 import redis
-
-sys.path.insert(0, str(Path(__file__).resolve().parent / "integration"))
-
-from procs import Stack, stop_process
-from servers import CallbackServer, FileServer
+from support.procs import Stack, stop_process
+from support.servers import CallbackServer, FileServer
 
 DATA = Path(__file__).parent / "data"
 

@@ -12,7 +12,8 @@ import json
 import logging
 import threading
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from pathlib import Path
 
 from downloader.delivery import storage
 from downloader.errors import (
@@ -26,48 +27,78 @@ from downloader.errors import (
     StorageError,
 )
 from downloader.fetching import imaging, mime
+from downloader.fetching.download import Fetcher
 from downloader.jobs.models import Aggregation, DownloadResult, Job, State
 from downloader.observability import metrics
-from downloader.store import Outcome, keys
-
-if TYPE_CHECKING:
-    from downloader.worker.processor import Download, Processor
+from downloader.observability.stats import Stats
+from downloader.store import NextStep, Outcome, Store, keys
 
 log = logging.getLogger("downloader.worker")
 
 
-def run_attempt(proc: Processor, aggregation: Aggregation, job: Job, download: Download) -> None:
-    settings = proc.settings
+@dataclasses.dataclass(frozen=True)
+class AttemptContext:
+    """What an attempt needs of the worker that runs it, built once by the worker: an attempt
+    sees neither the scheduling loop nor its state, and this module does not import it."""
+
+    db: Store
+    token: str
+    """The worker's lease token: every outcome is written fenced by it."""
+    fetcher: Fetcher
+    storage: storage.Storages
+    stats: Stats
+    tmp_dir: Path
+    download_url: str
+    retry_backoff_seconds: float
+    max_retries: int
+    job_retention_seconds: float
+    clock: Callable[[], float] = time.time
+    """Wall-clock time, which queue scores are in."""
+
+
+@dataclasses.dataclass(eq=False)
+class Download:
+    """A running download as the lease keeper and the watchdog see it."""
+
+    cancelled: threading.Event
+    confirmed: float
+    """time.monotonic() when our lease was last known good: when the claim or the last
+    successful renewal was sent (the lease in Redis runs from no earlier than that)."""
+    ending: bool = False
+    """The attempt is writing its outcome, which gives the lease up."""
+
+
+def run_attempt(ctx: AttemptContext, aggregation: Aggregation, job: Job, download: Download) -> None:
     cancelled = download.cancelled
     started = time.monotonic()
     metrics.JOBS_STARTED.inc()
     error: DownloadError | None = None
     try:
-        image_size, code, measured = _download_and_store(proc, aggregation, job, cancelled)
+        image_size, code, measured = _download_and_store(ctx, aggregation, job, cancelled)
     except DownloadError as err:
         error = err
-        _count_response(proc, err)
+        _count_response(ctx, err)
         outcome = decide(
             job,
             err,
-            now=time.time(),
-            backoff=settings.retry_backoff_seconds,
-            default_max_retries=settings.max_retries,
-            retention=settings.job_retention_seconds,
+            now=ctx.clock(),
+            backoff=ctx.retry_backoff_seconds,
+            default_max_retries=ctx.max_retries,
+            retention=ctx.job_retention_seconds,
         )
     else:
-        proc.stats.incr(f"download.response.{code}")
+        ctx.stats.incr(f"download.response.{code}")
         outcome = success(
             job,
             code,
             image_size,
-            settings.download_url,
-            now=time.time(),
-            retention=settings.job_retention_seconds,
+            ctx.download_url,
+            now=ctx.clock(),
+            retention=ctx.job_retention_seconds,
             measured=measured,
         )
     download.ending = True  # from here a lease found gone is this write's doing, not a loss
-    result = proc.db.finish(job, proc.token, _counted(job, outcome, error))
+    result = ctx.db.finish(job, ctx.token, _counted(job, outcome, error))
     metrics.attempt_done(
         error,
         terminal=outcome.fields.get("DownloadState") == State.FAILED.value,
@@ -121,10 +152,10 @@ def _log_attempt(job: Job, outcome: Outcome, duration: float) -> None:
 
 
 def _download_and_store(
-    proc: Processor, aggregation: Aggregation, job: Job, cancelled: threading.Event
+    ctx: AttemptContext, aggregation: Aggregation, job: Job, cancelled: threading.Event
 ) -> tuple[str, int, DownloadResult]:
     pattern = _pattern(job)
-    fetched = proc.fetcher.fetch(
+    fetched = ctx.fetcher.fetch(
         job_id=job.id,
         url=job.url,
         proxy=aggregation.proxy,
@@ -134,7 +165,7 @@ def _download_and_store(
         # asked); the fetcher takes the lower of the job's and its own.
         timeout=float(job.download_timeout),
         max_bytes=job.options.max_size,
-        tmp_dir=proc.settings.tmp_dir,
+        tmp_dir=ctx.tmp_dir,
         sniff=True,  # the type is stored with the file (S3 Content-Type); libmagic costs ~25 us
         mime_pattern=pattern,
         cancelled=cancelled,
@@ -149,7 +180,7 @@ def _download_and_store(
         if cancelled.is_set():
             raise Interrupted("download cancelled (shutting down, disk full or lease not renewed)")
         try:
-            proc.storage.store(job, fetched.path, fetched.mime_type)
+            ctx.storage.store(job, fetched.path, fetched.mime_type)
         except StorageError as exc:
             raise _storage_failure(job, exc, fetched.response_code) from exc
     finally:
@@ -214,17 +245,17 @@ _REASON_STATS = {
 }
 
 
-def _count_response(proc: Processor, err: DownloadError) -> None:
+def _count_response(ctx: AttemptContext, err: DownloadError) -> None:
     """The original's stats counters of a failed attempt, from its reason and phase."""
     counter = _REASON_STATS.get(err.reason)
     if counter is not None:
-        proc.stats.incr(counter)
+        ctx.stats.incr(counter)
     elif err.phase == AttemptPhase.DOWNLOADING_FILE and not err.internal:
-        proc.stats.incr("download.response.body")
+        ctx.stats.incr("download.response.body")
     if err.response_code:
-        proc.stats.incr(f"download.response.{err.response_code}")
+        ctx.stats.incr(f"download.response.{err.response_code}")
     if err.internal:
-        proc.stats.incr("failures")
+        ctx.stats.incr("failures")
 
 
 def success(
@@ -263,14 +294,12 @@ def decide(
     text = str(err)
     code = str(err.response_code)
     if isinstance(err, Interrupted):
-        return Outcome(
-            fields={"DownloadState": State.PENDING.value}, target=keys.queue(job.aggr_id), score=now
-        )
+        return Outcome(fields={"DownloadState": State.PENDING.value}, next_step=NextStep.RETRY, due=now)
     if err.internal:
         return Outcome(
             fields={"DownloadState": State.PENDING.value, "ResponseCode": code},
-            target=keys.queue(job.aggr_id),
-            score=now + backoff,
+            next_step=NextStep.RETRY,
+            due=now + backoff,
             error=text,
         )
     count = job.download_count + 1
@@ -281,7 +310,7 @@ def decide(
             "DownloadMeta": "",
             "ResponseCode": code,
         }
-        return Outcome(fields=fields, target=keys.queue(job.aggr_id), score=now + count * backoff, error=text)
+        return Outcome(fields=fields, next_step=NextStep.RETRY, due=now + count * backoff, error=text)
     fields = {
         "DownloadState": State.FAILED.value,
         "DownloadCount": str(count),
@@ -302,24 +331,24 @@ def _finished(job: Job, fields: dict[str, str], *, now: float, error: str, reten
         target = storage.Location(key="") if location.bucket else location
         return Outcome(
             fields=fields,
-            target=keys.DELETION_QUEUE,
-            score=now + retention,
+            next_step=NextStep.DELETE,
+            due=now + retention,
             error=error,
             finished=True,
             deletion_target=target.encode(),
         )
     fields = {**fields, "CallbackState": State.PENDING.value}
-    return Outcome(fields=fields, target=keys.CALLBACK_QUEUE, score=now, error=error, finished=True)
+    return Outcome(fields=fields, next_step=NextStep.CALLBACK, due=now, error=error, finished=True)
 
 
-def release(proc: Processor, aggr_id: str, job_id: str) -> None:
+def release(ctx: AttemptContext, aggr_id: str, job_id: str) -> None:
     """Give a job back to its queue at shutdown without counting the attempt."""
     job = Job(id=job_id, url="", aggr_id=aggr_id)
     outcome = Outcome(
-        fields={"DownloadState": State.PENDING.value}, target=keys.queue(aggr_id), score=time.time()
+        fields={"DownloadState": State.PENDING.value}, next_step=NextStep.RETRY, due=ctx.clock()
     )
     try:
-        if proc.db.finish(job, proc.token, outcome) == 1:
+        if ctx.db.finish(job, ctx.token, outcome) == 1:
             log.info("job %s released back to %s", job_id, keys.queue(aggr_id))
     except DownloaderError as exc:  # the lease expiry recovers it anyway
         log.warning("could not release job %s (its lease will expire): %s", job_id, exc)

@@ -1,13 +1,13 @@
 """Timing helpers and the fleet-wide chores shared by the worker and the notifier loops:
-lease recovery (a pass over what is due, never over the keyspace) and the rare, paced
-adoption sweep for queues no registry knows of."""
+lease recovery (a pass over what is due, never over the keyspace, in one place for both) and
+the rare, paced adoption sweep for queues no registry knows of."""
 
 from __future__ import annotations
 
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from downloader.config.settings import Settings
 from downloader.errors import DownloaderError, StoreError
@@ -55,6 +55,41 @@ def loop_until(stopping: threading.Event, step: Callable[[], None], log: logging
         except StoreError as exc:
             log.warning("redis unavailable, retrying: %s", exc)
             stopping.wait(1.0)
+
+
+#: A housekeeping step: when it is due, and what it does (named in the log when it fails, by
+#: its qualified name, e.g. `Heartbeat.beat`).
+Step = tuple[Callable[[], bool], Callable[[], None]]
+
+
+def run_due(steps: Iterable[Step], log: logging.Logger) -> None:
+    """Run the steps that are due; one failing against Redis is logged and the rest still run."""
+    for due, step in steps:
+        if due():
+            try:
+                step()
+            except DownloaderError as exc:
+                log.warning("%s failed: %s", step.__qualname__, exc)
+
+
+class LeaseRecovery:
+    """The fleet's lease recovery as a housekeeping step, the same in the worker and the
+    notifier (any process may run it): due when the last pass scheduled it (see
+    `recover_expired_leases`); `on_recovered` runs when a pass gave something back, to wake
+    the loop that serves it."""
+
+    def __init__(self, db: Store, settings: Settings, on_recovered: Callable[[], None]) -> None:
+        self._db = db
+        self._settings = settings
+        self._on_recovered = on_recovered
+        self.schedule = Every(settings.recovery_every, first_now=True)
+
+    def due(self) -> bool:
+        return self.schedule.due()
+
+    def recover_expired_leases(self) -> None:
+        if recover_expired_leases(self._db, self._settings, self.schedule):
+            self._on_recovered()
 
 
 def recover_expired_leases(db: Store, settings: Settings, every: Every) -> int:

@@ -26,11 +26,13 @@ from downloader.errors import (
     StoreError,
     UnknownDestination,
 )
+from downloader.fetching.outbound import Policy
 from downloader.jobs.models import CorruptJobError, DownloadResult, Job, State, relative_path
 from downloader.observability import metrics
+from downloader.observability.heartbeat import Heartbeat
 from downloader.observability.stats import Stats
 from downloader.store import keys
-from downloader.worker.housekeeping import Every, adopt_forever, loop_until, recover_expired_leases
+from downloader.worker.housekeeping import Every, LeaseRecovery, adopt_forever, loop_until, run_due
 
 log = logging.getLogger("downloader.notifier")
 
@@ -56,10 +58,9 @@ class Notifier:
         self.storage = storage
         self.stats = stats or Stats("notifier")
         self.token = store.new_token()
-        # listed on the dashboard
-        self.instance = store.Instance.here("notifier", self.token, settings.pod_name)
+        self.heartbeat = Heartbeat(db, store.Instance.here("notifier", self.token, settings.pod_name))
         self.signing_keys = signing.parse_keys(settings.callback_signing_keys)
-        self.backends = backends if backends is not None else notifying.build_backends(settings)
+        self.backends = backends if backends is not None else build_backends(settings)
         self.threads = ThreadPoolExecutor(
             settings.notifier_concurrency + settings.notifier_slow_concurrency, thread_name_prefix="callback"
         )
@@ -70,8 +71,7 @@ class Notifier:
         self._started: dict[str, float] = {}
         self._wake = threading.Event()
         self._stopping = threading.Event()
-        # the fleet's lease recovery: rescheduled by each pass for when the next lease falls due
-        self._recovery = Every(settings.recovery_every, first_now=True)
+        self._recovery = LeaseRecovery(db, settings, on_recovered=self._wake.set)
         self._next_reap = 0.0
 
     def run(self) -> None:
@@ -300,25 +300,17 @@ class Notifier:
     def _housekeeping(self) -> None:
         threading.Thread(target=self._rescue_orphans, name="notifier-rescue", daemon=True).start()
         renew = Every(self.settings.lease_seconds / 3)
-        recover = self._recovery
-        reap = self._reap_due
         stats = Every(self.settings.stats_interval_seconds, first_now=True)
-        heartbeat = Every(keys.INSTANCE_HEARTBEAT_SECONDS, first_now=True)
+        steps = (
+            (renew, self._renew),
+            (self._recovery.due, self._recovery.recover_expired_leases),
+            (self._reap_due, self._reap),
+            (stats, self._publish_stats),
+            (self.heartbeat.due, self.heartbeat.beat),
+        )
         while not self._stopping.wait(0.1):
             self._step_aside()
-            steps = (
-                (renew, self._renew),
-                (recover, self._recover),
-                (reap, self._reap),
-                (stats, self._publish_stats),
-                (heartbeat, self._heartbeat),
-            )
-            for due, step in steps:
-                if due():
-                    try:
-                        step()
-                    except DownloaderError as exc:
-                        log.warning("%s failed: %s", step.__name__, exc)
+            run_due(steps, log)
 
     def _rescue_orphans(self) -> None:
         """Once per start: jobs the original service popped and lost (as its notifier did
@@ -353,10 +345,6 @@ class Notifier:
             )
             metrics.LEASES_LOST.labels("callback").inc()
 
-    def _recover(self) -> None:
-        if recover_expired_leases(self.db, self.settings, self._recovery):
-            self._wake.set()
-
     def _reap_due(self) -> bool:
         return time.time() >= self._next_reap
 
@@ -390,9 +378,6 @@ class Notifier:
         interval = self.settings.stats_interval_seconds
         self.db.write_stats("notifier", self.stats.to_json(), interval * keys.STATS_TTL_INTERVALS)
 
-    def _heartbeat(self) -> None:
-        self.db.heartbeat(self.instance)
-
 
 def _fields(job: Job, event: str, duration: float | None) -> dict[str, object]:
     """The structured fields of a callback's log line (downloader.observability.logs.FIELDS)."""
@@ -408,3 +393,22 @@ def _fields(job: Job, event: str, duration: float | None) -> dict[str, object]:
 def _backend(job: Job) -> str:
     """The bounded backend label of a job's callback (a job may name any backend)."""
     return metrics.backend_label(notifying.destination(job)[0])
+
+
+def build_backends(settings: Settings) -> dict[str, notifying.Backend]:
+    """The backends a notifier delivers with: http always; kafka once brokers are configured
+    (the original's `backends.kafka`); sqs always (the queue URL names its region). Kafka's
+    and AWS's clients are imported only when used."""
+    backends: dict[str, notifying.Backend] = {
+        "http": notifying.HttpBackend(
+            settings.callback_timeout_seconds, settings.notifier_concurrency, Policy.from_settings(settings)
+        )
+    }
+    if settings.kafka_bootstrap_servers or settings.kafka_config:
+        from downloader.delivery.kafka_backend import KafkaBackend
+
+        backends["kafka"] = KafkaBackend.from_settings(settings)
+    from downloader.delivery.aws import SqsBackend
+
+    backends["sqs"] = SqsBackend.from_settings(settings)
+    return backends

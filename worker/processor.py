@@ -29,10 +29,12 @@ from downloader.fetching.download import Fetcher, FetchLimits
 from downloader.fetching.outbound import Outbound
 from downloader.jobs.models import Aggregation, CorruptJobError, Job
 from downloader.observability import metrics
+from downloader.observability.heartbeat import Heartbeat
 from downloader.observability.stats import Stats
 from downloader.store import keys
 from downloader.worker import attempts
-from downloader.worker.housekeeping import Every, adopt_forever, loop_until, recover_expired_leases
+from downloader.worker.attempts import AttemptContext, Download
+from downloader.worker.housekeeping import Every, LeaseRecovery, adopt_forever, loop_until, run_due
 
 log = logging.getLogger("downloader.worker")
 
@@ -50,18 +52,6 @@ NEVER = float("inf")
 FENCE_FRACTION = 0.75
 #: How often the watchdog looks at deadlines and leases (it never waits on the network).
 WATCHDOG_INTERVAL = 0.1
-
-
-@dataclasses.dataclass(eq=False)
-class Download:
-    """A running download as the lease keeper and the watchdog see it."""
-
-    cancelled: threading.Event
-    confirmed: float
-    """time.monotonic() when our lease was last known good: when the claim or the last
-    successful renewal was sent (the lease in Redis runs from no earlier than that)."""
-    ending: bool = False
-    """The attempt is writing its outcome, which gives the lease up."""
 
 
 def unconfirmed_too_long(downloads: Mapping[str, Download], now: float, lease_seconds: float) -> list[str]:
@@ -111,8 +101,7 @@ class Processor:
         self.only = only
         self.stats = stats or Stats("processor")
         self.token = store.new_token()
-        # listed on the dashboard
-        self.instance = store.Instance.here("worker", self.token, settings.pod_name)
+        self.heartbeat = Heartbeat(db, store.Instance.here("worker", self.token, settings.pod_name))
         self.fetcher = Fetcher(
             FetchLimits(
                 connect_timeout=settings.connect_timeout_seconds,
@@ -124,6 +113,18 @@ class Processor:
             pool_size=settings.worker_concurrency,
             outbound=Outbound.from_settings(settings),
         )
+        self.attempt_context = AttemptContext(
+            db=db,
+            token=self.token,
+            fetcher=self.fetcher,
+            storage=storage,
+            stats=self.stats,
+            tmp_dir=settings.tmp_dir,
+            download_url=settings.download_url,
+            retry_backoff_seconds=settings.retry_backoff_seconds,
+            max_retries=settings.max_retries,
+            job_retention_seconds=settings.job_retention_seconds,
+        )
         self.threads = ThreadPoolExecutor(settings.worker_concurrency, thread_name_prefix="download")
         self.disk = diskcheck.DiskMonitor(
             settings.disk_high_watermark_percent, settings.disk_low_watermark_percent
@@ -132,8 +133,7 @@ class Processor:
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stopping = threading.Event()
-        # the fleet's lease recovery: rescheduled by each pass for when the next lease falls due
-        self._recovery = Every(settings.recovery_every, first_now=True)
+        self._recovery = LeaseRecovery(db, settings, on_recovered=self._wake.set)
         self._reread = threading.Event()
         """Set when the registry must be read again now (after a (re)subscription)."""
         self._paused = threading.Event()
@@ -323,7 +323,7 @@ class Processor:
 
     def _work(self, aggregation: Aggregation, job: Job, download: Download) -> None:
         try:
-            attempts.run_attempt(self, aggregation, job, download)
+            attempts.run_attempt(self.attempt_context, aggregation, job, download)
         except StoreError as exc:  # an outage is expected: one line, no traceback
             log.warning(
                 "job %s: redis unavailable (%s); its lease will expire and it will be retried", job.id, exc
@@ -381,23 +381,17 @@ class Processor:
 
     def _housekeeping(self) -> None:
         reread = Every(self.settings.scan_interval_seconds, first_now=True)
-        recover = self._recovery
         stats = Every(self.settings.stats_interval_seconds, first_now=True)
         disk = Every(self.settings.disk_check_interval_seconds, first_now=True)
-        heartbeat = Every(keys.INSTANCE_HEARTBEAT_SECONDS, first_now=True)
+        steps = (
+            (self._reread_due(reread), self._read_registry),
+            (self._recovery.due, self._recovery.recover_expired_leases),
+            (stats, self._publish_stats),
+            (disk, self._check_disk),
+            (self.heartbeat.due, self.heartbeat.beat),
+        )
         while not self._stopping.wait(0.1):
-            for due, step in (
-                (self._reread_due(reread), self._read_registry),
-                (recover, self._recover),
-                (stats, self._publish_stats),
-                (disk, self._check_disk),
-                (heartbeat, self._heartbeat),
-            ):
-                if due():
-                    try:
-                        step()
-                    except DownloaderError as exc:
-                        log.warning("%s failed: %s", step.__name__, exc)
+            run_due(steps, log)
         self._publish_final_stats()
 
     def _held(self) -> dict[str, dict[str, Download]]:
@@ -439,10 +433,6 @@ class Processor:
                     state.next_try = 0.0
         self._wake.set()
 
-    def _recover(self) -> None:
-        if recover_expired_leases(self.db, self.settings, self._recovery):
-            self._wake.set()
-
     def _check_disk(self) -> None:
         try:
             used = diskcheck.usage_percent(Path(self.settings.tmp_dir))
@@ -466,9 +456,6 @@ class Processor:
     def _publish_stats(self) -> None:
         interval = self.settings.stats_interval_seconds
         self.db.write_stats("processor", self.stats.to_json(), interval * keys.STATS_TTL_INTERVALS)
-
-    def _heartbeat(self) -> None:
-        self.db.heartbeat(self.instance)
 
     def _publish_final_stats(self) -> None:
         with contextlib.suppress(DownloaderError):
@@ -496,6 +483,6 @@ class Processor:
                 self.fetcher.enforce_deadlines()
         for aggr_id, running in self._held().items():
             for job_id in running:
-                attempts.release(self, aggr_id, job_id)
+                attempts.release(self.attempt_context, aggr_id, job_id)
         self.threads.shutdown(wait=False, cancel_futures=True)
         log.info("worker %s stopped", self.token)

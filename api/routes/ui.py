@@ -7,8 +7,6 @@ failures. Every part is bounded: aggregations are capped, the series is 30 minut
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import datetime
 import enum
 import json
@@ -33,8 +31,8 @@ from downloader.api.schemas import (
     Totals,
 )
 from downloader.config.apikeys import Grant
-from downloader.errors import AttemptPhase, FailureReason, StoreError
-from downloader.store import ATTEMPT_KINDS, AsyncStore, Instance, keys
+from downloader.errors import AttemptPhase, FailureReason
+from downloader.store import ATTEMPT_KINDS, Instance, keys
 
 log = logging.getLogger("downloader.api")
 router = APIRouter(tags=["ui"])
@@ -113,21 +111,6 @@ async def overview(db: StoreDep, grant: GrantDep) -> Overview:
             f for f in map(_failure, await db.recent_failures()) if f and grant.covers(f.aggr_id)
         ],
     )
-
-
-async def heartbeat_forever(db: AsyncStore, stopping: asyncio.Event) -> None:
-    """List this API process on the dashboard (`instances:api`) until `stopping` is set.
-    Stopped between beats, never cancelled inside one: redis-py's asyncio pipelines do not
-    survive a cancellation mid-command (the lifespan's shutdown then hung on closing Redis,
-    about one run in three of the API tests)."""
-    instance = Instance.here("api")
-    while not stopping.is_set():
-        try:
-            await db.heartbeat(instance)
-        except StoreError as exc:
-            log.warning("heartbeat failed: %s", exc)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stopping.wait(), keys.INSTANCE_HEARTBEAT_SECONDS)
 
 
 def _per_aggregation(minutes: Iterable[Counts], grant: Grant) -> dict[str, Counts]:

@@ -8,6 +8,7 @@ call `plan` and apply; tests call `plan` with dicts. Names of the objects live h
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import datetime
 import hashlib
@@ -223,9 +224,27 @@ def in_image(path: str) -> str:
     return str(posixpath.join(IMAGE_WORKDIR, path))
 
 
+#: The worker pod's securityContext unless the chart's worker.podSecurityContext says otherwise
+#: (DOWNLOADER_WORKER_POD_SECURITY_CONTEXT): the image's non-root user, the runtime's seccomp.
+WORKER_POD_SECURITY_CONTEXT: Mapping[str, Any] = {
+    "runAsNonRoot": True,
+    "runAsUser": 10001,
+    "runAsGroup": 10001,
+    "fsGroup": 10001,
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+#: The worker container's securityContext unless worker.containerSecurityContext says otherwise
+#: (DOWNLOADER_WORKER_CONTAINER_SECURITY_CONTEXT): it writes only to its volumes.
+WORKER_CONTAINER_SECURITY_CONTEXT: Mapping[str, Any] = {
+    "readOnlyRootFilesystem": True,
+    "allowPrivilegeEscalation": False,
+    "capabilities": {"drop": ["ALL"]},
+}
+
+
 @dataclasses.dataclass(frozen=True)
 class WorkerPod:
-    """How the operator's settings shape every worker pod."""
+    """How the operator's settings (the chart's `worker.*` values) shape every worker pod."""
 
     image: str
     pull_policy: str = "IfNotPresent"
@@ -248,7 +267,16 @@ class WorkerPod:
     node_selector: Mapping[str, str] = dataclasses.field(default_factory=dict)
     #: The pod's tolerations (Kubernetes Toleration objects), e.g. of a dedicated node's taint.
     tolerations: Sequence[Mapping[str, Any]] = ()
-    uid: int = 10001
+    #: The pod's affinity (a Kubernetes Affinity object); empty = none.
+    affinity: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    #: Annotations of the pods, beside the aggregation id's (which wins: the operator reads it).
+    pod_annotations: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    pod_security_context: Mapping[str, Any] = dataclasses.field(
+        default_factory=lambda: copy.deepcopy(WORKER_POD_SECURITY_CONTEXT)
+    )
+    container_security_context: Mapping[str, Any] = dataclasses.field(
+        default_factory=lambda: copy.deepcopy(WORKER_CONTAINER_SECURITY_CONTEXT)
+    )
     #: The worker's drain on SIGTERM (DOWNLOADER_SHUTDOWN_GRACE_SECONDS); the pod's
     #: terminationGracePeriodSeconds leaves it 10 s more before the kubelet kills it.
     shutdown_grace_seconds: float = 25.0
@@ -279,11 +307,7 @@ def deployment(spec: Spec, namespace: str, replicas: int, pod: WorkerPod) -> dic
         ],
         "envFrom": env_from,
         "resources": dict(pod.resources),
-        "securityContext": {
-            "readOnlyRootFilesystem": True,
-            "allowPrivilegeEscalation": False,
-            "capabilities": {"drop": ["ALL"]},
-        },
+        "securityContext": copy.deepcopy(dict(pod.container_security_context)),
         # The root filesystem is read-only: downloads and files go to these volumes.
         "volumeMounts": [
             {"name": "tmp", "mountPath": "/tmp"},  # noqa: S108 -- a mount point, not a temp file
@@ -299,13 +323,7 @@ def deployment(spec: Spec, namespace: str, replicas: int, pod: WorkerPod) -> dic
     )
     pod_spec: dict[str, Any] = {
         "containers": [container],
-        "securityContext": {
-            "runAsNonRoot": True,
-            "runAsUser": pod.uid,
-            "runAsGroup": pod.uid,
-            "fsGroup": pod.uid,
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
+        "securityContext": copy.deepcopy(dict(pod.pod_security_context)),
         "volumes": [
             {"name": "tmp", "emptyDir": {}},
             {"name": "downloads", "emptyDir": {}},
@@ -323,6 +341,8 @@ def deployment(spec: Spec, namespace: str, replicas: int, pod: WorkerPod) -> dic
         pod_spec["nodeSelector"] = dict(pod.node_selector)
     if pod.tolerations:
         pod_spec["tolerations"] = [dict(t) for t in pod.tolerations]
+    if pod.affinity:
+        pod_spec["affinity"] = copy.deepcopy(dict(pod.affinity))
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -336,7 +356,10 @@ def deployment(spec: Spec, namespace: str, replicas: int, pod: WorkerPod) -> dic
             "replicas": replicas,
             "selector": {"matchLabels": {AGGREGATION_LABEL: name, "app.kubernetes.io/component": "worker"}},
             "template": {
-                "metadata": {"labels": labels, "annotations": {ID_ANNOTATION: spec.id}},
+                "metadata": {
+                    "labels": labels,
+                    "annotations": {**pod.pod_annotations, ID_ANNOTATION: spec.id},
+                },
                 "spec": pod_spec,
             },
         },

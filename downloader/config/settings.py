@@ -1,6 +1,9 @@
 """Settings of every process: `DOWNLOADER_*` environment variables over the original's config.json.
 
-One pydantic-settings class; each field says its unit and why its default is what it is.
+One pydantic-settings class, `Settings`, composed of small groups (RedisSettings,
+StorageSettings, ...: GROUPS), one per concern, each saying what it governs; each field says
+its unit and why its default is what it is. Access stays flat (`settings.redis_url` is
+`DOWNLOADER_REDIS_URL`), and a component that needs one concern can ask for its group alone.
 `load()` reads an optional config.json in the original's layout (reference 5.2), maps it
 onto the same fields, and lets the environment win. Invalid values raise ConfigurationError
 with one line naming the variable; a `DOWNLOADER_*` variable that nothing reads is logged as a
@@ -17,12 +20,13 @@ import re
 import urllib.parse
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Self
 
 import pydantic
 import redis.connection
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
 
+from downloader.config import parsing
 from downloader.errors import ConfigurationError
 
 log = logging.getLogger(__name__)
@@ -64,8 +68,36 @@ def _test_time() -> bool:
     return "DOWNLOADER_TEST_TIME" in os.environ
 
 
-class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
+#: What every group shares (see SettingsGroup). Not `use_attribute_docstrings`: reading this
+#: file's source for them would add some 30 ms to every process start; the tests read it instead.
+_GROUP_CONFIG = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
+
+
+class SettingsGroup(BaseSettings):
+    """Base of the groups below: each field is read from `DOWNLOADER_<FIELD>`, the environment
+    wins over values passed in (those of -c/--config), and loaded settings never change.
+
+    A group is a type of its own: a component that needs only Redis asks for `RedisSettings`
+    and accepts the whole `Settings` as well as a `RedisSettings()` loaded alone."""
+
+    model_config = _GROUP_CONFIG
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The environment wins over values from -c/--config, which arrive as init kwargs.
+        return env_settings, init_settings
+
+
+class RedisSettings(SettingsGroup):
+    """The Redis every process shares: where it is, directly or through Sentinel (the original's
+    `redis` section), and how durably the API waits for an accepted job to be replicated."""
 
     redis_url: str = "redis://127.0.0.1:6379/0"
     """Redis connection URL (`redis://host:port/db`, `rediss://` for TLS, `unix:///path`).
@@ -88,155 +120,37 @@ class Settings(BaseSettings):
     redis_wait_timeout_ms: int = pydantic.Field(default=1000, ge=1)
     """Longest such wait; on timeout the job is still accepted and a warning logged."""
 
-    storage_backend: Literal["filesystem", "s3"] = "filesystem"
-    """Where finished files go: a filesystem under `storage_root`, or the S3 bucket `s3_bucket`."""
+    @pydantic.field_validator("redis_url")
+    @classmethod
+    def _check_redis_url(cls, url: str) -> str:
+        # redis-py parses it only when the first client connects, deep inside a traceback.
+        try:
+            redis.connection.parse_url(url)  # type: ignore[no-untyped-call]
+        except ValueError as exc:
+            raise ValueError(f"not a Redis URL: {exc}") from None
+        parts = urllib.parse.urlsplit(url)
+        db = parts.path.strip("/")
+        if parts.scheme != "unix" and db and not db.isdigit():
+            # redis-py would silently use database 0.
+            raise ValueError(f"the database number {db!r} (the URL's path) is not a number")
+        return url
 
-    storage_root: Path = Path("data/files")
-    """Root of the filesystem backend; files live at `<root>/<id[0:3]>/<id>`."""
 
-    tmp_dir: Path = Path("data/tmp")
-    """Where downloads stream to (`<tmp>/<id>.tmp`) before the atomic move. Same filesystem
-    as the root makes the move a rename; the disk check watches this directory."""
-
-    s3_bucket: str = ""
-    """Bucket of the S3 backend (`storage_backend=s3`); objects are keyed `<id[0:3]>/<id>`."""
-
-    s3_region: str = ""
-
-    s3_endpoint_url: str = ""
-    """For S3-compatible stores (MinIO, Ceph, moto); "" means AWS itself. Also used for the
-    per-job buckets of `s3_bucket`/`s3_region` requests. Credentials: the standard AWS chain."""
-
-    s3_multipart_threshold_bytes: int = pydantic.Field(default=8 << 20, ge=5 << 20)
-    """Files at least this large are uploaded in parts of this size (S3's minimum part: 5 MiB)."""
-
-    job_retention_seconds: float = pydantic.Field(default=7 * 24 * 3600.0, gt=0)
-    """Jobs without a callback are deleted this long after they finish, and jobs whose callback
-    failed for good this long after it failed (until then POST /retry/<id> has everything):
-    hash, meta and file together, the file when it is in the configured storage (the original
-    kept them forever)."""
-
-    download_url: str = "http://localhost/"
-    """Base of the callback's `download_url`: the relative path `<id[0:3]>/<id>` is joined to
-    its path. Must point at whatever serves the storage root."""
-
-    default_request_headers: dict[str, str] = pydantic.Field(default_factory=dict)
-    """Headers sent with every download (JSON object); a job's own headers override per key."""
+class ApiSettings(SettingsGroup):
+    """The HTTP API's own knobs (the original's `api` section): the switch that takes an
+    instance out of a load balancer and the size of the requests it accepts. Its bearer
+    tokens are in SecuritySettings, its Redis durability in RedisSettings."""
 
     heartbeat_path: str = ""
     """While this file exists, GET /hb answers 503 (take an instance out of a balancer)."""
 
-    retry_backoff_seconds: float = pydantic.Field(default_factory=lambda: 0.2 if _test_time() else 120.0)
-    """Unit of the linear download backoff: attempt N waits N units (the original: 2 min)."""
-
-    max_retries: int = pydantic.Field(default=2, ge=0)
-    """Retries after the first attempt for jobs that do not set max_retries."""
-
-    callback_backoff_seconds: float = pydantic.Field(default_factory=lambda: 0.2 if _test_time() else 600.0)
-    """Unit of the linear callback backoff (the original: 10 min)."""
-
-    callback_max_attempts: int = pydantic.Field(default=2, ge=1)
-    """Callback attempts before the callback is marked Failed (then POST /retry/<id>)."""
-
-    callback_timeout_seconds: float = pydantic.Field(default=30.0, gt=0)
-    """Whole-request timeout of one HTTP callback (the original's backends.http.timeout):
-    connect, send, status and a capped body read, then the connection is closed."""
-
-    deletion_delay_seconds: float = pydantic.Field(default=10800.0, gt=0)
-    """Files are deleted this long after their callback was delivered (the original: 180 min)."""
-
-    stats_interval_seconds: float = pydantic.Field(default=5.0, gt=0)
-    """How often workers and notifiers write `stats:<component>`."""
-
-    kafka_bootstrap_servers: str = ""
-    """Kafka brokers (`host:port,...`); setting it (or `kafka_config`) enables `callback_type: kafka`."""
-
-    kafka_config: dict[str, str | int | float | bool] = pydantic.Field(default_factory=dict)
-    """librdkafka producer settings, verbatim (JSON object; the original's `backends.kafka`).
-    Ours win only where delivery depends on them: idempotence and `acks=all`."""
-
-    kafka_username: str = ""
-    """SASL user name and password (`sasl.username`/`sasl.password`), kept out of config files."""
-
-    kafka_password: str = ""
-
-    sqs_region: str = ""
-    """Region of `callback_type: sqs` queues (the original's `backends.sqs.region`); "" takes
-    it from the queue URL."""
-
-    sqs_endpoint_url: str = ""
-    """For SQS-compatible services; "" means AWS itself."""
-
-    worker_concurrency: int = pydantic.Field(default=16, ge=1, le=1024)
-    """Downloads one worker process runs at once, over all its aggregations. 16 threads is
-    where `requests` stops getting faster on two cores (measured, DESIGN.md)."""
-
-    notifier_concurrency: int = pydantic.Field(default=8, ge=1, le=1024)
-    """Callbacks one notifier process delivers at once."""
-
-    notifier_slow_concurrency: int = pydantic.Field(default=256, ge=0, le=4096)
-    """Callbacks still unanswered after a second step aside: they wait out their timeout
-    without holding one of `notifier_concurrency`'s slots, up to this many at once, so slow
-    or hostile receivers cannot starve the others (a waiting thread costs no CPU)."""
-
-    lease_seconds: float = pydantic.Field(default=60.0, gt=0)
-    """A claimed job's lease. The holder renews it every third of this; a process that dies
-    gives its jobs back after at most this long."""
-
-    crash_tolerance: int = pydantic.Field(default=2, ge=0)
-    """Lost leases (killed processes) forgiven per job before each further one uses up an
-    attempt, so a job that kills its worker cannot loop forever."""
-
-    download_timeout_seconds: float = pydantic.Field(default=300.0, gt=0)
-    """Total time of a download whose job has no download_timeout (the original had none,
-    so a stalled server held a slot of the aggregation forever)."""
-
-    connect_timeout_seconds: float = pydantic.Field(default=10.0, gt=0)
-
-    max_redirects: int = pydantic.Field(default=10, ge=0)
-
-    max_download_bytes: int = pydantic.Field(default=1 << 30, gt=0)
-    """Larger responses fail terminally (1 GiB)."""
-
     max_request_bytes: int = pydantic.Field(default=1 << 20, gt=0)
     """Largest POST /download body; larger ones get 413."""
 
-    disk_check_interval_seconds: float = pydantic.Field(default=60.0, gt=0)
-    disk_high_watermark_percent: float = pydantic.Field(default=95.0, ge=0, le=100)
-    """Above this much of the tmp filesystem used, downloads pause."""
-    disk_low_watermark_percent: float = pydantic.Field(default=90.0, ge=0, le=100)
-    """...and resume at or below this much."""
 
-    scan_interval_seconds: float = pydantic.Field(default=30.0, gt=0)
-    """How often an idle worker re-reads the registry of aggregations with work, and an idle
-    notifier its callback and deletion queues. A safety net only: a queue that gets its first
-    job, and a callback queue its first callback, are announced on Redis pub/sub, so idle
-    processes start at once without polling."""
-
-    recovery_interval_seconds: float = pydantic.Field(default=0.0, ge=0)
-    """How often each worker and notifier runs the fleet's lease recovery pass (it gives back
-    the jobs of processes that died). 0: a sixth of the lease, at most 10 s."""
-
-    adoption_interval_seconds: float = pydantic.Field(default=300.0, ge=0)
-    """How often one process of the fleet SCANs for queues no registry knows of (written by
-    the original's API, or by versions before the registry), paced to spare Redis. 0: never,
-    for a Redis that only this service writes."""
-
-    poll_interval_seconds: float = pydantic.Field(default=0.05, gt=0)
-    """The shortest wait before a worker claims again from an aggregation whose next job is
-    not yet due."""
-
-    @property
-    def recovery_every(self) -> float:
-        if self.recovery_interval_seconds > 0:
-            return self.recovery_interval_seconds
-        return min(10.0, self.lease_seconds / 6)
-
-    shutdown_grace_seconds: float = pydantic.Field(default=25.0, ge=0)
-    """On SIGTERM, in-flight downloads get this long to finish before their leases are given
-    back; below Kubernetes' default terminationGracePeriodSeconds (30 s)."""
-
-    # --- safety ---------------------------------------------------------------------
+class SecuritySettings(SettingsGroup):
+    """Who may be reached and who may call: the outbound guard every download and callback
+    passes, the API's bearer tokens, and the keys callbacks are signed with."""
 
     allow_private_networks: bool = False
     """Let downloads and callbacks reach loopback, private, link-local (cloud metadata) and
@@ -255,7 +169,194 @@ class Settings(BaseSettings):
     """Comma-separated bearer tokens for the API; "" leaves it open. `token=prefix1|prefix2`
     limits a token to aggregation ids starting with one of the prefixes."""
 
-    # --- observability ---------------------------------------------------------------
+
+class FetchSettings(SettingsGroup):
+    """How a worker downloads (the original's `processor` section, in part): how many at once,
+    the headers it sends, and the timeouts and caps that keep one slow or huge response from
+    holding a slot or filling a disk."""
+
+    worker_concurrency: int = pydantic.Field(default=16, ge=1, le=1024)
+    """Downloads one worker process runs at once, over all its aggregations. 16 threads is
+    where `requests` stops getting faster on two cores (measured, DESIGN.md)."""
+
+    default_request_headers: dict[str, str] = pydantic.Field(default_factory=dict)
+    """Headers sent with every download (JSON object); a job's own headers override per key."""
+
+    download_timeout_seconds: float = pydantic.Field(default=300.0, gt=0)
+    """Total time of a download whose job has no download_timeout (the original had none,
+    so a stalled server held a slot of the aggregation forever)."""
+
+    connect_timeout_seconds: float = pydantic.Field(default=10.0, gt=0)
+    """Longest wait to connect to a download's server, within the download's total time."""
+
+    max_redirects: int = pydantic.Field(default=10, ge=0)
+    """Redirects a download follows (each hop checked by the outbound guard); one more fails it."""
+
+    max_download_bytes: int = pydantic.Field(default=1 << 30, gt=0)
+    """Larger responses fail terminally (1 GiB)."""
+
+
+class StorageSettings(SettingsGroup):
+    """Where downloads stream to and finished files go (a filesystem or S3), the address they
+    are served at, how long they are kept, and the disk watermarks that pause downloads."""
+
+    storage_backend: Literal["filesystem", "s3"] = "filesystem"
+    """Where finished files go: a filesystem under `storage_root`, or the S3 bucket `s3_bucket`."""
+
+    storage_root: Path = Path("data/files")
+    """Root of the filesystem backend; files live at `<root>/<id[0:3]>/<id>`."""
+
+    tmp_dir: Path = Path("data/tmp")
+    """Where downloads stream to (`<tmp>/<id>.tmp`) before the atomic move. Same filesystem
+    as the root makes the move a rename; the disk check watches this directory."""
+
+    s3_bucket: str = ""
+    """Bucket of the S3 backend (`storage_backend=s3`); objects are keyed `<id[0:3]>/<id>`."""
+
+    s3_region: str = ""
+    """Region of `s3_bucket`; "" leaves it to the standard AWS configuration (environment, profile)."""
+
+    s3_endpoint_url: str = ""
+    """For S3-compatible stores (MinIO, Ceph, moto); "" means AWS itself. Also used for the
+    per-job buckets of `s3_bucket`/`s3_region` requests. Credentials: the standard AWS chain."""
+
+    s3_multipart_threshold_bytes: int = pydantic.Field(default=8 << 20, ge=5 << 20)
+    """Files at least this large are uploaded in parts of this size (S3's minimum part: 5 MiB)."""
+
+    download_url: str = "http://localhost/"
+    """Base of the callback's `download_url`: the relative path `<id[0:3]>/<id>` is joined to
+    its path. Must point at whatever serves the storage root."""
+
+    job_retention_seconds: float = pydantic.Field(default=7 * 24 * 3600.0, gt=0)
+    """Jobs without a callback are deleted this long after they finish, and jobs whose callback
+    failed for good this long after it failed (until then POST /retry/<id> has everything):
+    hash, meta and file together, the file when it is in the configured storage (the original
+    kept them forever)."""
+
+    deletion_delay_seconds: float = pydantic.Field(default=10800.0, gt=0)
+    """Files are deleted this long after their callback was delivered (the original: 180 min)."""
+
+    disk_check_interval_seconds: float = pydantic.Field(default=60.0, gt=0)
+    """How often a worker measures the tmp filesystem against the watermarks below."""
+    disk_high_watermark_percent: float = pydantic.Field(default=95.0, ge=0, le=100)
+    """Above this much of the tmp filesystem used, downloads pause."""
+    disk_low_watermark_percent: float = pydantic.Field(default=90.0, ge=0, le=100)
+    """...and resume at or below this much."""
+
+    @pydantic.model_validator(mode="after")
+    def _check_watermarks(self) -> Self:
+        if self.disk_low_watermark_percent > self.disk_high_watermark_percent:
+            raise ValueError(
+                "DOWNLOADER_DISK_LOW_WATERMARK_PERCENT must not exceed DOWNLOADER_DISK_HIGH_WATERMARK_PERCENT"
+            )
+        return self
+
+
+class CallbackSettings(SettingsGroup):
+    """How the notifier delivers callbacks (the original's `notifier` and `backends` sections):
+    its concurrency, the HTTP timeout, and the Kafka and SQS backends. Their retries are in
+    LeaseAndRetrySettings, their signing keys in SecuritySettings."""
+
+    notifier_concurrency: int = pydantic.Field(default=8, ge=1, le=1024)
+    """Callbacks one notifier process delivers at once."""
+
+    notifier_slow_concurrency: int = pydantic.Field(default=256, ge=0, le=4096)
+    """Callbacks still unanswered after a second step aside: they wait out their timeout
+    without holding one of `notifier_concurrency`'s slots, up to this many at once, so slow
+    or hostile receivers cannot starve the others (a waiting thread costs no CPU)."""
+
+    callback_timeout_seconds: float = pydantic.Field(default=30.0, gt=0)
+    """Whole-request timeout of one HTTP callback (the original's backends.http.timeout):
+    connect, send, status and a capped body read, then the connection is closed."""
+
+    kafka_bootstrap_servers: str = ""
+    """Kafka brokers (`host:port,...`); setting it (or `kafka_config`) enables `callback_type: kafka`."""
+
+    kafka_config: dict[str, str | int | float | bool] = pydantic.Field(default_factory=dict)
+    """librdkafka producer settings, verbatim (JSON object; the original's `backends.kafka`).
+    Ours win only where delivery depends on them: idempotence and `acks=all`."""
+
+    kafka_username: str = ""
+    """SASL user name and password (`sasl.username`/`sasl.password`), kept out of config files."""
+
+    kafka_password: str = ""
+    """The SASL password (see `kafka_username`); never shown in errors or logs."""
+
+    sqs_region: str = ""
+    """Region of `callback_type: sqs` queues (the original's `backends.sqs.region`); "" takes
+    it from the queue URL."""
+
+    sqs_endpoint_url: str = ""
+    """For SQS-compatible services; "" means AWS itself."""
+
+
+class LeaseAndRetrySettings(SettingsGroup):
+    """What happens when an attempt fails or its process dies: the backoff and attempts of
+    downloads and callbacks (DOWNLOADER_TEST_TIME shrinks both backoff units, as in the
+    original), the leases that give a dead process's jobs back, and the grace on SIGTERM."""
+
+    retry_backoff_seconds: float = pydantic.Field(default_factory=lambda: 0.2 if _test_time() else 120.0)
+    """Unit of the linear download backoff: attempt N waits N units (the original: 2 min)."""
+
+    max_retries: int = pydantic.Field(default=2, ge=0)
+    """Retries after the first attempt for jobs that do not set max_retries."""
+
+    callback_backoff_seconds: float = pydantic.Field(default_factory=lambda: 0.2 if _test_time() else 600.0)
+    """Unit of the linear callback backoff (the original: 10 min)."""
+
+    callback_max_attempts: int = pydantic.Field(default=2, ge=1)
+    """Callback attempts before the callback is marked Failed (then POST /retry/<id>)."""
+
+    lease_seconds: float = pydantic.Field(default=60.0, gt=0)
+    """A claimed job's lease. The holder renews it every third of this; a process that dies
+    gives its jobs back after at most this long."""
+
+    crash_tolerance: int = pydantic.Field(default=2, ge=0)
+    """Lost leases (killed processes) forgiven per job before each further one uses up an
+    attempt, so a job that kills its worker cannot loop forever."""
+
+    recovery_interval_seconds: float = pydantic.Field(default=0.0, ge=0)
+    """How often each worker and notifier runs the fleet's lease recovery pass (it gives back
+    the jobs of processes that died). 0: a sixth of the lease, at most 10 s."""
+
+    @property
+    def recovery_every(self) -> float:
+        if self.recovery_interval_seconds > 0:
+            return self.recovery_interval_seconds
+        return min(10.0, self.lease_seconds / 6)
+
+    shutdown_grace_seconds: float = pydantic.Field(default=25.0, ge=0)
+    """On SIGTERM, in-flight downloads get this long to finish before their leases are given
+    back; below Kubernetes' default terminationGracePeriodSeconds (30 s)."""
+
+
+class QueueSettings(SettingsGroup):
+    """How idle workers and notifiers find work. New work is announced on Redis pub/sub, so
+    these are the pacing and the safety net, not the way work normally arrives."""
+
+    scan_interval_seconds: float = pydantic.Field(default=30.0, gt=0)
+    """How often an idle worker re-reads the registry of aggregations with work, and an idle
+    notifier its callback and deletion queues. A safety net only: a queue that gets its first
+    job, and a callback queue its first callback, are announced on Redis pub/sub, so idle
+    processes start at once without polling."""
+
+    adoption_interval_seconds: float = pydantic.Field(default=300.0, ge=0)
+    """How often one process of the fleet SCANs for queues no registry knows of (written by
+    the original's API, or by versions before the registry), paced to spare Redis. 0: never,
+    for a Redis that only this service writes."""
+
+    poll_interval_seconds: float = pydantic.Field(default=0.05, gt=0)
+    """The shortest wait before a worker claims again from an aggregation whose next job is
+    not yet due."""
+
+
+class ObservabilitySettings(SettingsGroup):
+    """What the processes tell about themselves: Prometheus metrics, the log format (the level,
+    DOWNLOADER_LOG_LEVEL, is read by the CLI before the settings load), and the original's
+    `stats:<component>` hashes."""
+
+    stats_interval_seconds: float = pydantic.Field(default=5.0, gt=0)
+    """How often workers and notifiers write `stats:<component>`."""
 
     metrics_port: int = pydantic.Field(default=0, ge=0, le=65535)
     """Port of `/metrics` (Prometheus) on worker, notifier and operator processes; 0 turns it
@@ -270,7 +371,10 @@ class Settings(BaseSettings):
     """`json`: one JSON object per line (time, level, logger, message, and job id,
     aggregation, event, duration where known), for log pipelines."""
 
-    # --- Kubernetes ----------------------------------------------------------------
+
+class KubernetesSettings(SettingsGroup):
+    """Cluster access of the API and the operator, the operator's own loop, and the worker
+    pods it creates for each Aggregation: image, resources, environment, storage and placement."""
 
     kubeconfig: str = ""
     """Kubeconfig for the API and the operator outside a cluster; in a pod the in-cluster
@@ -298,6 +402,7 @@ class Settings(BaseSettings):
     """Image of the worker Deployments the operator creates."""
 
     worker_image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
+    """imagePullPolicy of the worker container (`Never` for images loaded into the nodes)."""
 
     worker_resources: dict[str, dict[str, str]] = pydantic.Field(
         default_factory=lambda: {
@@ -314,6 +419,8 @@ class Settings(BaseSettings):
     """Secret with DOWNLOADER_* variables for worker pods (e.g. the Redis password)."""
 
     worker_service_account: str = ""
+    """ServiceAccount of the worker pods; its token is not mounted, as workers never call the
+    Kubernetes API. "" = the namespace's default account."""
 
     worker_storage_claim: str = ""
     """PersistentVolumeClaim mounted at the storage root of worker pods (filesystem storage
@@ -335,40 +442,71 @@ class Settings(BaseSettings):
     """Tolerations of the worker pods (JSON list of Kubernetes Toleration objects, e.g.
     `[{"key": "dedicated", "operator": "Equal", "value": "downloads", "effect": "NoSchedule"}]`)."""
 
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        # The environment wins over values from -c/--config, which arrive as init kwargs.
-        return env_settings, init_settings
+    worker_affinity: dict[str, Any] = pydantic.Field(default_factory=dict)
+    """Affinity of the worker pods (JSON Kubernetes Affinity object); {} = none."""
 
-    @pydantic.field_validator("redis_url")
-    @classmethod
-    def _check_redis_url(cls, url: str) -> str:
-        # redis-py parses it only when the first client connects, deep inside a traceback.
-        try:
-            redis.connection.parse_url(url)  # type: ignore[no-untyped-call]
-        except ValueError as exc:
-            raise ValueError(f"not a Redis URL: {exc}") from None
-        parts = urllib.parse.urlsplit(url)
-        db = parts.path.strip("/")
-        if parts.scheme != "unix" and db and not db.isdigit():
-            # redis-py would silently use database 0.
-            raise ValueError(f"the database number {db!r} (the URL's path) is not a number")
-        return url
+    worker_pod_annotations: dict[str, str] = pydantic.Field(default_factory=dict)
+    """Annotations of the worker pods (JSON object), beside the operator's own."""
 
-    @pydantic.model_validator(mode="after")
-    def _check_watermarks(self) -> Settings:
-        if self.disk_low_watermark_percent > self.disk_high_watermark_percent:
-            raise ValueError(
-                "DOWNLOADER_DISK_LOW_WATERMARK_PERCENT must not exceed DOWNLOADER_DISK_HIGH_WATERMARK_PERCENT"
-            )
-        return self
+    worker_pod_security_context: dict[str, Any] = pydantic.Field(
+        default_factory=lambda: {
+            "runAsNonRoot": True,
+            "runAsUser": 10001,
+            "runAsGroup": 10001,
+            "fsGroup": 10001,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        }
+    )
+    """securityContext of the worker pods (JSON PodSecurityContext; the chart's
+    worker.podSecurityContext)."""
+
+    worker_container_security_context: dict[str, Any] = pydantic.Field(
+        default_factory=lambda: {
+            "readOnlyRootFilesystem": True,
+            "allowPrivilegeEscalation": False,
+            "capabilities": {"drop": ["ALL"]},
+        }
+    )
+    """securityContext of the worker container (JSON SecurityContext; the chart's
+    worker.containerSecurityContext)."""
+
+
+#: The groups in reading order (this file's, and the README's settings table's).
+GROUPS: tuple[type[SettingsGroup], ...] = (
+    RedisSettings,
+    ApiSettings,
+    SecuritySettings,
+    FetchSettings,
+    StorageSettings,
+    CallbackSettings,
+    LeaseAndRetrySettings,
+    QueueSettings,
+    ObservabilitySettings,
+    KubernetesSettings,
+)
+
+
+# pydantic collects fields from the last base to the first: the groups are listed in reverse,
+# so that Settings.model_fields follows GROUPS.
+class Settings(
+    KubernetesSettings,
+    ObservabilitySettings,
+    QueueSettings,
+    LeaseAndRetrySettings,
+    CallbackSettings,
+    StorageSettings,
+    FetchSettings,
+    SecuritySettings,
+    ApiSettings,
+    RedisSettings,
+):
+    """Every setting, flat: `settings.redis_url` is `DOWNLOADER_REDIS_URL`, the name users grep
+    for. A Settings is each of its groups, so it goes wherever one group is asked for."""
+
+    # Stated again, not only inherited: pydantic merges the bases' configs in base order, so
+    # BaseSettings added as a last base (a common idiom) would bring back its own defaults, no
+    # prefix and extra="forbid", and DOWNLOADER_* would silently stop being read.
+    model_config = _GROUP_CONFIG
 
 
 def load(config_file: str | os.PathLike[str] | None = None, **overrides: Any) -> Settings:
@@ -420,11 +558,17 @@ def _service_link(name: str, value: str) -> bool:
 def _check_parsed_later(settings: Settings) -> None:
     """Parse now, for every command, the settings their users parse only when they start
     (`api` used to fail on them with a traceback from inside uvicorn's start-up)."""
-    from downloader.fetching import outbound
-    from downloader.store import redis_client
+    _check_sentinels(settings)
+    _check_allowed_networks(settings)
 
-    redis_client.parse_sentinels(settings.redis_sentinels)
-    outbound.Policy.from_settings(settings)
+
+# Each check asks only for the group it reads: a Settings is each of its groups.
+def _check_sentinels(redis_settings: RedisSettings) -> None:
+    parsing.sentinel_addresses(redis_settings.redis_sentinels)
+
+
+def _check_allowed_networks(security: SecuritySettings) -> None:
+    parsing.networks(security.allowed_networks)
 
 
 def config_values(doc: dict[str, Any]) -> dict[str, Any]:

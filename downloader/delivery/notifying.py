@@ -21,7 +21,7 @@ from downloader.jobs.models import DownloadResult, Job, State
 from downloader.version import __version__
 
 if TYPE_CHECKING:
-    from downloader.config.settings import Settings
+    pass
 
 
 def payload(job: Job, result: DownloadResult | None = None) -> dict[str, Any]:
@@ -125,22 +125,3 @@ class HttpBackend:
 #: Go's text for a request that outlived its client's timeout, which the original's callbacks showed.
 DEADLINE_EXCEEDED = "context deadline exceeded (Client.Timeout exceeded while awaiting headers)"
 _USER_AGENT = f"Downloader/{__version__}"
-
-
-def build_backends(settings: Settings) -> dict[str, Backend]:
-    """The backends a notifier delivers with: http always; kafka once brokers are configured
-    (the original's `backends.kafka`); sqs always (the queue URL names its region). Kafka's
-    and AWS's clients are imported only when used."""
-    backends: dict[str, Backend] = {
-        "http": HttpBackend(
-            settings.callback_timeout_seconds, settings.notifier_concurrency, Policy.from_settings(settings)
-        )
-    }
-    if settings.kafka_bootstrap_servers or settings.kafka_config:
-        from downloader.delivery.kafka_backend import KafkaBackend
-
-        backends["kafka"] = KafkaBackend.from_settings(settings)
-    from downloader.delivery.aws import SqsBackend
-
-    backends["sqs"] = SqsBackend.from_settings(settings)
-    return backends

@@ -76,7 +76,8 @@ from urllib3.exceptions import (
 )
 from urllib3.util.url import parse_url
 
-from downloader.errors import ConfigurationError, DestinationNotAllowed, DownloaderError
+from downloader.config import parsing
+from downloader.errors import DestinationNotAllowed, DownloaderError
 
 if TYPE_CHECKING:
     from downloader.config.settings import Settings
@@ -107,13 +108,7 @@ class Policy:
 
     @classmethod
     def parse(cls, allow_private_networks: bool, allowed_networks: str) -> Policy:
-        networks = []
-        for text in filter(None, (part.strip() for part in allowed_networks.split(","))):
-            try:
-                networks.append(ipaddress.ip_network(text))
-            except ValueError as exc:
-                raise ConfigurationError(f"invalid setting DOWNLOADER_ALLOWED_NETWORKS: {exc}") from exc
-        return cls(allow_private_networks, tuple(networks))
+        return cls(allow_private_networks, parsing.networks(allowed_networks))
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Policy:

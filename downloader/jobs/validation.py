@@ -62,7 +62,7 @@ class _NotJson(Exception):
 # --- public API ------------------------------------------------------------------------
 
 
-#: The `callback_type`s a notifier delivers with (`notifying.build_backends`; `kafka` needs
+#: The `callback_type`s a notifier delivers with (`worker.notifier.build_backends`; `kafka` needs
 #: brokers configured, which only the notifier's settings tell).
 CALLBACK_TYPES = ("http", "kafka", "sqs")
 #: Schemes of what is fetched or called back over HTTP, and of an aggregation's proxy.

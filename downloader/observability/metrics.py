@@ -232,7 +232,7 @@ def callback_attempted(backend: str, seconds: float, *, delivered: bool) -> None
 
 
 def lease_recovered(kind: str, result: int) -> None:
-    """`result` of Store.recover: 1 queued again, 2 failed for good, else nothing happened."""
+    """`result` of a lease recovery: 1 queued again, 2 failed for good, else nothing happened."""
     if result in (1, 2):
         LEASE_RECOVERIES.labels(kind, "requeued" if result == 1 else "failed").inc()
 

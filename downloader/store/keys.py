@@ -37,7 +37,7 @@ MANAGED_AGGREGATIONS = "ManagedAggregations"
 
 #: Set of the aggregation ids that have queued or claimed jobs: the registry every process
 #: reads instead of SCANning the keyspace. ENQUEUE adds an aggregation when its queue gets its
-#: first job; DELETE_IDLE_AGGREGATION removes it when both its queue and its leases are empty.
+#: first job; CLAIM_DOWNLOADS removes it when both its queue and its leases are empty.
 #: Queues written by the original's API are added by the adoption sweep.
 AGGREGATIONS = "Aggregations"
 #: Sorted set of aggregation ids with claimed jobs, scored no later than the earliest lease

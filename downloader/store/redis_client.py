@@ -32,12 +32,11 @@ from redis.connection import parse_url
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from downloader.config.parsing import sentinel_addresses
 from downloader.config.settings import Settings
-from downloader.errors import ConfigurationError
 
 log = logging.getLogger("downloader.redis")
 
-DEFAULT_SENTINEL_PORT = 26379
 #: Attempts after the first, and the backoff between them: 0.05, 0.1 ... capped at 1 s, about
 #: 4 s in all, which covers a Redis restart or a Sentinel promotion on a healthy network.
 RETRIES = 7
@@ -67,36 +66,10 @@ class Mode:
         return bool(self.sentinels)
 
 
-def parse_sentinels(text: str) -> tuple[tuple[str, int], ...]:
-    """`"h1:26379, h2:26380,[::1]:26381"` -> ((host, port), ...); a bare host gets 26379."""
-    if not text.strip():
-        return ()
-    return tuple(_parse_address(item.strip(), text) for item in text.split(","))
-
-
-def _parse_address(item: str, whole: str) -> tuple[str, int]:
-    def bad(why: str) -> ConfigurationError:
-        return ConfigurationError(f"DOWNLOADER_REDIS_SENTINELS={whole!r}: {why} (expected host:port,...)")
-
-    if not item:
-        raise bad("empty entry")
-    try:
-        parsed = urllib.parse.urlsplit(f"//{item}")
-        port = parsed.port
-    except ValueError as exc:
-        raise bad(f"invalid address {item!r}: {exc}") from None
-    host = parsed.hostname or ""
-    if not host or parsed.path or parsed.query or parsed.fragment or parsed.username:
-        raise bad(f"invalid address {item!r}")
-    if port == 0:
-        raise bad(f"invalid port in {item!r}")
-    return host, port or DEFAULT_SENTINEL_PORT
-
-
 def mode(settings: Settings) -> Mode:
     """Sentinel when both `redis_sentinels` and `redis_master_name` are set (the original's
     rule); otherwise the URL. A half-configured Sentinel is reported, not silently used."""
-    sentinels = parse_sentinels(settings.redis_sentinels)
+    sentinels = sentinel_addresses(settings.redis_sentinels)
     name = settings.redis_master_name.strip()
     if sentinels and name:
         return Mode(settings.redis_url, sentinels, name, settings.redis_sentinel_password)

@@ -1,20 +1,34 @@
-"""The Lua scripts that make every state change of a job atomic.
+"""The Lua scripts that make every state change of a job atomic, each safe to run twice.
 
-Each script takes its keys as KEYS (built by `keys`), never builds one itself, and is safe
-to run twice: a claim is fenced by a lease token, so a late or duplicated writer changes
-nothing; and the same call sent again (redis-py resends a call whose reply was lost to a
-timeout) recognises its own earlier write and answers as its first run did. Lease expiries
-are set and compared on Redis's clock, so processes whose clocks disagree cannot shorten
-each other's leases. Field names are the original's (`job:<id>` hashes stay readable by it).
+Every script names its KEYS (built by `keys`) and ARGV in its first lines and uses only
+those names; it runs through its one keyword-only wrapper in `calls`. `*_FUNCTION` constants
+are Lua functions that scripts (and the tests' own scripts) start with.
 """
 
 from __future__ import annotations
+
+# Safe to run twice: a claim is fenced by a lease token, so a late or duplicated writer
+# changes nothing; and the same call sent again (redis-py resends a call whose reply was lost
+# to a timeout) recognises its own earlier write and answers as its first run did. Lease
+# expiries are set and compared on Redis's clock, so processes whose clocks disagree cannot
+# shorten each other's leases. Field names are the original's (`job:<id>` hashes stay
+# readable by it).
 
 #: Redis's own clock, in Unix seconds. Every lease expiry is set and compared with it.
 _REDIS_NOW = """
 local function redis_now()
   local t = redis.call('TIME')
   return tonumber(t[1]) + tonumber(t[2]) / 1000000
+end
+"""
+
+#: The field/value pairs or ids a script takes after its named ARGV, as one table (a loop, not
+#: `unpack`, which fails past a few thousand values).
+_ARGV_FROM = """
+local function argv_from(first)
+  local tail = {}
+  for i = first, #ARGV do tail[#tail + 1] = ARGV[i] end
+  return tail
 end
 """
 
@@ -48,21 +62,23 @@ end
 #: closes the original's race with an idle aggregation's deletion (bug 10.2.5). A queued job
 #: costs Redis what it cost the original: its hash and its queue entry (the queue's score is
 #: its creation time, which the first claim copies to `jobmeta`).
-ENQUEUE = """
+ENQUEUE = (
+    _ARGV_FROM
+    + """
 local job, aggr, queue, jobopts, registry = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local deletion_queue = KEYS[6]
 local score, limit, proxy = ARGV[1], ARGV[2], ARGV[3]
 local aggr_id, job_id, channel, options = ARGV[4], ARGV[5], ARGV[6], ARGV[7]
-local FIELDS_FROM = 8  -- then the job's field/value pairs
+local fields = argv_from(8)  -- the job's field/value pairs
 local STATE_FIELDS = {DownloadState = true, DownloadCount = true, DownloadMeta = true,
   CallbackState = true, DownloadURL = true, CallbackMeta = true, CallbackCount = true,
   ResponseCode = true, ImageSize = true}
 local function written_by_this_call()
   local names, values = {}, {}
-  for i = FIELDS_FROM, #ARGV, 2 do
-    if not STATE_FIELDS[ARGV[i]] then
-      table.insert(names, ARGV[i])
-      table.insert(values, ARGV[i + 1])
+  for i = 1, #fields, 2 do
+    if not STATE_FIELDS[fields[i]] then
+      table.insert(names, fields[i])
+      table.insert(values, fields[i + 1])
     end
   end
   local stored = redis.call('HMGET', job, unpack(names))
@@ -80,7 +96,7 @@ if redis.call('EXISTS', aggr) == 0 then
   redis.call('HSET', aggr, 'ID', aggr_id, 'Limit', limit, 'Proxy', proxy, 'ExpiresAt', '')
 end
 local was_empty = redis.call('EXISTS', queue) == 0
-redis.call('HSET', job, unpack(ARGV, FIELDS_FROM))
+redis.call('HSET', job, unpack(fields))
 if options ~= '' then redis.call('SET', jobopts, options) end
 redis.call('ZADD', queue, score, job_id)
 if was_empty then
@@ -89,6 +105,7 @@ if was_empty then
 end
 return 1
 """
+)
 
 #: Puts a job that ENQUEUE held (queued at a score in the future, so that no worker starts it
 #: before enough replicas hold it) at its real place in its queue, and announces it: always,
@@ -212,14 +229,14 @@ return out
 #: (recovered by someone else). Serves downloads and callbacks alike.
 RENEW = (
     _REDIS_NOW
+    + _ARGV_FROM
     + """
 local inflight, leases = KEYS[1], KEYS[2]
 local lease_seconds, token = tonumber(ARGV[1]), ARGV[2]
-local IDS_FROM = 3
+local ids = argv_from(3)
 local lost = {}
 local expiry = redis_now() + lease_seconds
-for i = IDS_FROM, #ARGV do
-  local id = ARGV[i]
+for _, id in ipairs(ids) do
   if redis.call('HGET', leases, id) == token then
     redis.call('ZADD', inflight, 'XX', expiry, id)
   else
@@ -257,7 +274,8 @@ return 1
 
 #: The dashboard's count of one finished attempt ("ok", "failed", "retried"; "" counts
 #: nothing) in its minute, and a failure record in the capped list of recent failures.
-_COUNT_ATTEMPT = """
+#: Public so that the tests' script that writes the dashboard's history counts as FINISH does.
+COUNT_ATTEMPT_FUNCTION = """
 local function count_attempt(minute, failures, kind, aggr, failure, ttl, kept)
   if kind ~= '' then
     redis.call('HINCRBY', minute, kind, 1)
@@ -278,8 +296,9 @@ end
 #: `call_id` (new per call) is kept in `jobmeta`: the same call sent again after its reply was
 #: lost finds it there and answers 1 as its first run did, instead of "lease lost".
 FINISH = (
-    _COUNT_ATTEMPT
+    COUNT_ATTEMPT_FUNCTION
     + _ZADD_ANNOUNCED
+    + _ARGV_FROM
     + """
 local inflight, leases, job, target, jobmeta = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local joberrors, deletion_targets, minute, failures = KEYS[6], KEYS[7], KEYS[8], KEYS[9]
@@ -287,7 +306,7 @@ local id, token, call_id, target_score, now = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local error_text, errors_kept, meta_ttl, finished = ARGV[6], ARGV[7], ARGV[8], ARGV[9]
 local deletion_target, result, counted_as, aggr_id = ARGV[10], ARGV[11], ARGV[12], ARGV[13]
 local failure, throughput_ttl, failures_kept, channel = ARGV[14], ARGV[15], ARGV[16], ARGV[17]
-local FIELDS_FROM = 18  -- then the job's field/value pairs
+local fields = argv_from(18)  -- the job's field/value pairs
 if redis.call('HGET', leases, id) ~= token then
   if redis.call('HGET', jobmeta, 'LastWrite') == call_id then return 1 end
   if redis.call('EXISTS', job) == 0 then return -1 end
@@ -296,7 +315,7 @@ end
 redis.call('ZREM', inflight, id)
 redis.call('HDEL', leases, id)
 if redis.call('EXISTS', job) == 0 then return -1 end
-if #ARGV >= FIELDS_FROM + 1 then redis.call('HSET', job, unpack(ARGV, FIELDS_FROM)) end
+if #fields > 0 then redis.call('HSET', job, unpack(fields)) end
 if target_score ~= '' then zadd_announced(target, target_score, id, channel, aggr_id) end
 if deletion_target ~= '' then redis.call('HSET', deletion_targets, id, deletion_target) end
 local meta = {'UpdatedAt', now, 'LastWrite', call_id}
@@ -314,23 +333,12 @@ return 1
 """
 )
 
-#: KEYS: the minute's throughput hash, recent failures. ARGV: kind, aggregation id, failure
-#: record ("" = none), throughput ttl, failures kept. What FINISH counts, on its own (for
-#: tools and tests that write the dashboard's history).
-RECORD_ATTEMPT = (
-    _COUNT_ATTEMPT
-    + """
-count_attempt(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5])
-return 1
-"""
-)
-
 #: Gives back the job of a lease that expired on Redis's clock (its process died or hung).
 #: After `tolerance` such crashes each further one uses up an attempt, and a job out of
 #: attempts fails, so a job that kills its worker cannot loop forever. Queues that go from
 #: empty to non-empty are announced. 1 requeued, 2 failed, 0 lease not expired (or already
-#: recovered), -1 job hash gone.
-_RECOVER_JOB = (
+#: recovered), -1 job hash gone. Public so that the tests can recover one job as RECOVER_DUE does.
+RECOVER_JOB_FUNCTION = (
     _REDIS_NOW
     + _ZADD_ANNOUNCED
     + """
@@ -368,35 +376,26 @@ end
 """
 )
 
-#: One job's lease recovery (tools and tests; processes run RECOVER_DUE).
-RECOVER = (
-    _RECOVER_JOB
-    + """
-local k = {inflight = KEYS[1], leases = KEYS[2], queue = KEYS[3], job = KEYS[4], jobmeta = KEYS[5],
-           callback_queue = KEYS[6], joberrors = KEYS[7]}
-local a = {id = ARGV[1], now = ARGV[2], tolerance = ARGV[3], default_max_retries = ARGV[4],
-           error = ARGV[5], meta_ttl = ARGV[6], errors_kept = ARGV[7], aggr_id = ARGV[8],
-           wakeup_channel = ARGV[9], callback_channel = ARGV[10]}
-return recover_job(k, a)
-"""
-)
-
 #: The fleet's lease recovery pass. Reads only the aggregations whose earliest lease may have
-#: expired (`LeasesDue`), gives back their expired leases (as RECOVER), then files each
+#: expired (`LeasesDue`), gives back their expired leases (`recover_job`), then files each
 #: aggregation again under its new earliest expiry, or drops it when nothing is claimed; then
 #: gives back expired callback leases. Cost follows the expired leases, not the keyspace.
 #: Returns {aggr id, job id, result, ...} of the download leases, then the number of callbacks.
 RECOVER_DUE = (
-    _RECOVER_JOB
+    RECOVER_JOB_FUNCTION
     + """
 local leases_due, callback_queue, callback_inflight = KEYS[1], KEYS[2], KEYS[3]
 local callback_leases = KEYS[4]
-local a = {now = ARGV[1], tolerance = ARGV[2], default_max_retries = ARGV[3], error = ARGV[4],
-           meta_ttl = ARGV[5], errors_kept = ARGV[6], wakeup_channel = ARGV[7],
-           callback_channel = ARGV[8]}
+local now, tolerance, default_max_retries, error_text = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local meta_ttl, errors_kept, wakeup_channel, callback_channel = ARGV[5], ARGV[6], ARGV[7], ARGV[8]
 local max_aggregations, max_leases = tonumber(ARGV[9]), tonumber(ARGV[10])
-local p = {queue = ARGV[11], inflight = ARGV[12], leases = ARGV[13], job = ARGV[14],
-           jobmeta = ARGV[15], joberrors = ARGV[16]}
+local queue_prefix, inflight_prefix, leases_prefix = ARGV[11], ARGV[12], ARGV[13]
+local job_prefix, meta_prefix, errors_prefix = ARGV[14], ARGV[15], ARGV[16]
+local a = {now = now, tolerance = tolerance, default_max_retries = default_max_retries, error = error_text,
+           meta_ttl = meta_ttl, errors_kept = errors_kept, wakeup_channel = wakeup_channel,
+           callback_channel = callback_channel}
+local p = {queue = queue_prefix, inflight = inflight_prefix, leases = leases_prefix, job = job_prefix,
+           jobmeta = meta_prefix, joberrors = errors_prefix}
 local clock = redis_now()
 local out = {}
 local due = redis.call('ZRANGEBYSCORE', leases_due, '-inf', clock, 'LIMIT', 0, max_aggregations)
@@ -539,17 +538,19 @@ return 1
 #: A failed delivery: record it and either schedule the retry or leave the job Failed, its
 #: hash, meta and file then kept until `delete_at` (the failed retention) and deleted together
 #: by the reaper. 1 done, 0 lease lost, -1 job hash gone.
-CALLBACK_UNDELIVERED = """
+CALLBACK_UNDELIVERED = (
+    _ARGV_FROM
+    + """
 local inflight, leases, job, callback_queue, jobmeta = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local deletion_queue, deletion_targets = KEYS[6], KEYS[7]
 local id, token, retry_score, now, meta_ttl = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local delete_at, location = ARGV[6], ARGV[7]
-local FIELDS_FROM = 8  -- then the job's field/value pairs
+local fields = argv_from(8)  -- the job's field/value pairs
 if redis.call('HGET', leases, id) ~= token then return 0 end
 redis.call('ZREM', inflight, id)
 redis.call('HDEL', leases, id)
 if redis.call('EXISTS', job) == 0 then return -1 end
-redis.call('HSET', job, unpack(ARGV, FIELDS_FROM))
+redis.call('HSET', job, unpack(fields))
 if retry_score ~= '' then redis.call('ZADD', callback_queue, retry_score, id) end
 if delete_at ~= '' then
   redis.call('ZADD', deletion_queue, delete_at, id)
@@ -559,6 +560,7 @@ redis.call('HSET', jobmeta, 'UpdatedAt', now)
 redis.call('EXPIRE', jobmeta, meta_ttl)
 return 1
 """
+)
 
 #: POST /retry/<id>: Failed -> Pending, announced to idle notifiers. Returns "OK", or the
 #: current callback state when it is not Failed, or false if there is no such job.
@@ -599,16 +601,4 @@ end
 redis.call('ZADD', deletion_queue, unpack(pushed))
 table.insert(ids, 1, '')
 return ids
-"""
-
-#: Deletes the hash of an aggregation with no queued and no claimed job, so a later request
-#: may set a new limit (as the original), and takes it off the registry; the hash of an
-#: aggregation the operator manages stays (its spec is the truth). 1 deleted, 0 kept.
-DELETE_IDLE_AGGREGATION = """
-local queue, inflight, aggr, managed, registry = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
-local aggr_id = ARGV[1]
-if redis.call('ZCARD', queue) > 0 or redis.call('ZCARD', inflight) > 0 then return 0 end
-redis.call('SREM', registry, aggr_id)
-if redis.call('SISMEMBER', managed, aggr_id) == 1 then return 0 end
-return redis.call('DEL', aggr)
 """

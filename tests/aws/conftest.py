@@ -6,17 +6,13 @@ bucket or queue per test (unique names, so tests never see each other's objects)
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import boto3.session
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from moto_server import MotoServer, unique_name
+from support.moto_server import MotoServer, unique_name
 
 TEST_REGION = "us-east-1"
 

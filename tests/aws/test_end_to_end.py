@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from moto_server import MotoServer, unique_name
-from procs import DOWNLOAD_URL_BASE, PAYLOAD_KEYS, Stack, aggr_id, job_body
-from servers import CallbackServer, FileServer, wait_until
+from support.moto_server import MotoServer, unique_name
+from support.procs import DOWNLOAD_URL_BASE, PAYLOAD_KEYS, Stack, aggr_id, job_body
+from support.servers import CallbackServer, FileServer, wait_until
 
 from downloader.store import keys
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from moto_server import MotoServer, free_port, unique_name
+from support.moto_server import MotoServer, free_port, unique_name
 
 from downloader.config.settings import Settings
 from downloader.delivery import aws

@@ -7,7 +7,7 @@ import json
 from typing import Any
 
 import pytest
-from moto_server import MotoServer, free_port, unique_name
+from support.moto_server import MotoServer, free_port, unique_name
 
 from downloader.config.settings import Settings
 from downloader.delivery import aws

@@ -1,21 +1,17 @@
 """Fixtures of the chaos tests: a `stack` with the chaos settings, and a small tmpfs.
 
-The helpers live in harness.py (imported by name, like tests/integration's); the session
+The helpers live in tests/support/chaos.py (imported as `support.chaos`); the session
 Redis, the file and callback servers come from the top conftest.
 """
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from harness import CHAOS_SETTINGS, SmallTmpfs
-from procs import Stack
+from support.chaos import CHAOS_SETTINGS, SmallTmpfs
+from support.procs import Stack
 
 
 @pytest.fixture

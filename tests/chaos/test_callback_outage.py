@@ -12,10 +12,10 @@ import re
 import time
 
 import pytest
-from harness import CallbackFigures, print_figures, wait_delivered, wait_no_leases
-from posting import JobPoster
-from procs import Stack, aggr_id, free_port, job_body
-from servers import CallbackServer, FileServer, wait_until
+from support.chaos import CallbackFigures, print_figures, wait_delivered, wait_no_leases
+from support.posting import JobPoster
+from support.procs import Stack, aggr_id, free_port, job_body
+from support.servers import CallbackServer, FileServer, wait_until
 
 pytestmark = pytest.mark.chaos
 

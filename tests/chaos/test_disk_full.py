@@ -16,9 +16,9 @@ import os
 import time
 
 import pytest
-from harness import SmallTmpfs, StoreWatcher, print_figures, wait_delivered, wait_no_leases
-from procs import Stack, aggr_id, job_body
-from servers import CallbackServer, FileServer, wait_until
+from support.chaos import SmallTmpfs, StoreWatcher, print_figures, wait_delivered, wait_no_leases
+from support.procs import Stack, aggr_id, job_body
+from support.servers import CallbackServer, FileServer, wait_until
 
 from downloader.store import keys
 

@@ -18,9 +18,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from harness import print_figures
-from procs import Stack, aggr_id, job_body
-from servers import CallbackServer, FileServer, RawServer, read_request_head, wait_until
+from support.chaos import print_figures
+from support.procs import Stack, aggr_id, job_body
+from support.servers import CallbackServer, FileServer, RawServer, read_request_head, wait_until
 
 pytestmark = pytest.mark.chaos
 

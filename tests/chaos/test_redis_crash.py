@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from harness import (
+from support.chaos import (
     CHAOS_SETTINGS,
     AofRedis,
     CallbackFigures,
@@ -26,9 +26,9 @@ from harness import (
     wait_delivered,
     wait_no_leases,
 )
-from posting import JobPoster
-from procs import Stack, aggr_id, job_body
-from servers import CallbackServer, FileServer, wait_until
+from support.posting import JobPoster
+from support.procs import Stack, aggr_id, job_body
+from support.servers import CallbackServer, FileServer, wait_until
 
 pytestmark = pytest.mark.chaos
 

@@ -3,7 +3,7 @@
 Each is bounded: by the total download timeout (the setting, or the job's own
 download_timeout) and by the size cap. Meanwhile the worker's other download threads keep
 working: normal jobs of another aggregation complete within a few seconds while the slow ones
-hang. The servers are raw sockets in threads of the test (harness.SlowServer).
+hang. The servers are raw sockets in threads of the test (support.chaos.SlowServer).
 """
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from harness import SlowServer, print_figures
-from procs import Stack, aggr_id, job_body
-from servers import CallbackServer, FileServer, wait_until
+from support.chaos import SlowServer, print_figures
+from support.procs import Stack, aggr_id, job_body
+from support.servers import CallbackServer, FileServer, wait_until
 
 pytestmark = pytest.mark.chaos
 

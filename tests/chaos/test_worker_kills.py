@@ -16,7 +16,7 @@ import time
 from typing import cast
 
 import pytest
-from harness import (
+from support.chaos import (
     CallbackFigures,
     StoreWatcher,
     WorkerKiller,
@@ -25,9 +25,9 @@ from harness import (
     wait_delivered,
     wait_no_leases,
 )
-from posting import JobPoster
-from procs import Stack, aggr_id, job_body
-from servers import CallbackServer, FileServer
+from support.posting import JobPoster
+from support.procs import Stack, aggr_id, job_body
+from support.servers import CallbackServer, FileServer
 
 pytestmark = pytest.mark.chaos
 

@@ -1,4 +1,4 @@
-"""Fixtures of the chart tests: the helm binary (built once, see helm.py) and a renderer.
+"""Fixtures of the chart tests: the helm binary (built once, see tests/support/helm.py) and a renderer.
 
 `helm` (session): the path of helm v3.22.0, built with `go install` into a cache outside the
 repository the first time. The build runs before the first test (when a selected test needs
@@ -14,16 +14,12 @@ No `cluster` fixture here: tests/chart/test_install.py takes it from tests/k8s/c
 
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from chart_rendering import Renderer
-from helm import HelmBuildError, helm_binary
+from support.chart_rendering import Renderer
+from support.helm import HelmBuildError, helm_binary
 
 _build: dict[str, object] = {}
 

@@ -7,8 +7,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from chart_manifests import kinds
-from chart_rendering import CHART, CI_VALUES, REPO, Renderer
+from support.chart_manifests import kinds
+from support.chart_rendering import CHART, CI_VALUES, REPO, Renderer
 
 pytestmark = pytest.mark.chart
 

@@ -13,8 +13,8 @@ from typing import Any
 
 import kubernetes_validate  # type: ignore[import-untyped]
 import pytest
-from chart_manifests import find
-from chart_rendering import CHART, Renderer
+from support.chart_manifests import find
+from support.chart_rendering import CHART, Renderer
 
 from downloader.cluster import planning
 from downloader.observability import metrics

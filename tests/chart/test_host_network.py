@@ -16,8 +16,8 @@ from typing import Any
 import kubernetes_validate  # type: ignore[import-untyped]
 import pytest
 import yaml
-from chart_manifests import config, find, kinds, of_kind, pod_specs
-from chart_rendering import CHART, Renderer
+from support.chart_manifests import config, find, kinds, of_kind, pod_specs
+from support.chart_rendering import CHART, Renderer
 
 from downloader.cluster import planning
 from downloader.config.settings import Settings

@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 import yaml
-from chart_manifests import config, containers, find, kinds, of_kind, pod_specs, rules
-from chart_rendering import CHART, Renderer
+from support.chart_manifests import config, containers, find, kinds, of_kind, pod_specs, rules
+from support.chart_rendering import CHART, Renderer
 
 pytestmark = pytest.mark.chart
 

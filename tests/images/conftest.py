@@ -2,19 +2,13 @@
 
 `images` builds (or takes from the cache outside the repository) Dockerfile.api and
 Dockerfile.worker on a Python 3.11 base made from Debian's packages, once per session, and
-prints what each step cost (podman_images.py).
+prints what each step cost (tests/support/podman_images.py).
 """
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from podman_images import Images, build
+from support.podman_images import Images, build
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -17,7 +17,7 @@ import tomllib
 from pathlib import Path
 
 import pytest
-from podman_images import RUN_OPTIONS, Images, print_figures
+from support.podman_images import RUN_OPTIONS, Images, print_figures
 
 pytestmark = [pytest.mark.images, pytest.mark.timeout(1800)]
 
@@ -158,7 +158,7 @@ def test_build_context_follows_dockerignore(images: Images, tmp_path: Path) -> N
         "pyproject.toml",
         "README.md",
         "COPYING",
-        "downloader/cli.py",
+        "downloader/cli/__init__.py",
         "api",
         "worker",
         "k8s_operator",

@@ -23,9 +23,9 @@ from pathlib import Path
 import httpx
 import pytest
 import redis
-from podman_images import RUN_OPTIONS, Images, Podman, print_figures
-from procs import BASE_SETTINGS, DOWNLOAD_URL_BASE, aggr_id, free_port, job_body
-from servers import CallbackServer, FileServer, wait_until
+from support.podman_images import RUN_OPTIONS, Images, Podman, print_figures
+from support.procs import BASE_SETTINGS, DOWNLOAD_URL_BASE, aggr_id, free_port, job_body
+from support.servers import CallbackServer, FileServer, wait_until
 
 pytestmark = [pytest.mark.images, pytest.mark.timeout(1800)]
 
@@ -36,7 +36,7 @@ GRACE_SECONDS = 30  # DOWNLOADER_SHUTDOWN_GRACE_SECONDS, and podman stop's wait 
 
 class Containers:
     """The containers of one test: started detached on the host network with the settings of
-    the test's processes (tests/integration/procs.py) and /data shared; removed at the end,
+    the test's processes (tests/support/procs.py) and /data shared; removed at the end,
     their logs attached to the report of a test that fails."""
 
     def __init__(self, podman: Podman, data: Path, redis_url: str, **settings: str) -> None:

@@ -16,10 +16,10 @@ import pytest
 import redis
 from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
-from procs import Stack, aggr_id, free_port, job_body
-from servers import CallbackServer, FileServer, RawServer
 from starlette.routing import Mount, Route
 from starlette.websockets import WebSocketDisconnect
+from support.procs import Stack, aggr_id, free_port, job_body
+from support.servers import CallbackServer, FileServer, RawServer
 
 from downloader.api.main import create_app
 from downloader.api.routes import callbacks as callback_routes

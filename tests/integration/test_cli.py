@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from procs import free_port
+from support.procs import free_port
 
 from downloader.version import __version__
 

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 import redis
-from procs import DOWNLOADER, Stack, aggr_id
-from servers import CallbackServer, FileServer, wait_until
+from support.procs import DOWNLOADER, Stack, aggr_id
+from support.servers import CallbackServer, FileServer, wait_until
 
 pytestmark = pytest.mark.integration
 

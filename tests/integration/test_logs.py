@@ -15,8 +15,8 @@ from typing import Any
 import httpx
 import pytest
 import redis
-from procs import Stack, aggr_id, free_port, job_body
-from servers import CallbackServer, FileServer, wait_until
+from support.procs import Stack, aggr_id, free_port, job_body
+from support.servers import CallbackServer, FileServer, wait_until
 
 pytestmark = pytest.mark.integration
 

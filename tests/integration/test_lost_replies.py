@@ -18,12 +18,14 @@ from collections.abc import Iterator
 import pytest
 import redis
 import redis.asyncio
-from procs import Stack, aggr_id, job_body
-from tcpproxy import StallableRelay
+from support.procs import Stack, aggr_id, job_body
+from support.redis_state import enqueue
+from support.tcpproxy import StallableRelay
 
 from downloader.jobs.models import Aggregation, Job
 from downloader.store import (
     AsyncStore,
+    NextStep,
     Outcome,
     Store,
     enqueue_call,
@@ -80,7 +82,7 @@ def test_an_enqueue_whose_reply_is_lost_makes_exactly_one_job(
     db: Store, relay: StallableRelay, rdb: redis.Redis, hang: bool
 ) -> None:
     relay.drop_reply_to(sha(scripts.ENQUEUE), hang=hang)
-    job_id = db.enqueue(a_job(), Aggregation("aggr", limit=3))
+    job_id = enqueue(db, a_job(), Aggregation("aggr", limit=3))
     assert relay.dropped == 1, "the reply was lost and the call sent again"
     assert job_keys(rdb) == [keys.job(job_id)]
     assert rdb.zrange("jobs:aggr", 0, -1) == [job_id]
@@ -103,11 +105,11 @@ def test_a_retried_enqueue_of_a_job_already_run_and_deleted_does_not_queue_it_ag
     # The worst case of a slow retry: meanwhile the job ran, its callback was delivered and
     # its hash deleted. Its id waits in the deletion queue, which the retry recognises.
     call = enqueue_call(job=a_job(), aggregation=Aggregation("aggr"), job_id=new_job_id(), now=time.time())
-    assert db._enqueue(keys=call.keys, args=call.args) == 1
+    assert db.run_script(call) == 1
     rdb.delete(keys.job(call.job_id))
     rdb.zrem("jobs:aggr", call.job_id)
     rdb.zadd(keys.DELETION_QUEUE, {call.job_id: time.time() + 3600})
-    assert db._enqueue(keys=call.keys, args=call.args) == 2  # answered as its first run: queued
+    assert db.run_script(call) == 2  # answered as its first run: queued
     assert not rdb.exists(keys.job(call.job_id)) and rdb.zcard("jobs:aggr") == 0
 
 
@@ -117,23 +119,23 @@ def test_the_same_call_sent_again_is_recognised_after_a_worker_took_the_job(
     call = enqueue_call(
         job=a_job(), aggregation=Aggregation("aggr"), job_id=new_job_id(), now=time.time() - 5
     )
-    assert db._enqueue(keys=call.keys, args=call.args) == 1
+    assert db.run_script(call) == 1
     assert db.claim("aggr", 1, new_token(), 30).ids == [call.job_id]  # its state fields change
-    assert db._enqueue(keys=call.keys, args=call.args) == 2
+    assert db.run_script(call) == 2
     assert rdb.zcard("jobs:aggr") == 0, "not queued again while a worker holds it"
 
 
 def test_an_id_held_by_another_job_is_not_taken_for_ours(db: Store, rdb: redis.Redis) -> None:
-    theirs = db.enqueue(a_job(1), Aggregation("aggr"))
+    theirs = enqueue(db, a_job(1), Aggregation("aggr"))
     call = enqueue_call(job=a_job(2), aggregation=Aggregation("aggr"), job_id=theirs, now=time.time())
-    assert db._enqueue(keys=call.keys, args=call.args) == 0  # a collision: the caller draws again
+    assert db.run_script(call) == 0  # a collision: the caller draws again
     assert rdb.hget(keys.job(theirs), "URL") == "http://127.0.0.1:9/1"
 
 
 def test_a_claim_whose_reply_is_lost_returns_every_id_it_leased(
     db: Store, relay: StallableRelay, rdb: redis.Redis
 ) -> None:
-    ids = [db.enqueue(a_job(n), Aggregation("aggr", limit=10), now=time.time() - 100 + n) for n in range(6)]
+    ids = [enqueue(db, a_job(n), Aggregation("aggr", limit=10), now=time.time() - 100 + n) for n in range(6)]
     token = new_token()
     relay.drop_reply_to(sha(scripts.CLAIM_DOWNLOADS), hang=True)
     claim = db.claim("aggr", 3, token, lease_seconds=30)
@@ -149,12 +151,12 @@ def test_a_claim_whose_reply_is_lost_returns_every_id_it_leased(
 def test_a_finish_whose_reply_is_lost_answers_done_as_its_first_run(
     db: Store, relay: StallableRelay, rdb: redis.Redis
 ) -> None:
-    job_id = db.enqueue(a_job(), Aggregation("aggr"), now=time.time() - 10)
+    job_id = enqueue(db, a_job(), Aggregation("aggr"), now=time.time() - 10)
     token = new_token()
     assert db.claim("aggr", 1, token, 30).ids == [job_id]
     job = Job.from_hash(rdb.hgetall(keys.job(job_id)))
-    done = Outcome(fields={"DownloadState": "Success", "CallbackState": "Pending"}, target=keys.CALLBACK_QUEUE,
-                   score=1.0, finished=True, counted_as="ok")  # fmt: skip
+    done = Outcome(fields={"DownloadState": "Success", "CallbackState": "Pending"}, next_step=NextStep.CALLBACK,
+                   due=1.0, finished=True, counted_as="ok")  # fmt: skip
     relay.drop_reply_to(sha(scripts.FINISH), hang=True)
     assert db.finish(job, token, done) == 1, "not 'lease lost': the lost run was this call's"
     assert relay.dropped == 1
@@ -168,7 +170,7 @@ def test_a_finish_whose_reply_is_lost_answers_done_as_its_first_run(
 def test_setting_aside_whose_reply_is_lost_answers_done(
     db: Store, relay: StallableRelay, rdb: redis.Redis
 ) -> None:
-    job_id = db.enqueue(a_job(), Aggregation("aggr"), now=time.time() - 10)
+    job_id = enqueue(db, a_job(), Aggregation("aggr"), now=time.time() - 10)
     token = new_token()
     db.claim("aggr", 1, token, 30)
     relay.drop_reply_to(sha(scripts.DROP_CLAIM), hang=True)

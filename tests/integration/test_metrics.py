@@ -8,9 +8,9 @@ from typing import Any
 
 import httpx
 import pytest
-from procs import aggr_id, free_port, job_body
 from prometheus_client.parser import text_string_to_metric_families
-from servers import wait_until
+from support.procs import aggr_id, free_port, job_body
+from support.servers import wait_until
 
 pytestmark = pytest.mark.integration
 

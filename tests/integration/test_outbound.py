@@ -27,7 +27,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from servers import RawServer, read_request_head
+from support.servers import RawServer, read_request_head
 
 from downloader.delivery.notifying import HttpBackend, Message
 from downloader.errors import DestinationNotAllowed, DownloadError, NotificationError
@@ -705,8 +705,8 @@ def test_processes_under_the_default_policy_reach_nothing_local(
     stack: Any, files: Any, callbacks: Any
 ) -> None:
     """Worker and notifier built from the settings, with DOWNLOADER_ALLOW_PRIVATE_NETWORKS unset."""
-    from procs import aggr_id, job_body
-    from servers import wait_until
+    from support.procs import aggr_id, job_body
+    from support.servers import wait_until
 
     api, _, _ = stack.all_three(allow_private_networks=None)
     job_id = api.post_job(job_body(files.url("sample-1.jpg"), aggr_id("ssrf"), callbacks.url, max_retries=3))
@@ -735,7 +735,7 @@ def test_processes_under_the_default_policy_reach_nothing_local(
 def test_up_allows_private_networks_by_default_and_says_so(
     stack: Any, files: Any, callbacks: Any, tmp_path: Path
 ) -> None:
-    from procs import aggr_id, free_port, job_body
+    from support.procs import aggr_id, free_port, job_body
 
     cwd = tmp_path / "here"
     cwd.mkdir()

@@ -12,8 +12,8 @@ from __future__ import annotations
 import time
 
 import pytest
-from procs import Stack, aggr_id, job_body
-from servers import CallbackServer, FileServer
+from support.procs import Stack, aggr_id, job_body
+from support.servers import CallbackServer, FileServer
 
 from downloader.store import keys
 

@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 from PIL import Image
-from procs import DOWNLOAD_URL_BASE, PAYLOAD_KEYS, Stack, aggr_id, free_port, job_body
-from servers import CallbackServer, FileServer, wait_until
+from support.procs import DOWNLOAD_URL_BASE, PAYLOAD_KEYS, Stack, aggr_id, free_port, job_body
+from support.servers import CallbackServer, FileServer, wait_until
 
 from downloader.jobs.models import Aggregation, Job
 from downloader.store import Store, keys
@@ -407,7 +407,7 @@ def test_an_undefined_callback_backend_is_counted_and_the_callback_fails_after_i
     refused = api.http.post("/download", json=body)
     assert refused.status_code == 400 and 'Unknown callback_type "foo"' in refused.text
     job = Job(id="", url=files.url("tiny.png"), aggr_id=aggr, callback_type="foo", callback_dst="somewhere")
-    job_id = Store.from_url(stack.redis_url).enqueue(job, Aggregation(aggr, 4))
+    job_id = Store.from_url(stack.redis_url).enqueue_many([(job, Aggregation(aggr, 4))])[0]
 
     job = wait_until(
         lambda: (h := stack.db.hgetall(f"job:{job_id}")).get("CallbackState") == "Failed" and h,

@@ -15,9 +15,9 @@ from typing import Any
 
 import httpx
 import pytest
-from procs import DOWNLOAD_URL_BASE, Proc, Stack, aggr_id, free_port, job_body
-from servers import CallbackServer, FileServer, wait_until
-from tcpproxy import StallableRelay
+from support.procs import DOWNLOAD_URL_BASE, Proc, Stack, aggr_id, free_port, job_body
+from support.servers import CallbackServer, FileServer, wait_until
+from support.tcpproxy import StallableRelay
 
 from downloader.jobs.models import JOB_FIELDS
 

@@ -12,8 +12,8 @@ import time
 from pathlib import Path
 
 import pytest
-from procs import Stack, aggr_id, job_body
-from servers import CallbackServer, FileServer, wait_until
+from support.procs import Stack, aggr_id, job_body
+from support.servers import CallbackServer, FileServer, wait_until
 
 pytestmark = pytest.mark.integration
 

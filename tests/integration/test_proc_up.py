@@ -10,8 +10,8 @@ from pathlib import Path
 import httpx
 import psutil
 import pytest
-from procs import Proc, Stack, aggr_id, free_port, job_body
-from servers import CallbackServer, FileServer, wait_until
+from support.procs import Proc, Stack, aggr_id, free_port, job_body
+from support.servers import CallbackServer, FileServer, wait_until
 
 pytestmark = pytest.mark.integration
 

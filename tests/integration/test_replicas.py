@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 import redis
 import redis.asyncio
-from procs import Stack, aggr_id, free_port, job_body, stop_process, tail
-from servers import CallbackServer, FileServer, wait_until
+from support.procs import Stack, aggr_id, free_port, job_body, stop_process, tail
+from support.servers import CallbackServer, FileServer, wait_until
 
 from downloader.jobs.models import Aggregation, Job
 from downloader.store import HOLD_SECONDS, AsyncStore, NotReplicated, Store, enqueue_call, keys, new_token
@@ -109,7 +109,7 @@ def test_a_held_job_is_out_of_every_workers_reach_until_released(redis_url: str)
         store = AsyncStore(redis.asyncio.Redis.from_url(redis_url, decode_responses=True))
         call = enqueue_call(job=a_job(), aggregation=Aggregation("aggr"), job_id="HeldJob1234567",
                             now=time.time(), held_until=time.time() + HOLD_SECONDS)  # fmt: skip
-        await store._enqueue(keys=call.keys, args=call.args)
+        await store.run_script(call)
         await store.close()
 
     asyncio.run(hold_only())

@@ -8,8 +8,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from procs import Stack, aggr_id, job_body
-from servers import CallbackServer, FileServer
+from support.procs import Stack, aggr_id, job_body
+from support.servers import CallbackServer, FileServer
 
 from downloader.delivery import signing
 

@@ -10,10 +10,11 @@ import time
 
 import pytest
 import redis
+from support.redis_state import dead_letter, delete_idle_aggregation, enqueue, expired_leases, recover
 
 from downloader.delivery.storage import Location
 from downloader.jobs.models import JOB_FIELDS, Aggregation, Job, JobOptions, State
-from downloader.store import Outcome, Store, keys, new_token
+from downloader.store import NextStep, Outcome, Store, keys, new_token
 
 pytestmark = pytest.mark.integration
 
@@ -30,7 +31,7 @@ def queued_job(db: Store, aggr: str = "aggr", limit: int = 2, **fields: object) 
     for name, value in fields.items():
         setattr(job, name, value)
     # Queued in the past, so claims made "long ago" (dead workers) can see it.
-    return db.enqueue(job, Aggregation(id=aggr, limit=limit), now=time.time() - 1000)
+    return enqueue(db, job, Aggregation(id=aggr, limit=limit), now=time.time() - 1000)
 
 
 def test_enqueue_writes_the_originals_keys_and_fields(db: Store, rdb: redis.Redis) -> None:
@@ -100,7 +101,7 @@ def test_finish_is_fenced_by_the_lease_token(db: Store, rdb: redis.Redis) -> Non
     token = new_token()
     assert db.claim("aggr", 1, token, 30).ids == [job_id]
     job = Job.from_hash(rdb.hgetall(keys.job(job_id)))
-    done = Outcome(fields={"DownloadState": "Success"}, target=keys.CALLBACK_QUEUE, score=1.0, finished=True)
+    done = Outcome(fields={"DownloadState": "Success"}, next_step=NextStep.CALLBACK, due=1.0, finished=True)
     assert db.finish(job, new_token(), done) == 0  # somebody else's token changes nothing
     assert rdb.hget(keys.job(job_id), "DownloadState") == "InProgress"  # as the claim left it
     assert db.finish(job, token, done) == 1
@@ -124,11 +125,11 @@ def test_renew_extends_held_leases_and_reports_lost_ones(db: Store, rdb: redis.R
 def test_expired_leases_are_requeued_and_crashes_counted(db: Store, rdb: redis.Redis) -> None:
     job_id = queued_job(db, max_retries=0)
     db.claim("aggr", 1, new_token(), lease_seconds=-100)  # a worker that died long ago
-    assert db.expired_leases("aggr") == [job_id]
-    assert db.recover("aggr", job_id, crash_tolerance=1, error="lost") == 1
+    assert expired_leases(db, "aggr") == [job_id]
+    assert recover(db, "aggr", job_id, crash_tolerance=1, error="lost") == 1
     assert rdb.zscore("jobs:aggr", job_id) is not None
     assert rdb.hget(keys.job(job_id), "DownloadCount") == "0"  # the first crash is forgiven
-    assert db.recover("aggr", job_id, crash_tolerance=1, error="lost") == 0  # nothing expired now
+    assert recover(db, "aggr", job_id, crash_tolerance=1, error="lost") == 0  # nothing expired now
 
 
 def test_leases_run_on_redis_clock_whatever_the_clocks_of_claimer_and_recoverer(
@@ -141,8 +142,8 @@ def test_leases_run_on_redis_clock_whatever_the_clocks_of_claimer_and_recoverer(
     assert db.claim("aggr", 1, token, 30).ids == [job_id]
     redis_now = float(rdb.time()[0])
     assert redis_now + 25 < rdb.zscore("inflight:aggr", job_id) <= redis_now + 31
-    assert db.expired_leases("aggr") == []
-    assert db.recover("aggr", job_id, crash_tolerance=1, error="lost", now=time.time() + 1000) == 0
+    assert expired_leases(db, "aggr") == []
+    assert recover(db, "aggr", job_id, crash_tolerance=1, error="lost", now=time.time() + 1000) == 0
     assert rdb.hget("leases:aggr", job_id) == token
     assert db.renew("aggr", [job_id], token, 60) == []
     assert rdb.zscore("inflight:aggr", job_id) > redis_now + 55
@@ -155,7 +156,7 @@ def test_a_job_that_keeps_killing_workers_fails_after_its_attempts(db: Store, rd
         claim = db.claim("aggr", 1, new_token(), lease_seconds=-1)  # its worker dies at once
         if not claim.ids:
             break
-        results.append(db.recover("aggr", job_id, crash_tolerance=1, error="worker lost"))
+        results.append(recover(db, "aggr", job_id, crash_tolerance=1, error="worker lost"))
     assert results == [1, 1, 2]  # forgiven, counted (1 of 2 attempts), counted and out of attempts
     raw = rdb.hgetall(keys.job(job_id))
     assert raw["DownloadState"] == "Failed" and raw["DownloadMeta"] == "worker lost"
@@ -167,7 +168,7 @@ def test_recovering_a_vanished_job_just_forgets_it(db: Store, rdb: redis.Redis) 
     job_id = queued_job(db)
     db.claim("aggr", 1, new_token(), lease_seconds=-100)
     rdb.delete(keys.job(job_id))
-    assert db.recover("aggr", job_id, crash_tolerance=1, error="x") == -1
+    assert recover(db, "aggr", job_id, crash_tolerance=1, error="x") == -1
     assert rdb.zcard("inflight:aggr") == 0 and rdb.zcard("jobs:aggr") == 0
 
 
@@ -194,12 +195,12 @@ def test_options_live_beside_the_originals_hash_and_go_with_the_job(db: Store, r
     options = JobOptions(subpath="a/b", callback_error_type="http", callback_error_dst="http://errors")
     job = Job(id="", url="http://h/x", aggr_id="aggr", callback_type="http", callback_dst="http://cb",
               options=options)  # fmt: skip
-    job_id = db.enqueue(job, Aggregation("aggr", limit=2))
+    job_id = enqueue(db, job, Aggregation("aggr", limit=2))
     assert set(rdb.hkeys(keys.job(job_id))) <= set(JOB_FIELDS)  # the original can still read it
     claimed = db.claim("aggr", 1, new_token(), 30).jobs
     assert Job.from_hash(claimed[job_id].raw, claimed[job_id].options).options == options
-    plain = db.enqueue(
-        Job(id="", url="http://h/y", aggr_id="aggr", callback_url="http://cb"), Aggregation("aggr")
+    plain = enqueue(
+        db, Job(id="", url="http://h/y", aggr_id="aggr", callback_url="http://cb"), Aggregation("aggr")
     )
     assert not rdb.exists(keys.job_options(plain))  # most jobs store no extra key
 
@@ -248,14 +249,14 @@ def test_an_idle_aggregation_is_deleted_only_when_nothing_is_queued_or_held(
     db: Store, rdb: redis.Redis
 ) -> None:
     job_id = queued_job(db)
-    assert not db.delete_idle_aggregation("aggr")  # TestRemoveAggregationWithJobs
+    assert not delete_idle_aggregation(db, "aggr")  # TestRemoveAggregationWithJobs
     token = new_token()
     db.claim("aggr", 1, token, 30)
-    assert not db.delete_idle_aggregation("aggr")
+    assert not delete_idle_aggregation(db, "aggr")
     job = Job.from_hash(rdb.hgetall(keys.job(job_id)))
     db.finish(job, token, Outcome(fields={"DownloadState": "Success"}, finished=True))
     assert rdb.sismember(keys.AGGREGATIONS, "aggr")
-    assert db.delete_idle_aggregation("aggr")  # TestRemoveAggregationWithNoJobs
+    assert delete_idle_aggregation(db, "aggr")  # TestRemoveAggregationWithNoJobs
     assert not rdb.exists("aggr:aggr")
     assert not rdb.sismember(keys.AGGREGATIONS, "aggr")
 
@@ -410,7 +411,7 @@ def test_a_callback_queue_that_gets_its_first_callback_is_announced(db: Store, r
     for job_id in (first, second):
         job = Job.from_hash(rdb.hgetall(keys.job(job_id)))
         outcome = Outcome(fields={"DownloadState": "Success", "CallbackState": "Pending"},
-                          target=keys.CALLBACK_QUEUE, score=1.0, finished=True)  # fmt: skip
+                          next_step=NextStep.CALLBACK, due=1.0, finished=True)  # fmt: skip
         assert db.finish(job, token, outcome) == 1
     got = []
     while (message := pubsub.get_message(timeout=0.5)) is not None:
@@ -429,7 +430,7 @@ def test_an_unreadable_job_is_set_aside_as_a_dead_letter_and_no_sweep_queues_it_
     assert sorted(db.claim("aggr", 2, token, 30).ids) == sorted([bad, good])
     assert db.set_aside("aggr", bad, token, reason="Field Bogus with value x was not found in Job struct",
                         url="http://127.0.0.1:9/x") is True  # fmt: skip
-    letter = db.dead_letter(bad)
+    letter = dead_letter(db, bad)
     assert letter is not None and letter.aggr_id == "aggr" and "Field Bogus" in letter.reason
     assert rdb.zrange("inflight:aggr", 0, -1) == [good] and not rdb.hexists("leases:aggr", bad)
     assert rdb.hget(keys.job(bad), "Bogus") == "x", "the hash stays as found, for a person to repair"
@@ -438,7 +439,7 @@ def test_an_unreadable_job_is_set_aside_as_a_dead_letter_and_no_sweep_queues_it_
     assert db.rescue_orphans() == {"download": 0, "callback": 0}  # a dead letter is no orphan
     assert rdb.zscore("jobs:aggr", bad) is None
     assert db.set_aside("aggr", good, new_token(), reason="x") is False  # not our lease: untouched
-    assert db.dead_letter(good) is None and rdb.zscore("inflight:aggr", good) is not None
+    assert dead_letter(db, good) is None and rdb.zscore("inflight:aggr", good) is not None
 
 
 def test_a_recovery_pass_says_when_the_next_lease_falls_due_and_is_scheduled_by_it(

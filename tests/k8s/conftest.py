@@ -1,14 +1,14 @@
 """Fixtures of the Kubernetes tests: a real control plane for the session, a namespace per test.
 
 `cluster` (session): etcd + kube-apiserver v1.37.2, kube-controller-manager, kube-scheduler
-and kwok with one fake Node, on free 127.0.0.1 ports (see `cluster.py`). The CRDs of
+and kwok with one fake Node, on free 127.0.0.1 ports (see tools/testbed/controlplane.py). The CRDs of
 `crds/*.yaml` are applied and Established before the first test. Use `cluster.kubeconfig`,
 `cluster.server`, `cluster.token`, `cluster.kubectl(...)` and `cluster.restart_apiserver()`.
 
 `namespace` (function): a fresh namespace, deleted after the test.
 
-`images` (session): the api and worker images of tests/images/build.sh (podman_images.py).
-`real_node` (session): a real node next to kwok (tests/node/node.py): containerd + runc and a
+`images` (session): the api and worker images of tests/images/build.sh (tests/support/podman_images.py).
+`real_node` (session): a real node next to kwok (tests/support/node.py): containerd + runc and a
 kubelet v1.37.2 joined to `cluster` as Node `127.0.0.1`, with the api and worker images
 loaded. It is tainted: a pod for it needs `real_node.tolerations`, `real_node.node_selector`,
 `hostNetwork: true`, `imagePullPolicy: Never` and an image of `real_node.images`.
@@ -23,22 +23,23 @@ nothing is faked.
 from __future__ import annotations
 
 import contextlib
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "images"))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "node"))
-
-import podman_images
-from cluster import ControlPlane, ControlPlaneError, build, create_namespace, delete_namespace, tail
-from node import NodeError, RealNode
-from node import build as build_node
-from podman_images import Images
+from support import podman_images
+from support.node import NodeError, RealNode
+from support.node import build as build_node
+from support.podman_images import Images
+from testbed.controlplane import (
+    ControlPlane,
+    ControlPlaneError,
+    build,
+    create_namespace,
+    delete_namespace,
+    tail,
+)
 
 _build: dict[str, object] = {}
 #: the real node while it runs (stopped after its last user, or at the session's end)

@@ -1,11 +1,11 @@
-"""Smoke tests of the test control plane itself (tests/controlplane + tests/k8s/cluster.py)."""
+"""Smoke tests of the test control plane itself (tests/controlplane + tools/testbed/controlplane.py)."""
 
 from __future__ import annotations
 
 import json
 
 import pytest
-from cluster import CRDS_DIR, NODE_NAME, ControlPlane, wait_until
+from testbed.controlplane import CRDS_DIR, NODE_NAME, ControlPlane, wait_until
 
 pytestmark = pytest.mark.k8s
 

@@ -12,10 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from kubetools import CHART, helm, wait_for
+from support.kubetools import CHART, helm, wait_for
 
 pytestmark = pytest.mark.k8s
 

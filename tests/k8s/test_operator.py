@@ -7,7 +7,6 @@ Real `downloader` processes (api, operator, and host workers) run against one Re
 from __future__ import annotations
 
 import json
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,14 +15,10 @@ from typing import Any
 import httpx
 import pytest
 import redis
+from support.kubetools import Kube, wait_for
+from support.procs import Api, Proc, Stack, free_port, job_body
 
 from downloader.store import keys
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "integration"))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from kubetools import Kube, wait_for
-from procs import Api, Proc, Stack, free_port, job_body
 
 pytestmark = pytest.mark.k8s
 

@@ -13,8 +13,8 @@ import urllib.request
 from typing import Any
 
 import pytest
-from cluster import ControlPlane, free_port, wait_until
-from node import TAINT_EFFECT, TAINT_KEY, TAINT_VALUE, RealNode
+from support.node import TAINT_EFFECT, TAINT_KEY, TAINT_VALUE, RealNode
+from testbed.controlplane import ControlPlane, free_port, wait_until
 
 from downloader.version import __version__
 

@@ -18,13 +18,9 @@ from typing import Any
 import httpx
 import pytest
 import redis
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "integration"))
-
-from kubetools import CHART, Kube, helm, wait_for
-from procs import free_port, job_body
-from servers import CallbackServer, FileServer
+from support.kubetools import CHART, Kube, helm, wait_for
+from support.procs import free_port, job_body
+from support.servers import CallbackServer, FileServer
 
 from downloader.cluster import planning
 from downloader.store import Store, keys

@@ -2,23 +2,19 @@
 for the end-to-end tests a `stack` whose processes know the broker (the file and callback
 servers come from the top conftest).
 
-The broker (broker.py) starts on first use. A test that stops it restarts it before it ends;
+The broker (tests/support/kafka_broker.py) starts on first use. A test that stops it restarts it before it ends;
 the `kafka` fixture also starts it again should one have failed half-way.
 """
 
 from __future__ import annotations
 
-import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from broker import KafkaBroker
-from procs import Stack
+from support.kafka_broker import KafkaBroker
+from support.procs import Stack
 
 
 @pytest.fixture(scope="session")

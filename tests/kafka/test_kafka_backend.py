@@ -13,7 +13,7 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
-from broker import KafkaBroker
+from support.kafka_broker import KafkaBroker
 
 from downloader.config.settings import Settings
 from downloader.delivery.kafka_backend import KafkaBackend, producer_config

@@ -15,9 +15,9 @@ import uuid
 from typing import Any
 
 import pytest
-from broker import KafkaBroker, Record
-from procs import DOWNLOAD_URL_BASE, PAYLOAD_KEYS, Stack, aggr_id
-from servers import FileServer, wait_until
+from support.kafka_broker import KafkaBroker, Record
+from support.procs import DOWNLOAD_URL_BASE, PAYLOAD_KEYS, Stack, aggr_id
+from support.servers import FileServer, wait_until
 
 from downloader.delivery import signing
 

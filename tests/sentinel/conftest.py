@@ -1,21 +1,17 @@
 """Fixtures of the Sentinel and Redis-restart tests: a Redis cluster of real processes, and a
 list of what to report when a test fails (its Redis and `downloader` processes' log tails).
 
-`files`, `callbacks` and the process helpers come from the top conftest and tests/integration.
+`files`, `callbacks` and the process helpers come from the top conftest and tests/support.
 """
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Protocol
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from sentinel_cluster import Cluster
+from support.sentinel_cluster import Cluster
 
 
 class HasLogs(Protocol):

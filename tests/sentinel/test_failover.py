@@ -14,11 +14,11 @@ from typing import Any
 import pytest
 import redis
 import redis.sentinel
-from posting import JobPoster
-from procs import Stack, aggr_id, job_body
-from sentinel_cluster import MASTER_NAME, Cluster
-from sentinel_load import Figures
-from servers import CallbackServer, FileServer, wait_until
+from support.posting import JobPoster
+from support.procs import Stack, aggr_id, job_body
+from support.sentinel_cluster import MASTER_NAME, Cluster
+from support.sentinel_load import Figures
+from support.servers import CallbackServer, FileServer, wait_until
 
 from downloader.store import redis_client
 

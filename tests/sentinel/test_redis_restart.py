@@ -12,11 +12,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from posting import JobPoster
-from procs import Stack, aggr_id, job_body
-from sentinel_cluster import RedisProc
-from sentinel_load import Figures
-from servers import CallbackServer, FileServer, wait_until
+from support.posting import JobPoster
+from support.procs import Stack, aggr_id, job_body
+from support.sentinel_cluster import RedisProc
+from support.sentinel_load import Figures
+from support.servers import CallbackServer, FileServer, wait_until
 
 pytestmark = pytest.mark.sentinel
 

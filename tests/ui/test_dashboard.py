@@ -15,8 +15,9 @@ import time
 import pytest
 import redis
 from playwright.sync_api import Page, expect
-from procs import Api, Stack, free_port, job_body
-from servers import CallbackServer, FileServer, wait_until
+from support.procs import Api, Stack, free_port, job_body
+from support.redis_state import record_attempt
+from support.servers import CallbackServer, FileServer, wait_until
 
 from downloader.store import Store
 
@@ -44,9 +45,9 @@ def seed_history(redis_url: str, aggregations: dict[str, tuple[int, int]]) -> No
         for aggr, (ok, failed) in aggregations.items():
             wave = 1 + (ago % 7) / 3  # some variation, as real traffic has
             for _ in range(int(ok * wave)):
-                db.record_attempt(aggr, "ok", now=now - ago * 60)
+                record_attempt(db, aggr, "ok", now=now - ago * 60)
             for _ in range(failed * (ago % 3)):
-                db.record_attempt(aggr, "failed", now=now - ago * 60)
+                record_attempt(db, aggr, "failed", now=now - ago * 60)
     db.close()
 
 

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 import pytest
 import redis
 from fastapi.testclient import TestClient
+from support.redis_state import record_attempt
 
 from downloader.api.main import create_app
 from downloader.config.settings import Settings
@@ -41,7 +42,9 @@ def api(redis_url: str) -> Iterator[TestClient]:
 
 def enqueue(db: Store, aggr_id: str, limit: int, count: int) -> None:
     for n in range(count):
-        db.enqueue(Job(id="", url=f"http://127.0.0.1:9/{n}", aggr_id=aggr_id), Aggregation(aggr_id, limit))
+        db.enqueue_many(
+            [(Job(id="", url=f"http://127.0.0.1:9/{n}", aggr_id=aggr_id), Aggregation(aggr_id, limit))]
+        )
 
 
 def test_heartbeats_list_live_instances_and_forget_stopped_ones(db: Store, rdb: redis.Redis) -> None:
@@ -60,10 +63,10 @@ def test_overview_counts_backlog_rates_and_failures(api: TestClient, db: Store, 
     enqueue(db, "shop-a", limit=7, count=3)
     enqueue(db, "blog-b", limit=2, count=1)
     for kind in ("ok", "ok", "ok", "failed", "retried"):
-        db.record_attempt("shop-a", kind, json.dumps({"id": "J1", "aggr_id": "shop-a", "url": "u",
+        record_attempt(db, "shop-a", kind, json.dumps({"id": "J1", "aggr_id": "shop-a", "url": "u",
                                                       "error": "boom", "code": "404", "at": time.time()})
                           if kind == "failed" else "")  # fmt: skip
-    db.record_attempt("blog-b", "failed", json.dumps({"id": "J2", "aggr_id": "blog-b", "error": "bad"}))
+    record_attempt(db, "blog-b", "failed", json.dumps({"id": "J2", "aggr_id": "blog-b", "error": "bad"}))
     rdb.lpush(keys.RECENT_FAILURES, "not json")
     assert 0 < rdb.ttl(keys.throughput(int(time.time() // 60))) <= keys.THROUGHPUT_TTL_SECONDS
 
@@ -89,7 +92,7 @@ def test_overview_counts_backlog_rates_and_failures(api: TestClient, db: Store, 
 
 def test_failures_list_is_capped(db: Store, rdb: redis.Redis) -> None:
     for n in range(keys.RECENT_FAILURES_KEPT + 10):
-        db.record_attempt("x", "failed", json.dumps({"id": f"J{n}", "aggr_id": "x"}))
+        record_attempt(db, "x", "failed", json.dumps({"id": f"J{n}", "aggr_id": "x"}))
     assert rdb.llen(keys.RECENT_FAILURES) == keys.RECENT_FAILURES_KEPT
     assert json.loads(rdb.lindex(keys.RECENT_FAILURES, 0))["id"] == f"J{keys.RECENT_FAILURES_KEPT + 9}"
 

@@ -7,7 +7,7 @@ import pytest
 from downloader.delivery.storage import Location
 from downloader.errors import DownloadError, FailureReason, Interrupted
 from downloader.jobs.models import Job, JobOptions, State
-from downloader.store import keys
+from downloader.store import NextStep
 from downloader.worker.attempts import decide, success
 
 NOW = 1_000_000.0
@@ -57,8 +57,8 @@ def test_retriable_errors_back_off_linearly(count: int, expected_delay: float) -
         default_max_retries=2,
         retention=RETENTION,
     )
-    assert out.target == keys.queue("ag")
-    assert out.score == NOW + expected_delay
+    assert out.next_step is NextStep.RETRY
+    assert out.due == NOW + expected_delay
     assert out.fields["DownloadState"] == State.PENDING
     assert out.fields["DownloadCount"] == str(count + 1)
     assert out.fields["DownloadMeta"] == ""  # empty while it waits, as the original
@@ -79,7 +79,7 @@ def test_out_of_retries_fails_with_the_error_and_queues_the_callback() -> None:
     assert out.fields["DownloadCount"] == "3"
     assert out.fields["DownloadMeta"].endswith("retriable: true, internal: false")
     assert out.fields["CallbackState"] == State.PENDING
-    assert out.target == keys.CALLBACK_QUEUE and out.score == NOW and out.finished
+    assert out.next_step is NextStep.CALLBACK and out.due == NOW and out.finished
 
 
 @pytest.mark.parametrize("max_retries,attempts", [(0, 1), (1, 2), (5, 6)])
@@ -108,7 +108,7 @@ def test_interruptions_do_not_use_an_attempt() -> None:
         retention=RETENTION,
     )
     assert out.fields == {"DownloadState": State.PENDING}
-    assert out.target == keys.queue("ag") and out.score == NOW
+    assert out.next_step is NextStep.RETRY and out.due == NOW
 
 
 def test_internal_errors_back_off_without_counting() -> None:
@@ -121,7 +121,7 @@ def test_internal_errors_back_off_without_counting() -> None:
     )
     out = decide(job(download_count=1), err, now=NOW, backoff=120, default_max_retries=2, retention=RETENTION)
     assert "DownloadCount" not in out.fields
-    assert out.score == NOW + 120  # the original retried these with no delay, forever
+    assert out.due == NOW + 120  # the original retried these with no delay, forever
 
 
 def test_a_job_without_callback_is_deleted_with_its_file_after_the_retention_period() -> None:
@@ -129,14 +129,14 @@ def test_a_job_without_callback_is_deleted_with_its_file_after_the_retention_per
         job(callback_url=""), not_found(), now=NOW, backoff=1, default_max_retries=2, retention=RETENTION
     )
     assert "CallbackState" not in out.fields and out.finished
-    assert (out.target, out.score) == (keys.DELETION_QUEUE, NOW + RETENTION)
+    assert (out.next_step, out.due) == (NextStep.DELETE, NOW + RETENTION)
     assert Location.decode(out.deletion_target) == Location("AbC/AbCdEfGhIjKlMn")
 
 
 def test_a_file_in_the_jobs_own_bucket_is_the_clients_and_outlives_the_retention() -> None:
     j = job(callback_url="", s3_bucket="theirs", s3_region="eu-west-1")
     out = success(j, 200, "", "http://localhost/foo", now=NOW, retention=RETENTION)
-    assert out.target == keys.DELETION_QUEUE
+    assert out.next_step is NextStep.DELETE
     assert Location.decode(out.deletion_target) == Location(key="")
 
 
@@ -144,9 +144,9 @@ def test_a_failed_download_goes_to_the_error_destination_even_without_a_callback
     options = JobOptions(callback_error_type="http", callback_error_dst="http://errors")
     j = job(callback_url="", s3_bucket="theirs", s3_region="eu-west-1", options=options)
     failed = decide(j, not_found(), now=NOW, backoff=1, default_max_retries=2, retention=RETENTION)
-    assert failed.target == keys.CALLBACK_QUEUE and failed.fields["CallbackState"] == "Pending"
+    assert failed.next_step is NextStep.CALLBACK and failed.fields["CallbackState"] == "Pending"
     succeeded = success(j, 200, "", "http://localhost/foo", now=NOW, retention=RETENTION)
-    assert succeeded.target == keys.DELETION_QUEUE  # nothing to tell about a success
+    assert succeeded.next_step is NextStep.DELETE  # nothing to tell about a success
 
 
 def test_success_records_the_download_and_queues_the_callback() -> None:
@@ -160,4 +160,4 @@ def test_success_records_the_download_and_queues_the_callback() -> None:
         "ImageSize": "10x10",
         "CallbackState": "Pending",
     }
-    assert out.target == keys.CALLBACK_QUEUE
+    assert out.next_step is NextStep.CALLBACK

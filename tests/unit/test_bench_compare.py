@@ -4,6 +4,7 @@ failed runs kept out of the figures and listed, and the Redis command accounting
 
 from __future__ import annotations
 
+import ast
 import importlib.util
 import sys
 from pathlib import Path
@@ -16,20 +17,30 @@ BENCH = Path(__file__).resolve().parents[2] / "bench"
 
 
 def load(name: str) -> ModuleType:
-    """Import bench/<name>.py by path (bench/ is not a package; its modules import each
-    other by name, so bench/ is on sys.path while they load)."""
-    if name in sys.modules and getattr(sys.modules[name], "__file__", "").startswith(str(BENCH)):
-        return sys.modules[name]
-    sys.path.insert(0, str(BENCH))
-    try:
-        spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-        return module
-    finally:
-        sys.path.remove(str(BENCH))
+    """Import bench/<name>.py by path, without touching sys.path. bench/ is not a package: its
+    scripts import each other by plain name (`from hostinfo import ...`), so the bench modules
+    that this one imports at its top level are loaded first, the same way, and registered in
+    sys.modules under those names, where its own imports find them."""
+    loaded = sys.modules.get(name)
+    if loaded is not None and getattr(loaded, "__file__", "").startswith(str(BENCH)):
+        return loaded
+    path = BENCH / f"{name}.py"
+    for node in ast.parse(path.read_text(encoding="utf-8")).body:
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names = [node.module]
+        else:
+            continue
+        for dependency in names:
+            if (BENCH / f"{dependency}.py").is_file():
+                load(dependency)
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 cmp = load("cmpsummary")

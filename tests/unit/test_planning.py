@@ -238,3 +238,23 @@ def test_worker_pods_are_given_their_drain_and_ten_seconds_more_before_a_kill() 
 
     assert grace(planning.WorkerPod(image="img")) == 35
     assert grace(planning.WorkerPod(image="img", shutdown_grace_seconds=90.5)) == 101
+
+
+def test_worker_pod_annotations_never_replace_the_aggregation_id() -> None:
+    pod = planning.WorkerPod(image="img", pod_annotations={"team": "x", planning.ID_ANNOTATION: "forged"})
+    template = planning.deployment(spec(), "ns", 1, pod)["spec"]["template"]
+    assert template["metadata"]["annotations"] == {"team": "x", planning.ID_ANNOTATION: spec().id}
+
+
+def test_worker_pod_security_and_affinity_are_copies_of_the_settings() -> None:
+    """The Deployment body is the operator's to change (kopf adds owner references): it must not
+    share nested objects with the settings the next Deployment is built from."""
+    pod = planning.WorkerPod(image="img", affinity={"podAntiAffinity": {"x": [1]}})
+    body = planning.deployment(spec(), "ns", 1, pod)["spec"]["template"]["spec"]
+    body["securityContext"]["seccompProfile"]["type"] = "Unconfined"
+    body["containers"][0]["securityContext"]["capabilities"]["drop"].append("NET_RAW")
+    body["affinity"]["podAntiAffinity"]["x"].append(2)
+    assert planning.WORKER_POD_SECURITY_CONTEXT["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert planning.WORKER_CONTAINER_SECURITY_CONTEXT["capabilities"] == {"drop": ["ALL"]}
+    assert pod.affinity == {"podAntiAffinity": {"x": [1]}}
+    assert planning.deployment(spec(), "ns", 1, pod)["spec"]["template"]["spec"] != body

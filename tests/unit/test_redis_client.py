@@ -10,6 +10,7 @@ import pytest
 import redis.asyncio.sentinel
 import redis.sentinel
 
+from downloader.config import parsing
 from downloader.config.settings import Settings
 from downloader.errors import ConfigurationError
 from downloader.store import redis_client
@@ -33,7 +34,7 @@ def settings(**values: object) -> Settings:
     ],
 )
 def test_sentinel_lists_are_parsed(text: str, expected: tuple[tuple[str, int], ...]) -> None:
-    assert redis_client.parse_sentinels(text) == expected
+    assert parsing.sentinel_addresses(text) == expected
 
 
 @pytest.mark.parametrize(
@@ -51,7 +52,7 @@ def test_sentinel_lists_are_parsed(text: str, expected: tuple[tuple[str, int], .
 )
 def test_invalid_sentinel_lists_fail_with_one_line_naming_the_setting(text: str, why: str) -> None:
     with pytest.raises(ConfigurationError) as caught:
-        redis_client.parse_sentinels(text)
+        parsing.sentinel_addresses(text)
     message = str(caught.value)
     assert message.startswith(f"DOWNLOADER_REDIS_SENTINELS={text!r}: {why}")
     assert "\n" not in message

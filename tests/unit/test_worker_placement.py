@@ -120,3 +120,77 @@ def test_the_operator_applies_the_settings_to_the_worker_deployment() -> None:
     assert (pod["hostNetwork"], pod["dnsPolicy"]) == (True, "ClusterFirstWithHostNet")
     assert pod["nodeSelector"] == NODE and pod["tolerations"] == [TAINT]
     assert "ports" not in pod["containers"][0]
+
+
+# --- the pod's shape: affinity, annotations, security contexts ---------------------------------
+
+SSD_NODES = {
+    "nodeSelectorTerms": [{"matchExpressions": [{"key": "disk", "operator": "In", "values": ["ssd"]}]}]
+}
+AFFINITY = {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": SSD_NODES}}
+POD_SECURITY = {"runAsNonRoot": True, "runAsUser": 2000, "fsGroup": 2000}
+CONTAINER_SECURITY = {"readOnlyRootFilesystem": True, "allowPrivilegeEscalation": False}
+
+
+def test_the_shape_settings_default_to_what_the_pods_had_before() -> None:
+    s, pod = Settings(), planning.WorkerPod(image="i")
+    assert s.worker_affinity == pod.affinity == {}
+    assert s.worker_pod_annotations == pod.pod_annotations == {}
+    assert s.worker_pod_security_context == pod.pod_security_context == planning.WORKER_POD_SECURITY_CONTEXT
+    container = planning.WORKER_CONTAINER_SECURITY_CONTEXT
+    assert s.worker_container_security_context == pod.container_security_context == container
+    assert "affinity" not in pod_spec(pod)
+
+
+def test_the_shape_settings_parse_the_chart_configmap_values(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DOWNLOADER_WORKER_AFFINITY", json.dumps(AFFINITY))
+    monkeypatch.setenv("DOWNLOADER_WORKER_POD_ANNOTATIONS", json.dumps({"team": "downloads"}))
+    monkeypatch.setenv("DOWNLOADER_WORKER_POD_SECURITY_CONTEXT", json.dumps(POD_SECURITY))
+    monkeypatch.setenv("DOWNLOADER_WORKER_CONTAINER_SECURITY_CONTEXT", json.dumps(CONTAINER_SECURITY))
+    s = load()
+    assert s.worker_affinity == AFFINITY
+    assert s.worker_pod_annotations == {"team": "downloads"}
+    assert s.worker_pod_security_context == POD_SECURITY
+    assert s.worker_container_security_context == CONTAINER_SECURITY
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("DOWNLOADER_WORKER_AFFINITY", "[]"),
+        ("DOWNLOADER_WORKER_POD_ANNOTATIONS", '{"a": {"b": 1}}'),
+        ("DOWNLOADER_WORKER_POD_SECURITY_CONTEXT", '"root"'),
+        ("DOWNLOADER_WORKER_CONTAINER_SECURITY_CONTEXT", "{"),
+    ],
+)
+def test_bad_shape_values_fail_with_the_variable_named(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str
+) -> None:
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigurationError, match=name):
+        load()
+
+
+def test_the_operator_applies_the_shape_settings_to_the_worker_deployment() -> None:
+    settings = Settings(
+        worker_affinity=AFFINITY,
+        worker_pod_annotations={"team": "downloads"},
+        worker_pod_security_context=POD_SECURITY,
+        worker_container_security_context=CONTAINER_SECURITY,
+    )
+    cluster = _Cluster()
+    reconciler = Reconciler(settings, db=None, cluster=cluster)  # type: ignore[arg-type]
+    metadata = {"name": "shop.example.com", "namespace": "default", "uid": "u-1"}
+    owner = {"apiVersion": planning.API_VERSION, "kind": planning.KIND, "metadata": metadata}
+    spec = planning.Spec.from_dict({"id": "shop.example.com", "limit": 4})
+    asyncio.run(reconciler._apply_deployment(spec, owner, None, 1))  # type: ignore[arg-type]
+    (created,) = cluster.created
+    template = created["spec"]["template"]
+    assert template["metadata"]["annotations"] == {
+        "team": "downloads",
+        planning.ID_ANNOTATION: "shop.example.com",
+    }
+    pod = template["spec"]
+    assert pod["affinity"] == AFFINITY
+    assert pod["securityContext"] == POD_SECURITY
+    assert pod["containers"][0]["securityContext"] == CONTAINER_SECURITY

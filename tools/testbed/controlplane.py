@@ -1,4 +1,8 @@
-"""A real Kubernetes control plane for the tests, made of local processes.
+"""A real Kubernetes control plane for the tests and the benchmarks, made of local processes.
+
+Used by the `cluster` fixture of tests/k8s/conftest.py (and tests/support/node.py, whose
+kubelet joins it) and by bench/operator_bench.py: one copy, outside tests/ so that benchmarks
+import no test code (see tools/testbed/__init__.py).
 
 `tests/controlplane/build.sh` builds (once, into a cache outside the repository) one Go
 binary holding kube-apiserver, kube-controller-manager and kube-scheduler of
@@ -278,12 +282,13 @@ class ControlPlane:
 
     def get(self, path: str, timeout: float = 10.0) -> tuple[int, Any]:
         """GET an API path with the admin token: (status, decoded JSON body or text)."""
-        request = urllib.request.Request(
+        # self.server is this control plane's https://127.0.0.1:<port>: no other scheme reaches here
+        request = urllib.request.Request(  # noqa: S310
             self.server + path,
             headers={"Authorization": f"Bearer {self.token}", "Accept": "application/json"},
         )
         try:
-            with urllib.request.urlopen(request, timeout=timeout, context=self._ssl) as response:
+            with urllib.request.urlopen(request, timeout=timeout, context=self._ssl) as response:  # noqa: S310
                 status, body = response.status, response.read()
         except urllib.error.HTTPError as exc:
             status, body = exc.code, exc.read()

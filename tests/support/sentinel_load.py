@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from posting import JobPoster
-from servers import CallbackServer
+from support.posting import JobPoster
+from support.servers import CallbackServer
 
 
 @dataclasses.dataclass

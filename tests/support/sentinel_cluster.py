@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 import redis
-from procs import free_port, stop_process, tail
+
+from support.procs import free_port, stop_process, tail
 
 MASTER_NAME = "mymaster"
 QUORUM = 2

@@ -6,15 +6,12 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "chart"))
-
-from helm import helm_binary
+from support.helm import helm_binary
 
 CHART = Path(__file__).resolve().parents[2] / "charts" / "downloader"
 

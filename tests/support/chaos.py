@@ -2,8 +2,8 @@
 worker killer, an AOF Redis that can be SIGKILLed, a small tmpfs, a watcher of the storage
 root, and the figures every test prints and asserts.
 
-Everything is real: `downloader` processes (tests/integration/procs.py), redis-server, and
-HTTP servers on 127.0.0.1 (tests/integration/servers.py, plus the raw-socket slow servers in
+Everything is real: `downloader` processes (tests/support/procs.py), redis-server, and
+HTTP servers on 127.0.0.1 (tests/support/servers.py, plus the raw-socket slow servers in
 test_slow_servers.py).
 """
 
@@ -27,8 +27,9 @@ from typing import Any
 
 import pytest
 import redis
-from procs import Proc, Stack, free_port, stop_process, tail
-from servers import CallbackServer, wait_until
+
+from support.procs import Proc, Stack, free_port, stop_process, tail
+from support.servers import CallbackServer, wait_until
 
 #: What every chaos stack runs with. The file and callback servers live on 127.0.0.1, which the
 #: download safety check refuses unless private networks are allowed.

@@ -19,9 +19,8 @@ from typing import Any
 
 import pytest
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parents[1]
-BUILD = HERE / "build.sh"
+ROOT = Path(__file__).resolve().parents[2]
+BUILD = ROOT / "tests" / "images" / "build.sh"
 #: A cold build (the base, then every dependency from the package index) takes minutes.
 BUILD_TIMEOUT = 1500.0
 #: podman's default rlimits exceed this host's hard limits, and runc refuses to raise them; the

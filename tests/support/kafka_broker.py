@@ -27,7 +27,7 @@ import confluent_kafka
 import confluent_kafka.admin
 import pytest
 
-POM = Path(__file__).with_name("pom.xml")
+POM = Path(__file__).resolve().parents[1] / "kafka" / "pom.xml"
 CACHE_ROOT = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "downloader-kafka"
 READY_TIMEOUT = 60.0
 STOP_TIMEOUT = 20.0

@@ -2,8 +2,8 @@
 
 `build()` runs tests/node/build.sh (kubelet, containerd, shim, ctr, pause; cached outside the
 repository). `RealNode` starts containerd in a work directory, imports the sandbox image and
-the given podman images, and starts a kubelet that joins a `ControlPlane` (tests/k8s/cluster.py)
-as Node `127.0.0.1`, tainted and labelled so that only pods meant for it land there. The
+the given podman images, and starts a kubelet that joins a `ControlPlane`
+(tools/testbed/controlplane.py) as Node `127.0.0.1`, tainted and labelled so that only pods meant for it land there. The
 kubelet uses fixed host paths: one real node per machine, behind a machine-wide flock.
 """
 
@@ -18,24 +18,18 @@ import secrets
 import shutil
 import signal
 import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parents[1]
-if str(ROOT / "tests" / "k8s") not in sys.path:
-    sys.path.insert(0, str(ROOT / "tests" / "k8s"))
-if str(HERE) not in sys.path:
-    sys.path.insert(0, str(HERE))
+from testbed.controlplane import ControlPlane, ControlPlaneError, Proc, free_port, run_build_script, tail
 
-import pause_image  # noqa: E402
-from cluster import ControlPlane, ControlPlaneError, Proc, free_port, run_build_script, tail  # noqa: E402
+from support import pause_image
 
-BUILD_SCRIPT = HERE / "build.sh"
+ROOT = Path(__file__).resolve().parents[2]
+BUILD_SCRIPT = ROOT / "tests" / "node" / "build.sh"
 BUILD_TIMEOUT = 60 * 60.0
 K8S_VERSION = "v1.37.2"
 CONTAINERD_VERSION = "v2.4.2"
@@ -330,7 +324,7 @@ class RealNode:
 
     def _containerd_config(self, cni: Path) -> str:
         run = RUN_DIR
-        return f"""# containerd of the Downloader test node (written by tests/node/node.py)
+        return f"""# containerd of the Downloader test node (written by tests/support/node.py)
 # version 4: the grpc/ttrpc addresses are plugin settings; a top-level [grpc] section would be
 # ignored silently and containerd would serve on the machine's /run/containerd/containerd.sock
 version = 4
@@ -479,7 +473,8 @@ disabled_plugins = ['io.containerd.nri.v1.nri', 'io.containerd.snapshotter.v1.bl
             "healthzBindAddress": "127.0.0.1",
             "healthzPort": self.healthz_port,
             # the test API server calls the kubelet (logs, exec) without a client certificate
-            # (cluster.py passes no --kubelet-client-certificate): anonymous, on 127.0.0.1 only
+            # (tools/testbed/controlplane.py passes no --kubelet-client-certificate): anonymous,
+            # on 127.0.0.1 only
             "authentication": {
                 "anonymous": {"enabled": True},
                 "webhook": {"enabled": False},

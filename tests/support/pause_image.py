@@ -1,10 +1,10 @@
 """The pod sandbox image of the real test node: an OCI archive holding only a static `pause`.
 
-    python tests/node/pause_image.py PAUSE_BINARY OUT.tar NAME:TAG   (node.py calls write())
+    python tests/support/pause_image.py PAUSE_BINARY OUT.tar NAME:TAG   (node.py calls write())
 
 containerd's CRI starts every pod (host-network ones too) in a sandbox container made from
 its "sandbox" image, by default registry.k8s.io/pause, which cannot be pulled here (no
-registry). This makes that image from k8s.io/kubernetes's own pause.c (compiled by build.sh)
+registry). This makes that image from k8s.io/kubernetes's own pause.c (compiled by tests/node/build.sh)
 with the standard library alone: one layer (/pause, 0755, root, mtime 0), a config with
 Entrypoint ["/pause"] and User 65535:65535 (as the upstream image), an OCI layout tar whose
 index names the image (`io.containerd.image.name`), for `ctr -n k8s.io images import`.

@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import NoReturn
 
 import pytest
-from procs import stop_process
+
+from support.procs import stop_process
 
 START_TIMEOUT_SECONDS = 30.0
 
