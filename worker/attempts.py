@@ -26,8 +26,8 @@ from downloader.errors import (
     InvalidPattern,
     StorageError,
 )
-from downloader.fetching import imaging, mime
-from downloader.fetching.download import Fetcher
+from downloader.fetching import imaging, mime, resume
+from downloader.fetching.download import Fetched, Fetcher
 from downloader.jobs.models import Aggregation, DownloadResult, Job, State
 from downloader.observability import metrics
 from downloader.observability.stats import Stats
@@ -99,6 +99,8 @@ def run_attempt(ctx: AttemptContext, aggregation: Aggregation, job: Job, downloa
         )
     download.ending = True  # from here a lease found gone is this write's doing, not a loss
     result = ctx.db.finish(job, ctx.token, _counted(job, outcome, error))
+    if result > 0 and outcome.next_step is not NextStep.RETRY:
+        resume.forget(ctx.tmp_dir, job.id)  # the job is over: what a cut attempt kept goes too
     metrics.attempt_done(
         error,
         terminal=outcome.fields.get("DownloadState") == State.FAILED.value,
@@ -170,6 +172,7 @@ def _download_and_store(
         mime_pattern=pattern,
         cancelled=cancelled,
     )
+    _count_resume(fetched)
     try:
         image_size = ""
         if job.extract_image_size:
@@ -190,6 +193,14 @@ def _download_and_store(
         sha256=fetched.sha256, size=fetched.size, content_type=fetched.mime_type, final_url=fetched.final_url
     )
     return image_size, fetched.response_code, measured
+
+
+def _count_resume(fetched: Fetched) -> None:
+    if fetched.resumed_from:
+        metrics.DOWNLOADS_RESUMED.inc()
+        metrics.RESUMED_BYTES.inc(fetched.resumed_from)
+    if fetched.discarded:
+        metrics.RESUME_RESTARTS.inc()
 
 
 def _image_failure(exc: ImageSizeError, response_code: int) -> DownloadError:

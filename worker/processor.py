@@ -24,7 +24,7 @@ from downloader import store
 from downloader.config.settings import Settings
 from downloader.delivery.storage import Storages
 from downloader.errors import DownloaderError, StoreError
-from downloader.fetching import diskcheck
+from downloader.fetching import diskcheck, resume
 from downloader.fetching.download import Fetcher, FetchLimits
 from downloader.fetching.outbound import Outbound
 from downloader.jobs.models import Aggregation, CorruptJobError, Job
@@ -112,6 +112,7 @@ class Processor:
             settings.default_request_headers,
             pool_size=settings.worker_concurrency,
             outbound=Outbound.from_settings(settings),
+            resume=settings.resume_downloads,
         )
         self.attempt_context = AttemptContext(
             db=db,
@@ -383,11 +384,14 @@ class Processor:
         reread = Every(self.settings.scan_interval_seconds, first_now=True)
         stats = Every(self.settings.stats_interval_seconds, first_now=True)
         disk = Every(self.settings.disk_check_interval_seconds, first_now=True)
+        # a tenth of the retention, at most hourly: a partial outlives it by that at most
+        partials = Every(min(self.settings.partial_retention_seconds / 10, 3600.0), first_now=True)
         steps = (
             (self._reread_due(reread), self._read_registry),
             (self._recovery.due, self._recovery.recover_expired_leases),
             (stats, self._publish_stats),
             (disk, self._check_disk),
+            (partials, self._sweep_partials),
             (self.heartbeat.due, self.heartbeat.beat),
         )
         while not self._stopping.wait(0.1):
@@ -432,6 +436,16 @@ class Processor:
                 if state.next_try == NEVER:
                     state.next_try = 0.0
         self._wake.set()
+
+    def _sweep_partials(self) -> None:
+        swept = resume.sweep(Path(self.settings.tmp_dir), self.settings.partial_retention_seconds)
+        if swept:
+            metrics.PARTIALS_SWEPT.inc(swept)
+            log.info(
+                "deleted %d partial downloads untouched for %gs",
+                swept,
+                self.settings.partial_retention_seconds,
+            )
 
     def _check_disk(self) -> None:
         try:

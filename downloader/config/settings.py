@@ -195,6 +195,15 @@ class FetchSettings(SettingsGroup):
     max_download_bytes: int = pydantic.Field(default=1 << 30, gt=0)
     """Larger responses fail terminally (1 GiB)."""
 
+    resume_downloads: bool = True
+    """Keep what a cut download stored (a timeout, a network error, a killed worker) and
+    continue it on the job's next attempt with `Range` + `If-Range`, when the server named a
+    strong ETag or a Last-Modified; off: every attempt starts from byte 0, as the original."""
+
+    partial_retention_seconds: float = pydantic.Field(default=86400.0, gt=0)
+    """A partial download left untouched this long in `tmp_dir` is deleted: its job ended on
+    another worker or was given up (a day covers every backoff of the defaults)."""
+
 
 class StorageSettings(SettingsGroup):
     """Where downloads stream to and finished files go (a filesystem or S3), the address they

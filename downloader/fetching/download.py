@@ -39,7 +39,7 @@ from downloader.errors import (
     Interrupted,
     status_reason,
 )
-from downloader.fetching import mime, outbound
+from downloader.fetching import mime, outbound, resume
 from downloader.fetching.outbound import Client, Outbound, Response
 from downloader.version import __version__
 
@@ -74,6 +74,11 @@ class Fetched:
     """Hex digest of the stored bytes, computed while streaming (callback key `sha256`)."""
     final_url: str = ""
     """The URL the body came from, after redirects."""
+    resumed_from: int = 0
+    """Bytes kept from an earlier attempt (a range request continued them); 0 for none."""
+    discarded: int = 0
+    """Bytes of an earlier attempt that could not be continued (the file changed, or the server
+    answered another range), so this attempt started again from byte 0."""
 
 
 @dataclasses.dataclass(eq=False)
@@ -113,6 +118,7 @@ class Fetcher:
         *,
         outbound: Outbound | None = None,
         max_clients: int = MAX_CLIENTS,
+        resume: bool = False,
     ) -> None:
         if max_clients < 1:
             raise ValueError("max_clients must be at least 1")
@@ -124,6 +130,8 @@ class Fetcher:
         # Only the defaults' headers, what almost every job sends: built once.
         self._plain_headers = self._merge_headers(None)
         self.max_clients = max_clients
+        #: Keep what a cut download stored and continue it with a range request next time.
+        self.resume = resume
         self._clients: OrderedDict[str, _Shared] = OrderedDict()  # least recently used first
         self._lock = threading.Lock()
         self._evicted_in_use: set[_Shared] = set()
@@ -246,13 +254,21 @@ class Fetcher:
         with self._lock:
             self._attempts.add(attempt)
         outbound.watch_header_waits(attempt.waiting)
+        partial = resume.load(tmp_dir, job_id, url) if self.resume else None
+        discarded = 0
         try:
             # Held until the response is closed: its connection goes back to a live pool.
             with self._client(proxy) as client:
-                response = self._request(client, url, job_headers, budget, attempt)
+                response = self._request(client, url, job_headers, budget, attempt, partial)
+                if partial is not None and not (
+                    response.status == 206 and resume.continues(partial, response.headers)
+                ):
+                    response = self._restart(client, url, job_headers, budget, attempt, response)
+                    discarded, partial = partial.length, None
                 try:
                     attempt.response = response
-                    return self._receive(job_id, response, attempt, tmp_dir, sniff, mime_pattern)
+                    received = _Received(job_id, url, response, partial, discarded)
+                    return self._receive(received, attempt, tmp_dir, sniff, mime_pattern)
                 finally:
                     outbound.close(response)
         finally:
@@ -269,10 +285,35 @@ class Fetcher:
             self._timeouts[budget] = timeout
         return timeout
 
+    def _restart(
+        self,
+        client: Client,
+        url: str,
+        job_headers: Mapping[str, str] | None,
+        budget: float,
+        attempt: Attempt,
+        response: Response,
+    ) -> Response:
+        """The file changed or the server answered another range: start again from byte 0. A
+        200 is already the whole file; a mismatched 206 is asked again without Range."""
+        log.info("%s: the partial download cannot be continued (%s); starting again", url, response.status)
+        if response.status != 206:
+            return response
+        outbound.close(response)
+        return self._request(client, url, job_headers, budget, attempt, None)
+
     def _request(
-        self, client: Client, url: str, job_headers: Mapping[str, str] | None, budget: float, attempt: Attempt
+        self,
+        client: Client,
+        url: str,
+        job_headers: Mapping[str, str] | None,
+        budget: float,
+        attempt: Attempt,
+        partial: resume.Partial | None = None,
     ) -> Response:
         headers, decode = self.headers_for(job_headers)
+        if partial is not None:
+            headers.update(partial.range_headers())
         try:
             response = client.request(
                 "GET",
@@ -288,39 +329,44 @@ class Fetcher:
             _raise_if_interrupted(attempt, exc)
             raise request_failure(exc) from exc
         response.decode_content = decode
-        _check_status(response)
+        _check_status(response, ranged=partial is not None)
         return response
 
     def _receive(
         self,
-        job_id: str,
-        response: Response,
+        received: _Received,
         attempt: Attempt,
         tmp_dir: Path,
         sniff: bool,
         mime_pattern: mime.MimePattern | None,
     ) -> Fetched:
+        response, partial = received.response, received.partial
         code = response.status
+        offset = partial.length if partial is not None else 0
         declared = response.headers.get("Content-Length", "")
-        if declared.isdigit() and int(declared) > attempt.max_bytes:
+        if declared.isdigit() and offset + int(declared) > attempt.max_bytes:
             raise _too_large(attempt.max_bytes, code)
-        path = tmp_dir / f"{job_id}.tmp"
+        path = resume.tmp_path(tmp_dir, received.job_id)
         try:
-            out = path.open("wb")
+            out = path.open("ab" if partial is not None else "wb")
         except OSError as exc:
             raise _storage_error(AttemptPhase.CREATING_TMP_FILE, exc, code) from exc
+        keep = self._note_resumable(received, tmp_dir)
         try:
             with out:
-                size, detected, sha256 = self._copy(response, out, attempt, sniff, mime_pattern)
+                prefix = path if partial is not None else None
+                size, detected, sha256 = self._copy(response, out, attempt, sniff, mime_pattern, prefix)
                 try:
                     out.flush()
                     os.fsync(out.fileno())
                 except OSError as exc:
                     raise _storage_error(AttemptPhase.SYNCING_TO_DISK, exc, code) from exc
-        except BaseException:
-            with contextlib.suppress(OSError):
-                path.unlink()
+            _check_whole(size, resume.whole_size(code, response.headers), code)
+        except BaseException as exc:
+            if not (keep and _continuable(exc)):
+                resume.forget(tmp_dir, received.job_id)
             raise
+        resume.forget(tmp_dir, received.job_id, keep_bytes=True)
         return Fetched(
             path=path,
             response_code=code,
@@ -328,7 +374,25 @@ class Fetcher:
             size=size,
             sha256=sha256,
             final_url=response.url or "",
+            resumed_from=offset,
+            discarded=received.discarded,
         )
+
+    def _note_resumable(self, received: _Received, tmp_dir: Path) -> bool:
+        """Record, before the body starts, how these bytes can be continued, so that even a
+        killed process leaves what the next attempt needs; whether they can be."""
+        headers = received.response.headers
+        if not (self.resume and resume.resumable(headers)):
+            resume.forget(tmp_dir, received.job_id, keep_bytes=True)
+            return False
+        if received.partial is None:
+            total = resume.whole_size(received.response.status, headers)
+            record = resume.Partial(received.url, resume.validator(headers), total)
+            try:
+                resume.remember(tmp_dir, received.job_id, record)
+            except OSError:
+                return False  # not resumable then, but the download itself goes on
+        return True
 
     def _copy(
         self,
@@ -337,13 +401,18 @@ class Fetcher:
         attempt: Attempt,
         sniff: bool,
         mime_pattern: mime.MimePattern | None,
+        prefix: Path | None = None,
     ) -> tuple[int, str, str]:
+        """Stream the body to `out`; size, mime type and sha256 cover `prefix` (the bytes an
+        earlier attempt stored) too, so a resumed file is checked and hashed whole."""
         code = response.status
-        head = b""
-        detected = ""
-        size = 0
         digest = hashlib.sha256()
+        size, head = _read_prefix(prefix, digest, code) if prefix is not None else (0, b"")
+        detected = ""
         sniffed = not sniff
+        if not sniffed and len(head) >= mime.SNIFF_BYTES:
+            detected = _check_mime(head, mime_pattern, code)
+            sniffed = True
         for chunk in self._chunks(response, attempt):
             size += len(chunk)
             digest.update(chunk)
@@ -402,9 +471,22 @@ def request_failure(exc: Exception) -> DownloadError:
     return transport_error(AttemptPhase.PERFORMING_REQUEST, exc)
 
 
-def _check_status(response: Response) -> None:
+@dataclasses.dataclass(frozen=True)
+class _Received:
+    """A response whose body is about to be stored, and the partial file it continues."""
+
+    job_id: str
+    url: str
+    response: Response
+    partial: resume.Partial | None
+    discarded: int = 0
+
+
+def _check_status(response: Response, *, ranged: bool = False) -> None:
+    """Only a 2xx with a body is a file; a 206 only when we asked for a range (a server that
+    sends part of a file to a plain GET did not send the file)."""
     code = response.status
-    if 200 <= code < 300 and code not in (204, 205):
+    if 200 <= code < 300 and code not in (204, 205) and (code != 206 or ranged):
         return
     status = f"{code} {response.reason or _phrase(code)}"
     retriable = code >= 500 or code in RETRIABLE_CLIENT_STATUSES
@@ -431,6 +513,44 @@ def _check_mime(head: bytes, pattern: mime.MimePattern | None, code: int) -> str
                 response_code=code,
             )
     return detected
+
+
+def _read_prefix(path: Path, digest: hashlib._Hash, code: int) -> tuple[int, bytes]:
+    """Hash the bytes an earlier attempt stored; their size and first bytes (for sniffing)."""
+    size = 0
+    head = b""
+    try:
+        with path.open("rb") as stored:
+            while chunk := stored.read(1024 * 1024):
+                if size < mime.SNIFF_BYTES:
+                    head += chunk[: mime.SNIFF_BYTES - size]
+                size += len(chunk)
+                digest.update(chunk)
+    except OSError as exc:
+        raise _storage_error(AttemptPhase.WRITING_TMP_FILE, exc, code) from exc
+    return size, head
+
+
+def _check_whole(size: int, whole: int, code: int) -> None:
+    """A file shorter or longer than the size its response declared is not the file."""
+    if whole and size != whole:
+        raise DownloadError(
+            AttemptPhase.DOWNLOADING_FILE,
+            f"unexpected EOF (stored {size} of {whole} bytes)",
+            reason=FailureReason.NETWORK,
+            retriable=True,
+            response_code=code,
+        )
+
+
+def _continuable(exc: BaseException) -> bool:
+    """Whether what an attempt stored before `exc` is worth continuing: the transfer was cut
+    (network, timeout, shutdown), not refused for what it carried."""
+    if isinstance(exc, Interrupted | KeyboardInterrupt | SystemExit):
+        return True
+    if isinstance(exc, DownloadError):
+        return exc.retriable and exc.reason in (FailureReason.NETWORK, FailureReason.TIMEOUT)
+    return False
 
 
 def _write(out: IO[bytes], chunk: bytes, code: int) -> None:

@@ -109,6 +109,20 @@ DOWNLOADED_BYTES = _counter("downloader_downloaded_bytes", "Bytes of downloaded 
 DOWNLOAD_RESPONSES = _counter(
     "downloader_download_responses", "HTTP responses to downloads by status class.", ["status_class"]
 )
+DOWNLOADS_RESUMED = _counter(
+    "downloader_downloads_resumed",
+    "Download attempts that continued the bytes an earlier attempt stored (206 to Range + If-Range).",
+)
+RESUMED_BYTES = _counter("downloader_resumed_bytes", "Bytes kept from earlier attempts, not fetched again.")
+RESUME_RESTARTS = _counter(
+    "downloader_resume_restarts",
+    "Partial downloads that could not be continued (the file changed, or the server answered "
+    "another range) and started again from byte 0.",
+)
+PARTIALS_SWEPT = _counter(
+    "downloader_partial_downloads_swept",
+    "Partial downloads deleted after DOWNLOADER_PARTIAL_RETENTION_SECONDS untouched.",
+)
 DOWNLOADS_IN_PROGRESS = Gauge(
     "downloader_downloads_in_progress", "Downloads running in this process.", registry=REGISTRY
 )
