@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Callable, Iterable
 
 from downloader.config.settings import Settings
 from downloader.errors import DownloaderError, StoreError
 from downloader.observability import metrics
+from downloader.pacing import Every
 from downloader.store import Store
 
 log = logging.getLogger("downloader.housekeeping")
@@ -20,31 +20,6 @@ LOST_LEASE_TEXT = (
     "Error while downloading file, the worker holding the job was lost (killed or stalled "
     "past its lease) too many times, retriable: true, internal: true"
 )
-
-
-class Every:
-    """`due()` is true once per `interval` seconds (monotonic clock)."""
-
-    def __init__(self, interval: float, *, first_now: bool = False) -> None:
-        self.interval = interval
-        self._next = time.monotonic() if first_now else time.monotonic() + interval
-
-    def due(self) -> bool:
-        now = time.monotonic()
-        if now < self._next:
-            return False
-        self._next = now + self.interval
-        return True
-
-    def next_in(self, seconds: float) -> None:
-        """The next time is `seconds` from now instead."""
-        self._next = time.monotonic() + seconds
-
-    def due_in(self) -> float:
-        """Seconds until the next time (negative once it has passed)."""
-        return self._next - time.monotonic()
-
-    __call__ = due
 
 
 def loop_until(stopping: threading.Event, step: Callable[[], None], log: logging.Logger) -> None:

@@ -31,8 +31,9 @@ from downloader.jobs.models import CorruptJobError, DownloadResult, Job, State, 
 from downloader.observability import metrics
 from downloader.observability.heartbeat import Heartbeat
 from downloader.observability.stats import Stats
+from downloader.pacing import Every
 from downloader.store import keys
-from downloader.worker.housekeeping import Every, LeaseRecovery, adopt_forever, loop_until, run_due
+from downloader.worker.housekeeping import LeaseRecovery, adopt_forever, loop_until, run_due
 
 log = logging.getLogger("downloader.notifier")
 

@@ -31,10 +31,11 @@ from downloader.jobs.models import Aggregation, CorruptJobError, Job
 from downloader.observability import metrics
 from downloader.observability.heartbeat import Heartbeat
 from downloader.observability.stats import Stats
+from downloader.pacing import Every
 from downloader.store import keys
 from downloader.worker import attempts
 from downloader.worker.attempts import AttemptContext, Download
-from downloader.worker.housekeeping import Every, LeaseRecovery, adopt_forever, loop_until, run_due
+from downloader.worker.housekeeping import LeaseRecovery, adopt_forever, loop_until, run_due
 
 log = logging.getLogger("downloader.worker")
 

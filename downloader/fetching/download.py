@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import http
 import http.client
@@ -24,7 +25,7 @@ import socket
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import IO
 
@@ -259,11 +260,12 @@ class Fetcher:
         try:
             # Held until the response is closed: its connection goes back to a live pool.
             with self._client(proxy) as client:
-                response = self._request(client, url, job_headers, budget, attempt, partial)
+                request = functools.partial(self._request, client, url, job_headers, budget, attempt)
+                response = request(partial)
                 if partial is not None and not (
                     response.status == 206 and resume.continues(partial, response.headers)
                 ):
-                    response = self._restart(client, url, job_headers, budget, attempt, response)
+                    response = _restart(request, url, response)
                     discarded, partial = partial.length, None
                 try:
                     attempt.response = response
@@ -284,23 +286,6 @@ class Fetcher:
             timeout = urllib3.Timeout(connect=min(self.limits.connect_timeout, budget), read=budget)
             self._timeouts[budget] = timeout
         return timeout
-
-    def _restart(
-        self,
-        client: Client,
-        url: str,
-        job_headers: Mapping[str, str] | None,
-        budget: float,
-        attempt: Attempt,
-        response: Response,
-    ) -> Response:
-        """The file changed or the server answered another range: start again from byte 0. A
-        200 is already the whole file; a mismatched 206 is asked again without Range."""
-        log.info("%s: the partial download cannot be continued (%s); starting again", url, response.status)
-        if response.status != 206:
-            return response
-        outbound.close(response)
-        return self._request(client, url, job_headers, budget, attempt, None)
 
     def _request(
         self,
@@ -469,6 +454,16 @@ def request_failure(exc: Exception) -> DownloadError:
             retriable=False,
         )
     return transport_error(AttemptPhase.PERFORMING_REQUEST, exc)
+
+
+def _restart(request: Callable[[resume.Partial | None], Response], url: str, response: Response) -> Response:
+    """The file changed or the server answered another range: start again from byte 0. A 200
+    is already the whole file; a mismatched 206 is asked again, without Range."""
+    log.info("%s: the partial download cannot be continued (%s); starting again", url, response.status)
+    if response.status != 206:
+        return response
+    outbound.close(response)
+    return request(None)
 
 
 @dataclasses.dataclass(frozen=True)

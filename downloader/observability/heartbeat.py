@@ -8,9 +8,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 
 from downloader.errors import StoreError
+from downloader.pacing import Every
 from downloader.store import AsyncStore, Instance, Store, keys
 
 log = logging.getLogger("downloader.heartbeat")
@@ -25,15 +25,11 @@ class Heartbeat:
         self.instance = instance
         self.interval = interval
         self._db = db
-        self._next = time.monotonic()  # the first beat is due at once: listed as soon as it runs
+        self._pace = Every(interval, first_now=True)  # listed as soon as it runs
 
     def due(self) -> bool:
-        """True once per interval (monotonic clock), for a loop that runs `beat` when it is."""
-        now = time.monotonic()
-        if now < self._next:
-            return False
-        self._next = now + self.interval
-        return True
+        """True once per interval, for a loop that runs `beat` when it is."""
+        return self._pace.due()
 
     def beat(self) -> None:
         """One beat, on a synchronous store; a Redis error is the caller's to log."""

@@ -448,7 +448,8 @@ def test_a_recovery_pass_says_when_the_next_lease_falls_due_and_is_scheduled_by_
     """An idle fleet runs recovery at the scan interval, a busy one when the next lease
     expires (never sooner than the recovery interval nor later than a lease)."""
     from downloader.config.settings import Settings
-    from downloader.worker.housekeeping import Every, recover_expired_leases
+    from downloader.pacing import Every
+    from downloader.worker.housekeeping import recover_expired_leases
 
     settings = Settings(scan_interval_seconds=30, lease_seconds=60, recovery_interval_seconds=2)
     every = Every(1000)
