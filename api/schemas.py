@@ -23,14 +23,19 @@ class DownloadState(BaseModel):
     error: str = Field(description="Error text of a failed download")
     image_size: str
     download_url: str
+    sha256: str = Field(default="", description="Of the stored file, once downloaded")
+    size: int = Field(default=0, description="Of the stored file in bytes, once downloaded")
 
 
 class CallbackState(BaseModel):
-    state: str = Field(description='"", Pending, InProgress or Failed (a delivered job is deleted)')
+    state: str = Field(
+        description='"", Pending, InProgress, Failed, or Delivered (shown until its file is deleted)'
+    )
     attempts: int
     error: str
     backend: str
     destination: str
+    delivered_at: str | None = Field(default=None, description="When the callback was delivered")
 
 
 class JobView(BaseModel):
@@ -39,7 +44,8 @@ class JobView(BaseModel):
     url: str
     state: str = Field(
         description="queued, waiting_retry, in_progress, succeeded, failed, callback_pending, "
-        "callback_failed, dead_lettered (its stored hash cannot be read: set aside, see dead_letter)"
+        "callback_failed, delivered (until its file is deleted), "
+        "dead_lettered (its stored hash cannot be read: set aside, see dead_letter)"
     )
     download: DownloadState
     callback: CallbackState
@@ -49,7 +55,9 @@ class JobView(BaseModel):
     updated_at: str | None
     started_at: str | None
     finished_at: str | None
-    next_attempt_at: str | None = Field(description="When a queued job becomes eligible")
+    next_attempt_at: str | None = Field(
+        description="When a queued job becomes eligible, or when its callback's next attempt is due"
+    )
     lease_expires_at: str | None = Field(description="While a worker holds the job")
     dead_letter: str | None = Field(
         default=None, description="Why a worker set the job aside unread (state dead_lettered)"
@@ -130,6 +138,12 @@ DOWNLOAD_REQUEST_BODY: dict[str, Any] = {
                         "description": "Largest body in bytes this job accepts; at most"
                         " DOWNLOADER_MAX_DOWNLOAD_BYTES (400 above it)",
                     },
+                    "aggr_host_limit": {
+                        "type": "integer",
+                        "minimum": 1,
+                        "description": "Downloads at once of this job's host across the fleet that it"
+                        " waits for; can lower DOWNLOADER_HOST_LIMIT(S), never raise them",
+                    },
                 },
             }
         }
@@ -166,6 +180,12 @@ class AggregationRow(BaseModel):
     succeeded: int = Field(description="Downloads that succeeded in the recent window")
     failed: int = Field(description="Jobs that ended Failed in the recent window")
     retried: int = Field(description="Attempts that failed and were queued again in the recent window")
+    latency_p50: float | None = Field(
+        default=None,
+        description="Median end-to-end seconds (enqueue to callback delivered) of the jobs that "
+        "ended in the recent window, at the histogram's bucket bound (null: none ended)",
+    )
+    latency_p95: float | None = Field(default=None, description="95th percentile, as latency_p50")
 
 
 class Totals(BaseModel):
@@ -199,6 +219,26 @@ class FailureView(BaseModel):
     reason: str = Field("", description="The failure's class, as the metrics' `reason` label (empty: none)")
 
 
+class AggregationMinute(BaseModel):
+    minute: str = Field(description="Start of the minute (ISO 8601, UTC)")
+    finished: int = Field(description="Downloads that ended (succeeded or Failed) in the minute")
+    failed: int
+    latency_p50: float | None = Field(description="Of the jobs that ended in the minute (seconds)")
+    latency_p95: float | None
+
+
+class AggregationSeries(BaseModel):
+    id: str
+    points: list[AggregationMinute] = Field(description="Oldest first, series_minutes long")
+
+
+class CallbackHost(BaseModel):
+    host: str = Field(description="An HTTP destination's host; else backend:topic or backend:host")
+    pending: int = Field(description="Callbacks queued or being delivered (of the sample read)")
+    retried: int = Field(description="Attempts that failed and will be retried, over the series")
+    failed: int = Field(description="Callbacks that failed for good, over the series")
+
+
 class Overview(BaseModel):
     generated_at: str
     version: str
@@ -210,3 +250,35 @@ class Overview(BaseModel):
     totals: Totals
     series: list[MinutePoint] = Field(description="Finished attempts per minute, oldest first")
     recent_failures: list[FailureView] = Field(description="Jobs that ended Failed, newest first")
+    operator_expected: bool = Field(
+        default=False,
+        description="Whether an operator should be running: the API has Kubernetes access or an "
+        "operator manages aggregations (the dashboard warns about a missing one only then)",
+    )
+    aggregation_series: list[AggregationSeries] = Field(
+        default_factory=list,
+        description="Per-minute finished jobs and end-to-end latency of the busiest aggregations",
+    )
+    callback_hosts: list[CallbackHost] | None = Field(
+        default=None, description="Callbacks by destination host, most pending first (null for a scoped key)"
+    )
+    callback_hosts_sampled: bool = Field(
+        default=False, description="More callbacks are queued than were read: pending counts a sample"
+    )
+
+
+# --- GET /ui/hosts: the dashboard's "Hosts" card -----------------------------------------
+
+
+class HostRow(BaseModel):
+    host: str = Field(description="Origin host: the `host[:port]` of job URLs")
+    in_flight: int = Field(description="Downloads leased for the host now, over the whole fleet")
+    limit: int | None = Field(description="Downloads at once the settings allow it (null: unlimited)")
+    requests_per_second: float | None = Field(description="Its request rate limit (null: none)")
+    paused_until: str | None = Field(description="End of a Retry-After pause (ISO 8601; null: not paused)")
+
+
+class HostsView(BaseModel):
+    hosts: list[HostRow] = Field(description="Busiest first, at most `cap`; empty for a scoped key")
+    cap: int
+    scoped: bool = Field(description="The API key covers some aggregations only: hosts are not shown")

@@ -27,7 +27,10 @@
     ├── StorageError              the file could not be stored or deleted
     ├── NotificationError         a callback was not delivered
     │   └── UnknownDestination    the destination does not exist (Kafka: unknown topic)
-    └── ClusterError              the Kubernetes API refused or could not be reached
+    ├── ClusterError              the Kubernetes API refused or could not be reached
+    └── ClientError               (client) the Python client's call of the API failed
+        ├── ApiError              (client) the API answered an error status (status, text)
+        └── Unreachable           (client) no answer: connecting, sending or reading failed
 
 Classes marked (module) are defined next to the code that raises them; the rest live here
 and are imported where they are raised. The transport errors of `outbound` are translated
@@ -155,6 +158,7 @@ class DownloadError(DownloaderError):
         retriable: bool,
         internal: bool = False,
         response_code: int = 0,
+        retry_after: float | None = None,
     ) -> None:
         super().__init__(message)
         self.phase = AttemptPhase(phase)
@@ -163,6 +167,8 @@ class DownloadError(DownloaderError):
         self.retriable = retriable
         self.internal = internal
         self.response_code = response_code
+        self.retry_after = retry_after
+        """Seconds a 429 or 503 asked us to wait (its Retry-After, uncapped); None: not said."""
 
     def __str__(self) -> str:
         return (

@@ -52,6 +52,8 @@ class AttemptContext:
     retry_backoff_seconds: float
     max_retries: int
     job_retention_seconds: float
+    retry_after_max_seconds: float = 0.0
+    """A 429/503's Retry-After pauses the job's host fleet-wide, capped at this; 0: ignored."""
     clock: Callable[[], float] = time.time
     """Wall-clock time, which queue scores are in."""
 
@@ -86,6 +88,9 @@ def run_attempt(ctx: AttemptContext, aggregation: Aggregation, job: Job, downloa
             default_max_retries=ctx.max_retries,
             retention=ctx.job_retention_seconds,
         )
+        outcome = honour_retry_after(outcome, err, now=ctx.clock(), cap=ctx.retry_after_max_seconds)
+        if outcome.pause_host:
+            metrics.HOST_PAUSES.labels(str(err.response_code)).inc()
     else:
         ctx.stats.incr(f"download.response.{code}")
         outcome = success(
@@ -330,6 +335,17 @@ def decide(
         "ImageSize": "",
     }
     return _finished(job, fields, now=now, error=text, retention=retention)
+
+
+def honour_retry_after(outcome: Outcome, err: DownloadError, *, now: float, cap: float) -> Outcome:
+    """A 429/503 with Retry-After: its host waits that long (at most `cap`; 0 = ignored) across
+    the fleet, and a retry is due no sooner than the pause's end. The attempt counts as any
+    other answer of that status: the pause uses no attempt of its own."""
+    if not cap or not err.retry_after:
+        return outcome
+    pause = min(err.retry_after, cap)
+    due = max(outcome.due, now + pause) if outcome.next_step is NextStep.RETRY else outcome.due
+    return dataclasses.replace(outcome, due=due, pause_host=pause)
 
 
 def _finished(job: Job, fields: dict[str, str], *, now: float, error: str, retention: float) -> Outcome:

@@ -254,6 +254,7 @@ class Notifier:
             extra=_fields(job, "callback_retried", duration),
         )
         metrics.CALLBACKS_RETRIED.labels(_backend(job)).inc()
+        self._count_failure(job, final=False)
         retry_at = time.time() + job.callback_count * self.settings.callback_backoff_seconds
         self._settling(job.id)
         self.db.callback_undelivered(
@@ -279,6 +280,15 @@ class Notifier:
         with self._lock:
             self._delivering.discard(job_id)
 
+    def _count_failure(self, job: Job, *, final: bool) -> None:
+        """For the dashboard's callbacks by destination host; never in the way of delivery."""
+        try:
+            self.db.count_callback_failure(
+                notifying.destination_host(*notifying.destination(job)), final=final
+            )
+        except StoreError as exc:
+            log.debug("callback failure of job %s not counted: %s", job.id, exc)
+
     def _give_up(self, job: Job, error: str, duration: float | None = None) -> None:
         log.warning(
             "callback of job %s failed for good: %s",
@@ -288,6 +298,7 @@ class Notifier:
         )
         self.stats.incr("failedCallbacks")
         metrics.CALLBACKS_FAILED.labels(_backend(job)).inc()
+        self._count_failure(job, final=True)
         self._settling(job.id)
         fields = {"CallbackState": State.FAILED.value, "CallbackMeta": error}
         delete_at = time.time() + self.settings.job_retention_seconds

@@ -27,6 +27,7 @@ from downloader.errors import DownloaderError, StoreError
 from downloader.fetching import diskcheck, resume
 from downloader.fetching.download import Fetcher, FetchLimits
 from downloader.fetching.outbound import Outbound
+from downloader.jobs.hosts import HostPolicy
 from downloader.jobs.models import Aggregation, CorruptJobError, Job
 from downloader.observability import metrics
 from downloader.observability.heartbeat import Heartbeat
@@ -61,6 +62,10 @@ def unconfirmed_too_long(downloads: Mapping[str, Download], now: float, lease_se
     return [
         job_id for job_id, d in downloads.items() if not d.cancelled.is_set() and now - d.confirmed >= fence
     ]
+
+
+#: Aggregations whose last limit a worker keeps for the dashboard (see `Processor._limits`).
+LIMITS_REMEMBERED = 10_000
 
 
 @dataclasses.dataclass
@@ -102,6 +107,7 @@ class Processor:
         self.only = only
         self.stats = stats or Stats("processor")
         self.token = store.new_token()
+        self.host_policy = HostPolicy.from_settings(settings)
         self.heartbeat = Heartbeat(db, store.Instance.here("worker", self.token, settings.pod_name))
         self.fetcher = Fetcher(
             FetchLimits(
@@ -126,6 +132,7 @@ class Processor:
             retry_backoff_seconds=settings.retry_backoff_seconds,
             max_retries=settings.max_retries,
             job_retention_seconds=settings.job_retention_seconds,
+            retry_after_max_seconds=settings.retry_after_max_seconds,
         )
         self.threads = ThreadPoolExecutor(settings.worker_concurrency, thread_name_prefix="download")
         self.disk = diskcheck.DiskMonitor(
@@ -142,6 +149,9 @@ class Processor:
         self._busy = 0
         self._rotation = 0
         self._notices = 0
+        #: The limit each aggregation last had when we claimed from it: said to the dashboard
+        #: when a claim finds it idle (and deletes its hash, as the original did).
+        self._limits: dict[str, int] = {}
 
     # --- lifecycle ----------------------------------------------------------------
 
@@ -225,14 +235,17 @@ class Processor:
         # aggregations would otherwise grant shorter leases than configured.
         asked = time.monotonic()
         notices_before = self._notices
-        result = self.db.claim(aggr_id, wanted, self.token, self.settings.lease_seconds)
+        result = self.db.claim(
+            aggr_id, wanted, self.token, self.settings.lease_seconds, host_policy=self.host_policy
+        )
+        self._note_limit(aggr_id, result)
         with self._lock:
             state = self._aggregations.get(aggr_id)
             if state is None:
                 state = self._aggregations[aggr_id] = _AggregationState()
             if result.jobs:
                 state.next_try = 0.0
-            elif result.full:
+            elif result.full or result.held_by_hosts:
                 state.next_try = now + FULL_DELAY
             elif result.paused:
                 state.next_try = now + PAUSED_DELAY
@@ -248,6 +261,14 @@ class Processor:
             assert result.aggregation is not None
             self._start(result.aggregation, result.jobs, asked)
         return len(result.jobs)
+
+    def _note_limit(self, aggr_id: str, result: store.Claim) -> None:
+        if result.aggregation is not None:
+            if len(self._limits) >= LIMITS_REMEMBERED and aggr_id not in self._limits:
+                self._limits.clear()  # aggregations that others found idle: forget them all
+            self._limits[aggr_id] = result.aggregation.limit
+        elif result.idle and aggr_id in self._limits:
+            self.db.remember_limit(aggr_id, self._limits.pop(aggr_id))
 
     def _notice(self, aggr_id: str) -> None:
         """An aggregation's queue just got its first job: look at it now."""

@@ -6,6 +6,7 @@ original's exact reason texts and order), queues the job and writes its pre-enco
 without FastAPI's routing, dependency solving or response building (together several times
 the cost of the work itself). The APIRoute below is the same endpoint for /openapi.json and
 for anything that reaches the router (it shares `queue_job`), so both answer alike.
+An `Idempotency-Key` header makes a retry answer the first request's job (`store.idempotency`).
 """
 
 from __future__ import annotations
@@ -30,13 +31,33 @@ from downloader.config.settings import Settings
 from downloader.errors import RequestRejected, StoreError
 from downloader.jobs import validation
 from downloader.observability import metrics
-from downloader.store import ID_ATTEMPTS, AsyncStore, NotReplicated
+from downloader.store import (
+    ID_ATTEMPTS,
+    AsyncStore,
+    Enqueued,
+    Idempotency,
+    IdempotencyConflict,
+    NotReplicated,
+    idempotency,
+)
 
 router = APIRouter(tags=["downloads"])
 
 PATH = "/download"
 OTHER_METHODS = ["GET", "PUT", "DELETE", "PATCH", "OPTIONS", "HEAD"]
 _JSON = b"application/json"
+#: The header a retry's answer carries when an earlier request with its key queued the job.
+REPLAYED_HEADER = "Idempotent-Replayed"
+IDEMPOTENCY_KEY_PARAMETER = {
+    "name": "Idempotency-Key",
+    "in": "header",
+    "required": False,
+    "schema": {"type": "string", "minLength": 1, "maxLength": idempotency.MAX_KEY_LENGTH},
+    "description": "Sending the same request again with the same key (within "
+    "DOWNLOADER_IDEMPOTENCY_WINDOW_SECONDS) answers the first request's job, with "
+    "`Idempotent-Replayed: true`, and queues nothing; another request with the key is a 409. "
+    "Visible ASCII characters only.",
+}
 
 
 @router.post(
@@ -44,11 +65,15 @@ _JSON = b"application/json"
     status_code=201,
     response_model=Created,
     summary="Queue a download job",
-    openapi_extra={"requestBody": DOWNLOAD_REQUEST_BODY},
+    openapi_extra={"requestBody": DOWNLOAD_REQUEST_BODY, "parameters": [IDEMPOTENCY_KEY_PARAMETER]},
     responses={
         400: {"description": "Invalid job or aggregation (plain text reason)"},
         401: {"description": "API keys are set and the request has no valid one"},
         403: {"description": "The API key does not cover the body's aggr_id"},
+        409: {
+            "description": "The Idempotency-Key names a job of a different request within "
+            "DOWNLOADER_IDEMPOTENCY_WINDOW_SECONDS: nothing was queued"
+        },
         413: {"description": "Body larger than DOWNLOADER_MAX_REQUEST_BYTES"},
         500: {"description": "Redis failed"},
         503: {
@@ -58,8 +83,11 @@ _JSON = b"application/json"
     },
 )
 async def create_download(request: Request, grant: GrantDep) -> Response:
-    job_id = await queue_job(request.app.state, grant, request.scope, request.receive)
-    return Response(content=created_body(job_id), status_code=201, media_type="application/json")
+    queued = await queue_job(request.app.state, grant, request.scope, request.receive)
+    headers = {REPLAYED_HEADER: "true"} if queued.replayed else None
+    return Response(
+        content=created_body(queued.id), status_code=201, media_type="application/json", headers=headers
+    )
 
 
 @router.api_route(PATH, methods=OTHER_METHODS, include_in_schema=False)
@@ -67,10 +95,12 @@ async def wrong_method() -> Response:
     raise HTTPProblem(405, "Invalid request method")
 
 
-async def queue_job(state: State, grant: Grant, scope: Scope, receive: Receive) -> str:
-    """Read, validate and queue the job of a POST; its id. The errors are HTTPProblems with
-    the original's texts; ClientDisconnect when the client left before sending its body."""
+async def queue_job(state: State, grant: Grant, scope: Scope, receive: Receive) -> Enqueued:
+    """Read, validate and queue the job of a POST; its id (`replayed`: an earlier request with
+    its Idempotency-Key queued it). The errors are HTTPProblems with the original's texts;
+    ClientDisconnect when the client left before sending its body."""
     settings: Settings = state.settings
+    key = idempotency_of(scope, grant, settings)
     body = await read_bounded(receive, header(scope, b"content-length"), settings.max_request_bytes)
     try:
         job, aggregation = validation.parse_download_request(body, max_size_cap=settings.max_download_bytes)
@@ -80,15 +110,21 @@ async def queue_job(state: State, grant: Grant, scope: Scope, receive: Receive) 
     require(grant, job.aggr_id)
     db: AsyncStore = state.store
     try:
-        job_id = await db.enqueue(job, aggregation)
+        queued = await db.enqueue_keyed(job, aggregation, key)
+    except IdempotencyConflict as exc:
+        metrics.IDEMPOTENCY_CONFLICTS.inc()
+        raise HTTPProblem(409, str(exc)) from exc
     except NotReplicated as exc:  # undone: nothing is queued, so sending it again is safe
         raise HTTPProblem(
             503, f"Error queueing {job.job_string()}: {exc}", {"Retry-After": str(exc.retry_after)}
         ) from exc
     except StoreError as exc:
         raise HTTPProblem(500, f"Error queueing {job.job_string()}: {exc}") from exc
-    if job_id is None:
+    if queued is None:
         raise HTTPProblem(500, f"Could not find unique ID after {ID_ATTEMPTS} tries for {job.job_string()}")
+    if queued.replayed:  # queued (and registered) by the first request
+        metrics.IDEMPOTENT_REPLAYS.inc()
+        return queued
     metrics.JOBS_ENQUEUED.inc()
     registrar: Registrar | None = state.registrar
     if registrar is not None and registrar.wants(aggregation.id):
@@ -96,7 +132,20 @@ async def queue_job(state: State, grant: Grant, scope: Scope, receive: Receive) 
         _background(
             asyncio.to_thread(registrar.register, aggregation.id, aggregation.limit, aggregation.proxy)
         )
-    return job_id
+    return queued
+
+
+def idempotency_of(scope: Scope, grant: Grant, settings: Settings) -> Idempotency | None:
+    """The request's Idempotency-Key in its caller's scope; None without one, 400 for one that
+    cannot be a key (checked before the body is read: nothing is queued)."""
+    present = any(name == b"idempotency-key" for name, _ in scope["headers"])
+    if not present:
+        return None
+    key = header(scope, b"idempotency-key").strip()
+    problem = idempotency.key_problem(key)
+    if problem:
+        raise HTTPProblem(400, problem)
+    return Idempotency(idempotency.scope_of(grant), key, settings.idempotency_window_seconds)
 
 
 def created_body(job_id: str) -> bytes:
@@ -147,15 +196,17 @@ class DownloadFastPath:
         try:
             keyring: KeyRing = state.keyring
             grant = grant_of(keyring, header(scope, b"authorization")) if keyring.enabled else ALL
-            job_id = await queue_job(state, grant, scope, receive)
+            queued = await queue_job(state, grant, scope, receive)
         except HTTPProblem as exc:
             await errors.plain_error(exc.status, exc.text, exc.headers)(scope, receive, send)
             return
         except ClientDisconnect:
             return  # nobody to answer
-        body = created_body(job_id)
+        body = created_body(queued.id)
         # The headers `Response(media_type="application/json")` writes, in its order.
         headers = [(b"content-length", b"%d" % len(body)), (b"content-type", _JSON)]
+        if queued.replayed:
+            headers.append((REPLAYED_HEADER.lower().encode(), b"true"))
         await send({"type": "http.response.start", "status": 201, "headers": headers})
         await send({"type": "http.response.body", "body": body})
 

@@ -10,10 +10,13 @@ from fastapi import APIRouter
 from downloader.api.deps import GrantDep, StoreDep, require
 from downloader.api.errors import HTTPProblem
 from downloader.api.schemas import CallbackState, DownloadState, JobView
-from downloader.jobs.models import Job, State
+from downloader.jobs.models import DownloadResult, Job, State
 from downloader.store import JobStatus
 
 router = APIRouter(tags=["jobs"])
+
+#: The callback state a delivered job shows (the original stores none: it deletes the job).
+DELIVERED = "Delivered"
 
 
 @router.get(
@@ -22,7 +25,7 @@ router = APIRouter(tags=["jobs"])
     summary="A job's state, attempts, errors and times",
     responses={
         403: {"description": "The API key does not cover the job's aggregation"},
-        404: {"description": "No such job (unknown, or delivered and deleted)"},
+        404: {"description": "No such job (unknown, or delivered and its file deleted)"},
         409: {"description": "The job's stored data cannot be read (plain text: what is wrong)"},
     },
 )
@@ -40,6 +43,7 @@ def view(status: JobStatus, now: float) -> JobView:
         meta = {"CreatedAt": repr(status.queued_at), "UpdatedAt": repr(status.queued_at)}
     # Where this job's callback goes, or went: a failed download may have its own destination.
     backend, destination = job.callback_destination(succeeded=job.download_state != State.FAILED) or ("", "")
+    measured = DownloadResult.decode(meta.get("Result"))
     return JobView(
         id=job.id,
         aggr_id=job.aggr_id,
@@ -53,13 +57,16 @@ def view(status: JobStatus, now: float) -> JobView:
             error=job.download_meta,
             image_size=job.image_size,
             download_url=_download_url(job),
+            sha256=measured.sha256,
+            size=measured.size,
         ),
         callback=CallbackState(
-            state=str(job.callback_state),
+            state=DELIVERED if status.delivered_at is not None else str(job.callback_state),
             attempts=job.callback_count,
             error=job.callback_meta,
             backend=backend,
             destination=destination,
+            delivered_at=_iso(status.delivered_at),
         ),
         errors=status.errors,
         crashes=_count(meta.get("Crashes")),
@@ -67,7 +74,8 @@ def view(status: JobStatus, now: float) -> JobView:
         updated_at=_iso(meta.get("UpdatedAt")),
         started_at=_iso(meta.get("StartedAt")),
         finished_at=_iso(meta.get("FinishedAt")),
-        next_attempt_at=_iso(status.queued_at),
+        # The download's next attempt, or else the callback's (waiting out its backoff).
+        next_attempt_at=_iso(status.queued_at if status.queued_at is not None else status.callback_due_at),
         lease_expires_at=_iso(status.lease_expires_at),
         dead_letter=None if status.dead_letter is None else status.dead_letter.reason,
     )
@@ -77,6 +85,8 @@ def summary_state(status: JobStatus, now: float) -> str:
     job = status.job
     if status.dead_letter is not None:
         return "dead_lettered"
+    if status.delivered_at is not None:
+        return "delivered"
     if job.callback_state == State.FAILED:
         return "callback_failed"
     if job.callback_state in (State.PENDING, State.IN_PROGRESS):

@@ -25,6 +25,7 @@ router = APIRouter(tags=["metrics"])
 )
 async def prometheus_metrics(request: Request) -> Response:
     await metrics.BACKLOG.refresh_async(request.app.state.store)
+    await metrics.HOSTS.refresh_async(request.app.state.store)
     body, content_type = metrics.exposition()
     return Response(content=body, media_type=content_type)
 

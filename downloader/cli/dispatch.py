@@ -68,19 +68,21 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _service_parsers(sub: Any, config: argparse.ArgumentParser) -> None:
-    up = sub.add_parser(
-        "up", parents=[config], help="API, worker, notifier and an embedded Redis in one process"
+    up = _command(
+        sub,
+        "up",
+        config,
+        "API, worker, notifier and an embedded Redis in one process",
+        "Files and Redis' data under ./data; Ctrl-C drains and stops everything (a second exits at "
+        "once). Downloads and callbacks may reach private networks unless "
+        "DOWNLOADER_ALLOW_PRIVATE_NETWORKS is set.",
     )
-    up.add_argument("--host", default="127.0.0.1")
-    up.add_argument("--port", "-p", type=int, default=8000)
-    api = sub.add_parser("api", parents=[config], help="the HTTP API")
-    api.add_argument("--host", default="0.0.0.0")
-    api.add_argument("--port", "-p", type=int, default=8000)
+    _listen_options(up, "127.0.0.1")
+    api = _command(sub, "api", config, "the HTTP API")
+    _listen_options(api, "0.0.0.0")
     for name in ("worker", "processor"):
-        worker = sub.add_parser(
-            name,
-            parents=[config],
-            help="download jobs" + (" (alias of worker)" if name == "processor" else ""),
+        worker = _command(
+            sub, name, config, "download jobs" + (" (alias of worker)" if name == "processor" else "")
         )
         worker.add_argument(
             "--aggregation",
@@ -90,12 +92,38 @@ def _service_parsers(sub: Any, config: argparse.ArgumentParser) -> None:
             metavar="ID",
             help="serve only this aggregation (repeatable); default: all",
         )
-    sub.add_parser("notifier", parents=[config], help="callbacks, retries, file deletion, lease recovery")
-    sub.add_parser("operator", parents=[config], help="the Kubernetes operator (Aggregation resources)")
+    _command(sub, "notifier", config, "callbacks, retries, file deletion, lease recovery")
+    _command(sub, "operator", config, "the Kubernetes operator (Aggregation resources)")
+
+
+def _command(
+    sub: Any, name: str, config: argparse.ArgumentParser, summary: str, details: str = ""
+) -> argparse.ArgumentParser:
+    """A subcommand whose `--help` starts with the line `downloader --help` lists for it."""
+    description = summary[:1].upper() + summary[1:] + "." + (f" {details}" if details else "")
+    parser: argparse.ArgumentParser = sub.add_parser(
+        name, parents=[config], help=summary, description=description
+    )
+    return parser
+
+
+def _listen_options(parser: argparse.ArgumentParser, host: str) -> None:
+    parser.add_argument("--host", default=host, help=f"address the API listens on (default: {host})")
+    parser.add_argument(
+        "--port", "-p", type=int, default=8000, help="port the API listens on (default: %(default)s)"
+    )
+
+
+#: Where `enqueue` and `retry` find Redis, said in both `--help` pages.
+TOOLS_REDIS = (
+    "Without --api it works on Redis: DOWNLOADER_REDIS_URL (or the config file's), else the "
+    "embedded Redis of a `downloader up` running in this directory (found through data/up.json), "
+    "else redis://127.0.0.1:6379/0."
+)
 
 
 def _tool_parsers(sub: Any, config: argparse.ArgumentParser) -> None:
-    enqueue = sub.add_parser("enqueue", parents=[config], help="queue one job per URL of a file")
+    enqueue = _command(sub, "enqueue", config, "queue one job per URL of a file", TOOLS_REDIS)
     enqueue.add_argument("file", metavar="FILE", help="one URL per line ('-': stdin; # comments skipped)")
     enqueue.add_argument("--aggr", required=True, metavar="ID", help="aggregation id of every job")
     enqueue.add_argument("--limit", required=True, type=int, metavar="N", help="the aggregation's limit")
@@ -108,10 +136,28 @@ def _tool_parsers(sub: Any, config: argparse.ArgumentParser) -> None:
     enqueue.add_argument("--api", metavar="URL", help="POST to this API instead of writing to Redis")
     enqueue.add_argument("--api-key", metavar="TOKEN", help="bearer token for --api ($DOWNLOADER_API_KEY)")
     enqueue.add_argument("--ids", metavar="FILE", help="write 'line<TAB>url<TAB>job id' per queued job")
-    retry = sub.add_parser("retry", parents=[config], help="put Failed callbacks back in the queue")
+    enqueue.add_argument(
+        "--idempotency-prefix",
+        default="enqueue-",
+        metavar="P",
+        help="start of each line's idempotency key (default: %(default)s); the rest hashes the "
+        "file's absolute path, the line's number and text and the job options, so the same "
+        "command run again queues no line twice",
+    )
+    enqueue.add_argument(
+        "--no-idempotency",
+        dest="idempotency",
+        action="store_false",
+        help="send no idempotency keys: a re-run queues every line again",
+    )
+    retry = _command(sub, "retry", config, "put Failed callbacks back in the queue", TOOLS_REDIS)
     retry.add_argument(
         "job_ids", nargs="*", metavar="JOB_ID", help="these jobs (after `--`: an id may begin with '-')"
     )
     retry.add_argument("--failed", action="store_true", help="every job whose callback is Failed")
     retry.add_argument("--aggr", metavar="ID", help="with --failed: only this aggregation")
     retry.add_argument("--dry-run", action="store_true", help="list them, change nothing")
+    retry.add_argument(
+        "--api", metavar="URL", help="POST /retry/<id> to this API instead of Redis (job ids only)"
+    )
+    retry.add_argument("--api-key", metavar="TOKEN", help="bearer token for --api ($DOWNLOADER_API_KEY)")

@@ -14,9 +14,9 @@ import socket
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from downloader.cli import discovery
 from downloader.cli.configuration import load_settings
 from downloader.cli.runner import Service, on_signals, run_services
-from downloader.config import settings as settings_module
 from downloader.config.settings import Settings
 from downloader.errors import ConfigurationError, DownloaderError
 from downloader.observability import metrics
@@ -92,17 +92,25 @@ def run_up(args: argparse.Namespace) -> int:
             "set DOWNLOADER_ALLOW_PRIVATE_NETWORKS=false to refuse them)"
         )
     listeners: list[socket.socket] = []
+    locked = False
     try:
         if embedded is not None:
             embedded.lock(UP_DATA_DIR)
+            locked = True
+            discovery.withdraw(UP_DATA_DIR)  # left by an `up` that was killed
         listeners = _listen(args.host, args.port)
         if embedded is not None:
             embedded.start()
             log.info("embedded redis-server at %s (data in %s)", embedded.url, embedded.data_dir)
+            # For `enqueue` and `retry`, which find this Redis by it (cli/discovery.py).
+            api_url = f"http://{_url_host(args.host)}:{args.port}"
+            discovery.publish(UP_DATA_DIR, redis_url=embedded.url, api_url=api_url)
         return _serve_up(args, settings, listeners)
     finally:
         for listener in listeners:
             listener.close()
+        if locked:
+            discovery.withdraw(UP_DATA_DIR)
         if embedded is not None:
             _stop_embedded_redis(embedded)
 
@@ -111,7 +119,7 @@ def _embedded_redis(args: argparse.Namespace) -> EmbeddedRedis | None:
     """The Redis of `up`, unless the environment or the config file names one."""
     from downloader.store.embedded_redis import EmbeddedRedis
 
-    if "DOWNLOADER_REDIS_URL" in os.environ or _config_sets_redis(args.config):
+    if discovery.redis_configured(args.config):
         return None
     return EmbeddedRedis(UP_DATA_DIR / "redis")
 
@@ -250,14 +258,3 @@ def _storage(settings: Settings) -> Any:
 
 def _url_host(host: str) -> str:
     return "127.0.0.1" if host in ("0.0.0.0", "") else host
-
-
-def _config_sets_redis(config: str | None) -> bool:
-    if config is None:
-        return False
-    try:
-        return bool(
-            settings_module.config_values(settings_module.read_config_file(Path(config))).get("redis_url")
-        )
-    except ConfigurationError:
-        return False

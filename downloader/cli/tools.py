@@ -2,24 +2,38 @@
 (reschedule-failed-callbacks: Failed callbacks back in the queue).
 
 Both show their progress on stderr and end with a summary on stdout; a job rejected or
-not retried makes the exit status 1.
+not retried makes the exit status 1. Both work on the configured Redis, else on that of a
+`downloader up` running in the current directory (cli/discovery.py), or through `--api URL`.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import hashlib
+import json
+import logging
 import os
 import sys
 import threading
 import time
+import urllib.parse
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from redis.exceptions import ConnectionError as RedisConnectionError
+
+from downloader.cli import discovery
 from downloader.cli.configuration import load_settings
-from downloader.errors import ConfigurationError, RequestRejected
+from downloader.config.settings import Settings
+from downloader.errors import ConfigurationError, RequestRejected, StoreError
 from downloader.jobs import validation
 from downloader.jobs.models import Aggregation, Job
 from downloader.observability import logs
+from downloader.store import idempotency
+from downloader.store.idempotency import IdempotencyConflict
+from downloader.store.redis_client import redacted_url
 
 #: Reasons listed in a summary; the rest are counted.
 SHOWN_REASONS = 5
@@ -27,6 +41,9 @@ SHOWN_REASONS = 5
 ENQUEUE_BATCH = 500
 #: Concurrent POSTs of `enqueue --api`.
 API_THREADS = 8
+#: Tries of one POST of `enqueue --api` whose answer was lost (a timeout, a dropped connection):
+#: safe with its idempotency key, which makes a retry answer the job the first try queued.
+API_ATTEMPTS = 3
 
 
 class Progress:
@@ -66,6 +83,44 @@ class Progress:
             self._tenths = tenths
             self.stream.write(f"{tenths * 10}% {self.text(done, rejected)}\n")
             self.stream.flush()
+
+
+def _tool_settings(args: argparse.Namespace) -> Settings:
+    """The settings, with the Redis of a `downloader up` running in this directory when none
+    is configured (said in one line: the tool is then not on the default Redis)."""
+    from downloader.cli.services import UP_DATA_DIR
+
+    if sys.stderr.isatty():
+        # Which Redis is said below, or is the user's own: the client's INFO line is noise here.
+        logging.getLogger("downloader.redis").setLevel(logging.WARNING)
+    if not discovery.redis_configured(args.config):
+        found = discovery.find(UP_DATA_DIR)
+        if found is not None:
+            print(f"downloader {args.command}: {found.describe()}", file=sys.stderr)
+            return load_settings(args, redis_url=found.redis_url)
+    return load_settings(args)
+
+
+@contextlib.contextmanager
+def _reaching(settings: Settings) -> Iterator[None]:
+    """A Redis that cannot be reached (after the client's retries) is one line saying where
+    the tool looked and what else it could be told."""
+    try:
+        yield
+    except (StoreError, RedisConnectionError) as exc:
+        cause = exc if isinstance(exc, RedisConnectionError) else exc.__cause__
+        if not isinstance(cause, RedisConnectionError):
+            raise
+        raise StoreError(
+            f"cannot reach Redis at {redacted_url(settings.redis_url)} ({cause}); start `./scripts/up` "
+            "in this directory, set DOWNLOADER_REDIS_URL, or give --api URL"
+        ) from exc
+
+
+def _api_headers(args: argparse.Namespace) -> dict[str, str]:
+    token = args.api_key or os.environ.get("DOWNLOADER_API_KEY", "")
+    logs.add_secrets([token])
+    return {"Authorization": f"Bearer {token}"} if token else {}
 
 
 def _read_urls(name: str) -> list[tuple[int, str]]:
@@ -109,11 +164,13 @@ def enqueue_urls(args: argparse.Namespace) -> int:
     except RequestRejected as exc:
         raise ConfigurationError(f"invalid job options: {exc.reason}") from exc
     urls = _read_urls(args.file)
+    options = {k: v for k, v in _job_fields(args, "").items() if k != "url"}
+    keys = line_keys(args.file, urls, args.idempotency_prefix, options) if args.idempotency else {}
     tally = _Tally(Progress(len(urls), "jobs"))
     if args.api:
-        _enqueue_via_api(args, urls, tally)
+        _enqueue_via_api(args, urls, tally, keys)
     else:
-        _enqueue_to_redis(args, urls, tally)
+        _enqueue_to_redis(args, urls, tally, keys)
     tally.progress.update(tally.done, len(tally.rejected), final=True)
     if args.ids:
         Path(args.ids).write_text("".join(f"{n}\t{url}\t{i}\n" for n, url, i in tally.queued))
@@ -126,6 +183,8 @@ class _Tally:
         self.progress = progress
         self.queued: list[tuple[int, str, str]] = []
         self.rejected: list[tuple[int, str]] = []
+        self.replayed = 0
+        """Queued jobs whose idempotency keys named jobs queued already (not queued again)."""
 
     @property
     def done(self) -> int:
@@ -140,16 +199,43 @@ class _Tally:
             f"total {self.done}, queued {len(self.queued)}, rejected {len(self.rejected)}, "
             f"elapsed {elapsed:.2f}s, {self.progress.rate(self.done):.0f} jobs/s"
         )
+        if self.replayed:
+            # By an earlier run (a re-run after a crash), or by a POST whose answer was lost.
+            print(
+                f"  {self.replayed} of them were queued already, under the same idempotency keys: not again"
+            )
         for number, reason in self.rejected[:SHOWN_REASONS]:
             print(f"  line {number}: {reason}")
         if len(self.rejected) > SHOWN_REASONS:
             print(f"  ... and {len(self.rejected) - SHOWN_REASONS} more")
 
 
-def _enqueue_to_redis(args: argparse.Namespace, urls: list[tuple[int, str]], tally: _Tally) -> None:
-    from downloader.store import Store
+def line_keys(
+    name: str, urls: list[tuple[int, str]], prefix: str, options: dict[str, object]
+) -> dict[int, str]:
+    """An idempotency key per line: `prefix` and a hash of the file's absolute path (`-` for
+    stdin), the line's number, its text and the run's job `options`. A re-run of the same file
+    with the same options makes the same keys, also when lines were appended meanwhile; an
+    edited line, or the file queued with other options (another aggregation), makes new jobs."""
+    source = "-" if name == "-" else os.path.realpath(name)
+    same_for_every_line = json.dumps(options, sort_keys=True)
+    keys = {}
+    for number, url in urls:
+        identity = f"{source}\0{number}\0{url}\0{same_for_every_line}"
+        keys[number] = prefix + hashlib.sha256(identity.encode()).hexdigest()[:32]
+    if keys:
+        problem = idempotency.key_problem(next(iter(keys.values())))
+        if problem:
+            raise ConfigurationError(f"--idempotency-prefix: {problem}")
+    return keys
 
-    settings = load_settings(args)
+
+def _enqueue_to_redis(
+    args: argparse.Namespace, urls: list[tuple[int, str]], tally: _Tally, keys: dict[int, str]
+) -> None:
+    from downloader.store import Idempotency, Store
+
+    settings = _tool_settings(args)
     store = Store.from_settings(settings)
     # Small enough batches that a run shows progress at least every 5%.
     size = max(1, min(ENQUEUE_BATCH, len(urls) // 20))
@@ -163,71 +249,81 @@ def _enqueue_to_redis(args: argparse.Namespace, urls: list[tuple[int, str]], tal
                     tally.rejected.append((number, f"{exc.target}: {exc.reason}"))
                 else:
                     valid.append((number, url, pair))
-            ids = store.enqueue_many([pair for _, _, pair in valid])
-            tally.queued += [(number, url, i) for (number, url, _), i in zip(valid, ids, strict=True)]
+            window = settings.idempotency_window_seconds
+            scoped = [
+                Idempotency(idempotency.ALL_SCOPE, keys[n], window) if n in keys else None
+                for n, _, _ in valid
+            ]
+            with _reaching(settings):
+                results = store.enqueue_keyed([pair for _, _, pair in valid], scoped)
+            for (number, url, _), result in zip(valid, results, strict=True):
+                if result.conflict:
+                    tally.rejected.append((number, str(IdempotencyConflict(keys[number], result.id, window))))
+                else:
+                    tally.queued.append((number, url, result.id))
+                    tally.replayed += result.replayed
             tally.tick()
     finally:
         store.close()
 
 
-def _enqueue_via_api(args: argparse.Namespace, urls: list[tuple[int, str]], tally: _Tally) -> None:
+def _enqueue_via_api(
+    args: argparse.Namespace, urls: list[tuple[int, str]], tally: _Tally, keys: dict[int, str]
+) -> None:
     import requests
 
-    token = args.api_key or os.environ.get("DOWNLOADER_API_KEY", "")
-    logs.add_secrets([token])
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    headers = _api_headers(args)
     endpoint = args.api.rstrip("/") + "/download"
     local = threading.local()
 
-    def post(item: tuple[int, str]) -> tuple[int, str, str | None, str]:
+    def post(item: tuple[int, str]) -> tuple[int, str, str | None, str, bool]:
         number, url = item
         if not hasattr(local, "session"):
             local.session = requests.Session()
-        try:
-            resp = local.session.post(endpoint, json=_job_fields(args, url), headers=headers, timeout=30)
-        except requests.RequestException as exc:
-            return number, url, None, f"{type(exc).__name__}: {exc}"
+        keyed = {**headers, "Idempotency-Key": keys[number]} if number in keys else headers
+        for attempt in range(1, API_ATTEMPTS + 1 if number in keys else 2):
+            try:
+                resp = local.session.post(endpoint, json=_job_fields(args, url), headers=keyed, timeout=30)
+                break
+            except requests.RequestException as exc:
+                if attempt >= API_ATTEMPTS or number not in keys:
+                    return number, url, None, f"{type(exc).__name__}: {exc}", False
+                time.sleep(0.5 * attempt)  # the key makes sending it again safe
         if resp.status_code == 201:
-            return number, url, str(resp.json()["id"]), ""
-        return number, url, None, f"HTTP {resp.status_code}: {resp.text.strip()[:300]}"
+            replayed = resp.headers.get("Idempotent-Replayed") == "true"
+            return number, url, str(resp.json()["id"]), "", replayed
+        return number, url, None, f"HTTP {resp.status_code}: {resp.text.strip()[:300]}", False
 
     from concurrent.futures import ThreadPoolExecutor
 
     with ThreadPoolExecutor(API_THREADS) as pool:
-        for number, url, job_id, reason in pool.map(post, urls):
+        for number, url, job_id, reason, replayed in pool.map(post, urls):
             if job_id is None:
                 tally.rejected.append((number, reason))
             else:
                 tally.queued.append((number, url, job_id))
+                tally.replayed += replayed
             tally.tick()
 
 
 def retry_callbacks(args: argparse.Namespace) -> int:
-    from downloader.store import Store
-
     if bool(args.failed) == bool(args.job_ids):
         raise ConfigurationError("give --failed or job ids (not both)")
     if args.aggr and not args.failed:
         raise ConfigurationError("--aggr goes with --failed")
-    settings = load_settings(args)
-    store = Store.from_settings(settings)
+    if args.api and args.failed:
+        raise ConfigurationError("--failed scans Redis: with --api, give the job ids")
     started = time.monotonic()
-    try:
-        if args.failed:
-            ids, scanned = _failed_callbacks(store, args.aggr)
-        else:
-            ids, scanned = list(dict.fromkeys(args.job_ids)), len(args.job_ids)
+    if args.api:
+        ids, scanned = list(dict.fromkeys(args.job_ids)), len(args.job_ids)
         if args.dry_run:
-            for job_id in ids:
-                print(job_id)
-            print(
-                f"scanned {scanned}, would reschedule {len(ids)} (dry run: nothing changed), "
-                f"elapsed {time.monotonic() - started:.2f}s"
-            )
+            return _dry_run(ids, scanned, started)
+        skipped = _reschedule_via_api(args, ids)
+    else:
+        outcome = _retry_in_redis(args, started)
+        if outcome is None:
             return 0
-        skipped = _reschedule(store, ids)
-    finally:
-        store.close()
+        ids, scanned, skipped = outcome
     print(
         f"scanned {scanned}, rescheduled {len(ids) - len(skipped)}, skipped {len(skipped)}, "
         f"elapsed {time.monotonic() - started:.2f}s"
@@ -236,6 +332,58 @@ def retry_callbacks(args: argparse.Namespace) -> int:
         print(f"  {line}")
     # The original's exit status counted failures; a job given by id that was not retried is one.
     return 1 if skipped and not args.failed else 0
+
+
+def _retry_in_redis(args: argparse.Namespace, started: float) -> tuple[list[str], int, list[str]] | None:
+    """(ids, how many scanned, why some were skipped); None after a dry run."""
+    from downloader.store import Store
+
+    settings = _tool_settings(args)
+    store = Store.from_settings(settings)
+    try:
+        with _reaching(settings):
+            if args.failed:
+                ids, scanned = _failed_callbacks(store, args.aggr)
+            else:
+                ids, scanned = list(dict.fromkeys(args.job_ids)), len(args.job_ids)
+            if args.dry_run:
+                _dry_run(ids, scanned, started)
+                return None
+            return ids, scanned, _reschedule(store, ids)
+    finally:
+        store.close()
+
+
+def _dry_run(ids: list[str], scanned: int, started: float) -> int:
+    for job_id in ids:
+        print(job_id)
+    print(
+        f"scanned {scanned}, would reschedule {len(ids)} (dry run: nothing changed), "
+        f"elapsed {time.monotonic() - started:.2f}s"
+    )
+    return 0
+
+
+def _reschedule_via_api(args: argparse.Namespace, ids: list[str]) -> list[str]:
+    """POST /retry/<id> for each id; returns why the others were skipped (the API's words)."""
+    import requests
+
+    headers = _api_headers(args)
+    base = args.api.rstrip("/") + "/retry/"
+    progress = Progress(len(ids), "callbacks")
+    skipped: list[str] = []
+    with requests.Session() as session:
+        for done, job_id in enumerate(ids, start=1):
+            try:
+                resp = session.post(base + urllib.parse.quote(job_id, safe=""), headers=headers, timeout=30)
+            except requests.RequestException as exc:
+                skipped.append(f"{job_id}: {type(exc).__name__}: {exc}")
+            else:
+                if resp.status_code != 204:
+                    skipped.append(f"{job_id}: HTTP {resp.status_code}: {resp.text.strip()[:300]}")
+            progress.update(done, len(skipped))
+    progress.update(len(ids), len(skipped), final=True)
+    return skipped
 
 
 def _failed_callbacks(store: Any, aggr: str | None) -> tuple[list[str], int]:

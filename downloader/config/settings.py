@@ -63,6 +63,11 @@ _SECRET_FIELDS = frozenset(
 )
 
 
+#: A `host_limits` key: a host name or IP (v6 in brackets), optionally with a port, or
+#: `*.` and a domain suffix.
+_HOST_PATTERN = re.compile(r"(\*\.)?([A-Za-z0-9_.-]+|\[[0-9A-Fa-f:.]+\])(:[0-9]{1,5})?")
+
+
 def _test_time() -> bool:
     """The original's switch: any value of DOWNLOADER_TEST_TIME shrinks backoff units to 200 ms."""
     return "DOWNLOADER_TEST_TIME" in os.environ
@@ -138,7 +143,8 @@ class RedisSettings(SettingsGroup):
 
 class ApiSettings(SettingsGroup):
     """The HTTP API's own knobs (the original's `api` section): the switch that takes an
-    instance out of a load balancer and the size of the requests it accepts. Its bearer
+    instance out of a load balancer, the size of the requests it accepts and how long an
+    idempotency key names its job. Its bearer
     tokens are in SecuritySettings, its Redis durability in RedisSettings."""
 
     heartbeat_path: str = ""
@@ -146,6 +152,12 @@ class ApiSettings(SettingsGroup):
 
     max_request_bytes: int = pydantic.Field(default=1 << 20, gt=0)
     """Largest POST /download body; larger ones get 413."""
+
+    idempotency_window_seconds: int = pydantic.Field(default=86400, ge=1)
+    """Seconds an `Idempotency-Key` (POST /download, `downloader enqueue`) names the job its
+    first request queued: a retry within it gets that job back, after it the key may name a
+    new job. A day, as Stripe's: longer than any client's retry schedule or a re-run after a
+    crash, short enough that the records (about 200 bytes a key) do not pile up."""
 
 
 class SecuritySettings(SettingsGroup):
@@ -203,6 +215,40 @@ class FetchSettings(SettingsGroup):
     partial_retention_seconds: float = pydantic.Field(default=86400.0, gt=0)
     """A partial download left untouched this long in `tmp_dir` is deleted: its job ended on
     another worker or was given up (a day covers every backoff of the defaults)."""
+
+    host_limit: int = pydantic.Field(default=0, ge=0)
+    """Downloads at once per origin host (`host[:port]` of the job's URL) over the whole fleet,
+    every aggregation together; 0: unlimited. Off by default, so that a drop-in replacement
+    runs as the original did (only `aggr_limit` bounds a host); set it, or per host below,
+    where many aggregations share a host."""
+
+    host_limits: dict[str, int] = pydantic.Field(default_factory=dict)
+    """Per-host limits over `host_limit` (JSON object): `{"img.shop.example": 2,
+    "*.cdn.example": 4, "127.0.0.1:8080": 1}`. An exact `host:port` wins over the host name,
+    which wins over the longest matching `*.suffix` (subdomains only); 0 means unlimited."""
+
+    host_requests_per_second: float = pydantic.Field(default=0.0, ge=0)
+    """Requests started per second per origin host over the whole fleet; 0: no such limit
+    (the default: the original had none, and concurrency is the usual bound)."""
+
+    host_rates: dict[str, float] = pydantic.Field(default_factory=dict)
+    """Per-host requests per second over `host_requests_per_second` (JSON object, patterns as
+    in `host_limits`)."""
+
+    retry_after_max_seconds: float = pydantic.Field(default=3600.0, ge=0)
+    """A 429 or 503 with Retry-After pauses its host fleet-wide for that long, at most this
+    (an hour: a server's mistake or malice must not park a host for days); 0: Retry-After is
+    ignored, as the original did."""
+
+    @pydantic.field_validator("host_limits", "host_rates")
+    @classmethod
+    def _host_patterns(cls, value: dict[str, Any]) -> dict[str, Any]:
+        for pattern, number in value.items():
+            if not _HOST_PATTERN.fullmatch(pattern):
+                raise ValueError(f"{pattern!r} is not a host, host:port or *.suffix pattern")
+            if number < 0:
+                raise ValueError(f"the value of {pattern!r} must be 0 (unlimited) or more")
+        return {pattern.lower(): number for pattern, number in value.items()}
 
 
 class StorageSettings(SettingsGroup):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import urllib.parse
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -54,6 +55,20 @@ def encode(body: dict[str, Any]) -> bytes:
 def destination(job: Job) -> tuple[str, str]:
     """(backend name, destination) of a finished job's callback; ("", "") when it has none."""
     return job.callback_destination(succeeded=job.download_state == State.SUCCESS) or ("", "")
+
+
+def destination_host(backend: str, where: str) -> str:
+    """What the dashboard groups callbacks by: an HTTP destination's host, else the backend
+    and its destination (a Kafka topic, an SQS queue URL's host), capped in length."""
+    if backend == "http" or where.startswith(("http://", "https://")):
+        try:
+            host = urllib.parse.urlsplit(where).hostname or ""
+        except ValueError:
+            host = ""
+        if backend == "http":
+            return host[:255] or "(unparsable)"
+        return f"{backend}:{host or where}"[:255]
+    return f"{backend or '?'}:{where}"[:255]
 
 
 @dataclasses.dataclass(frozen=True)

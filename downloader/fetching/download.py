@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import datetime
+import email.utils
 import functools
 import hashlib
 import http
@@ -49,6 +51,9 @@ log = logging.getLogger(__name__)
 CHUNK_BYTES = 64 * 1024
 #: Client errors that say "try again later" rather than "this will never work".
 RETRIABLE_CLIENT_STATUSES = frozenset({408, 425, 429})
+#: Answers whose Retry-After pauses their host fleet-wide (429 Too Many Requests, 503
+#: Service Unavailable): the ones that speak of the server's load, not of the request.
+RETRY_AFTER_STATUSES = frozenset({429, 503})
 USER_AGENT = f"Downloader/{__version__} (+https://github.com/skroutz/downloader)"
 #: Phase of a download refused by the outbound policy ("destination address not allowed").
 DESTINATION_PHASE = AttemptPhase.VALIDATING_DESTINATION
@@ -485,6 +490,7 @@ def _check_status(response: Response, *, ranged: bool = False) -> None:
         return
     status = f"{code} {response.reason or _phrase(code)}"
     retriable = code >= 500 or code in RETRIABLE_CLIENT_STATUSES
+    wait = retry_after(response.headers.get("Retry-After", "")) if code in RETRY_AFTER_STATUSES else None
     outbound.close(response)
     raise DownloadError(
         AttemptPhase.PROCESSING_RESPONSE,
@@ -492,7 +498,25 @@ def _check_status(response: Response, *, ranged: bool = False) -> None:
         reason=status_reason(code),
         retriable=retriable,
         response_code=code,
+        retry_after=wait,
     )
+
+
+def retry_after(value: str, now: float | None = None) -> float | None:
+    """Seconds a Retry-After header asks for: delta-seconds or an HTTP-date (RFC 9110 10.2.3);
+    None when absent or unreadable, 0.0 for a date already past."""
+    value = value.strip()
+    if not value:
+        return None
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:  # an HTTP-date is GMT; a date without zone is read as such
+        when = when.replace(tzinfo=datetime.UTC)
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
 
 
 def _check_mime(head: bytes, pattern: mime.MimePattern | None, code: int) -> str:

@@ -91,6 +91,8 @@ Resolver = Callable[..., Sequence[AddrInfo]]
 
 ALLOWED_SCHEMES = frozenset({"http", "https"})
 NOT_ALLOWED = "destination address not allowed"
+#: Ends every refusal: what would allow it (the text before it is the original's contract).
+HOW_TO_ALLOW = "; allow it with DOWNLOADER_ALLOWED_NETWORKS or DOWNLOADER_ALLOW_PRIVATE_NETWORKS=true"
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 #: Dropped from a redirect to another host (requests' and Go's rule).
 CREDENTIAL_HEADERS = ("Authorization", "Cookie", "Proxy-Authorization")
@@ -372,7 +374,7 @@ class Outbound:
         if reason is not None:
             plain = address.split("%", 1)[0]
             where = "" if _literal(host) is not None else f" for host {host}"
-            raise DestinationNotAllowed(f"{NOT_ALLOWED}: {plain} ({reason}){where}")
+            raise DestinationNotAllowed(f"{NOT_ALLOWED}: {plain} ({reason}){where}{HOW_TO_ALLOW}")
 
 
 Timeout = Union[float, tuple[float, float], urllib3.Timeout]  # noqa: UP007 (a runtime alias)

@@ -73,6 +73,10 @@ class JobOptions:
     """Where a failed download is reported instead of the callback destination."""
     max_size: int = 0
     """Largest body this job accepts, in bytes (0: the service's cap); never above that cap."""
+    host_limit: int = 0
+    """`aggr_host_limit`: downloads at once of the job's host over the fleet that this job
+    waits for (0: the service's host limits only); it can lower those, never raise them.
+    CLAIM_DOWNLOADS reads it from the encoded options (`"host_limit":N`)."""
 
     def encode(self) -> str:
         """JSON for Redis; "" when nothing is set, so most jobs store no extra key."""
@@ -90,6 +94,7 @@ class JobOptions:
                 callback_error_type=str(values.get("callback_error_type", "")),
                 callback_error_dst=str(values.get("callback_error_dst", "")),
                 max_size=int(values.get("max_size", 0)),
+                host_limit=int(values.get("host_limit", 0)),
             )
         except (ValueError, TypeError, AttributeError) as exc:
             raise CorruptJobError(f"unreadable job options {raw!r}: {exc}") from exc

@@ -167,6 +167,7 @@ def _job(fields: Mapping[str, object], max_size_cap: int | None) -> Job:
         callback_error_type=error_type,
         callback_error_dst=error_dst,
         max_size=_max_size(fields, max_size_cap),
+        host_limit=_host_limit(fields),
     )
     extra = fields.get("extra")
     return Job(
@@ -286,6 +287,17 @@ def _max_size(fields: Mapping[str, object], cap: int | None) -> int:
         raise _Invalid("max_size must be a positive integer")
     if cap is not None and number > cap:
         raise _Invalid(f"max_size must not exceed {cap}")
+    return int(number)
+
+
+def _host_limit(fields: Mapping[str, object]) -> int:
+    """`aggr_host_limit`: 0 when absent or null (the service's host limits apply)."""
+    value = fields.get("aggr_host_limit")
+    if value is None:
+        return 0
+    number = _number(value)
+    if number is None or not float(number).is_integer() or number <= 0:
+        raise _Invalid("aggr_host_limit must be a positive integer")
     return int(number)
 
 

@@ -1,9 +1,10 @@
 """Every Prometheus metric of the service, defined here and only here, in one registry.
 
-Labels stay bounded: never URLs, hosts or job ids. Per-aggregation series exist only on
+Labels stay bounded: never URLs or job ids. Per-aggregation series exist only on
 gauges (the Redis backlog, the operator's workers), for at most AGGREGATION_SERIES_MAX
 aggregations (largest first); the rest are summed into aggregation="_other", and with
-`metrics_aggregation_labels` off everything is one aggregation="_all" series.
+`metrics_aggregation_labels` off everything is one aggregation="_all" series. Hosts label
+only the two politeness gauges, for at most HOST_SERIES_MAX hosts, the rest in host="_other".
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from downloader.errors import DownloadError, FailureReason, Interrupted, StoreEr
 from downloader.version import __version__
 
 if TYPE_CHECKING:
-    from downloader.store import AsyncStore
+    from downloader.store import AsyncStore, HostLoad
 
 log = logging.getLogger("downloader.observability.metrics")
 
@@ -36,6 +37,10 @@ OTHER = "_other"
 ALL = "_all"
 #: The API reads the backlog from Redis at most this often, however often it is scraped.
 BACKLOG_MIN_AGE_SECONDS = 1.0
+#: Series per host-labelled gauge, plus one "_other"; HOST_SERIES_READ hosts are read per
+#: refresh, so "_other" sums that many at most.
+HOST_SERIES_MAX = 20
+HOST_SERIES_READ = 200
 #: The operator forgets an aggregation's worker count it has not reconciled for this long.
 WORKERS_STALE_SECONDS = 600.0
 
@@ -64,6 +69,14 @@ def _histogram(name: str, doc: str, buckets: Sequence[float], labels: Sequence[s
 # --- API ------------------------------------------------------------------------------
 
 JOBS_ENQUEUED = _counter("downloader_jobs_enqueued", "Jobs accepted by POST /download (API).")
+IDEMPOTENT_REPLAYS = _counter(
+    "downloader_idempotent_replays",
+    "POST /download answered with the job an earlier request with the same Idempotency-Key queued.",
+)
+IDEMPOTENCY_CONFLICTS = _counter(
+    "downloader_idempotency_conflicts",
+    "POST /download refused (409): its Idempotency-Key names a job of a different request.",
+)
 HTTP_REQUESTS = _counter(
     "downloader_http_requests",
     "API requests by route template (or 'unmatched'), method and status class.",
@@ -143,6 +156,11 @@ LEASE_RECOVERIES = _counter(
     "downloader_lease_recoveries",
     "Expired leases of lost processes given back (requeued) or, after repeated crashes, failed.",
     ["kind", "result"],
+)
+HOST_PAUSES = _counter(
+    "downloader_host_pauses",
+    "Origin hosts paused fleet-wide by a 429 or 503 with Retry-After, by status.",
+    ["status"],
 )
 DISK_PAUSED = Gauge(
     "downloader_disk_paused", "1 while downloads pause on a full tmp disk.", registry=REGISTRY
@@ -406,10 +424,64 @@ class WorkersCollector(Collector):
         yield ready
 
 
+class HostsCollector(Collector):
+    """Politeness per origin host as last read from Redis (`Store.host_loads`): downloads in
+    flight and the end of a Retry-After pause, for the HOST_SERIES_MAX busiest hosts; the
+    rest are summed (in flight) or maxed (paused until) into host="_other"."""
+
+    def __init__(self) -> None:
+        self._loads: list[HostLoad] = []
+        self._read_at = -BACKLOG_MIN_AGE_SECONDS
+
+    def update(self, loads: list[HostLoad]) -> None:
+        self._loads = loads
+        self._read_at = time.monotonic()
+
+    async def refresh_async(self, db: AsyncStore) -> None:
+        if time.monotonic() - self._read_at < BACKLOG_MIN_AGE_SECONDS:
+            return
+        try:
+            loads = await db.host_loads(most=HOST_SERIES_READ)
+        except StoreError as exc:
+            BACKLOG_ERRORS.inc()
+            log.warning("reading the hosts for /metrics failed: %s", exc)
+            return
+        self.update(loads)
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        in_flight = GaugeMetricFamily(
+            "downloader_host_in_flight", "Downloads leased per origin host, fleet-wide.", labels=["host"]
+        )
+        paused = GaugeMetricFamily(
+            "downloader_host_paused_until_seconds",
+            "Unix time until which a Retry-After pauses the origin host fleet-wide (absent: not paused).",
+            labels=["host"],
+        )
+        shown, rest = self._loads[:HOST_SERIES_MAX], self._loads[HOST_SERIES_MAX:]
+        for load in shown:
+            in_flight.add_metric([load.host], load.in_flight)
+            if load.paused_until is not None:
+                paused.add_metric([load.host], load.paused_until)
+        if rest:
+            in_flight.add_metric([OTHER], sum(load.in_flight for load in rest))
+            ends = [load.paused_until for load in rest if load.paused_until is not None]
+            if ends:
+                paused.add_metric([OTHER], max(ends))
+        yield in_flight
+        yield paused
+        yield GaugeMetricFamily(
+            "downloader_hosts_paused",
+            "Origin hosts paused by Retry-After right now (among those read).",
+            value=sum(1 for load in self._loads if load.paused_until is not None),
+        )
+
+
 BACKLOG = BacklogCollector()
 WORKERS = WorkersCollector()
+HOSTS = HostsCollector()
 REGISTRY.register(BACKLOG)
 REGISTRY.register(WORKERS)
+REGISTRY.register(HOSTS)
 
 
 # --- serving ------------------------------------------------------------------------------

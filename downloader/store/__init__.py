@@ -8,8 +8,9 @@ changes run as the Lua `scripts`, each through its wrapper in `calls`, with key 
 
 from __future__ import annotations
 
-from downloader.store import keys, redis_client, scripts
+from downloader.store import idempotency, keys, redis_client, scripts
 from downloader.store.calls import ScriptCall, enqueue_call
+from downloader.store.idempotency import Enqueued, Idempotency, IdempotencyConflict
 from downloader.store.queue import HOLD_SECONDS, ID_ATTEMPTS, NotReplicated
 from downloader.store.records import (
     ATTEMPT_KINDS,
@@ -17,6 +18,7 @@ from downloader.store.records import (
     Claim,
     ClaimedJob,
     DeadLetter,
+    HostLoad,
     Instance,
     JobStatus,
     NextStep,
@@ -36,6 +38,10 @@ __all__ = [
     "Claim",
     "ClaimedJob",
     "DeadLetter",
+    "Enqueued",
+    "HostLoad",
+    "Idempotency",
+    "IdempotencyConflict",
     "Instance",
     "JobStatus",
     "NextStep",
@@ -45,6 +51,7 @@ __all__ = [
     "ScriptCall",
     "Store",
     "enqueue_call",
+    "idempotency",
     "keys",
     "new_job_id",
     "new_token",

@@ -41,10 +41,16 @@ class CallbacksMixin(StoreBase):
         with translated():
             return cast(list[str], self.run_script(call))
 
-    def callback_delivered(self, job_id: str, token: str, delete_at: float, location: str) -> int:
-        """`location`: the encoded storage Location the reaper deletes at `delete_at`."""
+    def callback_delivered(
+        self, job_id: str, token: str, delete_at: float, location: str, now: float | None = None
+    ) -> int:
+        """`location`: the encoded storage Location the reaper deletes at `delete_at`, with
+        what GET /jobs/<id> shows of the delivered job until then."""
+        now = time.time() if now is None else now
+        # Kept past the deletion as a safety net only: the reaper deletes it with the file.
+        kept_ttl = max(self.meta_ttl, int(delete_at - now) + 86400)
         call = calls.callback_delivered_call(
-            job_id=job_id, token=token, delete_at=delete_at, location=location
+            job_id=job_id, token=token, delete_at=delete_at, location=location, now=now, kept_ttl=kept_ttl
         )
         with translated():
             return int(self.run_script(call))

@@ -12,8 +12,10 @@ import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
+from downloader.jobs import hosts
 from downloader.jobs.models import DEFAULT_AGGREGATION_LIMIT, DEFAULT_MAX_RETRIES, Aggregation, Job
 from downloader.store import keys, scripts
+from downloader.store.idempotency import Idempotency, fingerprint
 from downloader.store.records import DeadLetter, NextStep, Outcome
 
 
@@ -36,12 +38,24 @@ def flatten(mapping: Mapping[str, str]) -> list[str]:
 
 # --- queue and leases ---------------------------------------------------------------
 
+#: How many due jobs past the ones it wants a claim looks at when their hosts hold the first
+#: ones back (paused, full, rate-limited): other hosts' jobs of the aggregation keep running
+#: behind a blocked host, and a claim's cost stays bounded however long the queue.
+HOST_SCAN = 100
+
 
 def enqueue_call(
-    *, job: Job, aggregation: Aggregation, job_id: str, now: float, held_until: float | None = None
+    *,
+    job: Job,
+    aggregation: Aggregation,
+    job_id: str,
+    now: float,
+    held_until: float | None = None,
+    idempotency: Idempotency | None = None,
 ) -> ScriptCall:
     """ENQUEUE of `job` under `job_id`, queued at `now`; or, `held_until` given, queued at that
-    score and not announced until RELEASE_HELD (see `queue.HOLD_SECONDS`)."""
+    score and not announced until RELEASE_HELD (see `queue.HOLD_SECONDS`). With `idempotency`,
+    the key's earlier job is answered instead, or the new job recorded under the key."""
     fields = dataclasses.replace(job, id=job_id).to_hash()
     return ScriptCall(
         scripts.ENQUEUE,
@@ -52,6 +66,7 @@ def enqueue_call(
             keys.job_options(job_id),
             keys.AGGREGATIONS,
             keys.DELETION_QUEUE,
+            _idempotency_key(idempotency),
         ],
         args=[
             repr(now if held_until is None else held_until),
@@ -61,6 +76,8 @@ def enqueue_call(
             job_id,
             keys.WAKEUP_CHANNEL if held_until is None else "",
             job.options.encode(),
+            "" if idempotency is None else fingerprint(job, aggregation),
+            0 if idempotency is None else idempotency.window_seconds,
             *flatten(fields),
         ],
         job_id=job_id,
@@ -75,16 +92,31 @@ def release_held_call(*, job_id: str, aggr_id: str, score: float) -> ScriptCall:
     )
 
 
-def undo_held_call(*, job_id: str, aggr_id: str, held_until: float) -> ScriptCall:
+def undo_held_call(
+    *, job_id: str, aggr_id: str, held_until: float, idempotency: Idempotency | None = None
+) -> ScriptCall:
     return ScriptCall(
         scripts.UNDO_HELD,
-        keys=[keys.job(job_id), keys.queue(aggr_id), keys.job_options(job_id)],
+        keys=[keys.job(job_id), keys.queue(aggr_id), keys.job_options(job_id), _idempotency_key(idempotency)],
         args=[job_id, repr(held_until)],
     )
 
 
+def _idempotency_key(idempotency: Idempotency | None) -> str:
+    """The key's record, "" without one (the scripts then neither read nor write it)."""
+    return "" if idempotency is None else keys.idempotency(idempotency.scope, idempotency.key)
+
+
 def claim_call(
-    *, aggr_id: str, wanted: int, token: str, call_id: str, lease_seconds: float, now: float, meta_ttl: int
+    *,
+    aggr_id: str,
+    wanted: int,
+    token: str,
+    call_id: str,
+    lease_seconds: float,
+    now: float,
+    meta_ttl: int,
+    host_policy: hosts.HostPolicy = hosts.UNLIMITED,
 ) -> ScriptCall:
     return ScriptCall(
         scripts.CLAIM_DOWNLOADS,
@@ -98,6 +130,8 @@ def claim_call(
             keys.AGGREGATIONS,
             keys.LEASES_DUE,
             keys.claim_receipt(call_id),
+            keys.LEASE_HOSTS,
+            keys.HOSTS,
         ],
         args=[
             repr(now),
@@ -110,25 +144,38 @@ def claim_call(
             keys.JOB_PREFIX,
             keys.JOB_META_PREFIX,
             keys.JOB_OPTIONS_PREFIX,
+            host_policy.encoded,
+            HOST_SCAN,
+            keys.HOST_INFLIGHT_PREFIX,
+            keys.HOST_PAUSE_PREFIX,
+            keys.HOST_NEXT_PREFIX,
+            keys.HOSTS_SEEN_SECONDS,
         ],
     )
 
 
 def renew_call(*, aggr_id: str | None, ids: Sequence[str], token: str, lease_seconds: float) -> ScriptCall:
-    """RENEW of the download leases of `aggr_id`, or of the callback leases when it is None."""
-    inflight, leases = (
-        (keys.CALLBACK_INFLIGHT, keys.CALLBACK_LEASES)
+    """RENEW of the download leases of `aggr_id` and their host slots, or of the callback
+    leases (which hold none) when it is None."""
+    inflight, leases, host_prefix = (
+        (keys.CALLBACK_INFLIGHT, keys.CALLBACK_LEASES, "")
         if aggr_id is None
-        else (keys.inflight(aggr_id), keys.leases(aggr_id))
+        else (keys.inflight(aggr_id), keys.leases(aggr_id), keys.HOST_INFLIGHT_PREFIX)
     )
-    return ScriptCall(scripts.RENEW, keys=[inflight, leases], args=[repr(lease_seconds), token, *ids])
+    return ScriptCall(
+        scripts.RENEW,
+        keys=[inflight, leases, keys.LEASE_HOSTS],
+        args=[repr(lease_seconds), token, host_prefix, *ids],
+    )
 
 
 def finish_call(
     *, job: Job, token: str, call_id: str, outcome: Outcome, now: float, meta_ttl: int
 ) -> ScriptCall:
     """FINISH of `outcome`: the job goes to the queue of its next step, announced on that
-    queue's channel (the deletion queue has none: the reaper polls)."""
+    queue's channel (the deletion queue has none: the reaper polls); with `outcome.pause_host`
+    the job's host is paused fleet-wide for that many seconds."""
+    host = hosts.host_of(job.url)
     target, channel = {
         None: (keys.queue(job.aggr_id), keys.WAKEUP_CHANNEL),  # not queued: no score
         NextStep.RETRY: (keys.queue(job.aggr_id), keys.WAKEUP_CHANNEL),
@@ -147,6 +194,9 @@ def finish_call(
             keys.DELETION_TARGETS,
             keys.throughput(int(now // 60)),
             keys.RECENT_FAILURES,
+            keys.LEASE_HOSTS,
+            keys.HOSTS,
+            keys.host_pause(host),
         ],
         args=[
             job.id,
@@ -166,6 +216,9 @@ def finish_call(
             keys.THROUGHPUT_TTL_SECONDS,
             keys.RECENT_FAILURES_KEPT,
             channel,
+            keys.HOST_INFLIGHT_PREFIX,
+            host,
+            repr(outcome.pause_host if host else 0.0),
             *flatten(outcome.fields),
         ],
     )
@@ -176,13 +229,20 @@ def drop_claim_call(
 ) -> ScriptCall:
     return ScriptCall(
         scripts.DROP_CLAIM,
-        keys=[keys.inflight(aggr_id), keys.leases(aggr_id), keys.DEAD_LETTERS, keys.RECENT_FAILURES],
+        keys=[
+            keys.inflight(aggr_id),
+            keys.leases(aggr_id),
+            keys.DEAD_LETTERS,
+            keys.RECENT_FAILURES,
+            keys.LEASE_HOSTS,
+        ],
         args=[
             job_id,
             token,
             "" if dead_letter is None else dead_letter.encode(),
             failure,
             keys.RECENT_FAILURES_KEPT,
+            keys.HOST_INFLIGHT_PREFIX,
         ],
     )
 
@@ -192,7 +252,13 @@ def recover_due_call(
 ) -> ScriptCall:
     return ScriptCall(
         scripts.RECOVER_DUE,
-        keys=[keys.LEASES_DUE, keys.CALLBACK_QUEUE, keys.CALLBACK_INFLIGHT, keys.CALLBACK_LEASES],
+        keys=[
+            keys.LEASES_DUE,
+            keys.CALLBACK_QUEUE,
+            keys.CALLBACK_INFLIGHT,
+            keys.CALLBACK_LEASES,
+            keys.LEASE_HOSTS,
+        ],
         args=[
             repr(now),
             crash_tolerance,
@@ -210,6 +276,7 @@ def recover_due_call(
             keys.JOB_PREFIX,
             keys.JOB_META_PREFIX,
             keys.JOB_ERRORS_PREFIX,
+            keys.HOST_INFLIGHT_PREFIX,
         ],
     )
 
@@ -249,7 +316,18 @@ def claim_callbacks_call(*, wanted: int, token: str, lease_seconds: float, now: 
     )
 
 
-def callback_delivered_call(*, job_id: str, token: str, delete_at: float, location: str) -> ScriptCall:
+def count_job_latency_call(*, job_id: str, aggr_id: str, now: float) -> ScriptCall:
+    return ScriptCall(
+        scripts.COUNT_JOB_LATENCY,
+        keys=[keys.job_meta(job_id), keys.latency(int(now // 60))],
+        args=[aggr_id, repr(now), keys.LATENCY_TTL_SECONDS],
+    )
+
+
+def callback_delivered_call(
+    *, job_id: str, token: str, delete_at: float, location: str, now: float, kept_ttl: int
+) -> ScriptCall:
+    """`kept_ttl`: seconds the delivered job's record outlives `now` if the reaper never comes."""
     return ScriptCall(
         scripts.CALLBACK_DELIVERED,
         keys=[
@@ -261,8 +339,9 @@ def callback_delivered_call(*, job_id: str, token: str, delete_at: float, locati
             keys.DELETION_QUEUE,
             keys.job_options(job_id),
             keys.DELETION_TARGETS,
+            keys.latency(int(now // 60)),
         ],
-        args=[job_id, token, repr(delete_at), location],
+        args=[job_id, token, repr(delete_at), location, repr(now), kept_ttl, keys.LATENCY_TTL_SECONDS],
     )
 
 

@@ -5,6 +5,7 @@ failures, and one job's whole status.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Sequence
 from typing import TypeVar, cast
@@ -12,10 +13,11 @@ from typing import TypeVar, cast
 import redis
 import redis.asyncio
 
+from downloader.errors import CorruptJobError
 from downloader.jobs.models import Job
 from downloader.store import keys
 from downloader.store.base import AsyncStoreBase, StoreBase, translated
-from downloader.store.records import ATTEMPT_KINDS, DeadLetter, Instance, JobStatus
+from downloader.store.records import ATTEMPT_KINDS, DeadLetter, HostLoad, Instance, JobStatus
 
 _Pipeline = TypeVar("_Pipeline", redis.client.Pipeline, redis.asyncio.client.Pipeline)
 
@@ -53,6 +55,19 @@ def _prune_instances(pipe: _Pipeline, role: str, now: float | None) -> _Pipeline
     return pipe
 
 
+def _delivered(job_id: str, meta: dict[str, str], errors: list[str], options: str | None) -> JobStatus:
+    """A delivered job, from what CALLBACK_DELIVERED kept of its hash until its file goes."""
+    try:
+        kept = json.loads(meta["Delivered"])
+        delivered_at = float(meta.get("DeliveredAt", ""))
+    except ValueError as exc:
+        raise CorruptJobError(f"job {job_id}: unreadable delivery record: {exc}") from exc
+    if not isinstance(kept, dict):
+        raise CorruptJobError(f"job {job_id}: unreadable delivery record {meta['Delivered']!r}")
+    job = Job.from_hash({str(k): str(v) for k, v in kept.items()}, options)
+    return JobStatus(job, meta, errors, queued_at=None, lease_expires_at=None, delivered_at=delivered_at)
+
+
 class DashboardMixin(StoreBase):
     _key_ttls: KeyTTLs
     _stats_written: dict[str, tuple[str, float]]
@@ -75,6 +90,25 @@ class DashboardMixin(StoreBase):
             ).execute()[0]
             if added:
                 _prune_instances(self.redis.pipeline(transaction=False), instance.role, now).execute()
+
+    def remember_limit(self, aggr_id: str, limit: int, now: float | None = None) -> None:
+        """The limit of an aggregation whose idle hash was just deleted, kept in this minute's
+        counts: the dashboard shows it while the aggregation's recent work does."""
+        minute = keys.throughput(int((time.time() if now is None else now) // 60))
+        with translated():
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.hset(minute, f"{aggr_id}:{keys.THROUGHPUT_LIMIT_KIND}", str(limit))
+            pipe.expire(minute, keys.THROUGHPUT_TTL_SECONDS)
+            pipe.execute()
+
+    def count_callback_failure(self, host: str, *, final: bool, now: float | None = None) -> None:
+        """One failed callback attempt to `host` (`final`: failed for good), per minute."""
+        minute = keys.callback_hosts(int((time.time() if now is None else now) // 60))
+        with translated():
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.hincrby(minute, f"{host}:{'failed' if final else 'retried'}", 1)
+            pipe.expire(minute, keys.THROUGHPUT_TTL_SECONDS)
+            pipe.execute()
 
 
 class AsyncDashboardMixin(AsyncStoreBase):
@@ -124,6 +158,22 @@ class AsyncDashboardMixin(AsyncStoreBase):
         with translated():
             return cast(list[str], await self.redis.lrange(keys.RECENT_FAILURES, 0, -1))
 
+    async def host_loads(self, most: int = 50, now: float | None = None) -> list[HostLoad]:
+        """The `most` hosts claimed for or paused most recently (`keys.HOSTS`), busiest first."""
+        now = time.time() if now is None else now
+        with translated():
+            hosts = cast(list[str], await self.redis.zrevrange(keys.HOSTS, 0, most - 1))
+            pipe = self.redis.pipeline(transaction=False)
+            for host in hosts:
+                pipe.zcount(keys.host_inflight(host), repr(now), "+inf")  # expired leases count no more
+                pipe.get(keys.host_pause(host))
+            replies = await pipe.execute()
+        loads = [
+            HostLoad(host, int(count), float(until) if until else None)
+            for host, count, until in zip(hosts, replies[::2], replies[1::2], strict=True)
+        ]
+        return sorted(loads, key=lambda load: (-load.in_flight, -(load.paused_until or 0), load.host))
+
     async def callbacks_queued(self) -> int:
         with translated():
             pipe = self.redis.pipeline(transaction=False)
@@ -131,6 +181,43 @@ class AsyncDashboardMixin(AsyncStoreBase):
             pipe.zcard(keys.CALLBACK_INFLIGHT)
             queued, delivering = await pipe.execute()
         return int(queued) + int(delivering)
+
+    async def per_minute(
+        self, prefix: str, minutes: Sequence[int], fields: Sequence[str] | None = None
+    ) -> dict[int, dict[str, int]]:
+        """The counts of the `<prefix><minute>` hashes: every field, or only `fields` (absent
+        ones left out). ValueError for a count that is not a number."""
+        with translated():
+            pipe = self.redis.pipeline(transaction=False)
+            for minute in minutes:
+                if fields is None:
+                    pipe.hgetall(f"{prefix}{minute}")
+                elif fields:
+                    pipe.hmget(f"{prefix}{minute}", list(fields))
+            replies = await pipe.execute() if fields is None or fields else [[] for _ in minutes]
+        out: dict[int, dict[str, int]] = {}
+        for minute, reply in zip(minutes, replies, strict=True):
+            pairs = reply.items() if isinstance(reply, dict) else zip(fields or (), reply, strict=True)
+            out[minute] = {field: int(value) for field, value in pairs if value is not None}
+        return out
+
+    async def callback_destinations(self, sample: int = keys.CALLBACK_HOSTS_SAMPLE) -> list[tuple[str, str]]:
+        """(callback type, destination) of up to `sample` queued or in-flight callbacks, the
+        earliest due first; jobs gone meanwhile are left out."""
+        with translated():
+            ids = cast(list[str], await self.redis.zrange(keys.CALLBACK_INFLIGHT, 0, sample - 1))
+            if len(ids) < sample:  # (a stop of -1 would read the whole queue)
+                ids += cast(list[str], await self.redis.zrange(keys.CALLBACK_QUEUE, 0, sample - 1 - len(ids)))
+            pipe = self.redis.pipeline(transaction=False)
+            for job_id in ids:
+                pipe.hmget(keys.job(job_id), ["CallbackURL", "CallbackType", "CallbackDst"])
+            rows = await pipe.execute() if ids else []
+        return [("http", url) if url else (kind or "", dst or "") for url, kind, dst in rows if url or dst]
+
+    async def operator_in_use(self) -> bool:
+        """Whether an operator manages any aggregation (it lists them in ManagedAggregations)."""
+        with translated():
+            return bool(await self.redis.scard(keys.MANAGED_AGGREGATIONS))
 
     async def job_hash(self, job_id: str) -> dict[str, str]:
         with translated():
@@ -145,6 +232,8 @@ class AsyncDashboardMixin(AsyncStoreBase):
             pipe.get(keys.job_options(job_id))
             pipe.hget(keys.DEAD_LETTERS, job_id)
             raw, meta, errors, options, dead = await pipe.execute()
+            if not raw and meta.get("Delivered"):
+                return _delivered(job_id, meta, errors, options)
             if not raw or (not raw.get("ID") and dead is None):
                 return None
             if dead is not None:  # unreadable: shown with what can be read, and why
@@ -156,5 +245,13 @@ class AsyncDashboardMixin(AsyncStoreBase):
             pipe = self.redis.pipeline(transaction=False)
             pipe.zscore(keys.queue(job.aggr_id), job_id)
             pipe.zscore(keys.inflight(job.aggr_id), job_id)
-            queued_at, lease = await pipe.execute()
-        return JobStatus(job=job, meta=meta, errors=errors, queued_at=queued_at, lease_expires_at=lease)
+            pipe.zscore(keys.CALLBACK_QUEUE, job_id)
+            queued_at, lease, callback_due = await pipe.execute()
+        return JobStatus(
+            job=job,
+            meta=meta,
+            errors=errors,
+            queued_at=queued_at,
+            lease_expires_at=lease,
+            callback_due_at=callback_due,
+        )

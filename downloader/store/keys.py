@@ -55,12 +55,40 @@ DEAD_LETTERS = "DeadLetters"
 #: the lease. A call whose reply was lost is sent again by the client (redis-py retries on
 #: timeout); the retry finds the record and answers with those ids instead of leasing more.
 CLAIM_RECEIPT_PREFIX = "claimed:"
+#: Hash per client idempotency key (`idempotency:<scope>:<key>`, see `store.idempotency`):
+#: `id` (the job the key's first request queued) and `fingerprint` (sha256 of that request).
+#: Written by ENQUEUE with the job, in one step; TTL `DOWNLOADER_IDEMPOTENCY_WINDOW_SECONDS`
+#: (default a day), after which the key may name a new job. Gone with the job when UNDO_HELD
+#: undoes it (a 503 means nothing was queued, so the retry must queue).
+IDEMPOTENCY_PREFIX = "idempotency:"
 #: String held (SET NX EX) by the one process of the fleet running the adoption sweep.
 ADOPTION_LOCK = "downloader:adoption"
 #: String held (SET NX EX, renewed per page) by the one process sweeping for the original's
 #: orphaned jobs (`Store.rescue_orphans`, at a notifier's start): notifiers that start together
 #: (a rollout) do not all scan every job at once.
 RESCUE_LOCK = "downloader:rescue"
+
+#: Politeness per origin host, fleet-wide (see `downloader.jobs.hosts`). A job's host is read
+#: from its URL by CLAIM_DOWNLOADS, so jobs written by the original's API are counted as well.
+#: Sorted set per host of the job ids leased for it, scored by lease expiry (Redis's clock) as
+#: `inflight:<aggr>`: counted at claim (expired members first trimmed, so a dead worker's slots
+#: come back when its lease expires), renewed by RENEW, emptied by FINISH, DROP_CLAIM and
+#: recovery; an empty set is no key.
+HOST_INFLIGHT_PREFIX = "hostinflight:"
+#: String per paused host (a 429/503 with Retry-After): the pause's end in Unix seconds on
+#: Redis's clock, expiring (PX) with it. No claim takes a job for the host meanwhile.
+HOST_PAUSE_PREFIX = "hostpause:"
+#: String per host with a requests-per-second limit: the earliest time (Redis's clock) of its
+#: next request, expiring (PX) then. One claim per interval per host across the fleet.
+HOST_NEXT_PREFIX = "hostnext:"
+#: Hash job id -> host its lease counts against (`hostinflight:<host>`), written at claim,
+#: removed with the lease: the scripts that end a lease need not parse the URL again.
+LEASE_HOSTS = "LeaseHosts"
+#: Sorted set host -> when it was last claimed for or paused until (Redis's clock): the hosts
+#: the dashboard and /metrics show. Members older than HOSTS_SEEN_SECONDS are trimmed, and the
+#: key expires that long after a claim first names a host (a quiet fleet leaves no trace).
+HOSTS = "Hosts"
+HOSTS_SEEN_SECONDS = 3600
 
 #: Pub/sub channel (not a key): the API publishes an aggregation id on it when that
 #: aggregation's queue goes from empty to non-empty, so idle workers start at once instead
@@ -108,13 +136,17 @@ def leases(aggr_id: str) -> str:
 
 
 def job_meta(job_id: str) -> str:
-    """Hash of what we track per job beyond the original's fields (timestamps, crashes)."""
+    """Hash of what we track per job beyond the original's fields (timestamps, crashes). Once
+    its callback is delivered the job's hash goes, as in the original, and this one keeps what
+    GET /jobs/<id> shows of it (`Delivered`: JSON of some of its fields, `DeliveredAt`) until
+    the reaper deletes its file."""
     return JOB_META_PREFIX + job_id
 
 
 def job_options(job_id: str) -> str:
     """String (JSON): the request fields the original's hash has no place for (`JobOptions`).
-    No TTL: it lives exactly as long as the job's hash."""
+    No TTL while the job's hash lives; a delivered job's is kept (with a TTL) until its file
+    is deleted, like its meta."""
     return JOB_OPTIONS_PREFIX + job_id
 
 
@@ -125,6 +157,19 @@ def job_errors(job_id: str) -> str:
 
 def claim_receipt(call_id: str) -> str:
     return CLAIM_RECEIPT_PREFIX + call_id
+
+
+def host_inflight(host: str) -> str:
+    return HOST_INFLIGHT_PREFIX + host
+
+
+def host_pause(host: str) -> str:
+    return HOST_PAUSE_PREFIX + host
+
+
+def idempotency(scope: str, key: str) -> str:
+    """The record of a client's idempotency key within its caller's scope (never ':')."""
+    return f"{IDEMPOTENCY_PREFIX}{scope}:{key}"
 
 
 def stats(component: str) -> str:
@@ -163,6 +208,29 @@ RECENT_FAILURES_KEPT = 50
 THROUGHPUT_PREFIX = "throughput:"
 THROUGHPUT_MINUTES = 30
 THROUGHPUT_TTL_SECONDS = (THROUGHPUT_MINUTES + 5) * 60
+#: Hash per minute of end-to-end latencies (creation to callback delivered, or to stored for a
+#: job without callback): field `<aggr>:<upper bound in seconds>` (LATENCY_BOUNDS, `inf`
+#: above the last) -> jobs that ended in that minute within it. A
+#: histogram, so p50/p95 cost a few fields per aggregation, never a list of samples.
+LATENCY_PREFIX = "latency:"
+#: The histogram's bucket upper bounds in seconds, as written in its field names.
+LATENCY_BOUNDS = (
+    "0.25", "0.5", "1", "2", "3", "5", "8", "13", "20", "30", "45", "60", "90", "120", "180", "300",
+    "600", "900", "1800", "3600", "7200", "10800",
+)  # fmt: skip
+LATENCY_ABOVE = "inf"
+LATENCY_TTL_SECONDS = THROUGHPUT_TTL_SECONDS
+#: Field `<aggr>:limit` of a `throughput:<minute>` hash: the limit of an aggregation whose idle
+#: `aggr:` hash a worker just deleted (as the original did), so the dashboard still shows the
+#: limit of an aggregation that drained within its window.
+THROUGHPUT_LIMIT_KIND = "limit"
+#: Hash per minute of callbacks that failed, by destination host: fields `<host>:retried` (an
+#: attempt failed, another follows) and `<host>:failed` (failed for good). Written by the
+#: notifier; bounded by the destinations of one minute, gone after THROUGHPUT_TTL_SECONDS.
+CALLBACK_HOSTS_PREFIX = "callbackhosts:"
+#: How many queued or in-flight callbacks the dashboard reads to count them per destination
+#: host: exact below it, a sample (the earliest due) above.
+CALLBACK_HOSTS_SAMPLE = 1000
 
 
 def instances(role: str) -> str:
@@ -171,3 +239,11 @@ def instances(role: str) -> str:
 
 def throughput(minute: int) -> str:
     return f"{THROUGHPUT_PREFIX}{minute}"
+
+
+def latency(minute: int) -> str:
+    return f"{LATENCY_PREFIX}{minute}"
+
+
+def callback_hosts(minute: int) -> str:
+    return f"{CALLBACK_HOSTS_PREFIX}{minute}"

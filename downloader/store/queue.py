@@ -17,10 +17,21 @@ from typing import Any, cast
 import redis
 
 from downloader.errors import StoreError
+from downloader.jobs import hosts
 from downloader.jobs.models import Aggregation, Job
 from downloader.store import calls, keys
 from downloader.store.base import AsyncStoreBase, StoreBase, pairs, translated
-from downloader.store.records import Claim, ClaimedJob, DeadLetter, Outcome, Recovered, new_job_id, new_token
+from downloader.store.idempotency import Enqueued, Idempotency, IdempotencyConflict
+from downloader.store.records import (
+    Claim,
+    ClaimedJob,
+    DeadLetter,
+    NextStep,
+    Outcome,
+    Recovered,
+    new_job_id,
+    new_token,
+)
 
 log = logging.getLogger("downloader.store")
 
@@ -55,6 +66,10 @@ class IdDraws:
     def __init__(self, count: int) -> None:
         self.ids = [new_job_id() for _ in range(count)]
         self.pending = list(range(count))
+        self.replayed: set[int] = set()
+        """Jobs whose idempotency key named an earlier job of the same request: `ids` holds it."""
+        self.conflicts: set[int] = set()
+        """Jobs whose idempotency key named a job of another request: `ids` holds that one."""
 
     def rounds(self) -> Iterator[list[int]]:
         """The jobs to enqueue in each round; the caller `settle`s each before the next."""
@@ -65,16 +80,34 @@ class IdDraws:
 
     def settle(self, created: Sequence[object]) -> None:
         """ENQUEUE's replies for `pending`, in order: 0 means the id belongs to another job (1
-        queued, 2 queued by this very call before its reply was lost)."""
+        queued, 2 queued by this very call before its reply was lost; {"replay"|"conflict",
+        id}: the idempotency key names job `id`)."""
+        for i, reply in zip(self.pending, created, strict=True):
+            if isinstance(reply, list):
+                outcome, self.ids[i] = str(reply[0]), str(reply[1])
+                (self.replayed if outcome == "replay" else self.conflicts).add(i)
         self.pending = [i for i, ok in zip(self.pending, created, strict=True) if not ok]
         for i in self.pending:
             self.ids[i] = new_job_id()
+
+    def result(self, i: int) -> Enqueued:
+        return Enqueued(self.ids[i], replayed=i in self.replayed, conflict=i in self.conflicts)
 
 
 class QueueMixin(StoreBase):
     def enqueue_many(self, jobs: Sequence[tuple[Job, Aggregation]], now: float | None = None) -> list[str]:
         """Queue jobs, pipelined in one round trip (and one more per id collision); their ids in
         order."""
+        return [result.id for result in self.enqueue_keyed(jobs, [None] * len(jobs), now)]
+
+    def enqueue_keyed(
+        self,
+        jobs: Sequence[tuple[Job, Aggregation]],
+        idempotency: Sequence[Idempotency | None],
+        now: float | None = None,
+    ) -> list[Enqueued]:
+        """`enqueue_many` with an idempotency key per job (or None): a key that names an earlier
+        job answers that job (`replayed`), or, when it was another request's, `conflict`."""
         now = time.time() if now is None else now
         draws = IdDraws(len(jobs))
         with translated():
@@ -82,19 +115,32 @@ class QueueMixin(StoreBase):
                 pipe = self.redis.pipeline(transaction=False)
                 for i in pending:
                     job, aggregation = jobs[i]
-                    call = calls.enqueue_call(job=job, aggregation=aggregation, job_id=draws.ids[i], now=now)
+                    call = calls.enqueue_call(
+                        job=job,
+                        aggregation=aggregation,
+                        job_id=draws.ids[i],
+                        now=now,
+                        idempotency=idempotency[i],
+                    )
                     self.run_script(call, client=pipe)
                 draws.settle(pipe.execute())
         if draws.pending:
             job = jobs[draws.pending[0]][0]
             raise StoreError(f"Could not find unique ID after {ID_ATTEMPTS} tries for {job.job_string()}")
-        return draws.ids
+        return [draws.result(i) for i in range(len(jobs))]
 
     def claim(
-        self, aggr_id: str, wanted: int, token: str, lease_seconds: float, now: float | None = None
+        self,
+        aggr_id: str,
+        wanted: int,
+        token: str,
+        lease_seconds: float,
+        now: float | None = None,
+        host_policy: hosts.HostPolicy = hosts.UNLIMITED,
     ) -> Claim:
-        """Claim up to `wanted` jobs due by `now`, mark them InProgress and read them, in one
-        round trip; their leases run `lease_seconds` on Redis's clock."""
+        """Claim up to `wanted` jobs due by `now` whose hosts admit them (`host_policy`, pauses),
+        mark them InProgress and read them, in one round trip; their leases (and host slots)
+        run `lease_seconds` on Redis's clock."""
         now = time.time() if now is None else now
         call = calls.claim_call(
             aggr_id=aggr_id,
@@ -104,6 +150,7 @@ class QueueMixin(StoreBase):
             lease_seconds=lease_seconds,
             now=now,
             meta_ttl=self.meta_ttl,
+            host_policy=host_policy,
         )
         with translated():
             reply = cast(list[Any], self.run_script(call))
@@ -116,6 +163,8 @@ class QueueMixin(StoreBase):
                     raw["DownloadState"] = "InProgress"  # as the script just wrote it
                 jobs[job_id] = ClaimedJob(raw, options[0])
             return Claim(jobs, Aggregation.from_hash(aggr_id, pairs(reply[1])))
+        if status == "hosts":
+            return Claim(held_by_hosts=True)
         if status in ("full", "paused", "empty", "idle"):
             return Claim(
                 full=status == "full",
@@ -142,7 +191,10 @@ class QueueMixin(StoreBase):
             job=job, token=token, call_id=new_token(), outcome=outcome, now=now, meta_ttl=self.meta_ttl
         )
         with translated():
-            return int(self.run_script(call))
+            done = int(self.run_script(call))
+            if done == 1 and outcome.next_step == NextStep.DELETE:  # its end: no callback follows
+                self.run_script(calls.count_job_latency_call(job_id=job.id, aggr_id=job.aggr_id, now=now))
+        return done
 
     def drop_claim(self, aggr_id: str, job_id: str, token: str) -> bool:
         """Forget a claimed id whose job hash is gone (nothing to run); False: lease lost."""
@@ -275,32 +327,56 @@ class AsyncQueueMixin(AsyncStoreBase):
     async def enqueue(self, job: Job, aggregation: Aggregation, now: float | None = None) -> str | None:
         """The new job's id, or None after ID_ATTEMPTS collisions (astronomically unlikely).
         NotReplicated: too few replicas acknowledged it in time, and it was undone."""
+        result = await self.enqueue_keyed(job, aggregation, None, now)
+        return None if result is None else result.id
+
+    async def enqueue_keyed(
+        self, job: Job, aggregation: Aggregation, idempotency: Idempotency | None, now: float | None = None
+    ) -> Enqueued | None:
+        """`enqueue` with a client's idempotency key (or None): a key that names an earlier job
+        of the same request answers that job (`replayed`, nothing queued); IdempotencyConflict
+        when it names another request's."""
         now = time.time() if now is None else now
         draws = IdDraws(1)
         with translated():
             for _ in draws.rounds():
-                draws.settle([await self._enqueue_durably(job, aggregation, draws.ids[0], now)])
-        return None if draws.pending else draws.ids[0]
+                draws.settle([await self._enqueue_durably(job, aggregation, draws.ids[0], now, idempotency)])
+        if draws.pending:
+            return None
+        if draws.conflicts:
+            assert idempotency is not None  # only a key's record conflicts
+            raise IdempotencyConflict(idempotency.key, draws.ids[0], idempotency.window_seconds)
+        return draws.result(0)
 
-    async def _enqueue_durably(self, job: Job, aggregation: Aggregation, job_id: str, now: float) -> bool:
-        """Run the enqueue script (False: the id is taken). With `wait_replicas`, the job is
-        held (no worker can start it) while WAIT, on the same connection, counts the replicas
-        that hold it: enough, and it is released into its queue; too few, and it is undone and
-        NotReplicated raised, so a 201 always means a failover cannot lose the job and a 503
-        that nothing was queued (a client that sends the job again makes one job, not two)."""
+    async def _enqueue_durably(
+        self, job: Job, aggregation: Aggregation, job_id: str, now: float, idempotency: Idempotency | None
+    ) -> object:
+        """Run the enqueue script; its reply (0: the id is taken). With `wait_replicas`, the job
+        is held (no worker can start it) while WAIT, on the same connection, counts the replicas
+        that hold it: enough, and it is released into its queue; too few, and it is undone (with
+        its key's record) and NotReplicated raised, so a 201 always means a failover cannot lose
+        the job and a 503 that nothing was queued (a client that sends the job again makes one
+        job, not two)."""
         if not self.wait_replicas:
-            call = calls.enqueue_call(job=job, aggregation=aggregation, job_id=job_id, now=now)
-            return bool(await self.run_script(call))
+            call = calls.enqueue_call(
+                job=job, aggregation=aggregation, job_id=job_id, now=now, idempotency=idempotency
+            )
+            return await self.run_script(call)
         held_until = now + HOLD_SECONDS
         call = calls.enqueue_call(
-            job=job, aggregation=aggregation, job_id=job_id, now=now, held_until=held_until
+            job=job,
+            aggregation=aggregation,
+            job_id=job_id,
+            now=now,
+            held_until=held_until,
+            idempotency=idempotency,
         )
         pipe = self.redis.pipeline(transaction=False)
         await self.run_script(call, client=pipe)
         pipe.wait(self.wait_replicas, self.wait_timeout_ms)
         created, acked = await pipe.execute()
-        if not created:
-            return False
+        if not created or isinstance(created, list):
+            return created  # the id is taken, or the key names an earlier job: nothing held
         if int(acked) >= self.wait_replicas:
             release = calls.release_held_call(job_id=job_id, aggr_id=aggregation.id, score=now)
             try:
@@ -313,7 +389,9 @@ class AsyncQueueMixin(AsyncStoreBase):
                     HOLD_SECONDS,
                 )
             return True
-        undo = calls.undo_held_call(job_id=job_id, aggr_id=aggregation.id, held_until=held_until)
+        undo = calls.undo_held_call(
+            job_id=job_id, aggr_id=aggregation.id, held_until=held_until, idempotency=idempotency
+        )
         if not await self.run_script(undo):
             # Not held any more: a worker whose clock runs HOLD_SECONDS ahead took it. It runs;
             # undoing it now would leave half a job, so it stays, unreplicated, as before.

@@ -54,6 +54,8 @@ class Claim:
     empty: bool = False
     """Nothing is queued (`idle`: nothing is claimed either, and it left the registry)."""
     idle: bool = False
+    held_by_hosts: bool = False
+    """Jobs are due, but their hosts are paused, at their limit or past their rate."""
 
     @property
     def ids(self) -> list[str]:
@@ -114,6 +116,18 @@ class Outcome:
     """For the dashboard's per-minute counts: "ok", "failed", "retried", or "" (not counted)."""
     failure: str = ""
     """JSON record for the dashboard's recent failures ("" for none)."""
+    pause_host: float = 0.0
+    """Seconds the job's origin host is paused for, fleet-wide (its answer's Retry-After)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class HostLoad:
+    """One origin host as the fleet sees it: downloads leased for it now, and until when (Unix
+    seconds, Redis's clock) a Retry-After pauses it (None: not paused)."""
+
+    host: str
+    in_flight: int
+    paused_until: float | None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -149,6 +163,10 @@ class JobStatus:
     lease_expires_at: float | None
     dead_letter: DeadLetter | None = None
     """Set aside as unreadable: `job` then holds only what could be read of its hash."""
+    delivered_at: float | None = None
+    """Its callback was delivered then: `job` is what `jobmeta` kept of its deleted hash."""
+    callback_due_at: float | None = None
+    """When its callback's next attempt is due (its score in `CallbackQueue`: a backoff)."""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -77,7 +77,7 @@ def mode(settings: Settings) -> Mode:
         log.warning(
             "redis: Sentinel needs both DOWNLOADER_REDIS_SENTINELS and DOWNLOADER_REDIS_MASTER_NAME; "
             "connecting to %s instead",
-            _redacted(settings.redis_url),
+            redacted_url(settings.redis_url),
         )
     return Mode(settings.redis_url)
 
@@ -271,10 +271,10 @@ def _announce(m: Mode) -> None:
             ", ".join(f"{h}:{p}" for h, p in m.sentinels),
         )
     else:
-        log.info("redis: direct connection to %s", _redacted(m.url))
+        log.info("redis: direct connection to %s", redacted_url(m.url))
 
 
-def _redacted(url: str) -> str:
+def redacted_url(url: str) -> str:
     """The URL without its password, for logs."""
     parts = urllib.parse.urlsplit(url)
     if parts.password is None:

@@ -7,6 +7,8 @@ are Lua functions that scripts (and the tests' own scripts) start with.
 
 from __future__ import annotations
 
+from downloader.store import keys
+
 # Safe to run twice: a claim is fenced by a lease token, so a late or duplicated writer
 # changes nothing; and the same call sent again (redis-py resends a call whose reply was lost
 # to a timeout) recognises its own earlier write and answers as its first run did. Lease
@@ -41,6 +43,42 @@ local function zadd_lower(key, score, member)
 end
 """
 
+#: Politeness per origin host (keys.HOST_INFLIGHT_PREFIX and neighbours): a job's host from
+#: its URL (as `downloader.jobs.hosts.host_of`), the host's rule from the encoded HostPolicy
+#: (as `HostPolicy.resolve`), and the release of a lease's host slot.
+_HOST_FUNCTIONS = """
+local DEFAULT_PORTS = {http = '80', https = '443'}
+local function url_host(url)
+  if not url then return '' end
+  local scheme, authority = string.match(url, '^(%a[^:/?#]*)://([^/?#]*)')
+  if not scheme then return '' end
+  authority = string.lower((string.gsub(authority, '^.*@', '')))
+  local name, port = string.match(authority, '^(.*):(%d+)$')
+  if name and DEFAULT_PORTS[string.lower(scheme)] == port then return name end
+  return authority
+end
+local function host_name(host)
+  return string.match(host, '^(.*[^:]):%d+$') or host
+end
+local function host_rule(values, host, name, default)
+  local v = values.exact[host] or values.exact[name]
+  if v then return tonumber(v) end
+  for _, s in ipairs(values.suffixes) do
+    if #name > #s[1] and string.sub(name, -#s[1]) == s[1] then return tonumber(s[2]) end
+  end
+  return tonumber(default)
+end
+local function release_host(lease_hosts, host_inflight_prefix, id)
+  if host_inflight_prefix == nil or host_inflight_prefix == '' then return nil end
+  local host = redis.call('HGET', lease_hosts, id)
+  if host then
+    redis.call('ZREM', host_inflight_prefix .. host, id)
+    redis.call('HDEL', lease_hosts, id)
+  end
+  return host
+end
+"""
+
 #: Adds ids to a sorted set that its channel's listeners wait on, announcing it when the set
 #: goes from empty to non-empty (one message per burst, not per job).
 _ZADD_ANNOUNCED = """
@@ -58,18 +96,26 @@ end
 #: changes (the state fields do), and by its options; or, when the job has run and been
 #: delivered meanwhile, by its id waiting in the deletion queue. An aggregation whose queue gets
 #: its first job is added to the registry and announced on `channel` ("" = not yet: a held job
-#: is announced when released). Creating the aggregation and queueing the job in one step
-#: closes the original's race with an idle aggregation's deletion (bug 10.2.5). A queued job
-#: costs Redis what it cost the original: its hash and its queue entry (the queue's score is
-#: its creation time, which the first claim copies to `jobmeta`).
+#: is announced when released), as is a job due before the queue's head (workers wait for the
+#: head's time: a retry's backoff or its host's Retry-After). Creating the aggregation and
+#: queueing the job in one step closes the original's race with an idle aggregation's
+#: deletion (bug 10.2.5). A queued job costs Redis what it cost the original: its hash and its
+#: queue entry (the queue's score is its creation time, which the first claim copies to
+#: `jobmeta`).
+#: With a client's idempotency key (`fingerprint` not ""), its record is read first: a record
+#: of another request answers {"conflict", its job id}, of the same request {"replay", its job
+#: id} (nothing is written); without one, the queued job's record is written with it, expiring
+#: after `window` seconds. Read and write in one script: concurrent requests with one key make
+#: one job.
 ENQUEUE = (
     _ARGV_FROM
     + """
 local job, aggr, queue, jobopts, registry = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
-local deletion_queue = KEYS[6]
+local deletion_queue, idempotency = KEYS[6], KEYS[7]
 local score, limit, proxy = ARGV[1], ARGV[2], ARGV[3]
 local aggr_id, job_id, channel, options = ARGV[4], ARGV[5], ARGV[6], ARGV[7]
-local fields = argv_from(8)  -- the job's field/value pairs
+local fingerprint, window = ARGV[8], ARGV[9]
+local fields = argv_from(10)  -- the job's field/value pairs
 local STATE_FIELDS = {DownloadState = true, DownloadCount = true, DownloadMeta = true,
   CallbackState = true, DownloadURL = true, CallbackMeta = true, CallbackCount = true,
   ResponseCode = true, ImageSize = true}
@@ -87,6 +133,14 @@ local function written_by_this_call()
   end
   return (redis.call('GET', jobopts) or '') == options
 end
+if fingerprint ~= '' then
+  local earlier = redis.call('HMGET', idempotency, 'id', 'fingerprint')
+  if earlier[1] then
+    if earlier[2] ~= fingerprint then return {'conflict', earlier[1]} end
+    if earlier[1] ~= job_id then return {'replay', earlier[1]} end
+    -- else this very call wrote it: answered below as its first run was
+  end
+end
 if redis.call('EXISTS', job) == 1 then
   if written_by_this_call() then return 2 end
   return 0
@@ -95,13 +149,22 @@ if redis.call('ZSCORE', deletion_queue, job_id) then return 2 end
 if redis.call('EXISTS', aggr) == 0 then
   redis.call('HSET', aggr, 'ID', aggr_id, 'Limit', limit, 'Proxy', proxy, 'ExpiresAt', '')
 end
-local was_empty = redis.call('EXISTS', queue) == 0
+local head = redis.call('ZRANGE', queue, 0, 0, 'WITHSCORES')
+local was_empty = #head == 0
 redis.call('HSET', job, unpack(fields))
 if options ~= '' then redis.call('SET', jobopts, options) end
+if fingerprint ~= '' then
+  redis.call('HSET', idempotency, 'id', job_id, 'fingerprint', fingerprint)
+  redis.call('EXPIRE', idempotency, window)
+end
 redis.call('ZADD', queue, score, job_id)
 if was_empty then
   redis.call('SADD', registry, aggr_id)
   if channel ~= '' then redis.call('PUBLISH', channel, aggr_id) end
+elseif channel ~= '' and tonumber(head[2]) > tonumber(score) then
+  -- due before the queue's head (a retry waiting out its backoff or a host's Retry-After),
+  -- which idle workers plan to look at only then: announced, once per such head
+  redis.call('PUBLISH', channel, aggr_id)
 end
 return 1
 """
@@ -121,11 +184,12 @@ return 1
 """
 
 #: Undoes a job that ENQUEUE held when too few replicas acknowledged it: its queue entry, hash
-#: and options go, so the client's 503 means that nothing was queued. Only while it is still
+#: and options go (and the idempotency record naming it), so the client's 503 means that
+#: nothing was queued. Only while it is still
 #: held at `held_score` (never a job a worker may hold). 1 undone (also when this very call
 #: undid it and only its reply was lost), 0 not held any more.
 UNDO_HELD = """
-local job, queue, jobopts = KEYS[1], KEYS[2], KEYS[3]
+local job, queue, jobopts, idempotency = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local id, held_score = ARGV[1], tonumber(ARGV[2])
 local score = redis.call('ZSCORE', queue, id)
 if not score then
@@ -135,12 +199,19 @@ end
 if tonumber(score) ~= held_score then return 0 end
 redis.call('ZREM', queue, id)
 redis.call('DEL', job, jobopts)
+if idempotency ~= '' and redis.call('HGET', idempotency, 'id') == id then
+  redis.call('DEL', idempotency)
+end
 return 1
 """
 
 #: Claims up to `wanted` ready jobs of an aggregation, never past its limit counted over
 #: every lease of every process, marks them InProgress and reads them, in one round trip.
-#: Returns {status, ...}: "paused", "full", "idle" (nothing queued or claimed: the
+#: A job whose origin host is paused (Retry-After), at its fleet-wide limit (counted over
+#: `hostinflight:<host>`, taken in the same step) or past its request rate stays queued while
+#: the jobs behind it, up to `host_scan` of them, are looked at.
+#: Returns {status, ...}: "paused", "full", "hosts" (due jobs, all held back by their hosts),
+#: "idle" (nothing queued or claimed: the
 #: aggregation leaves the registry, and its hash goes unless the operator manages it, as the
 #: original deleted idle aggregations), "empty" (nothing queued, some claimed), the score of
 #: the next job that becomes ready, or "ok" followed by the aggregation's hash and, per job,
@@ -150,12 +221,16 @@ return 1
 CLAIM_DOWNLOADS = (
     _REDIS_NOW
     + _ZADD_LOWER
+    + _HOST_FUNCTIONS
     + """
 local queue, inflight, leases, aggr, paused = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local managed, registry, leases_due, receipt = KEYS[6], KEYS[7], KEYS[8], KEYS[9]
+local lease_hosts, hosts = KEYS[10], KEYS[11]
 local now, lease_seconds, wanted, token = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
 local default_limit, aggr_id, meta_ttl = tonumber(ARGV[5]), ARGV[6], ARGV[7]
 local job_prefix, meta_prefix, options_prefix = ARGV[8], ARGV[9], ARGV[10]
+local host_policy, host_scan, host_inflight_prefix = ARGV[11], tonumber(ARGV[12]), ARGV[13]
+local host_pause_prefix, host_next_prefix, hosts_seen_seconds = ARGV[14], ARGV[15], tonumber(ARGV[16])
 local earlier = redis.call('GET', receipt)
 if earlier then
   local out = {'ok', redis.call('HGETALL', aggr)}
@@ -178,13 +253,54 @@ if not limit or limit <= 0 then limit = default_limit end
 local claimed = redis.call('ZCARD', inflight)
 local room = limit - claimed
 if room <= 0 then return {'full'} end
-local due = redis.call('ZRANGEBYSCORE', queue, '-inf', now, 'WITHSCORES', 'LIMIT', 0, math.min(room, wanted))
-local ids, queued_at = {}, {}
+-- Jobs whose host is paused, full or past its rate stay queued and are stepped over, so
+-- other hosts' jobs of this aggregation still run; the look-ahead is bounded by host_scan.
+local take = math.min(room, wanted)
+local due = redis.call('ZRANGEBYSCORE', queue, '-inf', now, 'WITHSCORES', 'LIMIT', 0, take + host_scan)
+local clock = redis_now()
+local policy = cjson.decode(host_policy)
+local seen = {}  -- host -> what this call knows of it
+local function host_state(host)
+  local name = host_name(host)
+  local key = host_inflight_prefix .. host
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', clock)  -- slots of expired leases come back
+  return {key = key, count = redis.call('ZCARD', key),
+          paused = redis.call('EXISTS', host_pause_prefix .. host) == 1,
+          limit = host_rule(policy.limits, host, name, policy.limit),
+          rate = host_rule(policy.rates, host, name, policy.rate)}
+end
+local function admits(host, id)
+  local h = seen[host]
+  if not h then h = host_state(host); seen[host] = h end
+  if h.paused or h.closed then return false end
+  local limit = h.limit
+  local own = tonumber(string.match(redis.call('GET', options_prefix .. id) or '', '"host_limit":(%d+)') or 0)
+  if own > 0 and (limit <= 0 or own < limit) then limit = own end
+  if limit > 0 and h.count >= limit then return false end
+  if h.rate > 0 then
+    h.closed = true  -- one request per interval per host: the next waits for the key to expire
+    local interval = math.max(1, math.floor(1000 / h.rate))
+    if not redis.call('SET', host_next_prefix .. host, '1', 'NX', 'PX', interval) then return false end
+  end
+  h.count = h.count + 1
+  return true
+end
+local ids, queued_at, host_of = {}, {}, {}
+local skipped = false
 for i = 1, #due, 2 do
-  table.insert(ids, due[i])
-  queued_at[due[i]] = due[i + 1]
+  if #ids >= take then break end
+  local id = due[i]
+  local host = url_host(redis.call('HGET', job_prefix .. id, 'URL'))
+  if host == '' or admits(host, id) then
+    table.insert(ids, id)
+    queued_at[id] = due[i + 1]
+    host_of[id] = host
+  else
+    skipped = true
+  end
 end
 if #ids == 0 then
+  if skipped then return {'hosts'} end
   local head = redis.call('ZRANGE', queue, 0, 0, 'WITHSCORES')
   if #head > 0 then return {head[2]} end
   if claimed > 0 then return {'empty'} end
@@ -200,6 +316,15 @@ for _, id in ipairs(ids) do
   table.insert(leased, id)
   table.insert(tokens, id)
   table.insert(tokens, token)
+  local host = host_of[id]
+  if host ~= '' then
+    redis.call('ZADD', host_inflight_prefix .. host, expiry, id)
+    redis.call('HSET', lease_hosts, id, host)
+    if redis.call('ZADD', hosts, clock, host) == 1 then  -- a new host: forget long-quiet ones
+      redis.call('ZREMRANGEBYSCORE', hosts, '-inf', clock - hosts_seen_seconds)
+      redis.call('EXPIRE', hosts, hosts_seen_seconds)  -- and all of them once the fleet is idle
+    end
+  end
 end
 redis.call('ZREM', queue, unpack(ids))
 redis.call('ZADD', inflight, unpack(leased))
@@ -225,20 +350,22 @@ return out
 """
 )
 
-#: Extends the leases still held by `token`; returns the ids whose lease was lost
-#: (recovered by someone else). Serves downloads and callbacks alike.
+#: Extends the leases still held by `token`, and their host slots; returns the ids whose lease
+#: was lost (recovered by someone else). Serves downloads and callbacks (no host prefix) alike.
 RENEW = (
     _REDIS_NOW
     + _ARGV_FROM
     + """
-local inflight, leases = KEYS[1], KEYS[2]
-local lease_seconds, token = tonumber(ARGV[1]), ARGV[2]
-local ids = argv_from(3)
+local inflight, leases, lease_hosts = KEYS[1], KEYS[2], KEYS[3]
+local lease_seconds, token, host_inflight_prefix = tonumber(ARGV[1]), ARGV[2], ARGV[3]
+local ids = argv_from(4)
 local lost = {}
 local expiry = redis_now() + lease_seconds
 for _, id in ipairs(ids) do
   if redis.call('HGET', leases, id) == token then
     redis.call('ZADD', inflight, 'XX', expiry, id)
+    local host = host_inflight_prefix ~= '' and redis.call('HGET', lease_hosts, id)
+    if host then redis.call('ZADD', host_inflight_prefix .. host, expiry, id) end
   else
     table.insert(lost, id)
   end
@@ -252,9 +379,12 @@ return lost
 #: reason, time) goes to the dead letters, `failure` to the dashboard's recent failures; the
 #: hash stays as found, in no queue. 1 done (also when this very call did it and only its
 #: reply was lost: nobody holds the id, and the dead letter is this call's), 0 lease lost.
-DROP_CLAIM = """
-local inflight, leases, dead_letters, failures = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+DROP_CLAIM = (
+    _HOST_FUNCTIONS
+    + """
+local inflight, leases, dead_letters, failures, lease_hosts = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local id, token, record, failure, failures_kept = ARGV[1], ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5])
+local host_inflight_prefix = ARGV[6]
 local holder = redis.call('HGET', leases, id)
 if holder ~= token then
   if not holder and (record == '' or redis.call('HGET', dead_letters, id) == record) then return 1 end
@@ -262,6 +392,7 @@ if holder ~= token then
 end
 redis.call('ZREM', inflight, id)
 redis.call('HDEL', leases, id)
+release_host(lease_hosts, host_inflight_prefix, id)
 if record ~= '' then
   redis.call('HSET', dead_letters, id, record)
   if failure ~= '' then
@@ -271,6 +402,7 @@ if record ~= '' then
 end
 return 1
 """
+)
 
 #: The dashboard's count of one finished attempt ("ok", "failed", "retried"; "" counts
 #: nothing) in its minute, and a failure record in the capped list of recent failures.
@@ -291,22 +423,28 @@ end
 
 #: Ends an attempt, only if the caller still holds the lease: writes the outcome and moves
 #: the id on (back to its queue, to the callback queue -- announced when it was empty -- or,
-#: for a finished job without callback, to the deletion queue with its file's location), and
-#: counts it for the dashboard. 1 done, 0 lease lost, -1 the job hash vanished meanwhile.
+#: for a finished job without callback, to the deletion queue with its file's location),
+#: gives back its host slot (with `pause_seconds`, the answer's Retry-After, the host is
+#: paused fleet-wide; a longer pause already set stays), and counts it for the dashboard.
+#: 1 done, 0 lease lost, -1 the job hash vanished meanwhile.
 #: `call_id` (new per call) is kept in `jobmeta`: the same call sent again after its reply was
 #: lost finds it there and answers 1 as its first run did, instead of "lease lost".
 FINISH = (
     COUNT_ATTEMPT_FUNCTION
+    + _REDIS_NOW
     + _ZADD_ANNOUNCED
     + _ARGV_FROM
+    + _HOST_FUNCTIONS
     + """
 local inflight, leases, job, target, jobmeta = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local joberrors, deletion_targets, minute, failures = KEYS[6], KEYS[7], KEYS[8], KEYS[9]
+local lease_hosts, hosts, host_pause = KEYS[10], KEYS[11], KEYS[12]
 local id, token, call_id, target_score, now = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local error_text, errors_kept, meta_ttl, finished = ARGV[6], ARGV[7], ARGV[8], ARGV[9]
 local deletion_target, result, counted_as, aggr_id = ARGV[10], ARGV[11], ARGV[12], ARGV[13]
 local failure, throughput_ttl, failures_kept, channel = ARGV[14], ARGV[15], ARGV[16], ARGV[17]
-local fields = argv_from(18)  -- the job's field/value pairs
+local host_inflight_prefix, paused_host, pause_seconds = ARGV[18], ARGV[19], tonumber(ARGV[20])
+local fields = argv_from(21)  -- the job's field/value pairs
 if redis.call('HGET', leases, id) ~= token then
   if redis.call('HGET', jobmeta, 'LastWrite') == call_id then return 1 end
   if redis.call('EXISTS', job) == 0 then return -1 end
@@ -314,6 +452,13 @@ if redis.call('HGET', leases, id) ~= token then
 end
 redis.call('ZREM', inflight, id)
 redis.call('HDEL', leases, id)
+release_host(lease_hosts, host_inflight_prefix, id)
+if pause_seconds > 0 and redis.call('PTTL', host_pause) < pause_seconds * 1000 then
+  -- the server asked the whole fleet to wait (Retry-After); a longer pause already set stays
+  local pause_end = redis_now() + pause_seconds
+  redis.call('SET', host_pause, tostring(pause_end), 'PX', math.max(1, math.floor(pause_seconds * 1000)))
+  redis.call('ZADD', hosts, pause_end, paused_host)
+end
 if redis.call('EXISTS', job) == 0 then return -1 end
 if #fields > 0 then redis.call('HSET', job, unpack(fields)) end
 if target_score ~= '' then zadd_announced(target, target_score, id, channel, aggr_id) end
@@ -341,12 +486,14 @@ return 1
 RECOVER_JOB_FUNCTION = (
     _REDIS_NOW
     + _ZADD_ANNOUNCED
+    + _HOST_FUNCTIONS
     + """
 local function recover_job(k, a)
   local score = redis.call('ZSCORE', k.inflight, a.id)
   if not score or tonumber(score) > redis_now() then return 0 end
   redis.call('ZREM', k.inflight, a.id)
   redis.call('HDEL', k.leases, a.id)
+  if k.lease_hosts then release_host(k.lease_hosts, a.host_inflight_prefix, a.id) end
   if redis.call('EXISTS', k.job) == 0 then return -1 end
   local crashes = redis.call('HINCRBY', k.jobmeta, 'Crashes', 1)
   redis.call('HSET', k.jobmeta, 'UpdatedAt', a.now)
@@ -385,15 +532,16 @@ RECOVER_DUE = (
     RECOVER_JOB_FUNCTION
     + """
 local leases_due, callback_queue, callback_inflight = KEYS[1], KEYS[2], KEYS[3]
-local callback_leases = KEYS[4]
+local callback_leases, lease_hosts = KEYS[4], KEYS[5]
 local now, tolerance, default_max_retries, error_text = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local meta_ttl, errors_kept, wakeup_channel, callback_channel = ARGV[5], ARGV[6], ARGV[7], ARGV[8]
 local max_aggregations, max_leases = tonumber(ARGV[9]), tonumber(ARGV[10])
 local queue_prefix, inflight_prefix, leases_prefix = ARGV[11], ARGV[12], ARGV[13]
 local job_prefix, meta_prefix, errors_prefix = ARGV[14], ARGV[15], ARGV[16]
+local host_inflight_prefix = ARGV[17]
 local a = {now = now, tolerance = tolerance, default_max_retries = default_max_retries, error = error_text,
            meta_ttl = meta_ttl, errors_kept = errors_kept, wakeup_channel = wakeup_channel,
-           callback_channel = callback_channel}
+           callback_channel = callback_channel, host_inflight_prefix = host_inflight_prefix}
 local p = {queue = queue_prefix, inflight = inflight_prefix, leases = leases_prefix, job = job_prefix,
            jobmeta = meta_prefix, joberrors = errors_prefix}
 local clock = redis_now()
@@ -406,7 +554,7 @@ for _, aggr_id in ipairs(due) do
     a.id = id
     local k = {inflight = inflight, leases = p.leases .. aggr_id, queue = p.queue .. aggr_id,
                job = p.job .. id, jobmeta = p.jobmeta .. id, joberrors = p.joberrors .. id,
-               callback_queue = callback_queue}
+               callback_queue = callback_queue, lease_hosts = lease_hosts}
     table.insert(out, aggr_id)
     table.insert(out, id)
     table.insert(out, recover_job(k, a))
@@ -520,20 +668,81 @@ return false
 """
 )
 
-#: The callback was delivered: the job's hash and ours go, its file is scheduled for
-#: deletion at its location. 1 done, 0 lease lost.
-CALLBACK_DELIVERED = """
+#: Counts one job's end-to-end latency (creation to its end) in its minute's histogram:
+#: field `<aggr>:<upper bound in seconds>` ("inf" above the last bound). Nothing without a
+#: creation time (a job the original's processor claimed first).
+_COUNT_LATENCY = (
+    "local LATENCY_BOUNDS = {"
+    + ", ".join(f"'{bound}'" for bound in keys.LATENCY_BOUNDS)
+    + "}\n"
+    + """
+local function count_latency(key, aggr, created_at, now, ttl)
+  local created = tonumber(created_at)
+  if not created or not aggr or aggr == '' then return end
+  local took = tonumber(now) - created
+  local bound = '"""
+    + keys.LATENCY_ABOVE
+    + """'
+  for _, b in ipairs(LATENCY_BOUNDS) do
+    if took <= tonumber(b) then bound = b; break end
+  end
+  redis.call('HINCRBY', key, aggr .. ':' .. bound, 1)
+  redis.call('EXPIRE', key, ttl)
+end
+"""
+)
+
+#: The end-to-end latency of a job that finished without a callback (creation to stored, or to
+#: Failed), counted as CALLBACK_DELIVERED counts a delivered one's. Returns nothing.
+COUNT_JOB_LATENCY = (
+    _COUNT_LATENCY
+    + """
+local jobmeta, latency = KEYS[1], KEYS[2]
+local aggr_id, now, latency_ttl = ARGV[1], ARGV[2], ARGV[3]
+count_latency(latency, aggr_id, redis.call('HGET', jobmeta, 'CreatedAt'), now, latency_ttl)
+return 1
+"""
+)
+
+#: The callback was delivered: the job's hash goes (as in the original, whose tools take a
+#: delivered job's missing `job:<id>` for "done") and its file is scheduled for deletion at
+#: its location. What GET /jobs/<id> shows of it stays in our own keys until the reaper
+#: deletes them with the file: `jobmeta` gains `Delivered` (JSON of the job fields a view
+#: needs, not its request's bulk) and `DeliveredAt`; meta, errors and options get `kept_ttl`
+#: as a safety net. Its end-to-end latency is counted in `latency`. 1 done, 0 lease lost.
+CALLBACK_DELIVERED = (
+    _COUNT_LATENCY
+    + """
 local inflight, leases, job, jobmeta, joberrors = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
-local deletion_queue, jobopts, deletion_targets = KEYS[6], KEYS[7], KEYS[8]
+local deletion_queue, jobopts, deletion_targets, latency = KEYS[6], KEYS[7], KEYS[8], KEYS[9]
 local id, token, delete_at, location = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local now, kept_ttl, latency_ttl = ARGV[5], ARGV[6], ARGV[7]
+local KEPT = {'ID', 'URL', 'AggrID', 'MaxRetries', 'DownloadState', 'DownloadCount', 'DownloadMeta',
+  'CallbackType', 'CallbackDst', 'CallbackURL', 'DownloadURL', 'CallbackCount', 'ResponseCode',
+  'ImageSize', 'S3Bucket', 'S3Region'}
 if redis.call('HGET', leases, id) ~= token then return 0 end
 redis.call('ZREM', inflight, id)
 redis.call('HDEL', leases, id)
-redis.call('DEL', job, jobmeta, joberrors, jobopts)
+local values = redis.call('HMGET', job, unpack(KEPT))
+if values[1] then
+  local snapshot = {}
+  for i, name in ipairs(KEPT) do
+    if values[i] then snapshot[name] = values[i] end
+  end
+  redis.call('HSET', jobmeta, 'Delivered', cjson.encode(snapshot), 'DeliveredAt', now, 'UpdatedAt', now)
+  redis.call('EXPIRE', jobmeta, kept_ttl)
+  redis.call('EXPIRE', joberrors, kept_ttl)
+  redis.call('EXPIRE', jobopts, kept_ttl)
+  count_latency(latency, values[3], redis.call('HGET', jobmeta, 'CreatedAt'), now, latency_ttl)
+else
+  redis.call('DEL', jobmeta, joberrors, jobopts)
+end
+redis.call('DEL', job)
 redis.call('ZADD', deletion_queue, delete_at, id)
 redis.call('HSET', deletion_targets, id, location)
 return 1
 """
+)
 
 #: A failed delivery: record it and either schedule the retry or leave the job Failed, its
 #: hash, meta and file then kept until `delete_at` (the failed retention) and deleted together

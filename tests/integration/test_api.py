@@ -81,6 +81,8 @@ def test_job_status_shows_a_queued_job_and_404_for_unknown_ids(api: TestClient) 
         "error": "",
         "image_size": "",
         "download_url": "",
+        "sha256": "",
+        "size": 0,
     }
     assert view["callback"]["destination"] == VALID["callback_url"]
     assert view["created_at"] and view["next_attempt_at"] and view["lease_expires_at"] is None

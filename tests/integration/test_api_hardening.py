@@ -88,6 +88,16 @@ CORRUPT_JOBS = {
     "job-of-another-type": lambda db, job_id: (db.delete(keys.job(job_id)), db.set(keys.job(job_id), "x")),
     "errors-of-another-type": lambda db, job_id: db.set(keys.job_errors(job_id), "x"),
     "meta-of-another-type": lambda db, job_id: db.set(keys.job_meta(job_id), "x"),
+    "delivered-record-unreadable": lambda db, job_id: (
+        db.delete(keys.job(job_id)),
+        db.hset(keys.job_meta(job_id), mapping={"Delivered": "{not json", "DeliveredAt": "1"}),
+    ),
+    "delivered-record-of-a-bad-job": lambda db, job_id: (
+        db.delete(keys.job(job_id)),
+        db.hset(
+            keys.job_meta(job_id), mapping={"Delivered": '{"ID": "x", "Bogus": "1"}', "DeliveredAt": "1"}
+        ),
+    ),
 }
 
 

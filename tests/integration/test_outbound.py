@@ -216,7 +216,8 @@ def test_the_default_policy_refuses_loopback_and_never_connects(
     err = refused(lambda: fetch(fetcher, f"http://127.0.0.1:{listener.port}/x", tmp_path))
     assert err.phase == "validating destination"
     assert str(err) == (
-        "Error while validating destination, destination address not allowed: 127.0.0.1 (loopback), "
+        "Error while validating destination, destination address not allowed: 127.0.0.1 (loopback); "
+        "allow it with DOWNLOADER_ALLOWED_NETWORKS or DOWNLOADER_ALLOW_PRIVATE_NETWORKS=true, "
         "retriable: false, internal: false"
     )
     # A name is resolved and its addresses checked the same way (localhost: 127.0.0.1 and/or ::1).
@@ -249,7 +250,8 @@ def test_a_public_looking_name_hiding_the_metadata_address_is_refused() -> None:
         Outbound(resolver=dns).resolve("cdn.test", 80)
     assert str(info.value) == (
         "destination address not allowed: ::ffff:169.254.169.254 "
-        "(link-local, IPv4-mapped 169.254.169.254) for host cdn.test"
+        "(link-local, IPv4-mapped 169.254.169.254) for host cdn.test; "
+        "allow it with DOWNLOADER_ALLOWED_NETWORKS or DOWNLOADER_ALLOW_PRIVATE_NETWORKS=true"
     )
     dns = FakeDNS({"cdn.test": [["93.184.215.14", "2606:4700::1"]]})
     assert [info[4][0] for info in Outbound(resolver=dns).resolve("cdn.test", 80)] == [
@@ -570,7 +572,10 @@ def test_callbacks_obey_the_same_policy(listener: RawListener) -> None:
             backend.deliver(Message("AbCdEfGhIjKlMn", url, b"{}"))
     finally:
         backend.close()
-    assert str(info.value) == f'Post "{url}": destination address not allowed: 127.0.0.1 (loopback)'
+    assert str(info.value) == (
+        f'Post "{url}": destination address not allowed: 127.0.0.1 (loopback); '
+        "allow it with DOWNLOADER_ALLOWED_NETWORKS or DOWNLOADER_ALLOW_PRIVATE_NETWORKS=true"
+    )
     assert listener.connections() == 0
 
 

@@ -380,9 +380,16 @@ def test_a_delivered_jobs_file_and_hash_are_deleted_after_the_deletion_delay(
     wait_until(lambda: stack.stats("notifier").get("reaperSuccessfulDeletions", 0) >= 1, 5, "reaper stats")
     notifier.check_alive()
     # Nothing of the job is left: no side key, no lease, and its idle aggregation is gone too.
-    # (The dashboard's heartbeats and per-minute counts are no job's, nor is the adoption
-    # sweep's turn, nor a claim's receipt; they expire by themselves.)
-    dashboard = (keys.INSTANCES_PREFIX, keys.THROUGHPUT_PREFIX, keys.ADOPTION_LOCK, keys.CLAIM_RECEIPT_PREFIX)
+    # (The dashboard's heartbeats, per-minute counts and recently seen hosts are no job's, nor
+    # is the adoption sweep's turn, nor a claim's receipt; they expire by themselves.)
+    dashboard = (
+        keys.INSTANCES_PREFIX,
+        keys.THROUGHPUT_PREFIX,
+        keys.LATENCY_PREFIX,
+        keys.ADOPTION_LOCK,
+        keys.CLAIM_RECEIPT_PREFIX,
+        keys.HOSTS,
+    )
     wait_until(
         lambda: (
             {k for k in stack.db.scan_iter() if not k.startswith(dashboard)}
@@ -457,7 +464,9 @@ def test_a_callback_to_a_closed_port_is_retried_then_failed_and_delivered_after_
 
     assert payload["success"] is True
     assert payload["download_url"] == download_url(job_id)
-    wait_until(lambda: api.job(job_id).status_code == 404, 10, "the delivered job to be gone")
+    # Shown as delivered until its file is deleted (the deletion delay), no longer as Failed.
+    wait_until(lambda: api.job(job_id).json()["state"] == "delivered", 10, "the job to show as delivered")
+    assert not stack.db.exists(f"job:{job_id}"), "its hash goes at delivery, as in the original"
 
 
 def test_download_url_does_not_grow_when_callbacks_are_retried(
@@ -630,7 +639,7 @@ def test_a_mime_type_list_accepts_any_of_its_types_and_negations_must_all_hold(
 # --- GET /jobs/{id} ----------------------------------------------------------------------------
 
 
-def test_get_job_shows_attempts_errors_and_times_while_waiting_for_a_retry_and_404_after_delivery(
+def test_get_job_shows_attempts_errors_and_times_while_waiting_for_a_retry_and_delivered_after_delivery(
     stack: Stack, files: FileServer, callbacks: CallbackServer
 ) -> None:
     api, _, _ = stack.all_three(retry_backoff_seconds=60)
@@ -659,6 +668,7 @@ def test_get_job_shows_attempts_errors_and_times_while_waiting_for_a_retry_and_4
         "error": "",
         "backend": "http",
         "destination": callbacks.url,
+        "delivered_at": None,
     }
     for stamp in ("created_at", "updated_at", "started_at", "next_attempt_at"):
         assert view[stamp], f"{stamp} is not set"
@@ -667,7 +677,10 @@ def test_get_job_shows_attempts_errors_and_times_while_waiting_for_a_retry_and_4
     assert view["created_at"] <= view["started_at"] <= view["updated_at"] < view["next_attempt_at"]
 
     assert callbacks.wait_for(done)["success"] is True
-    wait_until(lambda: api.job(done).status_code == 404, 10, "a delivered job to be gone")
+    delivered = wait_until(
+        lambda: (v := api.job(done).json())["state"] == "delivered" and v, 10, "a delivered job to show so"
+    )
+    assert delivered["callback"]["state"] == "Delivered" and delivered["callback"]["delivered_at"]
     assert api.job("NoSuchJob00000").status_code == 404
 
 

@@ -112,6 +112,19 @@ def test_finish_is_fenced_by_the_lease_token(db: Store, rdb: redis.Redis) -> Non
     assert rdb.hget(keys.job_meta(job_id), "FinishedAt")
 
 
+def test_a_job_that_ends_without_callback_counts_its_end_to_end_latency(db: Store, rdb: redis.Redis) -> None:
+    job_id = queued_job(db, aggr="quiet")
+    token = new_token()
+    assert db.claim("quiet", 1, token, 30).ids == [job_id]
+    rdb.hset(keys.job_meta(job_id), "CreatedAt", repr(time.time() - 4))  # created 4 s ago
+    job = Job.from_hash(rdb.hgetall(keys.job(job_id)))
+    done = Outcome(fields={"DownloadState": "Success"}, next_step=NextStep.DELETE, due=1.0, finished=True)
+    now = time.time()
+    assert db.finish(job, token, done, now=now) == 1
+    assert rdb.hgetall(keys.latency(int(now // 60))) == {"quiet:5": "1"}  # the bucket of 3-5 s
+    assert 0 < rdb.ttl(keys.latency(int(now // 60))) <= keys.LATENCY_TTL_SECONDS
+
+
 def test_renew_extends_held_leases_and_reports_lost_ones(db: Store, rdb: redis.Redis) -> None:
     a, b = queued_job(db), queued_job(db)
     token = new_token()
@@ -183,12 +196,15 @@ def test_callbacks_are_leased_delivered_and_scheduled_for_deletion(db: Store, rd
     assert raw["CallbackCount"] == "1" and raw["CallbackState"] == "InProgress"
     where = Location(key=f"sub/{job_id[:3]}/{job_id}", bucket="theirs", region="eu-west-1").encode()
     assert db.callback_delivered(job_id, token, delete_at=123.0, location=where) == 1
-    assert not rdb.exists(keys.job(job_id), keys.job_meta(job_id))
+    assert not rdb.exists(keys.job(job_id)), "the original's hash goes at delivery"
+    kept = rdb.hgetall(keys.job_meta(job_id))  # what GET /jobs/<id> shows until the file goes
+    assert json.loads(kept["Delivered"])["ID"] == job_id and float(kept["DeliveredAt"]) > 0
     assert rdb.zscore(keys.DELETION_QUEUE, job_id) == 123.0
     assert rdb.zcard(keys.CALLBACK_INFLIGHT) == 0
     assert db.deletion_targets([job_id, "NoSuchJob12345"]) == {job_id: where}
     db.deletions_done([job_id])
     assert db.deletion_targets([job_id]) == {} and rdb.zscore(keys.DELETION_QUEUE, job_id) is None
+    assert not rdb.exists(keys.job_meta(job_id)), "the kept record goes with the file"
 
 
 def test_options_live_beside_the_originals_hash_and_go_with_the_job(db: Store, rdb: redis.Redis) -> None:

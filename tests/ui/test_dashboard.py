@@ -58,7 +58,9 @@ def test_live_overview(
     seed_history(stack.redis_url, {"shop.example.com": (9, 1), "images.example.org": (4, 0)})
     api, _, _ = stack.all_three(shutdown_grace_seconds=1)
     cb = callbacks.url
-    api.post_job(job_body(files.url("tiny.png"), "images.example.org", cb, limit=8, mime_type="image/*"))
+    image = api.post_job(
+        job_body(files.url("tiny.png"), "images.example.org", cb, limit=8, mime_type="image/*")
+    )
     # Slow aggregations keep a backlog and jobs in flight while the page looks (and their
     # `aggr:` hash, which workers delete once an aggregation is idle).
     shop_ids = [
@@ -67,7 +69,7 @@ def test_live_overview(
     ]
     for n in range(14):
         api.post_job(job_body(files.url("tiny.png", hold=8, n=n), "video.example.net", cb, limit=6))
-    # Their callbacks go nowhere, so the jobs stay (a delivered job is deleted) for the lookup.
+    # Their callbacks go nowhere, so the jobs stay undelivered (pending, then Failed) for the lookup.
     nowhere = f"http://127.0.0.1:{free_port()}/callback"
     missing = api.post_job(job_body(files.url("gone.png"), "cdn.example.net", nowhere, limit=16))
     api.post_job(job_body(files.url("tiny.pdf"), "cdn.example.net", nowhere, limit=16, mime_type="image/*"))
@@ -81,12 +83,30 @@ def test_live_overview(
     expect(shop).to_be_visible()
     expect(shop.locator("td").nth(1)).to_have_text("2")  # its limit, from aggr:shop.example.com
     expect(table.locator('tr[data-aggr="video.example.net"] td').nth(1)).to_have_text("6")
-    expect(table.locator('tr[data-aggr="cdn.example.net"] td').nth(1)).to_have_text("–")  # idle: hash gone
+    # Drained: its `aggr:` hash is gone (as the original deleted it), its limit is remembered.
+    expect(table.locator('tr[data-aggr="cdn.example.net"] td').nth(1)).to_have_text("16")
     expect(shop.locator("td").nth(2)).not_to_have_text("0")  # still a backlog: pending jobs
 
     for role in ("api", "worker", "notifier"):
         expect(page.locator(f'#instances [data-role="{role}"] h3')).to_have_text(f"{role} (1)")
-    expect(page.locator('#instances [data-role="operator"]')).to_contain_text("none running")
+    # No operator is expected outside Kubernetes: its empty card is neutral, not a warning.
+    operator = page.locator('#instances [data-role="operator"]')
+    expect(operator).to_contain_text("none running (none expected here)")
+    expect(operator).to_have_class(re.compile(r"\bunexpected\b"))
+    heading_color = operator.locator("h3").evaluate("h => getComputedStyle(h).color")
+    assert heading_color == page.locator("#aggr-note").evaluate("e => getComputedStyle(e).color")  # muted
+
+    # End-to-end latency and throughput per aggregation; callbacks per destination host.
+    images = table.locator('tr[data-aggr="images.example.org"]')
+    expect(images.locator("td").nth(6)).to_have_text(re.compile(r"^≤ \d"))  # p50
+    expect(images.locator("td").nth(7)).to_have_text(re.compile(r"^≤ \d"))  # p95
+    chart = page.locator('#latency-charts figure[data-aggr="images.example.org"]')
+    expect(chart).to_contain_text("finished")
+    expect(chart.locator("svg rect.done").first).to_be_attached()
+    expect(chart.locator("svg polyline.p95")).to_be_attached()
+    callback_hosts = page.locator("#callbacks-table tbody")
+    expect(callback_hosts.locator('tr[data-host="127.0.0.1"]')).to_be_visible()
+    expect(page.locator("#callbacks-note")).to_contain_text("Pending")
 
     failures = page.locator("#failures-table tbody")
     expect(failures).to_contain_text(missing)
@@ -106,7 +126,7 @@ def test_live_overview(
     limit_header = page.locator('#aggr-table th[data-key="limit"]')
     limit_header.locator("button").click()
     expect(limit_header).to_have_attribute("aria-sort", "descending")
-    assert aggregation_ids(page)[0] == "video.example.net"
+    assert aggregation_ids(page)[0] == "cdn.example.net"  # 16, remembered after it drained
     limit_header.locator("button").click()
     expect(limit_header).to_have_attribute("aria-sort", "ascending")
     assert aggregation_ids(page)[0] == "shop.example.com"
@@ -131,6 +151,14 @@ def test_live_overview(
     expect(result.locator(".errors")).to_contain_text("Received status code 404")
     expect(result.locator(".timeline li").first).to_contain_text("Created")
     expect(result.locator(".timeline")).to_contain_text("Finished")
+
+    # A delivered job stays visible until its file is deleted, with its file's checksum.
+    page.fill("#job-id", image)
+    page.click("#job-form button[type=submit]")
+    expect(result.locator('[data-field="state"]')).to_have_text("delivered")
+    expect(result.locator('[data-field="callback"]')).to_contain_text("Delivered")
+    expect(result.locator('[data-field="file"]')).to_contain_text("sha256")
+    expect(result.locator(".timeline")).to_contain_text("Callback delivered")
 
     page.locator("#job-result").scroll_into_view_if_needed()
     page.wait_for_timeout(2500)  # one more poll: the rates include the jobs above

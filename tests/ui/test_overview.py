@@ -114,3 +114,34 @@ def test_overview_is_documented(api: TestClient) -> None:
     assert {"instances", "aggregations", "totals", "series", "recent_failures"} <= set(
         spec["components"]["schemas"]["Overview"]["properties"]
     )
+
+
+def test_overview_adds_latency_series_and_callbacks_per_destination_host(
+    api: TestClient, db: Store, rdb: redis.Redis
+) -> None:
+    enqueue(db, "shop-a", limit=7, count=2)
+    minute = int(time.time() // 60)
+    rdb.hset(keys.latency(minute), mapping={"shop-a:2": 9, "shop-a:60": 1, "other-z:1": 3})
+    rdb.hset(keys.throughput(minute), mapping={"shop-a:ok": 10, "drained-c:ok": 1, "drained-c:limit": 12})
+    rdb.hset(
+        keys.callback_hosts(minute), mapping={"hooks.example.com:failed": 2, "hooks.example.com:retried": 3}
+    )
+
+    body = api.get("/ui/overview", headers=ALL).json()
+    rows = {row["id"]: row for row in body["aggregations"]}
+    assert (rows["shop-a"]["latency_p50"], rows["shop-a"]["latency_p95"]) == (2.0, 60.0)
+    assert rows["drained-c"]["limit"] == 12 and rows["drained-c"]["latency_p50"] is None
+    series = {s["id"]: s["points"] for s in body["aggregation_series"]}
+    assert next(iter(series)) == "shop-a" and len(series["shop-a"]) == keys.THROUGHPUT_MINUTES
+    assert series["shop-a"][-1] == {"minute": series["shop-a"][-1]["minute"], "finished": 10, "failed": 0,
+                                    "latency_p50": 2.0, "latency_p95": 60.0}  # fmt: skip
+    assert body["callback_hosts"] == [{"host": "hooks.example.com", "pending": 0, "retried": 3, "failed": 2}]
+    assert body["callback_hosts_sampled"] is False and body["operator_expected"] is False
+
+    scoped = api.get("/ui/overview", headers=SHOP).json()
+    assert scoped["callback_hosts"] is None  # fleet-wide: not for a key scoped to some aggregations
+    assert [s["id"] for s in scoped["aggregation_series"]] == ["shop-a"]
+
+    rdb.hset(keys.latency(minute), "shop-a:5", "many")  # written by hand: not a count
+    resp = api.get("/ui/overview", headers=ALL)
+    assert resp.status_code == 409 and "not a number" in resp.text

@@ -34,7 +34,14 @@ def test_attempts_import_nothing_of_the_loop_that_runs_them() -> None:
 def test_the_context_is_frozen_and_small() -> None:
     fields = {f.name for f in dataclasses.fields(attempts.AttemptContext)}
     services = {"db", "token", "fetcher", "storage", "stats", "clock"}
-    settings = {"tmp_dir", "download_url", "retry_backoff_seconds", "max_retries", "job_retention_seconds"}
+    settings = {
+        "tmp_dir",
+        "download_url",
+        "retry_backoff_seconds",
+        "max_retries",
+        "job_retention_seconds",
+        "retry_after_max_seconds",
+    }
     assert fields == services | settings
     context = attempts.AttemptContext(**dict.fromkeys(fields - {"clock"}))  # type: ignore[arg-type]
     with pytest.raises(dataclasses.FrozenInstanceError):

@@ -28,6 +28,8 @@ def test_our_keys_are_invisible_to_the_originals_scans() -> None:
         keys.leases("a"),
         keys.job_meta("id"),
         keys.job_errors("id"),
+        keys.latency(1),
+        keys.callback_hosts(1),
         keys.CALLBACK_INFLIGHT,
         keys.CALLBACK_LEASES,
     ]

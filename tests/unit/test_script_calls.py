@@ -90,7 +90,9 @@ def samples() -> list[Sample]:
         ),
         Sample(
             calls.callback_delivered_call,
-            calls.callback_delivered_call(job_id="J1", token="t", delete_at=1.0, location="l"),
+            calls.callback_delivered_call(
+                job_id="J1", token="t", delete_at=1.0, location="l", now=1.0, kept_ttl=1
+            ),
         ),
         Sample(
             calls.callback_undelivered_call,
@@ -105,6 +107,9 @@ def samples() -> list[Sample]:
                 location="",
             ),
             2 * len(FIELDS),
+        ),
+        Sample(
+            calls.count_job_latency_call, calls.count_job_latency_call(job_id="J1", aggr_id="aggr", now=1.0)
         ),
         Sample(calls.retry_callback_call, calls.retry_callback_call(job_id="J1", now=1.0)),
         Sample(calls.claim_deletions_call, calls.claim_deletions_call(wanted=1, now=1.0, retry_at=2.0)),
