@@ -116,6 +116,15 @@ def files() -> Iterator[FileServer]:
 
 
 @pytest.fixture
+def other_host() -> Iterator[FileServer]:
+    """A second origin beside `files`: the same address on another port is another host."""
+    server = FileServer()
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
 def callbacks() -> Iterator[CallbackServer]:
     server = CallbackServer()
     server.start()

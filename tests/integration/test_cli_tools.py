@@ -4,15 +4,13 @@ local file and callback servers; progress output on a pipe and on a terminal (pt
 
 from __future__ import annotations
 
-import os
-import pty
 import re
-import select
 import subprocess
 from pathlib import Path
 
 import pytest
 import redis
+from support import terminal
 from support.procs import DOWNLOADER, Stack, aggr_id
 from support.servers import CallbackServer, FileServer, wait_until
 
@@ -205,34 +203,13 @@ def test_retry_reschedules_exactly_the_failed_callbacks(
 
 def test_the_progress_bar_is_redrawn_on_a_terminal(stack: Stack, rdb: redis.Redis, files: FileServer) -> None:
     url_file(stack.tmp_path / "urls.txt", files, 1000)
-    primary, secondary = pty.openpty()
-    try:
-        proc = subprocess.Popen(
-            [*DOWNLOADER, "enqueue", "urls.txt", "--aggr", aggr_id("tty"), "--limit", "2",
-             "--callback-url", "http://127.0.0.1:9/cb"],
-            env=stack.env(), cwd=stack.tmp_path, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-            stderr=secondary, text=True,
-        )  # fmt: skip
-        os.close(secondary)
-        secondary = -1
-        seen = b""
-        while True:
-            ready, _, _ = select.select([primary], [], [], 60)
-            assert ready, "the command went quiet"
-            try:
-                chunk = os.read(primary, 65536)
-            except OSError:  # EIO: every writer of the terminal is gone
-                break
-            if not chunk:
-                break
-            seen += chunk
-        stdout, _ = proc.communicate(timeout=60)
-    finally:
-        os.close(primary)
-        if secondary >= 0:
-            os.close(secondary)
-    assert proc.returncode == 0
-    screen = seen.decode()
+    status, screen, stdout = terminal.on_a_terminal(
+        [*DOWNLOADER, "enqueue", "urls.txt", "--aggr", aggr_id("tty"), "--limit", "2",
+         "--callback-url", "http://127.0.0.1:9/cb"],
+        stack.env(),
+        stack.tmp_path,
+    )  # fmt: skip
+    assert status == 0
     bars = re.findall(r"\r\[([#.]{20})\] (\d+)/1000 jobs, 0 rejected, \d+/s", screen)
     assert len(bars) >= 2 and bars[0] == ("." * 20, "0") and bars[-1] == ("#" * 20, "1000"), screen
     assert not re.search(r"^\d+% ", screen, re.M), "no 10% lines on a terminal"

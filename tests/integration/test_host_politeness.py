@@ -29,15 +29,6 @@ IMAGE = "sample-1.jpg"
 CALLBACK = "http://127.0.0.1:9/callback"
 
 
-@pytest.fixture
-def other_host() -> Iterator[FileServer]:
-    """A second origin: the same address on another port is another host."""
-    server = FileServer()
-    server.start()
-    yield server
-    server.stop()
-
-
 def host(server: FileServer) -> str:
     return server.base.removeprefix("http://")
 

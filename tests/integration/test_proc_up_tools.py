@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import pty
-import select
 import signal
 import subprocess
 from pathlib import Path
@@ -16,6 +14,7 @@ from pathlib import Path
 import httpx
 import psutil
 import pytest
+from support import terminal
 from support.procs import DOWNLOADER, Stack, aggr_id, free_port
 from support.servers import CallbackServer, FileServer, wait_until
 
@@ -39,30 +38,7 @@ def tool(stack: Stack, cwd: Path, *args: str) -> subprocess.CompletedProcess[str
 
 def on_a_terminal(stack: Stack, cwd: Path, *args: str) -> tuple[int, str, str]:
     """(status, what the terminal showed on stderr, stdout) of the CLI with stderr on a pty."""
-    primary, secondary = pty.openpty()
-    try:
-        proc = subprocess.Popen([*DOWNLOADER, *args], env=stack.env(redis_url=None), cwd=cwd,
-                                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=secondary,
-                                text=True)  # fmt: skip
-        os.close(secondary)
-        secondary = -1
-        seen = b""
-        while True:
-            ready, _, _ = select.select([primary], [], [], 60)
-            assert ready, "the command went quiet"
-            try:
-                chunk = os.read(primary, 65536)
-            except OSError:  # EIO: every writer of the terminal is gone
-                break
-            if not chunk:
-                break
-            seen += chunk
-        stdout, _ = proc.communicate(timeout=60)
-    finally:
-        os.close(primary)
-        if secondary >= 0:
-            os.close(secondary)
-    return proc.returncode, seen.decode(), stdout
+    return terminal.on_a_terminal([*DOWNLOADER, *args], stack.env(redis_url=None), cwd)
 
 
 def callback_state(api: str, job_id: str) -> str:

@@ -6,7 +6,6 @@ Retry-After, without console errors. A screenshot goes to artifacts/.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 
 import pytest
 from playwright.sync_api import expect
@@ -16,14 +15,6 @@ from support.servers import FileServer, wait_until
 pytestmark = pytest.mark.ui
 
 CALLBACK = "http://127.0.0.1:9/callback"
-
-
-@pytest.fixture
-def other_host() -> Iterator[FileServer]:
-    server = FileServer()
-    server.start()
-    yield server
-    server.stop()
 
 
 def test_the_hosts_card_shows_in_flight_limits_and_pauses(
