@@ -110,7 +110,7 @@ async def queue_job(state: State, grant: Grant, scope: Scope, receive: Receive) 
     require(grant, job.aggr_id)
     db: AsyncStore = state.store
     try:
-        queued = await db.enqueue_keyed(job, aggregation, key)
+        queued = await db.enqueue(job, aggregation, key)
     except IdempotencyConflict as exc:
         metrics.IDEMPOTENCY_CONFLICTS.inc()
         raise HTTPProblem(409, str(exc)) from exc

@@ -324,18 +324,17 @@ class AsyncQueueMixin(AsyncStoreBase):
     wait_replicas: int
     wait_timeout_ms: int
 
-    async def enqueue(self, job: Job, aggregation: Aggregation, now: float | None = None) -> str | None:
-        """The new job's id, or None after ID_ATTEMPTS collisions (astronomically unlikely).
-        NotReplicated: too few replicas acknowledged it in time, and it was undone."""
-        result = await self.enqueue_keyed(job, aggregation, None, now)
-        return None if result is None else result.id
-
-    async def enqueue_keyed(
-        self, job: Job, aggregation: Aggregation, idempotency: Idempotency | None, now: float | None = None
+    async def enqueue(
+        self,
+        job: Job,
+        aggregation: Aggregation,
+        idempotency: Idempotency | None = None,
+        now: float | None = None,
     ) -> Enqueued | None:
-        """`enqueue` with a client's idempotency key (or None): a key that names an earlier job
-        of the same request answers that job (`replayed`, nothing queued); IdempotencyConflict
-        when it names another request's."""
+        """The new job, or None after ID_ATTEMPTS collisions (astronomically unlikely). With a
+        client's idempotency key, a key that names an earlier job of the same request answers
+        that job (`replayed`, nothing queued); IdempotencyConflict when it names another
+        request's. NotReplicated: too few replicas acknowledged it in time, and it was undone."""
         now = time.time() if now is None else now
         draws = IdDraws(1)
         with translated():

@@ -269,12 +269,18 @@ local function host_state(host)
           limit = host_rule(policy.limits, host, name, policy.limit),
           rate = host_rule(policy.rates, host, name, policy.rate)}
 end
+local options_of = {}  -- id -> its options, read once: by the host check and for the reply
+local function options(id)
+  local o = options_of[id]
+  if o == nil then o = redis.call('GET', options_prefix .. id) or ''; options_of[id] = o end
+  return o
+end
 local function admits(host, id)
   local h = seen[host]
   if not h then h = host_state(host); seen[host] = h end
   if h.paused or h.closed then return false end
   local limit = h.limit
-  local own = tonumber(string.match(redis.call('GET', options_prefix .. id) or '', '"host_limit":(%d+)') or 0)
+  local own = tonumber(string.match(options(id), '"host_limit":(%d+)') or 0)
   if own > 0 and (limit <= 0 or own < limit) then limit = own end
   if limit > 0 and h.count >= limit then return false end
   if h.rate > 0 then
@@ -344,7 +350,7 @@ for _, id in ipairs(ids) do
   end
   table.insert(out, id)
   table.insert(out, job)
-  table.insert(out, {redis.call('GET', options_prefix .. id) or ''})
+  table.insert(out, {options(id)})
 end
 return out
 """
@@ -686,8 +692,8 @@ local function count_latency(key, aggr, created_at, now, ttl)
   for _, b in ipairs(LATENCY_BOUNDS) do
     if took <= tonumber(b) then bound = b; break end
   end
-  redis.call('HINCRBY', key, aggr .. ':' .. bound, 1)
-  redis.call('EXPIRE', key, ttl)
+  -- the first count of a field in this minute's key sets its expiry: once, not per job
+  if redis.call('HINCRBY', key, aggr .. ':' .. bound, 1) == 1 then redis.call('EXPIRE', key, ttl) end
 end
 """
 )

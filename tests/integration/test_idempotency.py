@@ -217,7 +217,7 @@ def test_a_keyed_enqueue_whose_redis_reply_is_lost_makes_one_job_and_answers_it_
         )
         store = AsyncStore(client)
         try:
-            return await store.enqueue_keyed(*a_job(), Idempotency("*", "lost-1", 60))
+            return await store.enqueue(*a_job(), Idempotency("*", "lost-1", 60))
         finally:
             await client.aclose()
 
@@ -239,7 +239,7 @@ def test_a_job_too_few_replicas_hold_is_undone_with_its_key(redis_url: str, rdb:
         try:
             for _ in range(2):  # the retry after the 503 is tried again, not answered from a record
                 with pytest.raises(NotReplicated):
-                    await store.enqueue_keyed(*a_job(), Idempotency("*", "held-1", 60))
+                    await store.enqueue(*a_job(), Idempotency("*", "held-1", 60))
         finally:
             await client.aclose()
 
@@ -253,9 +253,9 @@ def test_a_replay_waits_for_no_replica_its_first_request_waited_for(redis_url: s
         client = redis.asyncio.Redis.from_url(redis_url, decode_responses=True)
         key = Idempotency("*", "replayed-1", 60)
         try:
-            first = await AsyncStore(client).enqueue_keyed(*a_job(), key)
+            first = await AsyncStore(client).enqueue(*a_job(), key)
             # No replica would acknowledge a new job; the replay queues nothing, so holds nothing.
-            again = await AsyncStore(client, wait_replicas=1, wait_timeout_ms=50).enqueue_keyed(*a_job(), key)
+            again = await AsyncStore(client, wait_replicas=1, wait_timeout_ms=50).enqueue(*a_job(), key)
             return first, again
         finally:
             await client.aclose()

@@ -38,7 +38,8 @@ def enqueue(redis_url: str, job: Job, *, wait_replicas: int, wait_timeout_ms: in
         client = redis.asyncio.Redis.from_url(redis_url, decode_responses=True)
         store = AsyncStore(client, wait_replicas=wait_replicas, wait_timeout_ms=wait_timeout_ms)
         try:
-            return await store.enqueue(job, Aggregation(job.aggr_id, limit=2))
+            queued = await store.enqueue(job, Aggregation(job.aggr_id, limit=2))
+            return None if queued is None else queued.id
         finally:
             await store.close()
 
