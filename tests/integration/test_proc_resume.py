@@ -94,7 +94,9 @@ def test_a_killed_worker_leaves_what_it_stored_and_the_next_one_continues_it(
     worker.kill9()
     server.release.set()
     time.sleep(0.5)
-    stack.worker()  # another worker on the same disk, once the dead one's lease expires
+    # another worker on the same disk, once the dead one's short lease expires; its own lease is
+    # the usual one, so a loaded host's late renewal cannot cut its download a second time
+    stack.worker(lease_seconds=10)
     payload = callbacks.wait_for(job_id, timeout=60)
 
     assert payload["success"] is True, payload
