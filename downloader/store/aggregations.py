@@ -80,8 +80,8 @@ class AggregationsMixin(StoreBase):
             holders, members = pipe.execute()
         host_of = {worker.id: worker.host for worker in (Instance.decode("worker", m) for m in members)}
         counts: dict[str, int] = {}
-        for token in holders:
-            host = host_of.get(token)
+        for lease in holders:
+            host = host_of.get(lease.split(" ", 1)[0])  # "token" or "token <host it holds a slot of>"
             if host is not None:
                 counts[host] = counts.get(host, 0) + 1
         return counts

@@ -130,8 +130,8 @@ def claim_call(
             keys.AGGREGATIONS,
             keys.LEASES_DUE,
             keys.claim_receipt(call_id),
-            keys.LEASE_HOSTS,
             keys.HOSTS,
+            keys.HOST_PAUSES,
         ],
         args=[
             repr(now),
@@ -164,7 +164,7 @@ def renew_call(*, aggr_id: str | None, ids: Sequence[str], token: str, lease_sec
     )
     return ScriptCall(
         scripts.RENEW,
-        keys=[inflight, leases, keys.LEASE_HOSTS],
+        keys=[inflight, leases],
         args=[repr(lease_seconds), token, host_prefix, *ids],
     )
 
@@ -175,7 +175,7 @@ def finish_call(
     """FINISH of `outcome`: the job goes to the queue of its next step, announced on that
     queue's channel (the deletion queue has none: the reaper polls); with `outcome.pause_host`
     the job's host is paused fleet-wide for that many seconds."""
-    host = hosts.host_of(job.url)
+    host = hosts.host_of(job.url) if outcome.pause_host else ""  # named only to be paused
     target, channel = {
         None: (keys.queue(job.aggr_id), keys.WAKEUP_CHANNEL),  # not queued: no score
         NextStep.RETRY: (keys.queue(job.aggr_id), keys.WAKEUP_CHANNEL),
@@ -194,9 +194,9 @@ def finish_call(
             keys.DELETION_TARGETS,
             keys.throughput(int(now // 60)),
             keys.RECENT_FAILURES,
-            keys.LEASE_HOSTS,
             keys.HOSTS,
             keys.host_pause(host),
+            keys.HOST_PAUSES,
         ],
         args=[
             job.id,
@@ -234,7 +234,6 @@ def drop_claim_call(
             keys.leases(aggr_id),
             keys.DEAD_LETTERS,
             keys.RECENT_FAILURES,
-            keys.LEASE_HOSTS,
         ],
         args=[
             job_id,
@@ -257,7 +256,6 @@ def recover_due_call(
             keys.CALLBACK_QUEUE,
             keys.CALLBACK_INFLIGHT,
             keys.CALLBACK_LEASES,
-            keys.LEASE_HOSTS,
         ],
         args=[
             repr(now),

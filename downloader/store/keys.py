@@ -70,10 +70,11 @@ RESCUE_LOCK = "downloader:rescue"
 
 #: Politeness per origin host, fleet-wide (see `downloader.jobs.hosts`). A job's host is read
 #: from its URL by CLAIM_DOWNLOADS, so jobs written by the original's API are counted as well.
-#: Sorted set per host of the job ids leased for it, scored by lease expiry (Redis's clock) as
-#: `inflight:<aggr>`: counted at claim (expired members first trimmed, so a dead worker's slots
-#: come back when its lease expires), renewed by RENEW, emptied by FINISH, DROP_CLAIM and
-#: recovery; an empty set is no key.
+#: Sorted set per host under a limit of the job ids leased for it (an unlimited host's
+#: downloads are not counted), scored by lease expiry (Redis's clock) as `inflight:<aggr>`:
+#: counted at claim (expired members first trimmed, so a dead worker's slots come back when its
+#: lease expires), renewed by RENEW, emptied by FINISH, DROP_CLAIM and recovery (the lease's
+#: value in `leases:<aggr>` names the host whose slot it holds); an empty set is no key.
 HOST_INFLIGHT_PREFIX = "hostinflight:"
 #: String per paused host (a 429/503 with Retry-After): the pause's end in Unix seconds on
 #: Redis's clock, expiring (PX) with it. No claim takes a job for the host meanwhile.
@@ -81,14 +82,15 @@ HOST_PAUSE_PREFIX = "hostpause:"
 #: String per host with a requests-per-second limit: the earliest time (Redis's clock) of its
 #: next request, expiring (PX) then. One claim per interval per host across the fleet.
 HOST_NEXT_PREFIX = "hostnext:"
-#: Hash job id -> host its lease counts against (`hostinflight:<host>`), written at claim,
-#: removed with the lease: the scripts that end a lease need not parse the URL again.
-LEASE_HOSTS = "LeaseHosts"
-#: Sorted set host -> when it was last claimed for or paused until (Redis's clock): the hosts
-#: the dashboard and /metrics show. Members older than HOSTS_SEEN_SECONDS are trimmed, and the
-#: key expires that long after a claim first names a host (a quiet fleet leaves no trace).
+#: Sorted set host -> when it was last claimed for under a limit or rate, or paused until
+#: (Redis's clock): the hosts the dashboard and /metrics show. Members older than
+#: HOSTS_SEEN_SECONDS are trimmed, and the key expires that long after a claim first names a
+#: host (a quiet fleet leaves no trace).
 HOSTS = "Hosts"
 HOSTS_SEEN_SECONDS = 3600
+#: String that lives (PX) as long as the longest host pause in force: while it is absent and
+#: no host limit or rate is configured, a claim reads no job's host at all.
+HOST_PAUSES = "HostPauses"
 
 #: Pub/sub channel (not a key): the API publishes an aggregation id on it when that
 #: aggregation's queue goes from empty to non-empty, so idle workers start at once instead
@@ -131,12 +133,14 @@ def inflight(aggr_id: str) -> str:
 
 
 def leases(aggr_id: str) -> str:
-    """Hash job id -> token of the process holding its lease (fences late writers)."""
+    """Hash job id -> token of the process holding its lease (fences late writers), followed by
+    " <host>" when the lease holds a slot of its host (`hostinflight:<host>`)."""
     return LEASES_PREFIX + aggr_id
 
 
 def job_meta(job_id: str) -> str:
-    """Hash of what we track per job beyond the original's fields (timestamps, crashes). Once
+    """Hash of what we track per job beyond the original's fields (timestamps, crashes;
+    `Errors` and `Options` = "1" when its errors list and options key exist). Once
     its callback is delivered the job's hash goes, as in the original, and this one keeps what
     GET /jobs/<id> shows of it (`Delivered`: JSON of some of its fields, `DeliveredAt`) until
     the reaper deletes its file."""

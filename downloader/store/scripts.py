@@ -68,14 +68,18 @@ local function host_rule(values, host, name, default)
   end
   return tonumber(default)
 end
-local function release_host(lease_hosts, host_inflight_prefix, id)
-  if host_inflight_prefix == nil or host_inflight_prefix == '' then return nil end
-  local host = redis.call('HGET', lease_hosts, id)
-  if host then
+-- A download lease's value in `leases:<aggr>`: its holder's token, then, when the lease holds
+-- a slot of its host (`hostinflight:<host>`), that host: "token host". One read tells both.
+local function lease_of(value)
+  if not value then return nil, nil end
+  local token, host = string.match(value, '^(%S+) (%S+)$')
+  if token then return token, host end
+  return value, nil
+end
+local function release_host(host_inflight_prefix, host, id)
+  if host and host_inflight_prefix and host_inflight_prefix ~= '' then
     redis.call('ZREM', host_inflight_prefix .. host, id)
-    redis.call('HDEL', lease_hosts, id)
   end
-  return host
 end
 """
 
@@ -225,7 +229,7 @@ CLAIM_DOWNLOADS = (
     + """
 local queue, inflight, leases, aggr, paused = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local managed, registry, leases_due, receipt = KEYS[6], KEYS[7], KEYS[8], KEYS[9]
-local lease_hosts, hosts = KEYS[10], KEYS[11]
+local hosts, host_pauses = KEYS[10], KEYS[11]
 local now, lease_seconds, wanted, token = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
 local default_limit, aggr_id, meta_ttl = tonumber(ARGV[5]), ARGV[6], ARGV[7]
 local job_prefix, meta_prefix, options_prefix = ARGV[8], ARGV[9], ARGV[10]
@@ -235,7 +239,7 @@ local earlier = redis.call('GET', receipt)
 if earlier then
   local out = {'ok', redis.call('HGETALL', aggr)}
   for _, id in ipairs(cjson.decode(earlier)) do
-    if redis.call('HGET', leases, id) == token then
+    if lease_of(redis.call('HGET', leases, id)) == token then
       table.insert(out, id)
       table.insert(out, redis.call('HGETALL', job_prefix .. id))
       table.insert(out, {redis.call('GET', options_prefix .. id) or ''})
@@ -259,15 +263,28 @@ local take = math.min(room, wanted)
 local due = redis.call('ZRANGEBYSCORE', queue, '-inf', now, 'WITHSCORES', 'LIMIT', 0, take + host_scan)
 local clock = redis_now()
 local policy = cjson.decode(host_policy)
+local function any_rule(values) return next(values.exact) ~= nil or #values.suffixes > 0 end
+-- Hosts are looked at only when some rule could hold a job back: a limit or rate (global, per
+-- host, or the job's own), or a host paused somewhere (`host_pauses` lives as long as the
+-- longest pause). Without them a job costs no host bookkeeping at all.
+local host_rules = tonumber(policy.limit) > 0 or tonumber(policy.rate) > 0
+  or any_rule(policy.limits) or any_rule(policy.rates)
+local any_pause = not host_rules and redis.call('EXISTS', host_pauses) == 1
 local seen = {}  -- host -> what this call knows of it
 local function host_state(host)
   local name = host_name(host)
-  local key = host_inflight_prefix .. host
-  redis.call('ZREMRANGEBYSCORE', key, '-inf', clock)  -- slots of expired leases come back
-  return {key = key, count = redis.call('ZCARD', key),
-          paused = redis.call('EXISTS', host_pause_prefix .. host) == 1,
+  return {paused = redis.call('EXISTS', host_pause_prefix .. host) == 1,
           limit = host_rule(policy.limits, host, name, policy.limit),
           rate = host_rule(policy.rates, host, name, policy.rate)}
+end
+-- a host's slots in use, read once per call and only for a host under a limit
+local function host_count(host, h)
+  if not h.count then
+    local key = host_inflight_prefix .. host
+    redis.call('ZREMRANGEBYSCORE', key, '-inf', clock)  -- slots of expired leases come back
+    h.count = redis.call('ZCARD', key)
+  end
+  return h.count
 end
 local options_of = {}  -- id -> its options, read once: by the host check and for the reply
 local function options(id)
@@ -275,32 +292,44 @@ local function options(id)
   if o == nil then o = redis.call('GET', options_prefix .. id) or ''; options_of[id] = o end
   return o
 end
-local function admits(host, id)
+-- Whether `host` admits job `id` (whose own limit is `own`), and whether its lease then holds
+-- a slot of the host (only under a limit: an unlimited host's downloads are not counted).
+local function admits(host, own)
   local h = seen[host]
   if not h then h = host_state(host); seen[host] = h end
   if h.paused or h.closed then return false end
   local limit = h.limit
-  local own = tonumber(string.match(options(id), '"host_limit":(%d+)') or 0)
   if own > 0 and (limit <= 0 or own < limit) then limit = own end
-  if limit > 0 and h.count >= limit then return false end
+  if limit > 0 and host_count(host, h) >= limit then return false end
   if h.rate > 0 then
     h.closed = true  -- one request per interval per host: the next waits for the key to expire
     local interval = math.max(1, math.floor(1000 / h.rate))
     if not redis.call('SET', host_next_prefix .. host, '1', 'NX', 'PX', interval) then return false end
   end
-  h.count = h.count + 1
-  return true
+  if limit > 0 then h.count = h.count + 1 end
+  if (limit > 0 or h.rate > 0) and not h.noted then  -- for the dashboard: hosts under a rule
+    h.noted = true
+    if redis.call('ZADD', hosts, clock, host) == 1 then  -- a new host: forget long-quiet ones
+      redis.call('ZREMRANGEBYSCORE', hosts, '-inf', clock - hosts_seen_seconds)
+      redis.call('EXPIRE', hosts, hosts_seen_seconds)  -- and all of them once the fleet is idle
+    end
+  end
+  return true, limit > 0
 end
-local ids, queued_at, host_of = {}, {}, {}
+local ids, queued_at, slot_of = {}, {}, {}
 local skipped = false
 for i = 1, #due, 2 do
   if #ids >= take then break end
   local id = due[i]
-  local host = url_host(redis.call('HGET', job_prefix .. id, 'URL'))
-  if host == '' or admits(host, id) then
+  local own = tonumber(string.match(options(id), '"host_limit":(%d+)') or 0)
+  local host = ''
+  if host_rules or any_pause or own > 0 then host = url_host(redis.call('HGET', job_prefix .. id, 'URL')) end
+  local admitted, holds_slot = true, false
+  if host ~= '' then admitted, holds_slot = admits(host, own) end
+  if admitted then
     table.insert(ids, id)
     queued_at[id] = due[i + 1]
-    host_of[id] = host
+    if holds_slot then slot_of[id] = host end
   else
     skipped = true
   end
@@ -315,21 +344,18 @@ if #ids == 0 then
   if redis.call('SISMEMBER', managed, aggr_id) == 0 then redis.call('DEL', aggr) end
   return {'idle'}
 end
-local expiry = redis_now() + lease_seconds
+local expiry = clock + lease_seconds
 local leased, tokens = {}, {}
 for _, id in ipairs(ids) do
   table.insert(leased, expiry)
   table.insert(leased, id)
   table.insert(tokens, id)
-  table.insert(tokens, token)
-  local host = host_of[id]
-  if host ~= '' then
+  local host = slot_of[id]
+  if host then
     redis.call('ZADD', host_inflight_prefix .. host, expiry, id)
-    redis.call('HSET', lease_hosts, id, host)
-    if redis.call('ZADD', hosts, clock, host) == 1 then  -- a new host: forget long-quiet ones
-      redis.call('ZREMRANGEBYSCORE', hosts, '-inf', clock - hosts_seen_seconds)
-      redis.call('EXPIRE', hosts, hosts_seen_seconds)  -- and all of them once the fleet is idle
-    end
+    table.insert(tokens, token .. ' ' .. host)
+  else
+    table.insert(tokens, token)
   end
 end
 redis.call('ZREM', queue, unpack(ids))
@@ -343,10 +369,16 @@ for _, id in ipairs(ids) do
   if #job > 0 then
     redis.call('HSET', job_prefix .. id, 'DownloadState', 'InProgress')
     if redis.call('HSET', meta_prefix .. id, 'StartedAt', now, 'UpdatedAt', now) == 2 then
-      -- its first claim: the queue's score was its creation time
-      redis.call('HSET', meta_prefix .. id, 'CreatedAt', queued_at[id])
-      redis.call('EXPIRE', meta_prefix .. id, meta_ttl)
+      -- its first claim: the queue's score was its creation time; `Options` tells the
+      -- scripts that end the job that it has an options key to keep or delete with it
+      if options(id) ~= '' then
+        redis.call('HSET', meta_prefix .. id, 'CreatedAt', queued_at[id], 'Options', '1')
+      else
+        redis.call('HSET', meta_prefix .. id, 'CreatedAt', queued_at[id])
+      end
     end
+    -- its life runs from its latest claim (FINISH leaves it: the attempt is short)
+    redis.call('EXPIRE', meta_prefix .. id, meta_ttl)
   end
   table.insert(out, id)
   table.insert(out, job)
@@ -361,17 +393,20 @@ return out
 RENEW = (
     _REDIS_NOW
     + _ARGV_FROM
+    + _HOST_FUNCTIONS
     + """
-local inflight, leases, lease_hosts = KEYS[1], KEYS[2], KEYS[3]
+local inflight, leases = KEYS[1], KEYS[2]
 local lease_seconds, token, host_inflight_prefix = tonumber(ARGV[1]), ARGV[2], ARGV[3]
 local ids = argv_from(4)
 local lost = {}
 local expiry = redis_now() + lease_seconds
 for _, id in ipairs(ids) do
-  if redis.call('HGET', leases, id) == token then
+  local holder, host = lease_of(redis.call('HGET', leases, id))
+  if holder == token then
     redis.call('ZADD', inflight, 'XX', expiry, id)
-    local host = host_inflight_prefix ~= '' and redis.call('HGET', lease_hosts, id)
-    if host then redis.call('ZADD', host_inflight_prefix .. host, expiry, id) end
+    if host and host_inflight_prefix ~= '' then
+      redis.call('ZADD', host_inflight_prefix .. host, expiry, id)
+    end
   else
     table.insert(lost, id)
   end
@@ -388,17 +423,17 @@ return lost
 DROP_CLAIM = (
     _HOST_FUNCTIONS
     + """
-local inflight, leases, dead_letters, failures, lease_hosts = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local inflight, leases, dead_letters, failures = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local id, token, record, failure, failures_kept = ARGV[1], ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5])
 local host_inflight_prefix = ARGV[6]
-local holder = redis.call('HGET', leases, id)
+local holder, host = lease_of(redis.call('HGET', leases, id))
 if holder ~= token then
   if not holder and (record == '' or redis.call('HGET', dead_letters, id) == record) then return 1 end
   return 0
 end
 redis.call('ZREM', inflight, id)
 redis.call('HDEL', leases, id)
-release_host(lease_hosts, host_inflight_prefix, id)
+release_host(host_inflight_prefix, host, id)
 if record ~= '' then
   redis.call('HSET', dead_letters, id, record)
   if failure ~= '' then
@@ -416,9 +451,9 @@ return 1
 COUNT_ATTEMPT_FUNCTION = """
 local function count_attempt(minute, failures, kind, aggr, failure, ttl, kept)
   if kind ~= '' then
-    redis.call('HINCRBY', minute, kind, 1)
+    -- the first count of a kind in this minute's key sets its expiry: once, not per job
+    if redis.call('HINCRBY', minute, kind, 1) == 1 then redis.call('EXPIRE', minute, ttl) end
     redis.call('HINCRBY', minute, aggr .. ':' .. kind, 1)
-    redis.call('EXPIRE', minute, ttl)
   end
   if failure ~= '' then
     redis.call('LPUSH', failures, failure)
@@ -444,26 +479,32 @@ FINISH = (
     + """
 local inflight, leases, job, target, jobmeta = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local joberrors, deletion_targets, minute, failures = KEYS[6], KEYS[7], KEYS[8], KEYS[9]
-local lease_hosts, hosts, host_pause = KEYS[10], KEYS[11], KEYS[12]
+local hosts, host_pause, host_pauses = KEYS[10], KEYS[11], KEYS[12]
 local id, token, call_id, target_score, now = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local error_text, errors_kept, meta_ttl, finished = ARGV[6], ARGV[7], ARGV[8], ARGV[9]
 local deletion_target, result, counted_as, aggr_id = ARGV[10], ARGV[11], ARGV[12], ARGV[13]
 local failure, throughput_ttl, failures_kept, channel = ARGV[14], ARGV[15], ARGV[16], ARGV[17]
 local host_inflight_prefix, paused_host, pause_seconds = ARGV[18], ARGV[19], tonumber(ARGV[20])
 local fields = argv_from(21)  -- the job's field/value pairs
-if redis.call('HGET', leases, id) ~= token then
+local holder, slot_host = lease_of(redis.call('HGET', leases, id))
+if holder ~= token then
   if redis.call('HGET', jobmeta, 'LastWrite') == call_id then return 1 end
   if redis.call('EXISTS', job) == 0 then return -1 end
   return 0
 end
 redis.call('ZREM', inflight, id)
 redis.call('HDEL', leases, id)
-release_host(lease_hosts, host_inflight_prefix, id)
+release_host(host_inflight_prefix, slot_host, id)
 if pause_seconds > 0 and redis.call('PTTL', host_pause) < pause_seconds * 1000 then
   -- the server asked the whole fleet to wait (Retry-After); a longer pause already set stays
   local pause_end = redis_now() + pause_seconds
-  redis.call('SET', host_pause, tostring(pause_end), 'PX', math.max(1, math.floor(pause_seconds * 1000)))
+  local ms = math.max(1, math.floor(pause_seconds * 1000))
+  redis.call('SET', host_pause, tostring(pause_end), 'PX', ms)
   redis.call('ZADD', hosts, pause_end, paused_host)
+  -- claims look at hosts while any is paused: this key lives as long as the longest pause
+  if redis.call('PTTL', host_pauses) < ms then
+    redis.call('SET', host_pauses, tostring(pause_end), 'PX', ms)
+  end
 end
 if redis.call('EXISTS', job) == 0 then return -1 end
 if #fields > 0 then redis.call('HSET', job, unpack(fields)) end
@@ -472,8 +513,8 @@ if deletion_target ~= '' then redis.call('HSET', deletion_targets, id, deletion_
 local meta = {'UpdatedAt', now, 'LastWrite', call_id}
 if result ~= '' then table.insert(meta, 'Result'); table.insert(meta, result) end
 if finished == '1' then table.insert(meta, 'FinishedAt'); table.insert(meta, now) end
-redis.call('HSET', jobmeta, unpack(meta))
-redis.call('EXPIRE', jobmeta, meta_ttl)
+if error_text ~= '' then table.insert(meta, 'Errors'); table.insert(meta, '1') end  -- see CALLBACK_DELIVERED
+redis.call('HSET', jobmeta, unpack(meta))  -- its expiry was set by the claim
 if error_text ~= '' then
   redis.call('RPUSH', joberrors, error_text)
   redis.call('LTRIM', joberrors, -tonumber(errors_kept), -1)
@@ -497,9 +538,12 @@ RECOVER_JOB_FUNCTION = (
 local function recover_job(k, a)
   local score = redis.call('ZSCORE', k.inflight, a.id)
   if not score or tonumber(score) > redis_now() then return 0 end
+  if a.host_inflight_prefix then
+    local _, host = lease_of(redis.call('HGET', k.leases, a.id))
+    release_host(a.host_inflight_prefix, host, a.id)
+  end
   redis.call('ZREM', k.inflight, a.id)
   redis.call('HDEL', k.leases, a.id)
-  if k.lease_hosts then release_host(k.lease_hosts, a.host_inflight_prefix, a.id) end
   if redis.call('EXISTS', k.job) == 0 then return -1 end
   local crashes = redis.call('HINCRBY', k.jobmeta, 'Crashes', 1)
   redis.call('HSET', k.jobmeta, 'UpdatedAt', a.now)
@@ -510,6 +554,7 @@ local function recover_job(k, a)
     redis.call('RPUSH', k.joberrors, a.error)
     redis.call('LTRIM', k.joberrors, -tonumber(a.errors_kept), -1)
     redis.call('EXPIRE', k.joberrors, a.meta_ttl)
+    redis.call('HSET', k.jobmeta, 'Errors', '1')
     if count > max_retries then
       redis.call('HSET', k.job, 'DownloadState', 'Failed', 'DownloadMeta', a.error)
       redis.call('HSET', k.jobmeta, 'FinishedAt', a.now)
@@ -538,7 +583,7 @@ RECOVER_DUE = (
     RECOVER_JOB_FUNCTION
     + """
 local leases_due, callback_queue, callback_inflight = KEYS[1], KEYS[2], KEYS[3]
-local callback_leases, lease_hosts = KEYS[4], KEYS[5]
+local callback_leases = KEYS[4]
 local now, tolerance, default_max_retries, error_text = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local meta_ttl, errors_kept, wakeup_channel, callback_channel = ARGV[5], ARGV[6], ARGV[7], ARGV[8]
 local max_aggregations, max_leases = tonumber(ARGV[9]), tonumber(ARGV[10])
@@ -560,7 +605,7 @@ for _, aggr_id in ipairs(due) do
     a.id = id
     local k = {inflight = inflight, leases = p.leases .. aggr_id, queue = p.queue .. aggr_id,
                job = p.job .. id, jobmeta = p.jobmeta .. id, joberrors = p.joberrors .. id,
-               callback_queue = callback_queue, lease_hosts = lease_hosts}
+               callback_queue = callback_queue}
     table.insert(out, aggr_id)
     table.insert(out, id)
     table.insert(out, recover_job(k, a))
@@ -735,11 +780,14 @@ if values[1] then
   for i, name in ipairs(KEPT) do
     if values[i] then snapshot[name] = values[i] end
   end
+  -- `Errors` and `Options` (set by FINISH, recovery and the first claim) say which of the
+  -- job's other keys exist: only those are given the longer life
+  local meta = redis.call('HMGET', jobmeta, 'CreatedAt', 'Errors', 'Options')
   redis.call('HSET', jobmeta, 'Delivered', cjson.encode(snapshot), 'DeliveredAt', now, 'UpdatedAt', now)
   redis.call('EXPIRE', jobmeta, kept_ttl)
-  redis.call('EXPIRE', joberrors, kept_ttl)
-  redis.call('EXPIRE', jobopts, kept_ttl)
-  count_latency(latency, values[3], redis.call('HGET', jobmeta, 'CreatedAt'), now, latency_ttl)
+  if meta[2] then redis.call('EXPIRE', joberrors, kept_ttl) end
+  if meta[3] then redis.call('EXPIRE', jobopts, kept_ttl) end
+  count_latency(latency, values[3], meta[1], now, latency_ttl)
 else
   redis.call('DEL', jobmeta, joberrors, jobopts)
 end

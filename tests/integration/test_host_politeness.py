@@ -95,10 +95,11 @@ def test_a_host_limit_holds_across_aggregations_and_worker_processes(
     assert peak_concurrency(other_host.seen(IMAGE)) > 3
     card = {row["host"]: row for row in api.http.get("/ui/hosts").json()["hosts"]}
     assert (card[host(files)]["limit"], card[host(files)]["in_flight"]) == (3, 0)
-    assert card[host(other_host)]["limit"] is None
+    assert host(other_host) not in card, "an unlimited host's downloads cost no host bookkeeping"
+    assert not stack.db.exists(f"hostinflight:{host(other_host)}")
     assert f'downloader_host_in_flight{{host="{host(files)}"}} 0.0' in api.http.get("/metrics").text
     assert not stack.db.exists(f"hostinflight:{host(files)}"), "every slot was given back"
-    assert stack.db.hlen("LeaseHosts") == 0
+    assert not stack.db.keys("leases:*"), "and every lease"
 
 
 def test_a_429_with_retry_after_pauses_its_host_fleet_wide_while_other_hosts_are_served(
@@ -155,7 +156,7 @@ def test_a_dead_workers_host_slots_come_back_when_its_lease_expires(stack: Stack
     # Lease recovery (the surviving worker runs it) fails the crashed job and forgets its slot.
     wait_until(lambda: states(stack, [stuck]) == ["Failed"], 20, "the crashed job to be recovered")
     wait_until(lambda: not stack.db.exists(f"hostinflight:{host(files)}"), 10, "no slot left held")
-    assert stack.db.hlen("LeaseHosts") == 0
+    assert not stack.db.keys("leases:*"), "nor a lease"
 
 
 def test_a_host_rate_spaces_the_fleets_requests_to_that_host(stack: Stack, files: FileServer) -> None:
@@ -259,18 +260,28 @@ B = "http://b.example/x"
 def test_a_full_host_is_stepped_over_and_the_jobs_behind_it_run(db: Store, rdb: redis.Redis) -> None:
     ids = enqueue(db, A, A, A, B, B)
     policy = HostPolicy(limits={"a.example": 1})
-    claim = db.claim("aggr", 10, new_token(), 30, host_policy=policy)
+    token = new_token()
+    claim = db.claim("aggr", 10, token, 30, host_policy=policy)
     assert sorted(claim.ids) == sorted([ids[0], ids[3], ids[4]])
     assert rdb.zcard("hostinflight:a.example") == 1
     assert 0 < rdb.ttl("Hosts") <= 3600, "the hosts seen go by themselves once the fleet is idle"
-    assert rdb.hgetall("LeaseHosts") == {ids[0]: "a.example", ids[3]: "b.example", ids[4]: "b.example"}
+    held = {ids[0]: f"{token} a.example", ids[3]: token, ids[4]: token}
+    assert rdb.hgetall("leases:aggr") == held, "a lease names the host whose slot it holds, if any"
+    assert rdb.zrange("Hosts", 0, -1) == ["a.example"]
     again = db.claim("aggr", 10, new_token(), 30, host_policy=policy)
     assert again.held_by_hosts and not again.jobs
 
 
+def test_without_a_rule_or_a_pause_a_claim_keeps_no_host_books(db: Store, rdb: redis.Redis) -> None:
+    ids = enqueue(db, A, A, B)
+    claim = db.claim("aggr", 10, new_token(), 30)
+    assert sorted(claim.ids) == sorted(ids)
+    assert not rdb.keys("hostinflight:*") and not rdb.exists("Hosts", "HostPauses")
+
+
 def test_a_paused_host_holds_its_jobs_until_the_pause_ends(db: Store, rdb: redis.Redis) -> None:
     ids = enqueue(db, A, B)
-    rdb.set("hostpause:a.example", "x", px=300)
+    pause(rdb, "a.example", 300)
     assert db.claim("aggr", 10, new_token(), 30).ids == [ids[1]]
     assert db.claim("aggr", 10, new_token(), 30).held_by_hosts
     wait_until(lambda: not rdb.exists("hostpause:a.example"), 5, "the pause to end")
@@ -288,7 +299,8 @@ def test_a_jobs_own_host_limit_lowers_the_hosts(db: Store, rdb: redis.Redis) -> 
 def test_host_slots_are_renewed_released_and_forgotten_with_their_leases(db: Store, rdb: redis.Redis) -> None:
     ids = enqueue(db, A, A)
     token = new_token()
-    claim = db.claim("aggr", 10, token, 30)
+    limited = HostPolicy(limits={"a.example": 5})
+    claim = db.claim("aggr", 10, token, 30, host_policy=limited)
     before = rdb.zscore("hostinflight:a.example", ids[0])
     time.sleep(0.05)
     assert db.renew("aggr", claim.ids, token, 60) == []
@@ -300,17 +312,25 @@ def test_host_slots_are_renewed_released_and_forgotten_with_their_leases(db: Sto
     assert db.finish(job, token, retry) == 1
     assert rdb.zrange("hostinflight:a.example", 0, -1) == [ids[1]]
     assert 1000 < rdb.pttl("hostpause:a.example") <= 1500
+    assert 1000 < rdb.pttl("HostPauses") <= 1500, "claims look at hosts while one is paused"
     assert db.drop_claim("aggr", ids[1], token)
     assert not rdb.exists("hostinflight:a.example")
-    assert rdb.hlen("LeaseHosts") == 0
+    assert not rdb.exists("leases:aggr")
     shorter = Outcome(fields={}, next_step=None, pause_host=0.5)
-    db.claim("aggr", 10, token, 30)  # nothing: the host is paused
+    assert db.claim("aggr", 10, token, 30, host_policy=limited).held_by_hosts
     rdb.delete("hostpause:a.example")
-    claimed = db.claim("aggr", 10, token, 30)
+    claimed = db.claim("aggr", 10, token, 30, host_policy=limited)
     assert claimed.ids == [ids[0]]
-    rdb.set("hostpause:a.example", "x", px=5000)
+    pause(rdb, "a.example", 5000)
     assert db.finish(job, token, shorter) == 1
     assert rdb.pttl("hostpause:a.example") > 4000, "a shorter Retry-After does not cut a longer pause"
+
+
+def pause(rdb: redis.Redis, host: str, ms: int) -> None:
+    """Pause `host` for `ms` as FINISH does on a Retry-After: its own key and the fleet's
+    "some host is paused" key."""
+    rdb.set(f"hostpause:{host}", "x", px=ms)
+    rdb.set("HostPauses", "x", px=ms)
 
 
 def test_a_host_rate_admits_one_request_per_interval(db: Store) -> None:

@@ -221,6 +221,34 @@ def test_options_live_beside_the_originals_hash_and_go_with_the_job(db: Store, r
     assert not rdb.exists(keys.job_options(plain))  # most jobs store no extra key
 
 
+def test_a_delivered_job_keeps_its_errors_and_options_as_long_as_its_record(
+    db: Store, rdb: redis.Redis
+) -> None:
+    """The delivery gives the job's other keys the record's longer life, knowing from the
+    record's `Errors` and `Options` flags which exist (no command for a key that does not)."""
+    options = JobOptions(subpath="a/b")
+    job = Job(id="", url="http://h/x", aggr_id="aggr", callback_url="http://cb", options=options)
+    job_id = enqueue(db, job, Aggregation("aggr", limit=2))
+    token = new_token()
+    claimed = db.claim("aggr", 1, token, 30).jobs[job_id]
+    retry = Outcome(fields={"DownloadState": "Pending"}, next_step=NextStep.RETRY, due=0.0, error="oops")
+    assert db.finish(Job.from_hash(claimed.raw, claimed.options), token, retry) == 1
+    assert rdb.hmget(keys.job_meta(job_id), "Errors", "Options") == ["1", "1"]
+    plain_id = queued_job(db)
+    for job_id_ in (job_id, plain_id):
+        rdb.zadd(keys.CALLBACK_QUEUE, {job_id_: 1})
+    token = new_token()
+    assert sorted(db.claim_callbacks(10, token, 30).ids) == sorted([job_id, plain_id])
+    delete_at = time.time() + 30 * 86400  # kept longer than the record's usual week
+    for job_id_ in (job_id, plain_id):
+        assert db.callback_delivered(job_id_, token, delete_at=delete_at, location="x") == 1
+    week = keys.JOB_META_TTL_SECONDS
+    for key in (keys.job_meta(job_id), keys.job_errors(job_id), keys.job_options(job_id)):
+        assert rdb.ttl(key) > week, key
+    assert rdb.hget(keys.job_meta(plain_id), "Errors") is None
+    assert not rdb.exists(keys.job_errors(plain_id), keys.job_options(plain_id))
+
+
 def test_a_dead_notifiers_callbacks_come_back(db: Store, rdb: redis.Redis) -> None:
     job_id = queued_job(db)
     rdb.zadd(keys.CALLBACK_QUEUE, {job_id: 1})
