@@ -71,6 +71,12 @@ class Notifier:
         # deliveries in a fast slot: when they began (the other busy ones stepped aside)
         self._started: dict[str, float] = {}
         self._wake = threading.Event()
+        # Whether callbacks may be waiting beyond those claimed: then an ended delivery's slot
+        # is filled at once; else the next announcement (or due time) is waited for, and no
+        # claim is sent only to find the queue empty. `_notices` counts announcements, so that
+        # one arriving while a claim is under way is not lost.
+        self._backlog = True
+        self._notices = 0
         self._stopping = threading.Event()
         self._recovery = LeaseRecovery(db, settings, on_recovered=self._wake.set)
         self._next_reap = 0.0
@@ -128,28 +134,33 @@ class Notifier:
             fast = len(self._started)  # the others stepped aside
             free = min(slots - fast, slots + self.settings.notifier_slow_concurrency - self._busy)
         if free <= 0:
-            self._wake.wait(0.5)
+            self._wake.wait(0.5 if self._backlog else self.settings.scan_interval_seconds)
             self._wake.clear()
             return
+        notices = self._notices
         claim = self.db.claim_callbacks(free, self.token, self.settings.lease_seconds)
-        if not claim.jobs:
-            # Until announced (a callback queue that was empty got one, a retry or recovery
-            # was queued), or until the next retry is due.
-            wait = self.settings.scan_interval_seconds
-            if claim.next_due is not None:
-                wait = min(wait, max(0.005, claim.next_due - time.time()))
-            self._wake.wait(wait)
-            self._wake.clear()
+        if claim.jobs:
+            started = time.monotonic()
+            with self._lock:
+                self._busy += len(claim.jobs)
+                self._delivering.update(claim.jobs)
+                self._started.update(dict.fromkeys(claim.jobs, started))
+            for job_id, claimed in claim.jobs.items():
+                self.threads.submit(self._deliver_guarded, job_id, claimed)
+        self._backlog = claim.more or self._notices != notices
+        if self._backlog:
             return
-        started = time.monotonic()
-        with self._lock:
-            self._busy += len(claim.jobs)
-            self._delivering.update(claim.jobs)
-            self._started.update(dict.fromkeys(claim.jobs, started))
-        for job_id, claimed in claim.jobs.items():
-            self.threads.submit(self._deliver_guarded, job_id, claimed)
+        # Until announced (a callback queue that was empty got one, a retry or recovery was
+        # queued), or until the next retry is due.
+        wait = self.settings.scan_interval_seconds
+        if claim.next_due is not None:
+            wait = min(wait, max(0.005, claim.next_due - time.time()))
+        self._wake.wait(wait)
+        self._wake.clear()
 
     def _notice(self, _message: str) -> None:
+        self._notices += 1
+        self._backlog = True
         self._wake.set()
 
     def _deliver_guarded(self, job_id: str, claimed: store.ClaimedJob | None) -> None:
@@ -170,7 +181,8 @@ class Notifier:
                 self._busy -= 1
                 self._delivering.discard(job_id)
                 self._started.pop(job_id, None)
-            self._wake.set()
+            if self._backlog or self._stopping.is_set():
+                self._wake.set()
 
     def _step_aside(self) -> None:
         """Deliveries unanswered for SLOW_DELIVERY_SECONDS free their fast slot (while slow

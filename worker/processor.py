@@ -75,6 +75,10 @@ class _AggregationState:
     """`Processor._notices` when it was last announced: an announcement that arrives while a
     claim finds the queue empty must not be lost."""
     running: dict[str, Download] = dataclasses.field(default_factory=dict)
+    backlog: bool = True
+    """The last claim left due jobs (or found the limit reached): a download that ends frees
+    room for them, so the aggregation is looked at again at once. Without one, a claim then
+    would only find what the last one said was left: nothing due."""
 
 
 def readable_job(job_id: str, aggr_id: str, claimed: store.ClaimedJob) -> Job:
@@ -243,7 +247,8 @@ class Processor:
             state = self._aggregations.get(aggr_id)
             if state is None:
                 state = self._aggregations[aggr_id] = _AggregationState()
-            if result.jobs:
+            state.backlog = result.more or result.full or result.held_by_hosts
+            if result.jobs and result.more:
                 state.next_try = 0.0
             elif result.full or result.held_by_hosts:
                 state.next_try = now + FULL_DELAY
@@ -253,9 +258,9 @@ class Processor:
                 state.next_try = max(result.next_ready, now + self.settings.poll_interval_seconds)
             elif state.noticed > notices_before:  # announced since we asked: look again
                 state.next_try = 0.0
-            else:  # nothing queued: wait for an announcement
+            else:  # nothing queued (beyond what it claimed): wait for an announcement
                 state.next_try = NEVER
-                if not state.running and aggr_id not in self.only:
+                if not state.running and not result.jobs and aggr_id not in self.only:
                     del self._aggregations[aggr_id]
         if result.jobs:
             assert result.aggregation is not None
@@ -361,7 +366,8 @@ class Processor:
             state = self._aggregations.get(aggr_id)
             if state is not None:
                 state.running.pop(job_id, None)
-                state.next_try = 0.0
+                if state.backlog:
+                    state.next_try = 0.0
                 if not state.running:
                     self.stats.gauge_add("workerPools", -1)
             self._busy -= 1

@@ -24,14 +24,16 @@ class CallbacksMixin(StoreBase):
         call = calls.claim_callbacks_call(wanted=wanted, token=token, lease_seconds=lease_seconds, now=now)
         with translated():
             reply = cast(list[Any], self.run_script(call))
-        next_due, *per_job = reply
+        left, *per_job = reply
         jobs: dict[str, ClaimedJob | None] = {
             job_id: ClaimedJob(pairs(flat), options[0], result[0]) if flat else None
             for job_id, flat, options, result in zip(
                 per_job[::4], per_job[1::4], per_job[2::4], per_job[3::4], strict=True
             )
         }
-        return CallbackClaim(jobs, float(next_due) if next_due else None)
+        if left == "more":
+            return CallbackClaim(jobs, more=True)
+        return CallbackClaim(jobs, float(left) if left else None)
 
     def renew_callbacks(self, ids: Sequence[str], token: str, lease_seconds: float) -> list[str]:
         """Extend the leases of callbacks being delivered; returns those no longer ours."""

@@ -157,12 +157,18 @@ class QueueMixin(StoreBase):
         status = reply[0]
         if status == "ok":
             jobs: dict[str, ClaimedJob] = {}
-            for job_id, flat, options in zip(reply[2::3], reply[3::3], reply[4::3], strict=True):
+            for job_id, flat, options in zip(reply[3::3], reply[4::3], reply[5::3], strict=True):
                 raw = pairs(flat)
                 if raw:
                     raw["DownloadState"] = "InProgress"  # as the script just wrote it
                 jobs[job_id] = ClaimedJob(raw, options[0])
-            return Claim(jobs, Aggregation.from_hash(aggr_id, pairs(reply[1])))
+            left = reply[2]
+            return Claim(
+                jobs,
+                Aggregation.from_hash(aggr_id, pairs(reply[1])),
+                more=left == "more",
+                next_ready=float(left) if left not in ("more", "") else None,
+            )
         if status == "hosts":
             return Claim(held_by_hosts=True)
         if status in ("full", "paused", "empty", "idle"):

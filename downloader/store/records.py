@@ -56,6 +56,9 @@ class Claim:
     idle: bool = False
     held_by_hosts: bool = False
     """Jobs are due, but their hosts are paused, at their limit or past their rate."""
+    more: bool = False
+    """Jobs were claimed and due ones were left (by the limit, `wanted` or their hosts); when
+    False, `next_ready` (None: nothing queued) says when to look again."""
 
     @property
     def ids(self) -> list[str]:
@@ -64,11 +67,13 @@ class Claim:
 
 @dataclasses.dataclass(frozen=True)
 class CallbackClaim:
-    """Callbacks claimed for delivery (their attempt counted; None: the job is gone), and when
-    the next one is due if none is due now."""
+    """Callbacks claimed for delivery (their attempt counted; None: the job is gone), and what
+    is left: `more` (as many as wanted were claimed: more may be due), else when the next one
+    is due (None: nothing queued)."""
 
     jobs: dict[str, ClaimedJob | None]
     next_due: float | None = None
+    more: bool = False
 
     @property
     def ids(self) -> list[str]:

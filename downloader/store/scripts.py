@@ -218,8 +218,9 @@ return 1
 #: "idle" (nothing queued or claimed: the
 #: aggregation leaves the registry, and its hash goes unless the operator manages it, as the
 #: original deleted idle aggregations), "empty" (nothing queued, some claimed), the score of
-#: the next job that becomes ready, or "ok" followed by the aggregation's hash and, per job,
-#: its id, its hash (empty when gone) and {encoded options}. The ids a call leases are kept in
+#: the next job that becomes ready, or "ok" followed by the aggregation's hash, what is left
+#: ("more" due jobs, else the next queued job's score, "" for none) and, per job, its id, its
+#: hash (empty when gone) and {encoded options}. The ids a call leases are kept in
 #: its `receipt` for the lease's length: the same call sent again (its reply was lost) answers
 #: with those, still held by `token`, instead of leasing more and stranding them.
 CLAIM_DOWNLOADS = (
@@ -237,7 +238,7 @@ local host_policy, host_scan, host_inflight_prefix = ARGV[11], tonumber(ARGV[12]
 local host_pause_prefix, host_next_prefix, hosts_seen_seconds = ARGV[14], ARGV[15], tonumber(ARGV[16])
 local earlier = redis.call('GET', receipt)
 if earlier then
-  local out = {'ok', redis.call('HGETALL', aggr)}
+  local out = {'ok', redis.call('HGETALL', aggr), 'more'}
   for _, id in ipairs(cjson.decode(earlier)) do
     if lease_of(redis.call('HGET', leases, id)) == token then
       table.insert(out, id)
@@ -245,7 +246,7 @@ if earlier then
       table.insert(out, {redis.call('GET', options_prefix .. id) or ''})
     end
   end
-  if #out > 2 then return out end  -- else none is ours any more: a claim as any other
+  if #out > 3 then return out end  -- else none is ours any more: a claim as any other
 end
 if redis.call('SISMEMBER', paused, aggr_id) == 1 then return {'paused'} end
 local aggregation = redis.call('HGETALL', aggr)
@@ -363,7 +364,13 @@ redis.call('ZADD', inflight, unpack(leased))
 redis.call('HSET', leases, unpack(tokens))
 zadd_lower(leases_due, expiry, aggr_id)
 redis.call('SET', receipt, cjson.encode(ids), 'PX', math.max(1000, math.floor(lease_seconds * 1000)))
-local out = {'ok', aggregation}
+-- What is left, so that the caller claims again only for a reason: 'more' (due jobs were left,
+-- by the limit, `wanted` or their hosts), else the next queued job's score, '' when none.
+local left = 'more'
+if not skipped and #ids * 2 >= #due then
+  left = redis.call('ZRANGE', queue, 0, 0, 'WITHSCORES')[2] or ''
+end
+local out = {'ok', aggregation, left}
 for _, id in ipairs(ids) do
   local job = redis.call('HGETALL', job_prefix .. id)
   if #job > 0 then
@@ -641,8 +648,8 @@ return out
 
 #: Claims up to `wanted` due callbacks, counts each attempt and marks it InProgress, and reads
 #: them, in one round trip (a job whose hash is gone comes back empty, never recreated).
-#: Returns {score of the next callback due later, or '', then per job: id, hash, {options},
-#: {download result}}.
+#: Returns {what is left: 'more' when `wanted` were claimed (more may be due), else the score of
+#: the next callback queued or '' for none; then per job: id, hash, {options}, {download result}}.
 CLAIM_CALLBACKS = (
     _REDIS_NOW
     + """
@@ -665,7 +672,9 @@ end
 redis.call('ZREM', queue, unpack(ids))
 redis.call('ZADD', inflight, unpack(leased))
 redis.call('HSET', leases, unpack(tokens))
-local out = {''}
+local left = 'more'
+if #ids < wanted then left = redis.call('ZRANGE', queue, 0, 0, 'WITHSCORES')[2] or '' end
+local out = {left}
 for _, id in ipairs(ids) do
   local job = job_prefix .. id
   local hash = redis.call('HGETALL', job)

@@ -90,6 +90,35 @@ def test_claim_reports_empty_and_next_ready(db: Store, rdb: redis.Redis) -> None
     assert result.ids == [] and result.next_ready == pytest.approx(time.time() + 100, abs=5)
 
 
+def test_a_claim_says_what_it_left_so_that_no_claim_is_sent_for_nothing(
+    db: Store, rdb: redis.Redis
+) -> None:
+    ids = [queued_job(db, limit=10) for _ in range(4)]
+    first = db.claim("aggr", 2, new_token(), 30)
+    assert len(first.ids) == 2 and first.more, "left by `wanted`"
+    later = queued_job(db, limit=10)
+    rdb.zadd("jobs:aggr", {later: time.time() + 100})
+    rest = db.claim("aggr", 10, new_token(), 30)
+    assert sorted(rest.ids) == sorted(set(ids) - set(first.ids)) and not rest.more
+    assert rest.next_ready == pytest.approx(time.time() + 100, abs=5), "when to look again"
+    rdb.zadd("jobs:aggr", {later: 1})
+    last = db.claim("aggr", 10, new_token(), 30)
+    assert last.ids == [later] and not last.more and last.next_ready is None, "nothing queued"
+    queued_job(db, aggr="small", limit=1)
+    queued_job(db, aggr="small", limit=1)
+    assert db.claim("small", 10, new_token(), 30).more, "left by the limit"
+
+
+def test_a_callback_claim_says_what_it_left(db: Store, rdb: redis.Redis) -> None:
+    ids = [queued_job(db) for _ in range(3)]
+    rdb.zadd(keys.CALLBACK_QUEUE, {ids[0]: 1, ids[1]: 2, ids[2]: time.time() + 100})
+    first = db.claim_callbacks(1, new_token(), 30)
+    assert first.ids == [ids[0]] and first.more
+    rest = db.claim_callbacks(10, new_token(), 30)
+    assert rest.ids == [ids[1]] and not rest.more
+    assert rest.next_due == pytest.approx(time.time() + 100, abs=5)
+
+
 def test_an_aggregation_without_hash_uses_the_default_limit_of_four(db: Store, rdb: redis.Redis) -> None:
     for i in range(6):
         rdb.zadd("jobs:nohash", {f"id{i}": 1})
