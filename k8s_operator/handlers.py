@@ -1,19 +1,23 @@
 """The kopf handlers: each Aggregation is reconciled on change and on a timer, thinly.
 
-A reconcile reads (Redis backlog, the worker Deployment), calls `planning.plan` and applies
-the plan (the `aggr:<id>` hash, the Deployment, the status, events). Adoption creates an
+A reconcile reads (Redis backlog, the worker Deployment: a watched copy, the API server's
+own before a write), calls `planning.plan` and applies the plan (the `aggr:<id>` hash, the
+Deployment, the status, events); one at a time per Aggregation. Adoption creates an
 Aggregation for every aggregation that exists only in Redis. Blocking clients run in threads.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
+import copy
 import functools
 import logging
 import time
-from collections.abc import Awaitable, Callable
-from typing import Any
+import weakref
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, TypeVar
 
 import kopf
 
@@ -24,7 +28,15 @@ from downloader.errors import StoreError
 from downloader.observability import metrics
 from downloader.store import Store
 
+T = TypeVar("T")
 RESOURCE = (planning.GROUP, planning.VERSION, planning.PLURAL)
+#: Kubernetes API calls in flight at once, in threads of their own (the client's connection
+#: pool is given as many): a burst of new Aggregations waits on the API server, not behind
+#: the Redis calls of every refresh in asyncio's few default threads (cores + 4).
+KUBE_CALLS_AT_ONCE = 16
+#: Timer refreshes running at once. Aggregations created together refresh together, every
+#: interval: a thousand at once would queue a new Aggregation's calls behind theirs.
+REFRESHES_AT_ONCE = 8
 
 
 class Reconciler:
@@ -32,18 +44,60 @@ class Reconciler:
         self.settings = settings
         self.db = db
         self.cluster = cluster
+        self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
+        self._kube_threads = concurrent.futures.ThreadPoolExecutor(KUBE_CALLS_AT_ONCE, "kube")
+        self._refreshes = asyncio.Semaphore(REFRESHES_AT_ONCE)
 
-    async def reconcile(self, body: kopf.Body, patch: kopf.Patch, logger: kopf.Logger, **_: Any) -> None:
+    async def reconcile(
+        self,
+        body: kopf.Body,
+        patch: kopf.Patch,
+        logger: kopf.Logger,
+        worker_deployments: kopf.Index[str, dict[str, Any]] | None = None,
+        **_: Any,
+    ) -> None:
         if body.metadata.get("deletionTimestamp"):
             return  # `retire` owns it now: a last refresh must not unpause it in Redis
         spec = planning.Spec.from_dict(body.spec)
-        found = await asyncio.to_thread(self.cluster.read_deployment, planning.deployment_name(spec.id))
-        observed = await self._observe(spec, body, found)
-        plan = planning.plan(spec, observed, generation=int(body.metadata.get("generation") or 0))
-        metrics.WORKERS.record(spec.id, plan.replicas, observed.ready_replicas)
+        # One reconcile of an Aggregation at a time: under load its first refresh can come
+        # while on.create is still running, and both would create the Deployment.
+        async with self._lock(spec.id):
+            await self._reconcile(spec, body, patch, logger, worker_deployments)
+
+    async def _reconcile(
+        self,
+        spec: planning.Spec,
+        body: kopf.Body,
+        patch: kopf.Patch,
+        logger: kopf.Logger,
+        index: kopf.Index[str, dict[str, Any]] | None,
+    ) -> None:
+        name = planning.deployment_name(spec.id)
+        backlog, redis_error = await self._backlog(spec)
+
+        def decide(found: Mapping[str, Any] | None) -> tuple[planning.Observed, planning.Plan]:
+            observed = self._observe(body, found, backlog, redis_error)
+            return observed, planning.plan(
+                spec, observed, generation=int(body.metadata.get("generation") or 0)
+            )
+
+        # The watched copy of the Deployment spares a GET per refresh. A write is decided on
+        # the API server's own copy, as it always was: read it first, or, for a Deployment the
+        # watch has not shown, try to create it and read it only if it exists after all.
+        found = _indexed(index, name)
+        observed, plan = decide(found)
+        if found is not None and _differs(found, self._wanted_deployment(spec, plan.replicas)):
+            found = await self._kube(self.cluster.read_deployment, name)
+            observed, plan = decide(found)
         if not observed.redis_error:
             await asyncio.to_thread(self.db.apply_aggregation, plan.redis_hash, paused=plan.paused)
-        await self._apply_deployment(spec, body, found, plan.replicas)
+        created = found is None and await self._create_deployment(spec, body, plan.replicas)
+        if not created:
+            if found is None:
+                found = await self._kube(self.cluster.read_deployment, name)
+                observed, plan = decide(found)
+            await self._apply_deployment(spec, body, found, plan.replicas)
+        metrics.WORKERS.record(spec.id, plan.replicas, observed.ready_replicas)
         if not _contains(body.status, plan.status):  # an unchanged status costs no write
             patch.status.update(plan.status)
         for reason, message in plan.events:
@@ -53,16 +107,34 @@ class Reconciler:
             kopf.warn(body, reason="RedisUnavailable", message=observed.redis_error)
             logger.warning("redis unavailable: %s", observed.redis_error)
 
-    async def _observe(
-        self, spec: planning.Spec, body: kopf.Body, found: dict[str, Any] | None
+    async def _kube(self, call: Callable[..., T], *args: Any) -> T:
+        """One blocking call of the Kubernetes client, in the threads kept for them."""
+        return await asyncio.get_running_loop().run_in_executor(self._kube_threads, call, *args)
+
+    async def refresh(self, **kwargs: Any) -> None:
+        """The timer's reconcile, a few at a time: changes (create, update) go first."""
+        async with self._refreshes:
+            await self.reconcile(**kwargs)
+
+    def _lock(self, aggr_id: str) -> asyncio.Lock:
+        """The lock of one aggregation's reconciles; kept only while a reconcile holds it."""
+        lock = self._locks.get(aggr_id)
+        if lock is None:
+            lock = self._locks[aggr_id] = asyncio.Lock()
+        return lock
+
+    async def _backlog(self, spec: planning.Spec) -> tuple[tuple[int, int], str]:
+        """(queued, in flight) from Redis, and the error text when Redis did not answer."""
+        try:
+            return await asyncio.to_thread(self.db.backlog, spec.id), ""
+        except StoreError as exc:
+            return (0, 0), str(exc)
+
+    def _observe(
+        self, body: kopf.Body, found: Mapping[str, Any] | None, backlog: tuple[int, int], redis_error: str
     ) -> planning.Observed:
         status = body.status
-        pending = in_flight = 0
-        redis_error = ""
-        try:
-            pending, in_flight = await asyncio.to_thread(self.db.backlog, spec.id)
-        except StoreError as exc:
-            redis_error = str(exc)
+        pending, in_flight = backlog
         return planning.Observed(
             now=time.time(),
             pending=pending,
@@ -74,11 +146,9 @@ class Reconciler:
             conditions=tuple(status.get("conditions") or ()),
         )
 
-    async def _apply_deployment(
-        self, spec: planning.Spec, owner: kopf.Body, found: dict[str, Any] | None, replicas: int
-    ) -> None:
+    def _worker_pod(self) -> planning.WorkerPod:
         s = self.settings
-        pod = planning.WorkerPod(
+        return planning.WorkerPod(
             image=s.worker_image,
             pull_policy=s.worker_image_pull_policy,
             resources=s.worker_resources,
@@ -98,20 +168,30 @@ class Reconciler:
             pod_security_context=s.worker_pod_security_context,
             container_security_context=s.worker_container_security_context,
         )
-        wanted = planning.deployment(spec, s.kube_namespace, replicas, pod)
+
+    def _wanted_deployment(self, spec: planning.Spec, replicas: int) -> dict[str, Any]:
+        return planning.deployment(spec, self.settings.kube_namespace, replicas, self._worker_pod())
+
+    async def _create_deployment(self, spec: planning.Spec, owner: kopf.Body, replicas: int) -> bool:
+        """Create the worker Deployment; False when it exists already."""
+        wanted = self._wanted_deployment(spec, replicas)
+        kopf.adopt(wanted, owner=owner)  # garbage-collected with its Aggregation
+        return bool(await self._kube(self.cluster.create_deployment, wanted))
+
+    async def _apply_deployment(
+        self, spec: planning.Spec, owner: kopf.Body, found: Mapping[str, Any] | None, replicas: int
+    ) -> None:
         if found is None:
-            kopf.adopt(wanted, owner=owner)  # garbage-collected with its Aggregation
-            await asyncio.to_thread(self.cluster.create_deployment, wanted)
+            await self._create_deployment(spec, owner, replicas)
             return
-        if found["spec"].get("replicas") == replicas and _contains(
-            found["spec"]["template"], wanted["spec"]["template"]
-        ):
+        wanted = self._wanted_deployment(spec, replicas)
+        if not _differs(found, wanted):
             return
         if replicas < int(found["spec"].get("replicas") or 0):
             await self._spare_busy_pods(spec, wanted["spec"]["selector"]["matchLabels"])
         # Replicas and the pod template are ours; re-applying them also undoes manual drift.
         patch = {"spec": {"replicas": replicas, "template": wanted["spec"]["template"]}}
-        await asyncio.to_thread(self.cluster.patch_deployment, wanted["metadata"]["name"], patch)
+        await self._kube(self.cluster.patch_deployment, wanted["metadata"]["name"], patch)
 
     async def _spare_busy_pods(self, spec: planning.Spec, selector: dict[str, str]) -> None:
         """Before a scale-down, rank the worker pods by their downloads in flight (the
@@ -121,9 +201,9 @@ class Reconciler:
             downloads = await asyncio.to_thread(self.db.downloads_per_host, spec.id)
         except StoreError:
             return  # the reconcile reports Redis; scaling down blind is what Kubernetes does
-        pods = await asyncio.to_thread(self.cluster.pod_annotations, selector)
+        pods = await self._kube(self.cluster.pod_annotations, selector)
         for pod, cost in planning.deletion_costs(pods, downloads).items():
-            await asyncio.to_thread(self.cluster.annotate_pod, pod, {planning.DELETION_COST: cost})
+            await self._kube(self.cluster.annotate_pod, pod, {planning.DELETION_COST: cost})
 
     async def retire(self, body: kopf.Body, logger: kopf.Logger, **_: Any) -> None:
         """The Aggregation is being deleted: pause its jobs in Redis (they stay queued)."""
@@ -139,7 +219,7 @@ class Reconciler:
         """Create Aggregations for aggregations found only in Redis, every few intervals."""
         while not stopped.is_set():
             try:
-                created = await asyncio.to_thread(self.adopt_once)
+                created = await self._kube(self.adopt_once)  # its calls count among the kube ones
                 if created:
                     logger.info("adopted %d aggregations found only in Redis", created)
             except (StoreError, ClusterError) as exc:
@@ -172,9 +252,14 @@ def register(reconciler: Reconciler, registry: kopf.OperatorRegistry) -> None:
         decorator(*RESOURCE, registry=registry)(reconcile)
     # The first refresh waits one interval: on.create has just reconciled a new resource.
     kopf.timer(*RESOURCE, interval=interval, initial_delay=interval, registry=registry, id="refresh")(
-        reconcile
+        _counted(reconciler.refresh)
     )
     kopf.on.delete(*RESOURCE, registry=registry)(reconciler.retire)
+    # handlers get it as `worker_deployments`
+    kopf.index(
+        "apps", "v1", "deployments", id="worker_deployments", registry=registry,
+        labels={planning.AGGREGATION_LABEL: kopf.PRESENT},
+    )(index_deployment)  # fmt: skip
 
 
 def _counted(handler: Callable[..., Awaitable[None]]) -> Callable[..., Awaitable[None]]:
@@ -193,6 +278,34 @@ def _counted(handler: Callable[..., Awaitable[None]]) -> Callable[..., Awaitable
     return counted
 
 
+def _differs(found: Mapping[str, Any], wanted: Mapping[str, Any]) -> bool:
+    """Whether the Deployment `found` needs a write: other replicas, or a pod template short
+    of the `wanted` one's."""
+    return found["spec"].get("replicas") != wanted["spec"]["replicas"] or not _contains(
+        found["spec"]["template"], wanted["spec"]["template"]
+    )
+
+
+def _indexed(index: kopf.Index[str, dict[str, Any]] | None, name: str) -> dict[str, Any] | None:
+    """The watched copy of the Deployment `name` (see `index_deployment`), if any."""
+    stored = None if index is None else index.get(name)
+    return next(iter(stored), None) if stored else None
+
+
+def index_deployment(name: str, spec: kopf.Spec, status: kopf.Status, **_: Any) -> dict[str, Any]:
+    """The worker Deployments by name, as the reconcile reads them: replicas, pod template and
+    ready replicas, kept up to date by a watch (kopf indexes them before any handler runs)."""
+    return {
+        name: {
+            "spec": {
+                "replicas": spec.get("replicas"),
+                "template": copy.deepcopy(dict(spec.get("template") or {})),
+            },
+            "status": {"readyReplicas": status.get("readyReplicas")},
+        }
+    }
+
+
 def _cause(exc: Exception) -> str:
     if isinstance(exc, StoreError):
         return "redis"
@@ -201,9 +314,12 @@ def _cause(exc: Exception) -> str:
 
 def _contains(actual: Any, wanted: Any) -> bool:
     """Whether `actual` already holds everything in `wanted` (extra defaults in `actual` are
-    fine: the API server fills in fields we never set)."""
+    fine: the API server fills in fields we never set, and leaves out empty ones). `actual`
+    may be one of kopf's read-only views of a body (a Mapping, not a dict)."""
+    if actual is None and isinstance(wanted, dict | list) and not wanted:
+        return True  # e.g. `envFrom: []`, which the API server does not store
     if isinstance(wanted, dict):
-        return isinstance(actual, dict) and all(_contains(actual.get(k), v) for k, v in wanted.items())
+        return isinstance(actual, Mapping) and all(_contains(actual.get(k), v) for k, v in wanted.items())
     if isinstance(wanted, list):
         return (
             isinstance(actual, list)

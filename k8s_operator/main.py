@@ -15,14 +15,15 @@ import kopf
 from downloader.cluster import kube, planning
 from downloader.config.settings import Settings
 from downloader.observability.heartbeat import Heartbeat
-from downloader.operator.handlers import Reconciler, register
+from downloader.operator.handlers import KUBE_CALLS_AT_ONCE, Reconciler, register
 from downloader.store import Instance, Store
 
 log = logging.getLogger("downloader.operator")
 
 
 def run(settings: Settings) -> None:
-    reconciler = Reconciler(settings, Store.from_settings(settings), kube.Cluster.from_settings(settings))
+    cluster = kube.Cluster.from_settings(settings, pool_size=KUBE_CALLS_AT_ONCE)
+    reconciler = Reconciler(settings, Store.from_settings(settings), cluster)
     registry = kopf.OperatorRegistry()
     register(reconciler, registry)
     stopped = asyncio.Event()

@@ -71,8 +71,13 @@ def bearer_token(configuration: client.Configuration) -> str:
     return rest.strip() if rest and scheme.lower() == "bearer" else raw
 
 
-def api_client(settings: Settings) -> client.ApiClient:
-    return client.ApiClient(client_configuration(settings))
+def api_client(settings: Settings, pool_size: int | None = None) -> client.ApiClient:
+    """`pool_size`: connections kept open, for as many calls at once (the client's default
+    is 5 per core; a call beyond them opens and drops a connection of its own)."""
+    configuration = client_configuration(settings)
+    if pool_size is not None:
+        configuration.connection_pool_maxsize = pool_size
+    return client.ApiClient(configuration)
 
 
 class Cluster:
@@ -83,8 +88,8 @@ class Cluster:
         self.core = client.CoreV1Api(api)
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> Cluster:
-        return cls(api_client(settings), settings.kube_namespace)
+    def from_settings(cls, settings: Settings, pool_size: int | None = None) -> Cluster:
+        return cls(api_client(settings, pool_size), settings.kube_namespace)
 
     # --- Aggregations -------------------------------------------------------------
 
@@ -118,14 +123,16 @@ class Cluster:
             return None
         return cast(dict[str, Any], self.apps.api_client.sanitize_for_serialization(found))
 
-    def create_deployment(self, body: dict[str, Any]) -> None:
-        _call(
+    def create_deployment(self, body: dict[str, Any]) -> bool:
+        """Create it; False when it exists already."""
+        created = _call(
             f"creating Deployment {body['metadata']['name']}",
             self.apps.create_namespaced_deployment,
             self.namespace,
             cast(Any, body),
             tolerate=409,
         )
+        return created is not _TOLERATED
 
     def patch_deployment(self, name: str, patch: dict[str, Any]) -> None:
         _call(

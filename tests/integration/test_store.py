@@ -90,9 +90,7 @@ def test_claim_reports_empty_and_next_ready(db: Store, rdb: redis.Redis) -> None
     assert result.ids == [] and result.next_ready == pytest.approx(time.time() + 100, abs=5)
 
 
-def test_a_claim_says_what_it_left_so_that_no_claim_is_sent_for_nothing(
-    db: Store, rdb: redis.Redis
-) -> None:
+def test_a_claim_says_what_it_left_so_that_no_claim_is_sent_for_nothing(db: Store, rdb: redis.Redis) -> None:
     ids = [queued_job(db, limit=10) for _ in range(4)]
     first = db.claim("aggr", 2, new_token(), 30)
     assert len(first.ids) == 2 and first.more, "left by `wanted`"
