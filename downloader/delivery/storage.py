@@ -85,25 +85,16 @@ class FilesystemStorage:
         relative = key
         final = self.path(relative)
         try:
-            final.parent.mkdir(parents=True, exist_ok=True)
             try:
-                tmp_path.replace(final)
-            except OSError as exc:
-                if exc.errno != errno.EXDEV:
-                    raise
-                self._copy_across(tmp_path, final)
+                _move(tmp_path, final)
+            except FileNotFoundError:
+                # The directory is made when the move finds it missing, not asked for at every
+                # store: a store into one that exists costs no mkdir (two system calls).
+                final.parent.mkdir(parents=True, exist_ok=True)
+                _move(tmp_path, final)
             _fsync_dir(final.parent)
         except OSError as exc:
             raise StorageError(f"storing {relative}: {exc}") from exc
-
-    def _copy_across(self, tmp_path: Path, final: Path) -> None:
-        partial = final.with_name(final.name + ".partial")
-        with tmp_path.open("rb") as src, partial.open("wb") as dst:
-            shutil.copyfileobj(src, dst, 1 << 20)
-            dst.flush()
-            os.fsync(dst.fileno())
-        partial.replace(final)
-        tmp_path.unlink()
 
     def delete(self, key: str) -> None:
         relative = key
@@ -113,6 +104,34 @@ class FilesystemStorage:
             raise StorageError(f"deleting {relative}: {exc}") from exc
         with contextlib.suppress(OSError):
             self.path(relative).parent.rmdir()  # only succeeds once the directory is empty
+
+
+def _move(tmp_path: Path, final: Path) -> None:
+    """Rename the file in (the tmp file was synced: its bytes are not copied again), or, from
+    another filesystem, copy it beside `final` and rename that copy over it."""
+    try:
+        tmp_path.replace(final)
+    except OSError as exc:
+        if exc.errno != errno.EXDEV:
+            raise
+        _copy_across(tmp_path, final)
+
+
+def _copy_across(tmp_path: Path, final: Path) -> None:
+    # A name of this process and thread: two stores of one job at once (a job may run twice)
+    # never write into the same copy, so neither can rename a half-written one into place.
+    partial = final.with_name(f"{final.name}.{os.getpid()}-{threading.get_ident()}.partial")
+    try:
+        with tmp_path.open("rb") as src, partial.open("wb") as dst:
+            shutil.copyfileobj(src, dst, 1 << 20)
+            dst.flush()
+            os.fsync(dst.fileno())
+        partial.replace(final)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            partial.unlink(missing_ok=True)  # a failed copy leaves nothing behind
+        raise
+    tmp_path.unlink()
 
 
 def _fsync_dir(directory: Path) -> None:

@@ -56,14 +56,14 @@ def validator(headers: Mapping[str, str]) -> str:
 def resumable(headers: Mapping[str, str]) -> bool:
     """Whether the bytes of this response can be continued by a range request: they must be
     the file's own bytes (no Content-Encoding applied) and name a validator."""
-    return _unencoded(headers) and bool(validator(headers))
+    return unencoded(headers) and bool(validator(headers))
 
 
 def whole_size(status: int, headers: Mapping[str, str]) -> int:
     """The whole file's size the response declares: Content-Range's total for a 206,
     Content-Length for a 200; 0 when unknown, or when the body is encoded (gzip: the declared
     length is that of the encoded bytes)."""
-    if not _unencoded(headers):
+    if not unencoded(headers):
         return 0
     if status == 206:
         match = _CONTENT_RANGE.fullmatch(headers.get("Content-Range", "").strip())
@@ -83,18 +83,35 @@ def continues(partial: Partial, headers: Mapping[str, str]) -> bool:
         return False
     if partial.total and total != partial.total:
         return False
-    return _unencoded(headers)
+    return unencoded(headers)
 
 
-def _unencoded(headers: Mapping[str, str]) -> bool:
+def unencoded(headers: Mapping[str, str]) -> bool:
+    """Whether the body is sent as the file's own bytes: no Content-Encoding, or identity."""
     return headers.get("Content-Encoding", "").strip().lower() in ("", "identity")
 
 
 def load(tmp_dir: Path, job_id: str, url: str) -> Partial | None:
     """The partial download of this job and URL, if one is there to continue."""
+    return lookup(tmp_dir, job_id, url)[0]
+
+
+def lookup(tmp_dir: Path, job_id: str, url: str) -> tuple[Partial | None, bool]:
+    """What `load` returns, and whether a record is on disk at all: one that does not fit is
+    not continued but must still be forgotten, while most jobs have none to forget."""
     try:
-        record = json.loads(record_path(tmp_dir, job_id).read_text())
-        length = tmp_path(tmp_dir, job_id).stat().st_size
+        text = record_path(tmp_dir, job_id).read_text()
+    except FileNotFoundError:
+        return None, False
+    except (OSError, ValueError):
+        return None, True
+    return _continuable(text, tmp_path(tmp_dir, job_id), url), True
+
+
+def _continuable(text: str, bytes_path: Path, url: str) -> Partial | None:
+    try:
+        record = json.loads(text)
+        length = bytes_path.stat().st_size
         partial = Partial(str(record["url"]), str(record["validator"]), int(record["total"]), length)
     except (OSError, ValueError, KeyError, TypeError):
         return None
@@ -116,12 +133,9 @@ def remember(tmp_dir: Path, job_id: str, partial: Partial) -> None:
 
 def forget(tmp_dir: Path, job_id: str, *, keep_bytes: bool = False) -> None:
     """Remove the record, and the bytes too unless `keep_bytes` (the file moved on to storage)."""
-    paths = [record_path(tmp_dir, job_id)]
+    record_path(tmp_dir, job_id).unlink(missing_ok=True)
     if not keep_bytes:
-        paths.append(tmp_path(tmp_dir, job_id))
-    for path in paths:
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()
+        tmp_path(tmp_dir, job_id).unlink(missing_ok=True)
 
 
 def sweep(tmp_dir: Path, older_than_seconds: float, now: float | None = None) -> int:

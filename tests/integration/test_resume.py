@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from support.range_server import RangeServer
+from support.servers import FileServer
 
 from downloader.errors import DownloadError, FailureReason
 from downloader.fetching import resume
@@ -175,3 +176,17 @@ def test_a_response_without_a_validator_is_not_kept(
     cut_attempt(fetcher, server, tmp_path, MIB)
     partial = resume.load(tmp_path, JOB, server.url())
     assert partial is not None and partial.validator == "Wed, 02 Dec 2026 10:00:00 GMT"
+
+
+def test_a_record_left_for_another_url_is_forgotten_by_a_download_that_cannot_resume(
+    fetcher: Fetcher, tmp_path: Path
+) -> None:
+    resume.tmp_path(tmp_path, JOB).write_bytes(b"stale bytes")
+    resume.remember(tmp_path, JOB, resume.Partial("http://elsewhere.example/f", '"v0"', total=100))
+    files = FileServer()  # answers without ETag or Last-Modified: nothing to continue by
+    files.add_file("plain.bin", b"the whole file")
+    with files:
+        fetched = fetch(fetcher, files.url("plain.bin"), tmp_path)
+
+    assert fetched.path.read_bytes() == b"the whole file" and fetched.resumed_from == 0
+    assert not resume.record_path(tmp_path, JOB).exists()

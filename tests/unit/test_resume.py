@@ -102,6 +102,16 @@ def test_an_unreadable_record_or_a_missing_file_is_none(tmp_path: Path) -> None:
     assert resume.load(tmp_path, "job", URL) is None
 
 
+def test_lookup_also_tells_whether_a_record_is_there_to_forget(tmp_path: Path) -> None:
+    assert resume.lookup(tmp_path, "job", URL) == (None, False)  # most jobs: nothing on disk
+    resume.tmp_path(tmp_path, "job").write_bytes(b"x" * 4)
+    resume.remember(tmp_path, "job", Partial(URL, '"a"', total=10))
+    assert resume.lookup(tmp_path, "job", URL) == (Partial(URL, '"a"', 10, 4), True)
+    assert resume.lookup(tmp_path, "job", "http://files.example/other") == (None, True)  # still to forget
+    resume.record_path(tmp_path, "job").write_bytes(b"\xff\xfe not text")
+    assert resume.lookup(tmp_path, "job", URL) == (None, True)
+
+
 def test_forget_removes_the_record_and_the_bytes_unless_kept(tmp_path: Path) -> None:
     resume.tmp_path(tmp_path, "job").write_bytes(b"x")
     resume.remember(tmp_path, "job", Partial(URL, '"a"', total=10))
