@@ -366,7 +366,10 @@ class Processor:
             state = self._aggregations.get(aggr_id)
             if state is not None:
                 state.running.pop(job_id, None)
-                if state.backlog:
+                # A backlog may run now. And once our last download of a drained queue ends,
+                # one more claim finds the aggregation idle and retires it (registry, hash)
+                # now rather than at the registry's next re-read.
+                if state.backlog or (not state.running and state.next_try == NEVER):
                     state.next_try = 0.0
                 if not state.running:
                     self.stats.gauge_add("workerPools", -1)
