@@ -6,7 +6,6 @@ operator's `_apply_deployment` to the pod spec of `planning.deployment`, with pl
 
 from __future__ import annotations
 
-import asyncio
 import json
 from typing import Any
 
@@ -96,27 +95,18 @@ def test_bad_values_fail_with_the_variable_named(
         load()
 
 
-class _Cluster:
-    """Records the Deployment the operator creates."""
-
-    def __init__(self) -> None:
-        self.created: list[dict[str, Any]] = []
-
-    def create_deployment(self, body: dict[str, Any]) -> None:
-        self.created.append(body)
+def wanted_deployment(settings: Settings) -> dict[str, Any]:
+    """The worker Deployment the operator writes for an Aggregation under `settings` (what it
+    sends to the API server, decided without one)."""
+    reconciler = Reconciler(settings, db=None, cluster=None)  # type: ignore[arg-type]
+    spec = planning.Spec.from_dict({"id": "shop.example.com", "limit": 4})
+    return reconciler._wanted_deployment(spec, 1)
 
 
 def test_the_operator_applies_the_settings_to_the_worker_deployment() -> None:
     settings = Settings(worker_host_network=True, worker_node_selector=NODE, worker_tolerations=[TAINT],
                         worker_metrics_port=0)  # fmt: skip
-    cluster = _Cluster()
-    reconciler = Reconciler(settings, db=None, cluster=cluster)  # type: ignore[arg-type]
-    owner = {"apiVersion": planning.API_VERSION, "kind": planning.KIND,
-             "metadata": {"name": "shop.example.com", "namespace": "default", "uid": "u-1"}}  # fmt: skip
-    spec = planning.Spec.from_dict({"id": "shop.example.com", "limit": 4})
-    asyncio.run(reconciler._apply_deployment(spec, owner, None, 1))  # type: ignore[arg-type]
-    (created,) = cluster.created
-    pod = created["spec"]["template"]["spec"]
+    pod = wanted_deployment(settings)["spec"]["template"]["spec"]
     assert (pod["hostNetwork"], pod["dnsPolicy"]) == (True, "ClusterFirstWithHostNet")
     assert pod["nodeSelector"] == NODE and pod["tolerations"] == [TAINT]
     assert "ports" not in pod["containers"][0]
@@ -178,14 +168,7 @@ def test_the_operator_applies_the_shape_settings_to_the_worker_deployment() -> N
         worker_pod_security_context=POD_SECURITY,
         worker_container_security_context=CONTAINER_SECURITY,
     )
-    cluster = _Cluster()
-    reconciler = Reconciler(settings, db=None, cluster=cluster)  # type: ignore[arg-type]
-    metadata = {"name": "shop.example.com", "namespace": "default", "uid": "u-1"}
-    owner = {"apiVersion": planning.API_VERSION, "kind": planning.KIND, "metadata": metadata}
-    spec = planning.Spec.from_dict({"id": "shop.example.com", "limit": 4})
-    asyncio.run(reconciler._apply_deployment(spec, owner, None, 1))  # type: ignore[arg-type]
-    (created,) = cluster.created
-    template = created["spec"]["template"]
+    template = wanted_deployment(settings)["spec"]["template"]
     assert template["metadata"]["annotations"] == {
         "team": "downloads",
         planning.ID_ANNOTATION: "shop.example.com",
