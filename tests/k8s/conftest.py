@@ -29,9 +29,11 @@ from pathlib import Path
 
 import pytest
 from support import podman_images
+from support.kubetools import Kube
 from support.node import NodeError, RealNode
 from support.node import build as build_node
 from support.podman_images import Images
+from support.procs import Stack
 from testbed.controlplane import (
     ControlPlane,
     ControlPlaneError,
@@ -134,6 +136,27 @@ def cluster(
             )
     yield plane
     plane.stop()
+
+
+@pytest.fixture
+def kube(cluster: ControlPlane, namespace: str) -> Kube:
+    return Kube(cluster, namespace)
+
+
+@pytest.fixture
+def ops(tmp_path: Path, redis_url: str, cluster: ControlPlane, namespace: str) -> Iterator[Stack]:
+    """A process stack whose processes see the cluster (kubeconfig, namespace, the operator's
+    1 s refresh interval)."""
+    stack = Stack(
+        tmp_path,
+        redis_url,
+        kubeconfig=str(cluster.kubeconfig),
+        kube_namespace=namespace,
+        operator_interval_seconds=1,
+        worker_image="downloader-worker:test",
+    )
+    yield stack
+    stack.stop_all()
 
 
 @pytest.fixture(scope="session")

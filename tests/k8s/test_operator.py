@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,26 +20,6 @@ from support.procs import Api, Proc, Stack, free_port, job_body
 from downloader.store import keys
 
 pytestmark = pytest.mark.k8s
-
-
-@pytest.fixture
-def kube(cluster: Any, namespace: str) -> Kube:
-    return Kube(cluster, namespace)
-
-
-@pytest.fixture
-def ops(tmp_path: Path, redis_url: str, cluster: Any, namespace: str) -> Iterator[Stack]:
-    """A process stack whose processes see the cluster (kubeconfig, namespace, fast timers)."""
-    stack = Stack(
-        tmp_path,
-        redis_url,
-        kubeconfig=str(cluster.kubeconfig),
-        kube_namespace=namespace,
-        operator_interval_seconds=1,
-        worker_image="downloader-worker:test",
-    )
-    yield stack
-    stack.stop_all()
 
 
 def start_operator(stack: Stack) -> Proc:
@@ -173,8 +152,21 @@ def test_deletion_removes_workers_and_keeps_queued_jobs_paused(ops: Stack, kube:
     rdb.zadd("jobs:gone", {"queued-1": 1, "queued-2": 1})
     rdb.sadd(keys.AGGREGATIONS, "gone")  # as our API queues them (the original's are adopted by SCAN)
     wait_for(lambda: kube.deployment("gone"), 30, "the worker Deployment")
+    deleted = kube.aggregation("gone")
+    assert deleted is not None
+    deleted_uid = deleted["metadata"]["uid"]
     kube.run("delete", "aggregation/gone", "--wait=true", "--timeout=60s")
-    wait_for(lambda: kube.deployment("gone") is None, 60, "the Deployment garbage-collected with its owner")
+
+    def workers_removed() -> bool:
+        # Adoption may bring the aggregation back (below) before the garbage collector has
+        # deleted the old Deployment: the new one is then the paused one's, with no workers.
+        deployment = kube.deployment("gone")
+        if deployment is None:
+            return True
+        owners = {owner["uid"] for owner in deployment["metadata"].get("ownerReferences") or ()}
+        return deleted_uid not in owners and deployment["spec"]["replicas"] == 0
+
+    wait_for(workers_removed, 60, "the Deployment garbage-collected with its owner")
     assert rdb.zcard("jobs:gone") == 2
     assert rdb.sismember("PausedAggregations", "gone")
     # Adoption sees the queued jobs and brings the aggregation back, still paused.
