@@ -91,14 +91,10 @@ def unencoded(headers: Mapping[str, str]) -> bool:
     return headers.get("Content-Encoding", "").strip().lower() in ("", "identity")
 
 
-def load(tmp_dir: Path, job_id: str, url: str) -> Partial | None:
-    """The partial download of this job and URL, if one is there to continue."""
-    return lookup(tmp_dir, job_id, url)[0]
-
-
 def lookup(tmp_dir: Path, job_id: str, url: str) -> tuple[Partial | None, bool]:
-    """What `load` returns, and whether a record is on disk at all: one that does not fit is
-    not continued but must still be forgotten, while most jobs have none to forget."""
+    """The partial download of this job and URL, if one is there to continue, and whether a
+    record is on disk at all: one that does not fit is not continued but must still be
+    forgotten, while most jobs have none to forget."""
     try:
         text = record_path(tmp_dir, job_id).read_text()
     except FileNotFoundError:

@@ -270,7 +270,7 @@ local function any_rule(values) return next(values.exact) ~= nil or #values.suff
 -- longest pause). Without them a job costs no host bookkeeping at all.
 local host_rules = tonumber(policy.limit) > 0 or tonumber(policy.rate) > 0
   or any_rule(policy.limits) or any_rule(policy.rates)
-local any_pause = not host_rules and redis.call('EXISTS', host_pauses) == 1
+local any_pause = not host_rules and #due > 0 and redis.call('EXISTS', host_pauses) == 1
 local seen = {}  -- host -> what this call knows of it
 local function host_state(host)
   local name = host_name(host)

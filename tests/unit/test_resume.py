@@ -78,7 +78,7 @@ def test_the_range_request_names_the_offset_and_the_validator() -> None:
 def test_a_record_round_trips_and_its_length_is_the_file_on_disk(tmp_path: Path) -> None:
     resume.tmp_path(tmp_path, "job").write_bytes(b"x" * 40)
     resume.remember(tmp_path, "job", Partial(URL, '"a"', total=100))
-    assert resume.load(tmp_path, "job", URL) == Partial(URL, '"a"', 100, 40)
+    assert resume.lookup(tmp_path, "job", URL)[0] == Partial(URL, '"a"', 100, 40)
 
 
 @pytest.mark.parametrize(
@@ -92,14 +92,14 @@ def test_a_record_round_trips_and_its_length_is_the_file_on_disk(tmp_path: Path)
 def test_a_record_that_does_not_fit_is_not_used(tmp_path: Path, url: str, size: int, total: int) -> None:
     resume.tmp_path(tmp_path, "job").write_bytes(b"x" * size)
     resume.remember(tmp_path, "job", Partial(URL, '"a"', total=total))
-    assert resume.load(tmp_path, "job", url) is None
+    assert resume.lookup(tmp_path, "job", url)[0] is None
 
 
 def test_an_unreadable_record_or_a_missing_file_is_none(tmp_path: Path) -> None:
-    assert resume.load(tmp_path, "job", URL) is None
+    assert resume.lookup(tmp_path, "job", URL)[0] is None
     resume.record_path(tmp_path, "job").write_text("{not json")
     resume.tmp_path(tmp_path, "job").write_bytes(b"x")
-    assert resume.load(tmp_path, "job", URL) is None
+    assert resume.lookup(tmp_path, "job", URL)[0] is None
 
 
 def test_lookup_also_tells_whether_a_record_is_there_to_forget(tmp_path: Path) -> None:
