@@ -104,8 +104,10 @@ def run_attempt(ctx: AttemptContext, aggregation: Aggregation, job: Job, downloa
         )
     download.ending = True  # from here a lease found gone is this write's doing, not a loss
     result = ctx.db.finish(job, ctx.token, _counted(job, outcome, error))
-    if result > 0 and outcome.next_step is not NextStep.RETRY:
-        resume.forget(ctx.tmp_dir, job.id)  # the job is over: what a cut attempt kept goes too
+    if result > 0 and error is not None and outcome.next_step is not NextStep.RETRY:
+        # The job is over: what a cut attempt kept goes too. A download that succeeded has
+        # left nothing behind (its bytes were stored, its resume record dropped).
+        resume.forget(ctx.tmp_dir, job.id)
     metrics.attempt_done(
         error,
         terminal=outcome.fields.get("DownloadState") == State.FAILED.value,
@@ -178,6 +180,7 @@ def _download_and_store(
         cancelled=cancelled,
     )
     _count_resume(fetched)
+    moved = False
     try:
         image_size = ""
         if job.extract_image_size:
@@ -188,12 +191,13 @@ def _download_and_store(
         if cancelled.is_set():
             raise Interrupted("download cancelled (shutting down, disk full or lease not renewed)")
         try:
-            ctx.storage.store(job, fetched.path, fetched.mime_type)
+            moved = ctx.storage.store(job, fetched.path, fetched.mime_type)
         except StorageError as exc:
             raise _storage_failure(job, exc, fetched.response_code) from exc
     finally:
-        with contextlib.suppress(OSError):
-            fetched.path.unlink(missing_ok=True)
+        if not moved:  # else the file is in storage now, and nothing is left to remove
+            with contextlib.suppress(OSError):
+                fetched.path.unlink(missing_ok=True)
     measured = DownloadResult(
         sha256=fetched.sha256, size=fetched.size, content_type=fetched.mime_type, final_url=fetched.final_url
     )

@@ -167,14 +167,16 @@ class Storages:
             raise StorageError(f"no S3 support to reach bucket {location.bucket}")
         return self._job_bucket(location.bucket, location.region)
 
-    def store(self, job: Job, tmp_path: Path, content_type: str) -> None:
+    def store(self, job: Job, tmp_path: Path, content_type: str) -> bool:
         """Store a job's download where it belongs, with the sniffed type and, on S3, its
-        `extra` as object metadata (which a filesystem drops)."""
+        `extra` as object metadata (which a filesystem drops). True when `tmp_path` was moved
+        into place (a filesystem), False when it was copied (S3) and is the caller's to remove."""
         location = location_of(job)
         storage = self.for_location(location)
         on_s3 = not isinstance(storage, FilesystemStorage)  # a filesystem has no place for metadata
         metadata = self._metadata(job.extra) if self._metadata is not None and on_s3 else None
         storage.store(tmp_path, location.key, content_type=content_type, metadata=metadata)
+        return not on_s3
 
     def delete(self, location: Location) -> None:
         if location.key:

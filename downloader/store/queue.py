@@ -29,6 +29,7 @@ from downloader.store.records import (
     NextStep,
     Outcome,
     Recovered,
+    new_call_id,
     new_job_id,
     new_token,
 )
@@ -146,7 +147,7 @@ class QueueMixin(StoreBase):
             aggr_id=aggr_id,
             wanted=wanted,
             token=token,
-            call_id=new_token(),
+            call_id=new_call_id(),
             lease_seconds=lease_seconds,
             now=now,
             meta_ttl=self.meta_ttl,
@@ -194,7 +195,7 @@ class QueueMixin(StoreBase):
         0 lease lost, -1 the job's hash vanished meanwhile."""
         now = time.time() if now is None else now
         call = calls.finish_call(
-            job=job, token=token, call_id=new_token(), outcome=outcome, now=now, meta_ttl=self.meta_ttl
+            job=job, token=token, call_id=new_call_id(), outcome=outcome, now=now, meta_ttl=self.meta_ttl
         )
         with translated():
             done = int(self.run_script(call))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import itertools
 import json
 import os
 import secrets
@@ -29,6 +30,17 @@ def new_job_id() -> str:
 def new_token() -> str:
     """A lease holder's identity; fences writes of a process whose lease was taken back."""
     return secrets.token_hex(8)
+
+
+_CALL_PREFIX = secrets.token_hex(6)
+_calls = itertools.count()
+
+
+def new_call_id() -> str:
+    """An id no other script call of the fleet uses: this process's random prefix and a count.
+    Scripts keep it to know a call resent after a lost reply; drawing 8 random bytes per call
+    instead cost a system call for every claim and every outcome."""
+    return f"{_CALL_PREFIX}{next(_calls):x}"
 
 
 @dataclasses.dataclass(frozen=True)
