@@ -80,7 +80,8 @@ class JobOptions:
 
     def encode(self) -> str:
         """JSON for Redis; "" when nothing is set, so most jobs store no extra key."""
-        values = {k: v for k, v in dataclasses.asdict(self).items() if v}
+        # getattr over the field names, not dataclasses.asdict (a deep copy): once per POST
+        values = {name: value for name in _OPTION_FIELDS if (value := getattr(self, name))}
         return json.dumps(values, separators=(",", ":")) if values else ""
 
     @classmethod
@@ -100,6 +101,9 @@ class JobOptions:
             raise CorruptJobError(f"unreadable job options {raw!r}: {exc}") from exc
 
 
+_OPTION_FIELDS = tuple(f.name for f in dataclasses.fields(JobOptions))
+
+
 @dataclasses.dataclass(frozen=True)
 class DownloadResult:
     """What a successful download measured, for the callback's keys after the original ten.
@@ -111,7 +115,8 @@ class DownloadResult:
     final_url: str = ""
 
     def encode(self) -> str:
-        return json.dumps(dataclasses.asdict(self), separators=(",", ":"))
+        values = {name: getattr(self, name) for name in _RESULT_FIELDS}  # asdict deep-copies: per job
+        return json.dumps(values, separators=(",", ":"))
 
     @classmethod
     def decode(cls, raw: str | None) -> DownloadResult:
@@ -126,6 +131,9 @@ class DownloadResult:
             )
         except (ValueError, TypeError, AttributeError):
             return cls()
+
+
+_RESULT_FIELDS = tuple(f.name for f in dataclasses.fields(DownloadResult))
 
 
 @dataclasses.dataclass
