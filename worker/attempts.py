@@ -54,6 +54,8 @@ class AttemptContext:
     job_retention_seconds: float
     retry_after_max_seconds: float = 0.0
     """A 429/503's Retry-After pauses the job's host fleet-wide, capped at this; 0: ignored."""
+    sync_files: bool = True
+    """fsync a download bound for the filesystem before it is stored (`sync_files` setting)."""
     clock: Callable[[], float] = time.time
     """Wall-clock time, which queue scores are in."""
 
@@ -178,6 +180,9 @@ def _download_and_store(
         sniff=True,  # the type is stored with the file (S3 Content-Type); libmagic costs ~25 us
         mime_pattern=pattern,
         cancelled=cancelled,
+        # bytes bound for S3 are read back for the upload: a crash before the outcome is
+        # written runs the job again, so syncing them would buy nothing
+        sync=ctx.sync_files and ctx.storage.local(job),
     )
     _count_resume(fetched)
     moved = False

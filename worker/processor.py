@@ -137,6 +137,7 @@ class Processor:
             max_retries=settings.max_retries,
             job_retention_seconds=settings.job_retention_seconds,
             retry_after_max_seconds=settings.retry_after_max_seconds,
+            sync_files=settings.sync_files,
         )
         self.threads = ThreadPoolExecutor(settings.worker_concurrency, thread_name_prefix="download")
         self.disk = diskcheck.DiskMonitor(

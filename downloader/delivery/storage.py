@@ -62,8 +62,11 @@ class Location:
 
 
 class FilesystemStorage:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, sync: bool = True) -> None:
         self.root = root
+        self.sync = sync
+        """fsync a stored file's directory (and a copy from another filesystem): see the
+        `sync_files` setting."""
 
     def path(self, relative: str) -> Path:
         return self.root / relative
@@ -86,13 +89,14 @@ class FilesystemStorage:
         final = self.path(relative)
         try:
             try:
-                _move(tmp_path, final)
+                _move(tmp_path, final, sync=self.sync)
             except FileNotFoundError:
                 # The directory is made when the move finds it missing, not asked for at every
                 # store: a store into one that exists costs no mkdir (two system calls).
                 final.parent.mkdir(parents=True, exist_ok=True)
-                _move(tmp_path, final)
-            _fsync_dir(final.parent)
+                _move(tmp_path, final, sync=self.sync)
+            if self.sync:
+                _fsync_dir(final.parent)
         except OSError as exc:
             raise StorageError(f"storing {relative}: {exc}") from exc
 
@@ -106,7 +110,7 @@ class FilesystemStorage:
             self.path(relative).parent.rmdir()  # only succeeds once the directory is empty
 
 
-def _move(tmp_path: Path, final: Path) -> None:
+def _move(tmp_path: Path, final: Path, *, sync: bool) -> None:
     """Rename the file in (the tmp file was synced: its bytes are not copied again), or, from
     another filesystem, copy it beside `final` and rename that copy over it."""
     try:
@@ -114,10 +118,10 @@ def _move(tmp_path: Path, final: Path) -> None:
     except OSError as exc:
         if exc.errno != errno.EXDEV:
             raise
-        _copy_across(tmp_path, final)
+        _copy_across(tmp_path, final, sync=sync)
 
 
-def _copy_across(tmp_path: Path, final: Path) -> None:
+def _copy_across(tmp_path: Path, final: Path, *, sync: bool) -> None:
     # A name of this process and thread: two stores of one job at once (a job may run twice)
     # never write into the same copy, so neither can rename a half-written one into place.
     partial = final.with_name(f"{final.name}.{os.getpid()}-{threading.get_ident()}.partial")
@@ -125,7 +129,8 @@ def _copy_across(tmp_path: Path, final: Path) -> None:
         with tmp_path.open("rb") as src, partial.open("wb") as dst:
             shutil.copyfileobj(src, dst, 1 << 20)
             dst.flush()
-            os.fsync(dst.fileno())
+            if sync:
+                os.fsync(dst.fileno())
         partial.replace(final)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -167,6 +172,10 @@ class Storages:
             raise StorageError(f"no S3 support to reach bucket {location.bucket}")
         return self._job_bucket(location.bucket, location.region)
 
+    def local(self, job: Job) -> bool:
+        """Whether the job's file goes to the filesystem (else to an S3 bucket)."""
+        return not location_of(job).bucket and isinstance(self.configured, FilesystemStorage)
+
     def store(self, job: Job, tmp_path: Path, content_type: str) -> bool:
         """Store a job's download where it belongs, with the sniffed type and, on S3, its
         `extra` as object metadata (which a filesystem drops). True when `tmp_path` was moved
@@ -192,7 +201,7 @@ def from_settings(settings: Settings) -> Storages:
     with S3 storage, else at the first job that names its own bucket."""
     if settings.storage_backend == "filesystem":
         return Storages(
-            FilesystemStorage(Path(settings.storage_root)),
+            FilesystemStorage(Path(settings.storage_root), sync=settings.sync_files),
             job_bucket=_lazy_job_buckets(settings),
             metadata=_lazy_metadata,
         )

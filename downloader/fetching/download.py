@@ -268,9 +268,10 @@ class Fetcher:
         mime_pattern: mime.MimePattern | None,
         cancelled: threading.Event,
         max_bytes: int = 0,
+        sync: bool = True,
     ) -> Fetched:
         """One attempt. `timeout` (seconds) and `max_bytes` may lower the service's limits for
-        this job, never raise them; 0 means the service's."""
+        this job, never raise them; 0 means the service's. `sync`: fsync the file once whole."""
         budget = min(timeout, self.limits.total_timeout) if timeout > 0 else self.limits.total_timeout
         cap = min(max_bytes, self.limits.max_bytes) if max_bytes > 0 else self.limits.max_bytes
         attempt = Attempt(deadline=time.monotonic() + budget, cancelled=cancelled, max_bytes=cap)
@@ -293,7 +294,7 @@ class Fetcher:
                 try:
                     attempt.response = response
                     received = _Received(job_id, url, response, partial, discarded, recorded)
-                    return self._receive(received, attempt, tmp_dir, sniff, mime_pattern)
+                    return self._receive(received, attempt, tmp_dir, sniff, mime_pattern, sync)
                 finally:
                     outbound.close(response)
         finally:
@@ -347,6 +348,7 @@ class Fetcher:
         tmp_dir: Path,
         sniff: bool,
         mime_pattern: mime.MimePattern | None,
+        sync: bool = True,
     ) -> Fetched:
         response, partial = received.response, received.partial
         code = response.status
@@ -368,7 +370,8 @@ class Fetcher:
                 size, detected, sha256 = self._copy(response, out, attempt, sniff, mime_pattern, prefix)
                 try:
                     out.flush()
-                    os.fsync(out.fileno())
+                    if sync:
+                        os.fsync(out.fileno())
                 except OSError as exc:
                     raise _storage_error(AttemptPhase.SYNCING_TO_DISK, exc, code) from exc
             _check_whole(size, resume.whole_size(code, response.headers), code)

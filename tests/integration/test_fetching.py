@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import http.server
+import os
 import shutil
 import ssl
 import subprocess
@@ -185,6 +186,31 @@ def test_gzip_is_decoded_unless_the_job_chose_its_encoding(
     raw = fetch(fetcher, server.url("/gzip"), tmp_path, headers={"Accept-Encoding": "gzip"})
     stored = raw.path.read_bytes()
     assert stored != JPEG and gzip.decompress(stored) == JPEG  # kept as the server sent it
+
+
+@pytest.mark.parametrize("sync", [True, False], ids=["sync", "no-sync"])
+def test_a_whole_download_is_synced_to_disk_only_when_asked(
+    fetcher: Fetcher, server: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sync: bool
+) -> None:
+    synced: list[int] = []
+    real = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), real(fd))[1])
+
+    fetched = fetcher.fetch(
+        job_id="AbCdEfGhIjKlMn",
+        url=server.url("/sample.jpg"),
+        proxy="",
+        job_headers=None,
+        timeout=0,
+        tmp_dir=tmp_path,
+        sniff=False,
+        mime_pattern=None,
+        cancelled=threading.Event(),
+        sync=sync,
+    )
+
+    assert fetched.path.read_bytes() == JPEG
+    assert len(synced) == (1 if sync else 0)
 
 
 def test_not_found_is_terminal(fetcher: Fetcher, server: Server, tmp_path: Path) -> None:

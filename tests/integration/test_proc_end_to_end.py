@@ -79,6 +79,20 @@ def test_an_existing_resource_is_stored_byte_for_byte_and_the_callback_says_wher
     assert callbacks.for_job(job_id)[0].headers.get("Content-Type") == "application/json"
 
 
+def test_without_syncing_files_a_download_is_stored_whole_all_the_same(
+    stack: Stack, files: FileServer, callbacks: CallbackServer
+) -> None:
+    api, _, _ = stack.all_three(DOWNLOADER_SYNC_FILES="false")
+    job_id = api.post_job(job_body(files.url("sample-1.jpg"), aggr_id(), callbacks.url))
+
+    payload = callbacks.wait_for(job_id)
+
+    assert payload["success"] is True and payload["size"] == len(files.content("sample-1.jpg"))
+    stored = stack.storage_root / payload["download_url"][len(DOWNLOAD_URL_BASE) + 1 :]
+    assert stored.read_bytes() == files.content("sample-1.jpg")
+    assert list((stack.tmp_path / "tmp").glob("*")) == []
+
+
 def test_a_missing_resource_fails_with_404_not_found_and_no_download_url(
     stack: Stack, files: FileServer, callbacks: CallbackServer
 ) -> None:

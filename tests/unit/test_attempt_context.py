@@ -41,6 +41,7 @@ def test_the_context_is_frozen_and_small() -> None:
         "max_retries",
         "job_retention_seconds",
         "retry_after_max_seconds",
+        "sync_files",
     }
     assert fields == services | settings
     context = attempts.AttemptContext(**dict.fromkeys(fields - {"clock"}))  # type: ignore[arg-type]

@@ -5,6 +5,7 @@ and a store that failed leaves the tmp file for the retry and nothing half-writt
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import tempfile
 from collections.abc import Iterator
@@ -12,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from downloader.delivery.storage import FilesystemStorage
+from downloader.delivery.storage import FilesystemStorage, Storages
 from downloader.errors import StorageError
+from downloader.jobs.models import Job
 
 KEY = "AbC/AbCdEfGhIjKlMn"
 BODY = os.urandom(3 * 1024 * 1024 + 17)  # more than one 1 MiB copy buffer, not a multiple
@@ -119,3 +121,39 @@ def test_a_missing_tmp_file_is_a_storage_error(storage: FilesystemStorage, tmp_p
 def test_the_directories_of_a_key_are_made_when_missing(storage: FilesystemStorage, tmp_path: Path) -> None:
     storage.store(tmp_file(tmp_path), f"sub/path/{KEY}")
     assert storage.path(f"sub/path/{KEY}").read_bytes() == BODY
+
+
+def recorded_fsyncs(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The descriptors os.fsync is called on from now on (each call still syncs)."""
+    calls: list[int] = []
+    real = os.fsync
+
+    def recording(fd: int) -> None:
+        calls.append(fd)
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", recording)
+    return calls
+
+
+@pytest.mark.parametrize("across", [False, True], ids=["same-filesystem", "across-filesystems"])
+@pytest.mark.parametrize("sync", [True, False], ids=["sync", "no-sync"])
+def test_a_store_syncs_its_directory_and_any_copy_only_when_told_to(
+    tmp_path: Path, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, across: bool, sync: bool
+) -> None:
+    storage = FilesystemStorage(tmp_path / "files", sync=sync)
+    src = tmp_file(request.getfixturevalue("other_filesystem") if across else tmp_path)
+    fsyncs = recorded_fsyncs(monkeypatch)
+
+    storage.store(src, KEY)
+
+    assert storage.path(KEY).read_bytes() == BODY and not src.exists()
+    # synced: the directory's entry, and a copy from another filesystem before its rename
+    assert len(fsyncs) == ((2 if across else 1) if sync else 0)
+
+
+def test_only_a_file_bound_for_the_filesystem_is_local(tmp_path: Path) -> None:
+    storages = Storages(FilesystemStorage(tmp_path / "files"))
+    job = Job(id="AbCdEfGhIjKlMn", url="http://h/x", aggr_id="ag")
+    assert storages.local(job)
+    assert not storages.local(dataclasses.replace(job, s3_bucket="b", s3_region="r"))
