@@ -279,3 +279,59 @@ def raw_table(raw_summary: dict[str, Any]) -> str:
     if not lines:
         return "(no raw limits measured)\n"
     return head + "\n".join(lines) + "\n"
+
+
+#: The rows of `impl_table`: (label, metric, digits), for every drain-N scenario measured.
+DRAIN_ROWS: tuple[tuple[str, str, int], ...] = (
+    ("steady drain (jobs/s: callbacks)", "steady_callbacks_per_s", 0),
+    ("steady downloads/s", "steady_downloads_per_s", 0),
+    ("worker CPU ms per job, steady", "worker_cpu_ms_per_job_steady", 2),
+    ("worker CPU ms per job, start-up included", "worker_cpu_ms_per_job_incl_startup", 2),
+    ("notifier CPU ms per job", "cpu_ms_per_job_notifier", 2),
+    ("Redis CPU ms per job", "cpu_ms_per_job_redis", 2),
+    ("Redis commands per job (all)", "redis_cmds_per_job_all", 1),
+    ("Redis round trips per job", "redis_round_trips_per_job", 1),
+    ("peak RSS MB, worker", "peak_rss_mb_worker", 0),
+)
+
+
+def impl_table(
+    summary: dict[str, Any], impls: Sequence[str], rows: Sequence[tuple[str, str, int]] = DRAIN_ROWS
+) -> str:
+    """The drain figures of several implementations side by side (`compare.py --floor`): per
+    implementation the median and (min–max), then each one after the first two over "go" and
+    over "ours" (ratios of medians)."""
+    others = [i for i in impls if i not in ("ours", "go")]
+    ratio_heads = [f"{o} / {base}" for o in others for base in ("go", "ours") if base in impls]
+    head = "| figure | " + " | ".join([*impls, *ratio_heads]) + " |\n"
+    head += "|---|" + "---:|" * (len(impls) + len(ratio_heads)) + "\n"
+    lines = []
+    scenarios = sorted(s for s in summary["figures"] if s.startswith("drain-"))
+    for scenario in scenarios:
+        for label, metric, digits in rows:
+            fig = summary["figures"][scenario].get(metric, {})
+            if not any(fig.get(i) for i in impls):
+                continue
+            cells = []
+            for impl in impls:
+                s = fig.get(impl)
+                cells.append(
+                    "–"
+                    if s is None
+                    else f"{fmt(s['median'], digits)} ({fmt(s['min'], digits)}–{fmt(s['max'], digits)})"
+                )
+            for o in others:
+                for base in ("go", "ours"):
+                    if base in impls:
+                        med = (fig.get(o) or {}).get("median")
+                        cells.append(fmt(ratio(med, (fig.get(base) or {}).get("median")), 2))
+            lines.append(f"| {scenario}: {label} | " + " | ".join(cells) + " |")
+        counts = summary["counts"].get(scenario, {})
+        runs = [
+            f"{counts[i]['ok']}/{counts[i]['ok'] + counts[i]['failed']}" if i in counts else "–"
+            for i in impls
+        ]
+        lines.append(f"| {scenario}: runs ok | " + " | ".join(runs) + " |" + " |" * len(ratio_heads))
+    if not lines:
+        return "(no drain runs)\n"
+    return head + "\n".join(lines) + "\n\nCells: median (min–max); ratios of medians.\n"

@@ -83,7 +83,7 @@ from hostinfo import (
     proc_cpu_seconds,
     self_cpu,
 )
-from original import GoOriginal, Ours
+from original import AsyncFloor, GoOriginal, Ours
 
 ROLES = ("api", "worker", "notifier", "redis")
 
@@ -854,6 +854,12 @@ def render(doc: dict[str, Any]) -> str:
             + ", ".join(f"{n} → {cmpsummary.fmt(v, 2)}×" for n, v in sc.items())
             + "\n"
         )
+    floors = [key for key in meta["impls"] if key.startswith("ours-asyncio-floor")]
+    if floors:
+        lines += [
+            "## The floor of an asyncio worker (drain, bench/async_floor.py beside ours and Go)\n",
+            cmpsummary.impl_table(summary, ["ours", "go", *floors] if compared else ["ours", *floors]),
+        ]
     lines.append(cmpsummary.failures_text(summary))
     lines.append("## Raw limits of this host (same session, same files)\n")
     lines.append(cmpsummary.raw_table(doc["raw_summary"]))
@@ -928,6 +934,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--settle-before", type=float, default=0.5, help="pause between ready and the load (0.5 s)"
     )
     ap.add_argument("--keep", action="store_true", help="keep the temp dir (logs, files, configs)")
+    ap.add_argument(
+        "--floor",
+        action="store_true",
+        help="drain scenarios: also run ours-asyncio-floor (our api and notifier, the worker\n"
+        "replaced by bench/async_floor.py), interleaved, in a table of its own",
+    )
+    ap.add_argument(
+        "--floor-variants",
+        default="",
+        help='with --floor: comma-separated variants of it, each "" (plain) or async_floor.py\'s\n'
+        "flags without dashes joined by +, e.g. ',batch,batch+loop=asyncio,no-fsync' (plain only)",
+    )
     args = ap.parse_args(argv)
     quick = args.quick
     if quick:
@@ -946,6 +964,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.drain_workers = [int(x) for x in str(args.drain_workers).split(",") if x.strip()]
     args.scenarios = [s.strip() for s in args.scenarios.split(",") if s.strip()]
     args.raw_clients = [c.strip() for c in args.raw_clients.split(",") if c.strip()]
+    args.floor_variants = list(dict.fromkeys(v.strip() for v in args.floor_variants.split(","))) or [""]
     unknown = set(args.scenarios) - {"burst", "checks", "drain", "paced", "api", "accounting"}
     if unknown:
         ap.error(f"unknown scenarios: {sorted(unknown)}")
@@ -981,7 +1000,9 @@ def main(argv: list[str] | None = None) -> int:
             else f"{args.original} does not exist or is not executable"
         )
         log(f"the Go original is {cmpsummary.NOT_COMPARED}: {reason}; running ours only")
-    impls = [ours, go] if compared else [ours]
+    impls: list[Any] = [ours, go] if compared else [ours]
+    if args.floor:
+        impls += [AsyncFloor(ours.exe, args.env, args.worker_concurrency, v) for v in args.floor_variants]
     out_dir = Path(args.out).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     t_start = time.monotonic()
@@ -1005,6 +1026,8 @@ def main(argv: list[str] | None = None) -> int:
             for scenario in scenarios:
                 for impl in impls:
                     if impl.key == "go" and scenario in OURS_ONLY:
+                        continue
+                    if isinstance(impl, AsyncFloor) and not scenario.startswith("drain-"):
                         continue
                     runs.append(run_one(session, impl, scenario, rnd))
             if rnd == 1 and "accounting" in args.scenarios:

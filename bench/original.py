@@ -8,6 +8,9 @@ written once:
   and `notifier`;
 * `ready(redis_client, started)`: whether the started roles are ready, beyond `GET /hb`;
 * `params()`: what the run used (concurrency, settings), for the JSON.
+
+`AsyncFloor` (`compare.py --floor`, drain scenarios only) is ours with the worker replaced by
+`bench/async_floor.py`, the measured floor of an asyncio worker.
 """
 
 from __future__ import annotations
@@ -87,6 +90,44 @@ class Ours:
             "notifier_concurrency": NOTIFIER_CONCURRENCY,
             "env": {k: v for k, v in self._env.items() if k.startswith("DOWNLOADER_")},
         }
+
+
+class AsyncFloor(Ours):
+    """Our api and notifier, the worker replaced by `bench/async_floor.py` (same environment);
+    `variant` is "" or "+"-joined flags of it without their dashes ("batch", "no-fsync",
+    "loop=asyncio"), e.g. "batch+no-fsync"."""
+
+    def __init__(
+        self, exe: Path, extra_env: list[str], worker_concurrency: int = 0, variant: str = ""
+    ) -> None:
+        super().__init__(exe, extra_env, worker_concurrency)
+        self.variant = variant
+        self.key = self.label = "ours-asyncio-floor" + (f"+{variant}" if variant else "")
+        self.worker_name = "bench/async_floor.py"
+        self.flags = [f"--{part.replace('=', ' ')}" for part in variant.split("+") if part]
+        self.flags = [word for flag in self.flags for word in flag.split(" ")]
+
+    def setup(self, run_dir: Path, redis_port: int) -> None:
+        super().setup(run_dir, redis_port)
+        self.ready_prefix = run_dir / "floor-ready"
+
+    def command(self, role: str, api_port: int) -> list[str]:
+        if role != "worker":
+            return super().command(role, api_port)
+        python = str(Path(self.exe).with_name("python"))
+        script = str(Path(__file__).resolve().with_name("async_floor.py"))
+        concurrency = ["--concurrency", str(self.worker_concurrency)] if self.worker_concurrency else []
+        return [python, script, *concurrency, "--ready-file", str(self.ready_prefix), *self.flags]
+
+    def ready(self, redis_client: Any, started: dict[str, float]) -> bool:
+        """The notifier as ours; each floor process touches `floor-ready.<pid>` once subscribed."""
+        workers = sum(1 for name in started if name.startswith("worker"))
+        notifier = {n: t for n, t in started.items() if not n.startswith("worker")}
+        touched = len(list(self.ready_prefix.parent.glob(self.ready_prefix.name + ".*")))
+        return super().ready(redis_client, notifier) and touched >= workers
+
+    def params(self) -> dict[str, Any]:
+        return super().params() | {"worker": f"bench/async_floor.py {' '.join(self.flags)}".strip()}
 
 
 class GoOriginal:

@@ -95,6 +95,35 @@ class IdDraws:
         return Enqueued(self.ids[i], replayed=i in self.replayed, conflict=i in self.conflicts)
 
 
+def parse_claim(aggr_id: str, reply: list[Any]) -> Claim:
+    """CLAIM_DOWNLOADS' reply (see its comment in `scripts`) as a Claim."""
+    status = reply[0]
+    if status == "ok":
+        jobs: dict[str, ClaimedJob] = {}
+        for job_id, flat, options in zip(reply[3::3], reply[4::3], reply[5::3], strict=True):
+            raw = pairs(flat)
+            if raw:
+                raw["DownloadState"] = "InProgress"  # as the script just wrote it
+            jobs[job_id] = ClaimedJob(raw, options[0])
+        left = reply[2]
+        return Claim(
+            jobs,
+            Aggregation.from_hash(aggr_id, pairs(reply[1])),
+            more=left == "more",
+            next_ready=float(left) if left not in ("more", "") else None,
+        )
+    if status == "hosts":
+        return Claim(held_by_hosts=True)
+    if status in ("full", "paused", "empty", "idle"):
+        return Claim(
+            full=status == "full",
+            paused=status == "paused",
+            empty=status in ("empty", "idle"),
+            idle=status == "idle",
+        )
+    return Claim(next_ready=float(status))
+
+
 class QueueMixin(StoreBase):
     def enqueue_many(self, jobs: Sequence[tuple[Job, Aggregation]], now: float | None = None) -> list[str]:
         """Queue jobs, pipelined in one round trip (and one more per id collision); their ids in
@@ -155,31 +184,7 @@ class QueueMixin(StoreBase):
         )
         with translated():
             reply = cast(list[Any], self.run_script(call))
-        status = reply[0]
-        if status == "ok":
-            jobs: dict[str, ClaimedJob] = {}
-            for job_id, flat, options in zip(reply[3::3], reply[4::3], reply[5::3], strict=True):
-                raw = pairs(flat)
-                if raw:
-                    raw["DownloadState"] = "InProgress"  # as the script just wrote it
-                jobs[job_id] = ClaimedJob(raw, options[0])
-            left = reply[2]
-            return Claim(
-                jobs,
-                Aggregation.from_hash(aggr_id, pairs(reply[1])),
-                more=left == "more",
-                next_ready=float(left) if left not in ("more", "") else None,
-            )
-        if status == "hosts":
-            return Claim(held_by_hosts=True)
-        if status in ("full", "paused", "empty", "idle"):
-            return Claim(
-                full=status == "full",
-                paused=status == "paused",
-                empty=status in ("empty", "idle"),
-                idle=status == "idle",
-            )
-        return Claim(next_ready=float(status))
+        return parse_claim(aggr_id, reply)
 
     def renew(self, aggr_id: str, ids: Sequence[str], token: str, lease_seconds: float) -> list[str]:
         """Extend our leases by `lease_seconds` from now on Redis's clock; returns the ids whose

@@ -214,3 +214,70 @@ def test_steady_rate_is_the_rate_between_the_10th_and_90th_percentile(harness: M
     times = [i / 100 for i in range(100)]  # 100 events/s
     assert harness.steady_rate(times) == pytest.approx(101.0, rel=0.02)
     assert harness.steady_rate(times[:10]) is None
+
+
+# --- bench/async_floor.py (compare.py --floor): the parts that must match the product -----------
+
+
+@pytest.fixture(scope="module")
+def floor() -> ModuleType:
+    return load("async_floor")
+
+
+def test_the_floor_reads_claims_with_the_stores_own_parser(floor: ModuleType) -> None:
+    from downloader.store import queue
+
+    assert floor.parse_claim is queue.parse_claim
+
+
+def test_the_floors_resolver_refuses_what_the_outbound_guard_refuses(floor: ModuleType) -> None:
+    import asyncio
+
+    from downloader.fetching import outbound
+
+    strict, permissive = outbound.Policy(), outbound.PERMISSIVE
+
+    async def resolve(policy: outbound.Policy) -> Any:
+        return await floor.CheckedResolver(policy).resolve("localhost", 80)
+
+    with pytest.raises(floor.Refused, match=outbound.NOT_ALLOWED):
+        asyncio.run(resolve(strict))
+    assert asyncio.run(resolve(permissive))
+    with pytest.raises(floor.Refused, match=r"10\.1\.2\.3"):
+        floor.refuse("10.1.2.3", strict, "10.1.2.3")
+    floor.refuse("10.1.2.3", permissive, "10.1.2.3")
+    assert floor.is_literal("[::1]") and floor.is_literal("127.0.0.1") and not floor.is_literal("localhost")
+
+
+def test_a_floor_variant_is_async_floor_flags(floor: ModuleType, tmp_path: Path) -> None:
+    original = load("original")
+    plain = original.AsyncFloor(tmp_path / "downloader", [], 0)
+    assert plain.key == "ours-asyncio-floor" and plain.flags == []
+    variant = original.AsyncFloor(tmp_path / "downloader", [], 32, "batch+loop=asyncio+no-fsync")
+    assert variant.key == "ours-asyncio-floor+batch+loop=asyncio+no-fsync"
+    variant.setup(tmp_path, 6379)
+    command = variant.command("worker", 8080)
+    assert command[1].endswith("bench/async_floor.py")
+    args = floor.parse_args(command[2:])
+    assert (args.batch, args.loop, args.no_fsync, args.concurrency) == (True, "asyncio", True, 32)
+    assert variant.command("notifier", 8080) == [str(tmp_path / "downloader"), "notifier"]
+
+
+def test_the_floor_table_puts_each_floor_beside_ours_and_go() -> None:
+    impls = ("ours", "go", "ours-asyncio-floor")
+    runs = [
+        run(impl, "drain-1", r, steady_callbacks_per_s=v * r, worker_cpu_ms_per_job_steady=c)
+        for impl, v, c in zip(impls, (250, 500, 1000), (2.0, 1.0, 0.5), strict=True)
+        for r in (1, 2, 3)
+    ]
+    table = cmp.impl_table(cmp.summarize(runs), impls)
+    assert table.splitlines()[0] == (
+        "| figure | ours | go | ours-asyncio-floor | ours-asyncio-floor / go | ours-asyncio-floor / ours |"
+    )
+    row = next(line for line in table.splitlines() if "steady drain" in line)
+    assert (
+        row
+        == "| drain-1: steady drain (jobs/s: callbacks) | 500 (250–750) | 1,000 (500–1,500) | 2,000 (1,000–3,000) | 2.00 | 4.00 |"
+    )
+    assert "| drain-1: runs ok | 3/3 | 3/3 | 3/3 |" in table
+    assert cmp.impl_table(cmp.summarize([]), impls) == "(no drain runs)\n"
