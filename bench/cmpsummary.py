@@ -99,6 +99,16 @@ ROWS: tuple[Row, ...] = (
         "worker CPU ms per job while draining, one process", (("drain-1", "worker_cpu_ms_per_job_steady"),), 2
     ),
     Row(
+        "worker per job while draining (--perf): system calls / futex / context switches / fsyncs",
+        (
+            ("drain-1", "worker_syscalls_per_job"),
+            ("drain-1", "worker_futex_per_job"),
+            ("drain-1", "worker_context_switches_per_job"),
+            ("drain-1", "worker_fsyncs_per_job"),
+        ),
+        1,
+    ),
+    Row(
         "drain with 1 / 2 / 4 worker processes (ours, jobs/s)",
         (
             ("drain-1", "steady_callbacks_per_s"),
@@ -292,6 +302,11 @@ DRAIN_ROWS: tuple[tuple[str, str, int], ...] = (
     ("Redis commands per job (all)", "redis_cmds_per_job_all", 1),
     ("Redis round trips per job", "redis_round_trips_per_job", 1),
     ("peak RSS MB, worker", "peak_rss_mb_worker", 0),
+    ("worker system calls per job (--perf)", "worker_syscalls_per_job", 1),
+    ("worker futex calls per job (--perf)", "worker_futex_per_job", 1),
+    ("worker fsyncs per job (--perf)", "worker_fsyncs_per_job", 1),
+    ("worker context switches per job (--perf)", "worker_context_switches_per_job", 1),
+    ("worker task-clock ms per job (--perf)", "worker_task_clock_ms_per_job", 2),
 )
 
 

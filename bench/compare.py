@@ -39,6 +39,7 @@ import json
 import os
 import platform
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -406,6 +407,68 @@ def scenario_burst(session: Session, stack: Stack, checks: bool, monitor: bool =
     }
 
 
+#: What `--perf` counts in the drain's one worker process (Linux perf; tracepoints need
+#: perf_event_paranoid <= 1 or root): system calls, the futex calls among them (threads handing
+#: the GIL or a lock to each other), fsyncs, context switches and CPU time.
+PERF_EVENTS = {
+    "raw_syscalls:sys_enter": "worker_syscalls_per_job",
+    "syscalls:sys_enter_futex": "worker_futex_per_job",
+    "syscalls:sys_enter_fsync": "worker_fsyncs_per_job",
+    "context-switches": "worker_context_switches_per_job",
+    "task-clock": "worker_task_clock_ms_per_job",
+}
+
+
+class PerfWindow:
+    """`perf stat` on one process from the moment a tenth of the jobs have called back (start-up
+    and its imports left out) to `stop()`; the counts divided by the callbacks in between."""
+
+    def __init__(self, session: Session, stack: Stack, pid: int, jobs: int) -> None:
+        self.session, self.stack, self.pid, self.jobs = session, stack, pid, jobs
+        self.out = stack.dir / "perf-stat.csv"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.first = 0
+        self.thread = threading.Thread(target=self._start_when_steady, daemon=True)
+        self.thread.start()
+
+    def _callbacks(self) -> int:
+        return len(self.session.helpers.callbacks(self.stack.tag))
+
+    def _start_when_steady(self) -> None:
+        deadline = time.monotonic() + self.session.args.timeout
+        while self._callbacks() < max(1, self.jobs // 10) and time.monotonic() < deadline:
+            time.sleep(0.005)
+        events = ",".join(PERF_EVENTS)
+        cmd = ["perf", "stat", "-x", ",", "-e", events, "-p", str(self.pid), "-o", str(self.out)]
+        self.first = self._callbacks()
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def stop(self) -> dict[str, float | None]:
+        self.thread.join(timeout=10)
+        if self.proc is None:
+            return {}
+        last = self._callbacks()
+        self.proc.send_signal(signal.SIGINT)  # perf writes its counts and exits
+        self.proc.wait(timeout=10)
+        done = last - self.first
+        counts = parse_perf_csv(self.out.read_text() if self.out.exists() else "")
+        return {
+            metric: (round(counts[event] / done, 3) if event in counts and done > 0 else None)
+            for event, metric in PERF_EVENTS.items()
+        }
+
+
+def parse_perf_csv(text: str) -> dict[str, float]:
+    """`perf stat -x ,` lines: value,unit,event,... (task-clock in ms); unsupported events skipped."""
+    counts: dict[str, float] = {}
+    for line in text.splitlines():
+        fields = line.split(",")
+        if len(fields) >= 3 and not line.startswith("#"):
+            with contextlib.suppress(ValueError):
+                counts[fields[2]] = float(fields[0])
+    return counts
+
+
 def scenario_drain(session: Session, stack: Stack, workers: int) -> dict[str, Any]:
     a = session.args
     n = a.jobs
@@ -422,8 +485,10 @@ def scenario_drain(session: Session, stack: Stack, workers: int) -> dict[str, An
     for name in names:
         stack.start("worker", name)
     sampler = CpuSampler(lambda: {k: v for k, v in stack.pids().items() if k.startswith("worker")}, 0.02)
+    perf = PerfWindow(session, stack, stack.pids()["worker"], n) if a.perf and workers == 1 else None
     complete = stack.wait_callbacks(posted.ids)
     sampler.stop()
+    counted = perf.stop() if perf is not None else {}
     r1 = redis_snapshot(stack.redis)
     cpu1 = stack.role_cpu()
     rss = stack.peak_rss()
@@ -456,6 +521,7 @@ def scenario_drain(session: Session, stack: Stack, workers: int) -> dict[str, An
         "redis_cmds_per_job_all": round(rd["all"] / jobs_ok, 2) if jobs_ok else None,
         "redis_round_trips_per_job": round(rd["read_events"] / jobs_ok, 2) if jobs_ok else None,
         "startup_s": round(startup, 2),
+        **counted,
     }
     return {
         "ok": bool(verification["ok"] and complete),
@@ -934,6 +1000,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--settle-before", type=float, default=0.5, help="pause between ready and the load (0.5 s)"
     )
     ap.add_argument("--keep", action="store_true", help="keep the temp dir (logs, files, configs)")
+    ap.add_argument(
+        "--perf",
+        action="store_true",
+        help="drain-1: count the worker's system calls, futexes, fsyncs, context switches and CPU\n"
+        "per job with `perf stat` (Linux perf on PATH), from a tenth of the jobs to the last",
+    )
     ap.add_argument(
         "--floor",
         action="store_true",

@@ -281,3 +281,19 @@ def test_the_floor_table_puts_each_floor_beside_ours_and_go() -> None:
     )
     assert "| drain-1: runs ok | 3/3 | 3/3 | 3/3 |" in table
     assert cmp.impl_table(cmp.summarize([]), impls) == "(no drain runs)\n"
+
+
+def test_perf_counts_are_read_from_perf_stat_csv() -> None:
+    compare = load("compare")
+    text = (
+        "# started on Thu Dec  3 10:00:00 2026\n\n"
+        "52000,,raw_syscalls:sys_enter,5000000000,100.00,,\n"
+        "21000,,syscalls:sys_enter_futex,5000000000,100.00,,\n"
+        "<not supported>,,syscalls:sys_enter_fsync,0,100.00,,\n"
+        "1234.5,msec,task-clock,1234500000,100.00,0.247,CPUs utilized\n"
+    )
+    assert compare.parse_perf_csv(text) == {
+        "raw_syscalls:sys_enter": 52000.0,
+        "syscalls:sys_enter_futex": 21000.0,
+        "task-clock": 1234.5,
+    }
