@@ -571,7 +571,7 @@ class Bench:
                 break
             if all_ready_at is None and len(ready) >= count and apply_done is not None:
                 all_ready_at = now
-                # the Aggregations' status catches up on the operator's timer: wait for it a little
+                # the Aggregations' status catches up on the operator's refresh: wait for it a little
                 interval = a.interval if a.interval is not None else 5.0
                 status_deadline = time.monotonic() + 3 * interval + 10
             if all_ready_at is not None and (
@@ -592,7 +592,7 @@ class Bench:
         requests_window = _diff(self.apiserver_requests(), requests_before)
         events = self.operator_events()
 
-        # --- the operator at rest: every Aggregation Ready, only the timers run ---
+        # --- the operator at rest: every Aggregation Ready, only the refreshes run ---
         steady: dict[str, Any] = {}
         if a.steady > 0 and not operator_died and all_ready_at is not None:
             rv0 = {k: self.resource_versions(k) for k in ("aggregations", "deployments")}

@@ -1,9 +1,12 @@
-"""The kopf handlers: each Aggregation is reconciled on change and on a timer, thinly.
+"""The kopf handlers: each Aggregation is reconciled on change, and by one periodic sweep, thinly.
 
 A reconcile reads (Redis backlog, the worker Deployment: a watched copy, the API server's
 own before a write), calls `planning.plan` and applies the plan (the `aggr:<id>` hash, the
-Deployment, the status, events); one at a time per Aggregation. Adoption creates an
-Aggregation for every aggregation that exists only in Redis. Blocking clients run in threads.
+Deployment, the status, events); one at a time per Aggregation. The sweep refreshes every
+Aggregation kopf's index holds, each interval (not a kopf timer per Aggregation: at a thousand,
+those were half the operator's CPU). A new Aggregation's Deployment is created at first sight,
+ahead of kopf's on.create. Adoption creates an Aggregation for every aggregation that exists
+only in Redis. Blocking clients run in threads.
 """
 
 from __future__ import annotations
@@ -11,13 +14,15 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import contextvars
 import copy
 import functools
 import logging
+import math
 import time
 import weakref
-from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, TypeVar
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from typing import Any, TypeAlias, TypeVar, cast
 
 import kopf
 
@@ -30,13 +35,17 @@ from downloader.store import Store
 
 T = TypeVar("T")
 RESOURCE = (planning.GROUP, planning.VERSION, planning.PLURAL)
+log = logging.getLogger("downloader.operator")
 #: Kubernetes API calls in flight at once, in threads of their own (the client's connection
 #: pool is given as many): a burst of new Aggregations waits on the API server, not behind
 #: the Redis calls of every refresh in asyncio's few default threads (cores + 4).
 KUBE_CALLS_AT_ONCE = 16
-#: Timer refreshes running at once. Aggregations created together refresh together, every
-#: interval: a thousand at once would queue a new Aggregation's calls behind theirs.
+#: Refreshes the sweep runs at once: a thousand at once would queue a new Aggregation's calls
+#: behind theirs. Changes (on.create, on.update, on.resume) are never counted among them.
 REFRESHES_AT_ONCE = 8
+#: kopf's indexes: the Aggregations (`aggregations`) and the worker Deployments
+#: (`worker_deployments`) by name, each a copy of what the reconcile reads.
+Index: TypeAlias = kopf.Index[str, dict[str, Any]]
 
 
 class Reconciler:
@@ -46,32 +55,62 @@ class Reconciler:
         self.cluster = cluster
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
         self._kube_threads = concurrent.futures.ThreadPoolExecutor(KUBE_CALLS_AT_ONCE, "kube")
-        self._refreshes = asyncio.Semaphore(REFRESHES_AT_ONCE)
+        self._changes = Changes()
+        #: When each Aggregation (by name) was first seen or last reconciled: `due` skips fresh ones.
+        self._touched: dict[str, float] = {}
+        #: The context kopf indexes an Aggregation in: kopf.info / kopf.warn find kopf's event
+        #: queue there (set for its handlers only), and the sweep runs in a copy of it.
+        self._kopf_context: contextvars.Context | None = None
+        self._early: set[asyncio.Task[None]] = set()  # `create_early`s running (a task is kept only weakly)
+        #: The Deployments `create_early` made, by Aggregation name, until its next reconcile:
+        #: on.create comes before the watch has shown them, and would POST (409) and GET again.
+        self._posted: dict[str, dict[str, Any]] = {}
 
     async def reconcile(
         self,
         body: kopf.Body,
         patch: kopf.Patch,
         logger: kopf.Logger,
-        worker_deployments: kopf.Index[str, dict[str, Any]] | None = None,
+        worker_deployments: Index | None = None,
         **_: Any,
     ) -> None:
+        """on.create, on.update, on.resume: at once, ahead of the sweep; kopf writes the status."""
         if body.metadata.get("deletionTimestamp"):
             return  # `retire` owns it now: a last refresh must not unpause it in Redis
         spec = planning.Spec.from_dict(body.spec)
-        # One reconcile of an Aggregation at a time: under load its first refresh can come
+        # One reconcile of an Aggregation at a time: under load the sweep can come to a new one
         # while on.create is still running, and both would create the Deployment.
-        async with self._lock(spec.id):
-            await self._reconcile(spec, body, patch, logger, worker_deployments)
+        with self._changes.running():
+            async with self._lock(spec.id):
+                status = await self._reconcile(spec, body, logger, worker_deployments)
+                self._touched[body.metadata.name] = time.monotonic()
+        if status:
+            patch.status.update(status)
+
+    async def refresh(self, name: str, aggregations: Index, worker_deployments: Index) -> None:
+        """The sweep's reconcile of one Aggregation, from kopf's latest copy of it. What kopf does
+        for a handler is done here: the status is written (only when it changed), errors raised."""
+        body = _indexed(aggregations, name)
+        if body is None:
+            return
+        async with self._lock(str(body["spec"].get("id"))):
+            body = _indexed(aggregations, name)  # a delete may have come while the lock was held
+            if body is None or body["metadata"].get("deletionTimestamp"):
+                return
+            try:
+                found = kopf.Body(cast(kopf.RawBody, body))
+                status = await self._reconcile(
+                    planning.Spec.from_dict(found.spec), found, log, worker_deployments
+                )
+                if status:
+                    await self._kube(self.cluster.patch_aggregation_status, name, status)
+            finally:
+                self._touched[name] = time.monotonic()
 
     async def _reconcile(
-        self,
-        spec: planning.Spec,
-        body: kopf.Body,
-        patch: kopf.Patch,
-        logger: kopf.Logger,
-        index: kopf.Index[str, dict[str, Any]] | None,
-    ) -> None:
+        self, spec: planning.Spec, body: kopf.Body, logger: kopf.Logger, index: Index | None
+    ) -> dict[str, Any] | None:
+        """Observe, plan and apply; the status to write, None when the stored one holds it."""
         name = planning.deployment_name(spec.id)
         backlog, redis_error = await self._backlog(spec)
 
@@ -81,10 +120,12 @@ class Reconciler:
                 spec, observed, generation=int(body.metadata.get("generation") or 0)
             )
 
-        # The watched copy of the Deployment spares a GET per refresh. A write is decided on
-        # the API server's own copy, as it always was: read it first, or, for a Deployment the
-        # watch has not shown, try to create it and read it only if it exists after all.
-        found = _indexed(index, name)
+        # The watched copy of the Deployment spares a GET per refresh (or, until the watch shows
+        # it, the one `create_early` posted). A write is decided on the API server's own copy,
+        # as it always was: read it first, or, for a Deployment the watch has not shown, try to
+        # create it and read it only if it exists after all.
+        posted = self._posted.pop(body.metadata.name, None)
+        found = _indexed(index, name) or posted
         observed, plan = decide(found)
         if found is not None and _differs(found, self._wanted_deployment(spec, plan.replicas)):
             found = await self._kube(self.cluster.read_deployment, name)
@@ -98,23 +139,121 @@ class Reconciler:
                 observed, plan = decide(found)
             await self._apply_deployment(spec, body, found, plan.replicas)
         metrics.WORKERS.record(spec.id, plan.replicas, observed.ready_replicas)
-        if not _contains(body.status, plan.status):  # an unchanged status costs no write
-            patch.status.update(plan.status)
         for reason, message in plan.events:
             kopf.info(body, reason=reason, message=message)
         if observed.redis_error:
             metrics.RECONCILE_ERRORS.labels("redis").inc()
             kopf.warn(body, reason="RedisUnavailable", message=observed.redis_error)
-            logger.warning("redis unavailable: %s", observed.redis_error)
+            logger.warning("aggregation %r: redis unavailable: %s", spec.id, observed.redis_error)
+        # an unchanged status costs no write
+        return None if _contains(body.status, plan.status) else plan.status
 
     async def _kube(self, call: Callable[..., T], *args: Any) -> T:
         """One blocking call of the Kubernetes client, in the threads kept for them."""
         return await asyncio.get_running_loop().run_in_executor(self._kube_threads, call, *args)
 
-    async def refresh(self, **kwargs: Any) -> None:
-        """The timer's reconcile, a few at a time: changes (create, update) go first."""
-        async with self._refreshes:
-            await self.reconcile(**kwargs)
+    async def sweep_forever(
+        self, stopped: asyncio.Event, aggregations: Index, worker_deployments: Index
+    ) -> None:
+        """A sweep every interval, the first one interval after start (on.resume has just
+        reconciled every Aggregation), until `stopped`. A failed sweep is logged: the next one comes."""
+        interval = self.settings.operator_interval_seconds
+        while not await _stopped_within(stopped, interval):
+            if self._kopf_context is None:
+                continue  # no Aggregation indexed yet
+            started = time.monotonic()
+            sweep = self.sweep(stopped, aggregations, worker_deployments)
+            try:
+                await asyncio.create_task(sweep, context=self._kopf_context.copy())
+            except Exception:
+                log.exception("sweep failed; the next one comes in %gs", interval)
+            metrics.SWEEP_SECONDS.observe(time.monotonic() - started)
+
+    async def sweep(self, stopped: asyncio.Event, aggregations: Index, worker_deployments: Index) -> None:
+        """Refresh the Aggregations `due`, stalest first, REFRESHES_AT_ONCE at a time; while
+        changes run they go first, for up to one interval per sweep."""
+        started = time.monotonic()
+        indexed = dict(_all_indexed(aggregations))
+        for gone in self._touched.keys() - indexed.keys():
+            del self._touched[gone]
+        for gone in self._posted.keys() - indexed.keys():
+            del self._posted[gone]  # deleted before its on.create
+        names = iter(due(indexed, self._touched, started, self.settings.operator_interval_seconds))
+        deadline = started + self.settings.operator_interval_seconds
+
+        async def refresher() -> None:
+            for name in names:  # one iterator: each name to one refresher
+                await self._changes.settled(deadline)
+                if stopped.is_set():
+                    return
+                await self._refresh_counted(name, aggregations, worker_deployments)
+
+        await asyncio.gather(*(refresher() for _ in range(REFRESHES_AT_ONCE)))
+
+    async def _refresh_counted(self, name: str, aggregations: Index, worker_deployments: Index) -> None:
+        """`refresh`, counted as a reconcile; a failure is counted by its cause, logged, and
+        left to the next sweep (as kopf retried a timer's)."""
+        metrics.RECONCILES.inc()
+        try:
+            await self.refresh(name, aggregations, worker_deployments)
+        except Exception as exc:
+            cause = _cause(exc)
+            metrics.RECONCILE_ERRORS.labels(cause).inc()
+            log.warning("refreshing Aggregation %s failed, again next sweep: %s", name, exc,
+                        exc_info=cause == "other")  # fmt: skip
+
+    async def index_aggregation(self, name: str, body: kopf.Body, **kwargs: Any) -> dict[str, dict[str, Any]]:
+        """kopf's index of the Aggregations (see `aggregation_entry`): what the sweep goes
+        over. Where the sweep takes kopf's context from, too; and where a new Aggregation is
+        first seen: its Deployment is created from here (`create_early`)."""
+        if self._kopf_context is None:
+            self._kopf_context = contextvars.copy_context()
+        entry = aggregation_entry(name, body)
+        if name not in self._touched:
+            self._touched[name] = time.monotonic()  # and its first refresh waits
+            if not body.get("status") and not body.metadata.get("deletionTimestamp"):
+                early = self.create_early(entry[name], kwargs["aggregations"], kwargs["worker_deployments"])
+                task = asyncio.create_task(early)
+                self._early.add(task)
+                task.add_done_callback(self._early.discard)
+        return entry
+
+    async def create_early(
+        self, seen: dict[str, Any], aggregations: Index, worker_deployments: Index
+    ) -> None:
+        """The Deployment of a new Aggregation at first sight: kopf runs on.create only after a
+        round trip that adds its finalizer. Only the Deployment (owned by the Aggregation: gone
+        with it) and its Created event; Redis and the status wait for on.create, which an
+        Aggregation deleted before it has its finalizer never gets. Any failure: on.create's."""
+        name = seen["metadata"]["name"]
+        with self._changes.running():
+            try:
+                spec = planning.Spec.from_dict(seen["spec"])
+                async with self._lock(spec.id):
+                    # kopf's latest copy, once it holds one (not before this handler returns)
+                    body = _indexed(aggregations, name) or seen
+                    await self._create_early(spec, body, worker_deployments)
+            except (StoreError, ClusterError) as exc:
+                log.info("no early Deployment for Aggregation %s (on.create makes it): %s", name, exc)
+            except Exception:
+                log.exception("no early Deployment for Aggregation %s (on.create makes it)", name)
+
+    async def _create_early(
+        self, spec: planning.Spec, body: dict[str, Any], worker_deployments: Index
+    ) -> None:
+        if body.get("status") or body["metadata"].get("deletionTimestamp"):
+            return  # handled meanwhile, or going
+        if _indexed(worker_deployments, planning.deployment_name(spec.id)) is not None:
+            return
+        backlog, redis_error = await self._backlog(spec)
+        if redis_error:
+            return  # on.create reports it
+        owner = kopf.Body(cast(kopf.RawBody, body))
+        plan = planning.plan(spec, self._observe(owner, None, backlog, ""))
+        if await self._create_deployment(spec, owner, plan.replicas):
+            self._posted[owner.metadata.name] = self._wanted_deployment(spec, plan.replicas)
+            for reason, message in plan.events:
+                kopf.info(owner, reason=reason, message=message)
 
     def _lock(self, aggr_id: str) -> asyncio.Lock:
         """The lock of one aggregation's reconciles; kept only while a reconcile holds it."""
@@ -206,11 +345,14 @@ class Reconciler:
             await self._kube(self.cluster.annotate_pod, pod, {planning.DELETION_COST: cost})
 
     async def retire(self, body: kopf.Body, logger: kopf.Logger, **_: Any) -> None:
-        """The Aggregation is being deleted: pause its jobs in Redis (they stay queued)."""
+        """The Aggregation is being deleted: pause its jobs in Redis (they stay queued), after
+        any refresh of it in progress (which would unpause them)."""
         aggr_id = str(body.spec.get("id"))
         metrics.WORKERS.forget(aggr_id)
+        self._touched.pop(body.metadata.name, None)
         try:
-            await asyncio.to_thread(self.db.retire_aggregation, aggr_id)
+            async with self._lock(aggr_id):
+                await asyncio.to_thread(self.db.retire_aggregation, aggr_id)
         except StoreError as exc:
             raise kopf.TemporaryError(f"redis unavailable: {exc}", delay=10) from exc
         logger.info("aggregation %r paused in Redis; its queued jobs are kept", aggr_id)
@@ -246,20 +388,63 @@ class Reconciler:
 
 
 def register(reconciler: Reconciler, registry: kopf.OperatorRegistry) -> None:
-    interval = reconciler.settings.operator_interval_seconds
+    """The handlers. The sweep (`Reconciler.sweep_forever`) is started by the operator's startup
+    handler, which gets both indexes."""
     reconcile = _counted(reconciler.reconcile)
     for decorator in (kopf.on.create, kopf.on.update, kopf.on.resume):
         decorator(*RESOURCE, registry=registry)(reconcile)
-    # The first refresh waits one interval: on.create has just reconciled a new resource.
-    kopf.timer(*RESOURCE, interval=interval, initial_delay=interval, registry=registry, id="refresh")(
-        _counted(reconciler.refresh)
-    )
     kopf.on.delete(*RESOURCE, registry=registry)(reconciler.retire)
-    # handlers get it as `worker_deployments`
+    # Handlers get them as `aggregations` and `worker_deployments`. Async, as a sync one runs
+    # in a thread for every event.
+    kopf.index(*RESOURCE, id="aggregations", registry=registry)(reconciler.index_aggregation)
     kopf.index(
         "apps", "v1", "deployments", id="worker_deployments", registry=registry,
         labels={planning.AGGREGATION_LABEL: kopf.PRESENT},
-    )(index_deployment)  # fmt: skip
+    )(_index_deployment)  # fmt: skip
+
+
+class Changes:
+    """The reconciles of changes (on.create, on.update, on.resume) running now: the sweep lets
+    them go first, as a new Aggregation's Deployment is the one somebody waits for."""
+
+    def __init__(self) -> None:
+        self._running = 0
+        self._none = asyncio.Event()
+        self._none.set()
+
+    @contextlib.contextmanager
+    def running(self) -> Iterator[None]:
+        self._running += 1
+        self._none.clear()
+        try:
+            yield
+        finally:
+            self._running -= 1
+            if not self._running:
+                self._none.set()
+
+    async def settled(self, deadline: float) -> None:
+        """Once no change runs, or at `deadline` (monotonic) whatever runs."""
+        if self._none.is_set() or time.monotonic() >= deadline:
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._none.wait(), max(0.0, deadline - time.monotonic()))
+
+
+def due(
+    aggregations: Mapping[str, Mapping[str, Any]], touched: Mapping[str, float], now: float, interval: float
+) -> list[str]:
+    """The Aggregations (by name) a sweep at `now` refreshes, stalest first: not those being
+    deleted (`retire` has them), nor those seen or reconciled within the last half `interval`
+    (a new one was just created; a change was just reconciled)."""
+    fresh_since = now - interval / 2
+    stale = sorted(
+        (touched.get(name, -math.inf), name)
+        for name, body in aggregations.items()
+        if not (body.get("metadata") or {}).get("deletionTimestamp")
+        and touched.get(name, -math.inf) <= fresh_since
+    )
+    return [name for _, name in stale]
 
 
 def _counted(handler: Callable[..., Awaitable[None]]) -> Callable[..., Awaitable[None]]:
@@ -286,10 +471,46 @@ def _differs(found: Mapping[str, Any], wanted: Mapping[str, Any]) -> bool:
     )
 
 
-def _indexed(index: kopf.Index[str, dict[str, Any]] | None, name: str) -> dict[str, Any] | None:
-    """The watched copy of the Deployment `name` (see `index_deployment`), if any."""
+def _indexed(index: Index | None, name: str) -> dict[str, Any] | None:
+    """The watched copy of the object `name` (see `index_deployment`, `aggregation_entry`), if any."""
     stored = None if index is None else index.get(name)
     return next(iter(stored), None) if stored else None
+
+
+def _all_indexed(index: Index) -> Iterator[tuple[str, dict[str, Any]]]:
+    for name, stored in index.items():
+        for body in stored:
+            yield name, body
+            break
+
+
+async def _stopped_within(stopped: asyncio.Event, seconds: float) -> bool:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stopped.wait(), timeout=seconds)
+    return stopped.is_set()
+
+
+def aggregation_entry(name: str, body: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """The Aggregations by name, as a refresh reads them: spec, status, and the metadata that
+    events, owner references (kopf.adopt: also the labels) and the deletion check need; a
+    copy, kept up to date by kopf's watch."""
+    meta = body.get("metadata") or {}
+    kept = ("name", "namespace", "uid", "generation", "labels", "deletionTimestamp")
+    return {
+        name: copy.deepcopy(
+            {
+                "apiVersion": body.get("apiVersion"),
+                "kind": body.get("kind"),
+                "metadata": {key: meta[key] for key in kept if meta.get(key) is not None},
+                "spec": dict(body.get("spec") or {}),
+                "status": dict(body.get("status") or {}),
+            }
+        )
+    }
+
+
+async def _index_deployment(name: str, spec: kopf.Spec, status: kopf.Status, **_: Any) -> dict[str, Any]:
+    return index_deployment(name, spec, status)
 
 
 def index_deployment(name: str, spec: kopf.Spec, status: kopf.Status, **_: Any) -> dict[str, Any]:

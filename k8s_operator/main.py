@@ -1,4 +1,4 @@
-"""`downloader operator`: kopf with our settings, handlers, adoption loop and liveness endpoint.
+"""`downloader operator`: kopf with our settings, handlers, sweep, adoption loop and liveness endpoint.
 
 One active replica (standalone: the chart runs a single pod with the Recreate strategy);
 kopf re-establishes its watches on its own when the API server restarts.
@@ -15,7 +15,7 @@ import kopf
 from downloader.cluster import kube, planning
 from downloader.config.settings import Settings
 from downloader.observability.heartbeat import Heartbeat
-from downloader.operator.handlers import KUBE_CALLS_AT_ONCE, Reconciler, register
+from downloader.operator.handlers import KUBE_CALLS_AT_ONCE, Index, Reconciler, register
 from downloader.store import Instance, Store
 
 log = logging.getLogger("downloader.operator")
@@ -46,7 +46,7 @@ def run(settings: Settings) -> None:
         )
 
     @kopf.on.startup(registry=registry)
-    async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **indexes: Any) -> None:
         settings.persistence.finalizer = f"{planning.GROUP}/finalizer"
         settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=planning.GROUP)
         settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
@@ -55,13 +55,12 @@ def run(settings: Settings) -> None:
         settings.posting.level = logging.INFO
         settings.watching.server_timeout = 60  # re-list regularly: survives quiet API-server restarts
         settings.networking.error_backoffs = [1, 2, 5, 10]
-        # A deleted Aggregation keeps kopf's finalizer until its `refresh` timer has exited. A
-        # timer caught mid-reconcile (a thread: not done within kopf's default ten zero-time
-        # loop cycles) was otherwise checked again only after cancellation_polling (60 s): the
-        # delete hung for a minute. Wait for it instead (a reconcile takes milliseconds), and
-        # poll every second should one ever take longer.
-        settings.background.instant_exit_timeout = 10.0
-        settings.background.cancellation_polling = 1.0
+        # No kopf timer or daemon per Aggregation (issue 17: a delete waited for its timer to
+        # exit): one sweep refreshes them all, and `retire` waits only for a refresh in progress.
+        # The indexes are filled by kopf's watches once it runs: the sweep reads them live.
+        aggregations: Index = indexes["aggregations"]  # kopf's, by their ids in `register`
+        sweep = reconciler.sweep_forever(stopped, aggregations, indexes["worker_deployments"])
+        memo.sweep = asyncio.create_task(sweep)
         memo.adoption = asyncio.create_task(reconciler.adopt_forever(stopped, log))
         # listed on the dashboard (`instances:operator`) until it stops
         memo.heartbeat = asyncio.create_task(
@@ -71,6 +70,7 @@ def run(settings: Settings) -> None:
     @kopf.on.cleanup(registry=registry)
     async def stop_adoption(memo: kopf.Memo, **_: Any) -> None:
         stopped.set()
+        await memo.sweep
         await memo.adoption
         await memo.heartbeat
 

@@ -114,6 +114,14 @@ class Cluster:
         )
         return {str(item.get("spec", {}).get("id")) for item in cast(dict[str, Any], listed).get("items", [])}
 
+    def patch_aggregation_status(self, name: str, status: dict[str, Any]) -> None:
+        """Merge `status` into the Aggregation's status (its subresource: the spec is not touched)."""
+        _call(
+            f"writing the status of Aggregation {name}",
+            self.custom.patch_namespaced_custom_object_status,
+            *(planning.GROUP, planning.VERSION, self.namespace, planning.PLURAL, name, {"status": status}),
+        )
+
     # --- worker Deployments -----------------------------------------------------------
 
     def read_deployment(self, name: str) -> dict[str, Any] | None:

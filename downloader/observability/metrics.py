@@ -190,6 +190,11 @@ RECONCILES = _counter("downloader_operator_reconciles", "Reconciles of Aggregati
 RECONCILE_ERRORS = _counter(
     "downloader_operator_reconcile_errors", "Reconciles that failed or saw Redis down, by cause.", ["cause"]
 )
+SWEEP_SECONDS = _histogram(
+    "downloader_operator_sweep_seconds",
+    "Duration of the operator's sweeps, each a refresh of every Aggregation.",
+    (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0),
+)
 BACKLOG_ERRORS = _counter("downloader_backlog_refresh_errors", "Failed reads of the backlog from Redis.")
 
 
