@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from downloader.cli import discovery
 from downloader.cli.configuration import load_settings
 from downloader.cli.runner import Service, on_signals, run_services
+from downloader.config import parsing
 from downloader.config.settings import Settings
 from downloader.errors import ConfigurationError, DownloaderError
 from downloader.observability import metrics
@@ -52,6 +53,7 @@ def run_api(args: argparse.Namespace) -> int:
 def run_worker(args: argparse.Namespace) -> int:
     settings = load_settings(args)
     _check_tmp_dir(settings)
+    _pin_to_cpus(settings)
     metrics.serve(settings, "worker")
     return run_services([_processor(settings, frozenset(args.aggregation))])
 
@@ -206,6 +208,18 @@ def _listen(host: str, port: int) -> list[socket.socket]:
             sock.close()
         raise ConfigurationError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
     return sockets
+
+
+def _pin_to_cpus(settings: Settings) -> None:
+    """DOWNLOADER_WORKER_CPUS, before any thread starts: the threads inherit it."""
+    cpus = parsing.cpus(settings.worker_cpus)
+    if not cpus:
+        return
+    try:
+        os.sched_setaffinity(0, cpus)
+    except OSError as exc:  # a CPU this host or container does not have
+        raise ConfigurationError(f"DOWNLOADER_WORKER_CPUS={settings.worker_cpus!r}: {exc}") from exc
+    log.info("worker pinned to CPUs %s", ",".join(map(str, sorted(cpus))))
 
 
 def _check_tmp_dir(settings: Settings) -> None:

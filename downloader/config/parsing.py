@@ -41,6 +41,24 @@ def _parse_address(item: str, whole: str) -> tuple[str, int]:
     return host, port or DEFAULT_SENTINEL_PORT
 
 
+def cpus(text: str) -> frozenset[int]:
+    """`DOWNLOADER_WORKER_CPUS`: CPU numbers and ranges as taskset -c takes them (`0,2-3`);
+    "" is none (the kernel chooses)."""
+    found: set[int] = set()
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        first, dash, last = item.partition("-")
+        try:
+            low, high = int(first), int(last if dash else first)
+        except ValueError:
+            raise ConfigurationError(
+                f"invalid setting DOWNLOADER_WORKER_CPUS={text!r}: {item!r} is not a CPU number or range"
+            ) from None
+        if low < 0 or high < low:
+            raise ConfigurationError(f"invalid setting DOWNLOADER_WORKER_CPUS={text!r}: bad range {item!r}")
+        found.update(range(low, high + 1))
+    return frozenset(found)
+
+
 def networks(text: str) -> tuple[IPNetwork, ...]:
     """`DOWNLOADER_ALLOWED_NETWORKS`: comma-separated CIDRs (`10.0.0.0/8, fd00::/8`)."""
     parsed = []

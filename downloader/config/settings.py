@@ -191,6 +191,13 @@ class FetchSettings(SettingsGroup):
     """Downloads one worker process runs at once, over all its aggregations. 16 threads is
     where `requests` stops getting faster on two cores (measured, DESIGN.md)."""
 
+    worker_cpus: str = ""
+    """CPUs a worker process runs on, as `taskset -c` lists them (`1`, `0,2-3`); "" leaves it to
+    the kernel. Its Python runs on one core at a time (the GIL): where the threads hand it to
+    each other across cores, one CPU measured 1.45x the drain at 0.7x the CPU per job here
+    (bench/README.md). On Kubernetes a worker pod given a whole CPU (requests = limits = 1 under
+    the static CPU manager policy) gets the same from the kubelet."""
+
     default_request_headers: dict[str, str] = pydantic.Field(default_factory=dict)
     """Headers sent with every download (JSON object); a job's own headers override per key."""
 
@@ -623,6 +630,7 @@ def _check_parsed_later(settings: Settings) -> None:
     (`api` used to fail on them with a traceback from inside uvicorn's start-up)."""
     _check_sentinels(settings)
     _check_allowed_networks(settings)
+    parsing.cpus(settings.worker_cpus)
 
 
 # Each check asks only for the group it reads: a Settings is each of its groups.

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import signal
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -91,6 +93,27 @@ def test_without_syncing_files_a_download_is_stored_whole_all_the_same(
     stored = stack.storage_root / payload["download_url"][len(DOWNLOAD_URL_BASE) + 1 :]
     assert stored.read_bytes() == files.content("sample-1.jpg")
     assert list((stack.tmp_path / "tmp").glob("*")) == []
+
+
+def test_a_worker_pinned_to_one_cpu_runs_every_thread_there_and_downloads(
+    stack: Stack, files: FileServer, callbacks: CallbackServer
+) -> None:
+    cpu = max(os.sched_getaffinity(0))
+    api, worker, _ = stack.all_three(DOWNLOADER_WORKER_CPUS=str(cpu))
+    job_id = api.post_job(job_body(files.url("sample-1.jpg"), aggr_id(), callbacks.url))
+
+    assert callbacks.wait_for(job_id)["success"] is True
+    threads = list(Path(f"/proc/{worker.pid}/task").iterdir())
+    assert len(threads) > 5  # the download threads are there, started after the pinning
+    allowed = {(t / "status").read_text().split("Cpus_allowed_list:")[1].split()[0] for t in threads}
+    assert allowed == {str(cpu)}
+
+
+def test_a_worker_asked_for_a_cpu_it_cannot_have_says_so_in_one_line(stack: Stack) -> None:
+    worker = stack.worker(wait=False, DOWNLOADER_WORKER_CPUS="4095")
+    wait_until(lambda: worker.returncode is not None, timeout=30, message="the worker to exit")
+    assert worker.returncode != 0
+    assert "DOWNLOADER_WORKER_CPUS='4095'" in worker.output() and "Traceback" not in worker.output()
 
 
 def test_a_missing_resource_fails_with_404_not_found_and_no_download_url(

@@ -107,6 +107,8 @@ def test_the_samples_misplaced_download_url_is_accepted(tmp_path: Path) -> None:
         # Parsed by their users at start-up, inside uvicorn's for `api` (a traceback).
         ({"DOWNLOADER_REDIS_SENTINELS": "s1:port"}, "DOWNLOADER_REDIS_SENTINELS"),
         ({"DOWNLOADER_ALLOWED_NETWORKS": "10.0.0.0/99"}, "DOWNLOADER_ALLOWED_NETWORKS"),
+        ({"DOWNLOADER_WORKER_CPUS": "one"}, "DOWNLOADER_WORKER_CPUS='one': 'one' is not a CPU number"),
+        ({"DOWNLOADER_WORKER_CPUS": "3-1"}, "DOWNLOADER_WORKER_CPUS='3-1': bad range '3-1'"),
     ],
 )
 def test_a_bad_setting_is_one_line_naming_it(
@@ -259,3 +261,13 @@ def test_stats_track_high_water_marks() -> None:
     assert stats.snapshot() == {"alive": 1, "workers": 1, "maxWorkers": 2, "download.response.200": 1}
     assert json.loads(stats.to_json()) == stats.snapshot()
     assert list(json.loads(stats.to_json())) == sorted(stats.snapshot())
+
+
+@pytest.mark.parametrize(
+    "text,cpus",
+    [("", set()), ("1", {1}), ("0,2-3", {0, 2, 3}), (" 4 , 4-5 ,", {4, 5})],
+)
+def test_worker_cpus_are_listed_as_taskset_lists_them(text: str, cpus: set[int]) -> None:
+    from downloader.config import parsing
+
+    assert parsing.cpus(text) == cpus
