@@ -47,7 +47,7 @@ from downloader.store import calls, keys
 from downloader.store.queue import parse_claim
 from downloader.store.records import NextStep, Outcome, new_call_id, new_token
 from downloader.worker.attempts import _counted, decide, honour_retry_after, success
-from downloader.worker.processor import FULL_DELAY, NEVER, PAUSED_DELAY, readable_job
+from downloader.worker.processor import NEVER, next_try_after, readable_job
 
 
 class Refused(OSError):
@@ -222,20 +222,14 @@ class Floor:
         result = parse_claim(aggr_id, await self.scripts.run(call))
         state = self.aggregations.setdefault(aggr_id, AggregationState())
         state.backlog = result.more or result.full or result.held_by_hosts
-        if result.jobs and result.more:
-            state.next_try = 0.0
-        elif result.full or result.held_by_hosts:
-            state.next_try = now + FULL_DELAY
-        elif result.paused:
-            state.next_try = now + PAUSED_DELAY
-        elif result.next_ready is not None:
-            state.next_try = max(result.next_ready, now + self.settings.poll_interval_seconds)
-        elif state.noticed > notices_before:
-            state.next_try = 0.0
-        else:
-            state.next_try = NEVER
-            if not state.running and not result.jobs:
-                del self.aggregations[aggr_id]
+        state.next_try = next_try_after(
+            result,
+            now,
+            announced=state.noticed > notices_before,
+            poll_interval=self.settings.poll_interval_seconds,
+        )
+        if state.next_try == NEVER and not state.running and not result.jobs:
+            del self.aggregations[aggr_id]
         started = 0
         for job_id, claimed in result.jobs.items():
             try:
@@ -468,16 +462,8 @@ class Floor:
                     head += chunk[: mime.SNIFF_BYTES - len(head)]
                 out.write(chunk)
                 digest.update(chunk)
-        detected = mime.sniff(head) if sniff else ""
-        problem = pattern.check(detected) if pattern is not None else ""
-        if problem:
-            raise DownloadError(
-                AttemptPhase.VALIDATING_MIME_TYPE,
-                problem,
-                reason=FailureReason.MIME,
-                retriable=False,
-                response_code=code,
-            )
+        # the product's own check: libmagic on the head, the job's pattern, its error
+        detected = download._check_mime(head, pattern, code) if sniff else ""
         return size, digest.hexdigest(), detected
 
     def keep(self, job: Job, path: Path, mime_type: str) -> str:

@@ -420,8 +420,9 @@ PERF_EVENTS = {
 
 
 class PerfWindow:
-    """`perf stat` on one process from the moment a tenth of the jobs have called back (start-up
-    and its imports left out) to `stop()`; the counts divided by the callbacks in between."""
+    """`perf stat` on one process from the moment a tenth of the files have been fetched
+    (start-up and its imports left out) to `stop()`; the counts divided by the files fetched in
+    between (not callbacks: the original's notifier lags its processor)."""
 
     def __init__(self, session: Session, stack: Stack, pid: int, jobs: int) -> None:
         self.session, self.stack, self.pid, self.jobs = session, stack, pid, jobs
@@ -431,23 +432,23 @@ class PerfWindow:
         self.thread = threading.Thread(target=self._start_when_steady, daemon=True)
         self.thread.start()
 
-    def _callbacks(self) -> int:
-        return len(self.session.helpers.callbacks(self.stack.tag))
+    def _fetched(self) -> int:
+        return self.session.helpers.fetched(self.stack.tag)
 
     def _start_when_steady(self) -> None:
         deadline = time.monotonic() + self.session.args.timeout
-        while self._callbacks() < max(1, self.jobs // 10) and time.monotonic() < deadline:
+        while self._fetched() < max(1, self.jobs // 10) and time.monotonic() < deadline:
             time.sleep(0.005)
         events = ",".join(PERF_EVENTS)
         cmd = ["perf", "stat", "-x", ",", "-e", events, "-p", str(self.pid), "-o", str(self.out)]
-        self.first = self._callbacks()
+        self.first = self._fetched()
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     def stop(self) -> dict[str, float | None]:
         self.thread.join(timeout=10)
         if self.proc is None:
             return {}
-        last = self._callbacks()
+        last = self._fetched()
         self.proc.send_signal(signal.SIGINT)  # perf writes its counts and exits
         self.proc.wait(timeout=10)
         done = last - self.first
@@ -1004,7 +1005,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--perf",
         action="store_true",
         help="drain-1: count the worker's system calls, futexes, fsyncs, context switches and CPU\n"
-        "per job with `perf stat` (Linux perf on PATH), from a tenth of the jobs to the last",
+        "per file fetched with `perf stat` (Linux perf on PATH), from a tenth of the files to the\n"
+        "last callback",
     )
     ap.add_argument(
         "--floor",

@@ -157,7 +157,8 @@ def child_setup() -> None:
 def file_server_main(files: list[bytes], port_out: Any, stop: Any, report: Any) -> None:
     """Serves `files[i]` at `/f/<i>.png` and at `/f/<tag>/<i>.png`. It records when each URL
     is first requested: untagged ones go to `report` when it stops (e2e.py); tagged ones are
-    answered, and forgotten, by `GET /_gets/<tag>` as JSON `{i: monotonic time}` (compare.py)."""
+    answered, and forgotten, by `GET /_gets/<tag>` as JSON `{i: monotonic time}` (compare.py),
+    and counted, not forgotten, by `GET /_count/<tag>`."""
     child_setup()
     first_get: dict[int, float] = {}
     tagged: dict[str, dict[int, float]] = {}
@@ -184,6 +185,9 @@ def file_server_main(files: list[bytes], port_out: Any, stop: Any, report: Any) 
             gets[0] -= 1
             seen = tagged.pop(path[7:].decode("latin-1"), {})
             return 200, b"application/json", json.dumps(seen).encode()
+        elif path.startswith(b"/_count/"):
+            gets[0] -= 1
+            return 200, b"text/plain", str(len(tagged.get(path[8:].decode("latin-1"), {}))).encode()
         not_found[0] += 1
         return 404, b"text/plain", b"not found\n"
 
@@ -276,6 +280,15 @@ class Helpers:
         try:
             conn.request("GET", f"/_gets/{tag}")
             return {int(k): v for k, v in json.loads(conn.getresponse().read()).items()}
+        finally:
+            conn.close()
+
+    def fetched(self, tag: str) -> int:
+        """How many files of `tag` have been requested so far (they are not forgotten)."""
+        conn = http.client.HTTPConnection("127.0.0.1", self.file_port, timeout=10)
+        try:
+            conn.request("GET", f"/_count/{tag}")
+            return int(conn.getresponse().read())
         finally:
             conn.close()
 

@@ -56,6 +56,21 @@ FENCE_FRACTION = 0.75
 WATCHDOG_INTERVAL = 0.1
 
 
+def next_try_after(claim: store.Claim, now: float, *, announced: bool, poll_interval: float) -> float:
+    """When to claim from an aggregation again after `claim`: at once while it left due jobs
+    (or was `announced` meanwhile), soon when full, later when paused or its next job is not
+    due yet, NEVER when nothing is queued (an announcement or the registry brings it back)."""
+    if claim.jobs and claim.more:
+        return 0.0
+    if claim.full or claim.held_by_hosts:
+        return now + FULL_DELAY
+    if claim.paused:
+        return now + PAUSED_DELAY
+    if claim.next_ready is not None:
+        return max(claim.next_ready, now + poll_interval)
+    return 0.0 if announced else NEVER
+
+
 def unconfirmed_too_long(downloads: Mapping[str, Download], now: float, lease_seconds: float) -> list[str]:
     """The downloads still going whose lease is past its fence (see FENCE_FRACTION)."""
     fence = lease_seconds * FENCE_FRACTION
@@ -249,20 +264,15 @@ class Processor:
             if state is None:
                 state = self._aggregations[aggr_id] = _AggregationState()
             state.backlog = result.more or result.full or result.held_by_hosts
-            if result.jobs and result.more:
-                state.next_try = 0.0
-            elif result.full or result.held_by_hosts:
-                state.next_try = now + FULL_DELAY
-            elif result.paused:
-                state.next_try = now + PAUSED_DELAY
-            elif result.next_ready is not None:
-                state.next_try = max(result.next_ready, now + self.settings.poll_interval_seconds)
-            elif state.noticed > notices_before:  # announced since we asked: look again
-                state.next_try = 0.0
-            else:  # nothing queued (beyond what it claimed): wait for an announcement
-                state.next_try = NEVER
-                if not state.running and not result.jobs and aggr_id not in self.only:
-                    del self._aggregations[aggr_id]
+            state.next_try = next_try_after(
+                result,
+                now,
+                announced=state.noticed > notices_before,  # since we asked: look again
+                poll_interval=self.settings.poll_interval_seconds,
+            )
+            idle = state.next_try == NEVER and not state.running and not result.jobs
+            if idle and aggr_id not in self.only:  # forgotten until announced again
+                del self._aggregations[aggr_id]
         if result.jobs:
             assert result.aggregation is not None
             self._start(result.aggregation, result.jobs, asked)

@@ -17,11 +17,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 import redis
 from support.kubetools import Kube, wait_for
-from support.procs import Proc, Stack, free_port
+from support.operator_proc import OperatorProcess
+from support.procs import Stack
 from testbed.controlplane import ControlPlane
 
 pytestmark = pytest.mark.k8s
@@ -37,50 +37,9 @@ WRITES = frozenset({"POST", "PUT", "PATCH", "APPLY"})
 _LABEL = re.compile(r'(\w+)="([^"]*)"')
 
 
-class Operator:
-    """`downloader operator` with its /metrics served, to count its reconciles."""
-
-    def __init__(self, stack: Stack) -> None:
-        self.metrics_port = free_port()
-        liveness_port = free_port()
-        self.proc: Proc = stack.spawn(
-            "operator",
-            ["operator"],
-            env=stack.env(operator_liveness_port=liveness_port, metrics_port=self.metrics_port),
-        )
-
-        def live() -> bool:
-            self.proc.check_alive()
-            try:
-                url = f"http://127.0.0.1:{liveness_port}/healthz"
-                return httpx.get(url, timeout=1, trust_env=False).status_code == 200
-            except httpx.HTTPError:
-                return False
-
-        wait_for(live, 60, "the operator's liveness endpoint")
-
-    def reconciles(self) -> int:
-        """Reconciles begun so far (on.create, on.update and every refresh of the sweep)."""
-        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
-        text = httpx.get(url, timeout=5, trust_env=False).text
-        found = re.search(r"^downloader_operator_reconciles_total (\S+)$", text, re.MULTILINE)
-        assert found, f"no reconcile counter in the operator's /metrics:\n{text[:2000]}"
-        return int(float(found.group(1)))
-
-    def wait_reconciles(self, count: int, what: str) -> None:
-        """Until `count` more reconciles have begun."""
-        target = self.reconciles() + count
-
-        def reached() -> bool:
-            self.proc.check_alive()
-            return self.reconciles() >= target
-
-        wait_for(reached, 60, what)
-
-
 @pytest.fixture
-def operator(ops: Stack) -> Operator:
-    return Operator(ops)  # `ops` (conftest.py) runs it with INTERVAL
+def operator(ops: Stack) -> OperatorProcess:
+    return OperatorProcess(ops)  # `ops` (conftest.py) runs it with INTERVAL
 
 
 def requests_served(cluster: ControlPlane) -> collections.Counter[Call]:
@@ -147,7 +106,7 @@ def activity_age(kube: Kube, name: str) -> float:
 
 
 def test_at_rest_the_refreshes_write_nothing_and_read_no_deployment(
-    operator: Operator, kube: Kube, rdb: redis.Redis, cluster: ControlPlane, tmp_path: Path
+    operator: OperatorProcess, kube: Kube, rdb: redis.Redis, cluster: ControlPlane, tmp_path: Path
 ) -> None:
     """One Aggregation with a queued job and its Ready worker, status written: five refreshes
     later the API server has seen no write of the Deployment or of the Aggregation (status
@@ -182,7 +141,7 @@ def test_at_rest_the_refreshes_write_nothing_and_read_no_deployment(
 
 
 def test_a_change_is_still_written_to_the_deployment(
-    operator: Operator, kube: Kube, rdb: redis.Redis, cluster: ControlPlane, tmp_path: Path
+    operator: OperatorProcess, kube: Kube, rdb: redis.Redis, cluster: ControlPlane, tmp_path: Path
 ) -> None:
     """A Deployment scaled down by hand is scaled back by a refresh, and a new limit resizes it:
     each a PATCH of the Deployment by the operator (kubectl's own is one of deployments/scale)."""
@@ -208,7 +167,7 @@ def test_a_change_is_still_written_to_the_deployment(
 
 
 def test_aggregations_applied_at_once_get_one_deployment_and_one_created_event_each(
-    operator: Operator, kube: Kube, rdb: redis.Redis, cluster: ControlPlane, tmp_path: Path
+    operator: OperatorProcess, kube: Kube, rdb: redis.Redis, cluster: ControlPlane, tmp_path: Path
 ) -> None:
     """Twenty Aggregations in one `kubectl apply` of a List, while Redis holds every on.create
     past the first refresh (as a loaded operator would): each is created once (one POST

@@ -4,56 +4,21 @@ past an Aggregation whose refresh fails. Pure parts of the sweep: tests/unit/tes
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 import redis
 from support.kubetools import Kube, wait_for
-from support.procs import Proc, Stack, free_port
+from support.operator_proc import OperatorProcess
+from support.procs import Stack
 
 pytestmark = pytest.mark.k8s
 
 
-class Operator:
-    """`downloader operator` (the `ops` stack's 1 s interval) with its /metrics served."""
-
-    def __init__(self, stack: Stack) -> None:
-        self.metrics_port = free_port()
-        liveness_port = free_port()
-        env = stack.env(operator_liveness_port=liveness_port, metrics_port=self.metrics_port)
-        self.proc: Proc = stack.spawn("operator", ["operator"], env=env)
-
-        def live() -> bool:
-            self.proc.check_alive()
-            try:
-                url = f"http://127.0.0.1:{liveness_port}/healthz"
-                return httpx.get(url, timeout=1, trust_env=False).status_code == 200
-            except httpx.HTTPError:
-                return False
-
-        wait_for(live, 60, "the operator's liveness endpoint")
-
-    def metric(self, name: str, labels: str = "") -> float:
-        """One sample of the operator's /metrics (0 when it has none yet)."""
-        self.proc.check_alive()
-        text = httpx.get(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5, trust_env=False).text
-        series = re.escape(name + (f"{{{labels}}}" if labels else ""))
-        found = re.search(rf"^{series} (\S+)$", text, re.MULTILINE)
-        return float(found.group(1)) if found else 0.0
-
-    def sweeps(self) -> float:
-        return self.metric("downloader_operator_sweep_seconds_count")
-
-    def errors(self, cause: str) -> float:
-        return self.metric("downloader_operator_reconcile_errors_total", f'cause="{cause}"')
-
-
 @pytest.fixture
-def operator(ops: Stack) -> Operator:
-    return Operator(ops)
+def operator(ops: Stack) -> OperatorProcess:
+    return OperatorProcess(ops)
 
 
 def aggregation_doc(name: str, **spec: Any) -> dict[str, Any]:
@@ -80,7 +45,7 @@ def scaled_events(kube: Kube, name: str) -> list[str]:
 
 
 def test_the_sweep_follows_a_changed_backlog_into_status_replicas_and_events(
-    operator: Operator, kube: Kube, rdb: redis.Redis, tmp_path: Path
+    operator: OperatorProcess, kube: Kube, rdb: redis.Redis, tmp_path: Path
 ) -> None:
     """Nothing changes in Kubernetes, only the Redis backlog: the sweep alone scales the
     Deployment up and down, writes the status and posts a Scaled event for each."""
@@ -105,7 +70,7 @@ def test_the_sweep_follows_a_changed_backlog_into_status_replicas_and_events(
 
 
 def test_one_failing_aggregation_does_not_stop_the_sweep_for_the_others(
-    operator: Operator, kube: Kube, rdb: redis.Redis, tmp_path: Path
+    operator: OperatorProcess, kube: Kube, rdb: redis.Redis, tmp_path: Path
 ) -> None:
     """A ResourceQuota of one Deployment: `blocked`'s Deployment is refused (403), its every
     refresh fails (counted, logged), and `steady` is still refreshed: the sweep goes on. With
