@@ -53,13 +53,14 @@ def run_api(args: argparse.Namespace) -> int:
 def run_worker(args: argparse.Namespace) -> int:
     settings = load_settings(args)
     _check_tmp_dir(settings)
-    _pin_to_cpus(settings)
+    _pin_to_cpus("worker", settings.worker_cpus)
     metrics.serve(settings, "worker")
     return run_services([_processor(settings, frozenset(args.aggregation))])
 
 
 def run_notifier(args: argparse.Namespace) -> int:
     settings = load_settings(args)
+    _pin_to_cpus("notifier", settings.notifier_cpus)
     metrics.serve(settings, "notifier")
     return run_services([_notifier(settings)])
 
@@ -210,16 +211,17 @@ def _listen(host: str, port: int) -> list[socket.socket]:
     return sockets
 
 
-def _pin_to_cpus(settings: Settings) -> None:
-    """DOWNLOADER_WORKER_CPUS, before any thread starts: the threads inherit it."""
-    cpus = parsing.cpus(settings.worker_cpus)
+def _pin_to_cpus(role: str, text: str) -> None:
+    """DOWNLOADER_WORKER_CPUS / _NOTIFIER_CPUS, before any thread starts: threads inherit it."""
+    setting = f"DOWNLOADER_{role.upper()}_CPUS"
+    cpus = parsing.cpus(text, setting)
     if not cpus:
         return
     try:
         os.sched_setaffinity(0, cpus)
     except OSError as exc:  # a CPU this host or container does not have
-        raise ConfigurationError(f"DOWNLOADER_WORKER_CPUS={settings.worker_cpus!r}: {exc}") from exc
-    log.info("worker pinned to CPUs %s", ",".join(map(str, sorted(cpus))))
+        raise ConfigurationError(f"{setting}={text!r}: {exc}") from exc
+    log.info("%s pinned to CPUs %s", role, ",".join(map(str, sorted(cpus))))
 
 
 def _check_tmp_dir(settings: Settings) -> None:

@@ -41,9 +41,9 @@ def _parse_address(item: str, whole: str) -> tuple[str, int]:
     return host, port or DEFAULT_SENTINEL_PORT
 
 
-def cpus(text: str) -> frozenset[int]:
-    """`DOWNLOADER_WORKER_CPUS`: CPU numbers and ranges as taskset -c takes them (`0,2-3`);
-    "" is none (the kernel chooses)."""
+def cpus(text: str, setting: str = "DOWNLOADER_WORKER_CPUS") -> frozenset[int]:
+    """`DOWNLOADER_WORKER_CPUS`, `DOWNLOADER_NOTIFIER_CPUS`: CPU numbers and ranges as taskset -c
+    takes them (`0,2-3`); "" is none (the kernel chooses)."""
     found: set[int] = set()
     for item in filter(None, (part.strip() for part in text.split(","))):
         first, dash, last = item.partition("-")
@@ -51,10 +51,10 @@ def cpus(text: str) -> frozenset[int]:
             low, high = int(first), int(last if dash else first)
         except ValueError:
             raise ConfigurationError(
-                f"invalid setting DOWNLOADER_WORKER_CPUS={text!r}: {item!r} is not a CPU number or range"
+                f"invalid setting {setting}={text!r}: {item!r} is not a CPU number or range"
             ) from None
         if low < 0 or high < low:
-            raise ConfigurationError(f"invalid setting DOWNLOADER_WORKER_CPUS={text!r}: bad range {item!r}")
+            raise ConfigurationError(f"invalid setting {setting}={text!r}: bad range {item!r}")
         found.update(range(low, high + 1))
     return frozenset(found)
 

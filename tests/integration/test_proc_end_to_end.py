@@ -95,18 +95,25 @@ def test_without_syncing_files_a_download_is_stored_whole_all_the_same(
     assert list((stack.tmp_path / "tmp").glob("*")) == []
 
 
-def test_a_worker_pinned_to_one_cpu_runs_every_thread_there_and_downloads(
+def cpus_of_every_thread(pid: int) -> set[str]:
+    threads = list(Path(f"/proc/{pid}/task").iterdir())
+    assert len(threads) > 5  # the pools' threads are there, started after the pinning
+    return {(t / "status").read_text().split("Cpus_allowed_list:")[1].split()[0] for t in threads}
+
+
+def test_a_worker_and_a_notifier_pinned_to_one_cpu_run_every_thread_there_and_deliver(
     stack: Stack, files: FileServer, callbacks: CallbackServer
 ) -> None:
     cpu = max(os.sched_getaffinity(0))
-    api, worker, _ = stack.all_three(DOWNLOADER_WORKER_CPUS=str(cpu))
+    api, worker, notifier = stack.all_three(
+        DOWNLOADER_WORKER_CPUS=str(cpu), DOWNLOADER_NOTIFIER_CPUS=str(cpu)
+    )
     job_id = api.post_job(job_body(files.url("sample-1.jpg"), aggr_id(), callbacks.url))
 
     assert callbacks.wait_for(job_id)["success"] is True
-    threads = list(Path(f"/proc/{worker.pid}/task").iterdir())
-    assert len(threads) > 5  # the download threads are there, started after the pinning
-    allowed = {(t / "status").read_text().split("Cpus_allowed_list:")[1].split()[0] for t in threads}
-    assert allowed == {str(cpu)}
+    assert cpus_of_every_thread(worker.pid) == cpus_of_every_thread(notifier.pid) == {str(cpu)}
+    api_cpus = Path(f"/proc/{api.pid}/status").read_text().split("Cpus_allowed_list:")[1].split()[0]
+    assert api_cpus != str(cpu) or len(os.sched_getaffinity(0)) == 1  # only those two are pinned
 
 
 def test_a_worker_asked_for_a_cpu_it_cannot_have_says_so_in_one_line(stack: Stack) -> None:

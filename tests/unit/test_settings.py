@@ -109,6 +109,7 @@ def test_the_samples_misplaced_download_url_is_accepted(tmp_path: Path) -> None:
         ({"DOWNLOADER_ALLOWED_NETWORKS": "10.0.0.0/99"}, "DOWNLOADER_ALLOWED_NETWORKS"),
         ({"DOWNLOADER_WORKER_CPUS": "one"}, "DOWNLOADER_WORKER_CPUS='one': 'one' is not a CPU number"),
         ({"DOWNLOADER_WORKER_CPUS": "3-1"}, "DOWNLOADER_WORKER_CPUS='3-1': bad range '3-1'"),
+        ({"DOWNLOADER_NOTIFIER_CPUS": "1-"}, "DOWNLOADER_NOTIFIER_CPUS='1-': '1-' is not a CPU number"),
     ],
 )
 def test_a_bad_setting_is_one_line_naming_it(
