@@ -451,13 +451,7 @@ class Floor:
             async for chunk in response.content.iter_any():
                 size += len(chunk)
                 if size > cap:
-                    raise DownloadError(
-                        AttemptPhase.DOWNLOADING_FILE,
-                        f"larger than {cap} bytes",
-                        reason=FailureReason.TOO_LARGE,
-                        retriable=False,
-                        response_code=code,
-                    )
+                    raise download._too_large(cap, code)  # the product's error
                 if sniff and len(head) < mime.SNIFF_BYTES:
                     head += chunk[: mime.SNIFF_BYTES - len(head)]
                 out.write(chunk)

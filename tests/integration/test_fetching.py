@@ -142,6 +142,7 @@ def fetch(
     headers: dict[str, str] | None = None,
     timeout: float = 0,
     cancelled: threading.Event | None = None,
+    sync: bool = True,
 ):
     return fetcher.fetch(
         job_id="AbCdEfGhIjKlMn",
@@ -153,6 +154,7 @@ def fetch(
         sniff=sniff or bool(pattern),
         mime_pattern=mime.parse_pattern(pattern) if pattern else None,
         cancelled=cancelled or threading.Event(),
+        sync=sync,
     )
 
 
@@ -196,18 +198,7 @@ def test_a_whole_download_is_synced_to_disk_only_when_asked(
     real = os.fsync
     monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), real(fd))[1])
 
-    fetched = fetcher.fetch(
-        job_id="AbCdEfGhIjKlMn",
-        url=server.url("/sample.jpg"),
-        proxy="",
-        job_headers=None,
-        timeout=0,
-        tmp_dir=tmp_path,
-        sniff=False,
-        mime_pattern=None,
-        cancelled=threading.Event(),
-        sync=sync,
-    )
+    fetched = fetch(fetcher, server.url("/sample.jpg"), tmp_path, sync=sync)
 
     assert fetched.path.read_bytes() == JPEG
     assert len(synced) == (1 if sync else 0)

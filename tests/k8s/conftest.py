@@ -32,6 +32,7 @@ from support import podman_images
 from support.kubetools import Kube
 from support.node import NodeError, RealNode
 from support.node import build as build_node
+from support.operator_proc import OperatorProcess
 from support.podman_images import Images
 from support.procs import Stack
 from testbed.controlplane import (
@@ -157,6 +158,12 @@ def ops(tmp_path: Path, redis_url: str, cluster: ControlPlane, namespace: str) -
     )
     yield stack
     stack.stop_all()
+
+
+@pytest.fixture
+def operator(ops: Stack) -> OperatorProcess:
+    """`downloader operator` in `ops`, started and live, its /metrics served."""
+    return OperatorProcess(ops)
 
 
 @pytest.fixture(scope="session")

@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import pytest
 import redis
-from support.kubetools import Kube, wait_for
+from support.kubetools import Kube, aggregation_doc, wait_for
 from support.procs import Api, Proc, Stack, free_port, job_body
 
 from downloader.store import keys
@@ -38,15 +38,6 @@ def start_operator(stack: Stack) -> Proc:
 
     wait_for(live, 60, "the operator's liveness endpoint")
     return proc
-
-
-def aggregation_doc(aggr_id: str, name: str, **spec: Any) -> dict[str, Any]:
-    return {
-        "apiVersion": "downloader.io/v1alpha1",
-        "kind": "Aggregation",
-        "metadata": {"name": name},
-        "spec": {"id": aggr_id, "limit": 4, **spec},
-    }
 
 
 def test_an_aggregation_posted_to_the_api_gets_a_resource_and_workers(
@@ -86,7 +77,7 @@ def test_kubectl_apply_scale_and_printer_columns(
     ops: Stack, kube: Kube, rdb: redis.Redis, tmp_path: Path
 ) -> None:
     start_operator(ops)
-    kube.apply(aggregation_doc("applied", "applied", limit=64, workerConcurrency=8, maxWorkers=5), tmp_path)
+    kube.apply(aggregation_doc("applied", limit=64, workerConcurrency=8, maxWorkers=5), tmp_path)
     wait_for(lambda: rdb.hget("aggr:applied", "Limit") == "64", 30, "aggr:applied written from the spec")
     for i in range(100):
         rdb.zadd("jobs:applied", {f"job{i:03d}": 1})  # backlog: ceil(100 / 8) = 13 > maxWorkers 5
@@ -108,7 +99,7 @@ def test_kubectl_apply_scale_and_printer_columns(
 def test_idle_and_paused_aggregations_scale_to_zero(ops: Stack, kube: Kube, rdb: redis.Redis,
                                                    tmp_path: Path) -> None:  # fmt: skip
     start_operator(ops)
-    kube.apply(aggregation_doc("quiet", "quiet", idleSeconds=2), tmp_path)
+    kube.apply(aggregation_doc("quiet", idleSeconds=2), tmp_path)
     rdb.zadd("jobs:quiet", {"only-job": 1})
     wait_for(
         lambda: (d := kube.deployment("quiet")) and d["spec"]["replicas"] == 1, 30, "a worker for the job"
@@ -121,7 +112,7 @@ def test_idle_and_paused_aggregations_scale_to_zero(ops: Stack, kube: Kube, rdb:
               if e["reason"] == "Scaled" and e["involvedObject"]["name"] == "quiet"]  # fmt: skip
     assert "workers 1 -> 0: idle" in scaled
 
-    kube.apply(aggregation_doc("held", "held", paused=True), tmp_path)
+    kube.apply(aggregation_doc("held", paused=True), tmp_path)
     rdb.zadd("jobs:held", {"waiting": 1})
     wait_for(lambda: rdb.sismember("PausedAggregations", "held"), 30, "held marked paused in Redis")
     time.sleep(3)  # several operator rounds: a paused aggregation with work never gets workers
@@ -134,7 +125,7 @@ def test_idle_and_paused_aggregations_scale_to_zero(ops: Stack, kube: Kube, rdb:
 def test_a_paused_aggregation_is_not_claimed_by_host_workers(ops: Stack, kube: Kube, rdb: redis.Redis,
                                                              tmp_path: Path) -> None:  # fmt: skip
     start_operator(ops)
-    kube.apply(aggregation_doc("frozen", "frozen", paused=True), tmp_path)
+    kube.apply(aggregation_doc("frozen", paused=True), tmp_path)
     wait_for(lambda: rdb.sismember("PausedAggregations", "frozen"), 30, "frozen paused in Redis")
     api = ops.api()
     api.post_job(job_body("http://127.0.0.1:9/x.png", "frozen", "http://127.0.0.1:9/cb"))
@@ -148,7 +139,7 @@ def test_a_paused_aggregation_is_not_claimed_by_host_workers(ops: Stack, kube: K
 def test_deletion_removes_workers_and_keeps_queued_jobs_paused(ops: Stack, kube: Kube, rdb: redis.Redis,
                                                                tmp_path: Path) -> None:  # fmt: skip
     start_operator(ops)
-    kube.apply(aggregation_doc("gone", "gone"), tmp_path)
+    kube.apply(aggregation_doc("gone"), tmp_path)
     rdb.zadd("jobs:gone", {"queued-1": 1, "queued-2": 1})
     rdb.sadd(keys.AGGREGATIONS, "gone")  # as our API queues them (the original's are adopted by SCAN)
     wait_for(lambda: kube.deployment("gone"), 30, "the worker Deployment")
@@ -191,14 +182,14 @@ def test_aggregations_only_in_redis_are_adopted(ops: Stack, kube: Kube, rdb: red
 def test_the_operator_recovers_after_the_api_server_restarts(ops: Stack, kube: Kube, rdb: redis.Redis,
                                                              cluster: Any, tmp_path: Path) -> None:  # fmt: skip
     operator = start_operator(ops)
-    kube.apply(aggregation_doc("sturdy", "sturdy"), tmp_path)
+    kube.apply(aggregation_doc("sturdy"), tmp_path)
     wait_for(lambda: kube.deployment("sturdy"), 30, "the worker Deployment")
     cluster.restart_apiserver()
     operator.check_alive()
     rdb.zadd("jobs:sturdy", {f"j{i}": 1 for i in range(40)})
     wait_for(lambda: (d := kube.deployment("sturdy")) and d["spec"]["replicas"] == 1, 60,
              "scaling after the restart")  # fmt: skip
-    kube.apply(aggregation_doc("after-restart", "after-restart"), tmp_path)
+    kube.apply(aggregation_doc("after-restart"), tmp_path)
     wait_for(lambda: rdb.hget("aggr:after-restart", "Limit") == "4", 60, "a new Aggregation handled")
     operator.check_alive()
 
@@ -215,7 +206,7 @@ def test_deleted_aggregations_are_released_at_once_even_mid_refresh(
     with_jobs: list[str] = []
     for n in range(20):
         name = f"del-{n}"
-        kube.apply(aggregation_doc(name, name), tmp_path)
+        kube.apply(aggregation_doc(name), tmp_path)
         if n % 2:
             rdb.zadd(f"jobs:{name}", {f"queued-{n}": 1})
             rdb.sadd(keys.AGGREGATIONS, name)
@@ -249,7 +240,7 @@ def test_an_aggregation_deleted_at_once_leaves_no_workers_and_its_jobs_not_runni
     names = [f"brief-{n}" for n in range(10)]
     for name in names:
         rdb.zadd(f"jobs:{name}", {"queued": 1})
-        kube.apply(aggregation_doc(name, name), tmp_path)
+        kube.apply(aggregation_doc(name), tmp_path)
         kube.run("delete", f"aggregation/{name}", "--wait=true", "--timeout=30s")
     wait_for(lambda: not kube.items("deployments", "downloader.io/aggregation"), 60,
              "every Deployment garbage-collected with its Aggregation")  # fmt: skip

@@ -15,13 +15,11 @@ import math
 import re
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 import redis
-from support.kubetools import Kube, wait_for
+from support.kubetools import Kube, aggregation_doc, wait_for
 from support.operator_proc import OperatorProcess
-from support.procs import Stack
 from testbed.controlplane import ControlPlane
 
 pytestmark = pytest.mark.k8s
@@ -35,11 +33,6 @@ Call = tuple[str, str, str, str]
 #: Aggregation whose operator has stopped keeps its finalizer): the API server counts those too.
 WRITES = frozenset({"POST", "PUT", "PATCH", "APPLY"})
 _LABEL = re.compile(r'(\w+)="([^"]*)"')
-
-
-@pytest.fixture
-def operator(ops: Stack) -> OperatorProcess:
-    return OperatorProcess(ops)  # `ops` (conftest.py) runs it with INTERVAL
 
 
 def requests_served(cluster: ControlPlane) -> collections.Counter[Call]:
@@ -65,15 +58,6 @@ def named(served: collections.Counter[Call]) -> dict[str, int]:
     return {
         f"{verb} {resource}{'/' + sub if sub else ''} {code}": count
         for (verb, resource, sub, code), count in sorted(served.items())
-    }
-
-
-def aggregation_doc(name: str, **spec: Any) -> dict[str, Any]:
-    return {
-        "apiVersion": "downloader.io/v1alpha1",
-        "kind": "Aggregation",
-        "metadata": {"name": name},
-        "spec": {"id": name, "limit": 4, **spec},
     }
 
 

@@ -9,25 +9,10 @@ from typing import Any
 
 import pytest
 import redis
-from support.kubetools import Kube, wait_for
+from support.kubetools import Kube, aggregation_doc, wait_for
 from support.operator_proc import OperatorProcess
-from support.procs import Stack
 
 pytestmark = pytest.mark.k8s
-
-
-@pytest.fixture
-def operator(ops: Stack) -> OperatorProcess:
-    return OperatorProcess(ops)
-
-
-def aggregation_doc(name: str, **spec: Any) -> dict[str, Any]:
-    return {
-        "apiVersion": "downloader.io/v1alpha1",
-        "kind": "Aggregation",
-        "metadata": {"name": name},
-        "spec": {"id": name, "limit": 4, **spec},
-    }
 
 
 def status(kube: Kube, name: str) -> dict[str, Any]:

@@ -70,3 +70,13 @@ def helm(cluster: Any, tmp: Path, *args: str, timeout: float = 300) -> str:
     )
     assert out.returncode == 0, f"helm {' '.join(args)} failed:\n{out.stdout}\n{out.stderr}"
     return out.stdout
+
+
+def aggregation_doc(name: str, **spec: Any) -> dict[str, Any]:
+    """An Aggregation manifest whose aggregation id is its name (limit 4 unless `spec` says)."""
+    return {
+        "apiVersion": "downloader.io/v1alpha1",
+        "kind": "Aggregation",
+        "metadata": {"name": name},
+        "spec": {"id": name, "limit": 4, **spec},
+    }
