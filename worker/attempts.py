@@ -166,6 +166,7 @@ def _download_and_store(
     ctx: AttemptContext, aggregation: Aggregation, job: Job, cancelled: threading.Event
 ) -> tuple[str, int, DownloadResult]:
     pattern = _pattern(job)
+    local = ctx.storage.local(job)  # a filesystem takes the file by a move; S3 by a copy
     fetched = ctx.fetcher.fetch(
         job_id=job.id,
         url=job.url,
@@ -182,10 +183,10 @@ def _download_and_store(
         cancelled=cancelled,
         # bytes bound for S3 are read back for the upload: a crash before the outcome is
         # written runs the job again, so syncing them would buy nothing
-        sync=ctx.sync_files and ctx.storage.local(job),
+        sync=ctx.sync_files and local,
     )
     _count_resume(fetched)
-    moved = False
+    stored = False
     try:
         image_size = ""
         if job.extract_image_size:
@@ -196,11 +197,12 @@ def _download_and_store(
         if cancelled.is_set():
             raise Interrupted("download cancelled (shutting down, disk full or lease not renewed)")
         try:
-            moved = ctx.storage.store(job, fetched.path, fetched.mime_type)
+            ctx.storage.store(job, fetched.path, fetched.mime_type)
+            stored = True
         except StorageError as exc:
             raise _storage_failure(job, exc, fetched.response_code) from exc
     finally:
-        if not moved:  # else the file is in storage now, and nothing is left to remove
+        if not (stored and local):  # moved into storage: nothing is left to remove
             with contextlib.suppress(OSError):
                 fetched.path.unlink(missing_ok=True)
     measured = DownloadResult(

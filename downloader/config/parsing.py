@@ -41,7 +41,7 @@ def _parse_address(item: str, whole: str) -> tuple[str, int]:
     return host, port or DEFAULT_SENTINEL_PORT
 
 
-def cpus(text: str, setting: str = "DOWNLOADER_WORKER_CPUS") -> frozenset[int]:
+def cpus(text: str, setting: str) -> frozenset[int]:
     """`DOWNLOADER_WORKER_CPUS`, `DOWNLOADER_NOTIFIER_CPUS`: CPU numbers and ranges as taskset -c
     takes them (`0,2-3`); "" is none (the kernel chooses)."""
     found: set[int] = set()

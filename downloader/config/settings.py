@@ -276,9 +276,10 @@ class StorageSettings(SettingsGroup):
     """fsync each downloaded file and then its directory before the job is reported done, so
     that after a crash of the node a job reported successful has its whole file (the original
     synced the file, not the directory: its rename could be lost). false skips both: a drain
-    of small files ran 1.2-1.55x as fast here, and a file written in the seconds before a
-    crash may be lost or cut although its job succeeded. Files bound for S3 are never synced:
-    the upload reads them back, and a crash before the outcome is written runs the job again."""
+    of small files ran 1.0-2.1x as fast here (three pairs, bench/README.md), and a file
+    written in the seconds before a crash may be lost or cut although its job succeeded.
+    Files bound for S3 are never synced: the upload reads them back, and a crash before the
+    outcome is written runs the job again."""
 
     s3_bucket: str = ""
     """Bucket of the S3 backend (`storage_backend=s3`); objects are keyed `<id[0:3]>/<id>`."""
@@ -634,7 +635,7 @@ def _check_parsed_later(settings: Settings) -> None:
     (`api` used to fail on them with a traceback from inside uvicorn's start-up)."""
     _check_sentinels(settings)
     _check_allowed_networks(settings)
-    parsing.cpus(settings.worker_cpus)
+    parsing.cpus(settings.worker_cpus, "DOWNLOADER_WORKER_CPUS")
     parsing.cpus(settings.notifier_cpus, "DOWNLOADER_NOTIFIER_CPUS")
 
 

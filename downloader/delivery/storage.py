@@ -176,16 +176,15 @@ class Storages:
         """Whether the job's file goes to the filesystem (else to an S3 bucket)."""
         return not location_of(job).bucket and isinstance(self.configured, FilesystemStorage)
 
-    def store(self, job: Job, tmp_path: Path, content_type: str) -> bool:
+    def store(self, job: Job, tmp_path: Path, content_type: str) -> None:
         """Store a job's download where it belongs, with the sniffed type and, on S3, its
-        `extra` as object metadata (which a filesystem drops). True when `tmp_path` was moved
-        into place (a filesystem), False when it was copied (S3) and is the caller's to remove."""
+        `extra` as object metadata (which a filesystem drops). A filesystem moves `tmp_path`
+        into place (`local`); S3 copies it, and it is the caller's to remove."""
         location = location_of(job)
         storage = self.for_location(location)
         on_s3 = not isinstance(storage, FilesystemStorage)  # a filesystem has no place for metadata
         metadata = self._metadata(job.extra) if self._metadata is not None and on_s3 else None
         storage.store(tmp_path, location.key, content_type=content_type, metadata=metadata)
-        return not on_s3
 
     def delete(self, location: Location) -> None:
         if location.key:

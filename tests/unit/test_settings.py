@@ -271,4 +271,4 @@ def test_stats_track_high_water_marks() -> None:
 def test_worker_cpus_are_listed_as_taskset_lists_them(text: str, cpus: set[int]) -> None:
     from downloader.config import parsing
 
-    assert parsing.cpus(text) == cpus
+    assert parsing.cpus(text, "DOWNLOADER_WORKER_CPUS") == cpus
